@@ -1,0 +1,117 @@
+"""Writing a benchmark's results: a markdown table, results.json, results.csv and the Pareto plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .runner import BenchResult, RowResult
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _stat_summary(stats: dict[str, Any]) -> str:
+    """The method's own counters, flattened to `key=value` (step tracking omitted)."""
+    parts = []
+    for name, values in stats.items():
+        if name in ("methods", "steps") or not isinstance(values, dict):
+            continue
+        parts += [f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, (dict, list))]
+    return ", ".join(parts)
+
+
+def _psnr(row: RowResult) -> str:
+    if row.fidelity.get("identical"):
+        return "inf (identical)"
+    return _fmt(row.fidelity.get("psnr"))
+
+
+def markdown(result: BenchResult) -> str:
+    spec = result.spec
+    head = (
+        f"model `{spec.model}` ({result.model['pipeline']}, {spec.size}), {spec.steps} steps, seeds "
+        f"{','.join(map(str, spec.seeds))}, repeat {spec.repeat}, {spec.dtype}, device: {result.env['device']}\n\n"
+    )
+    cols = ["row", "steps", "latency s (median [min-max])", "speedup", "attention s (share)", "peak MB",
+            "PSNR dB", "SSIM", "rel L1", "stats / note"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in result.rows:
+        if r.status != "ok":
+            lines.append(f"| {r.label} | {r.steps} | {r.status} |" + " |" * (len(cols) - 3))
+            continue
+        lat = r.latency_s
+        attn = "-" if r.attention_s is None else f"{r.attention_s:.2f} ({100 * (r.attention_share or 0):.0f}%)"
+        cells = [
+            r.label, str(r.steps), f"{lat['median']:.3f} [{lat['min']:.3f}-{lat['max']:.3f}]",
+            f"{r.speedup:.2f}x" if r.speedup else "-", attn, _fmt(r.peak_mem_mb, 1), _psnr(r),
+            _fmt(r.fidelity.get("ssim"), 4), _fmt(r.fidelity.get("rel_l1"), 4), _stat_summary(r.stats) or r.note,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_csv(result: BenchResult, path: Path) -> None:
+    fields = ["label", "kind", "steps", "status", "latency_median_s", "latency_min_s", "latency_max_s", "speedup",
+              "attention_s", "attention_share", "peak_mem_mb", "psnr", "identical", "ssim", "rel_l1", "lpips"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in result.rows:
+            writer.writerow({
+                "label": r.label, "kind": r.kind, "steps": r.steps, "status": r.status,
+                "latency_median_s": r.latency_s.get("median"), "latency_min_s": r.latency_s.get("min"),
+                "latency_max_s": r.latency_s.get("max"), "speedup": r.speedup, "attention_s": r.attention_s,
+                "attention_share": r.attention_share, "peak_mem_mb": r.peak_mem_mb,
+                **{k: r.fidelity.get(k) for k in ("psnr", "identical", "ssim", "rel_l1", "lpips")},
+            })
+
+
+def write_plot(result: BenchResult, path: Path) -> bool:
+    """Speedup against PSNR, one point per row (identical rows drawn at the top). False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in result.rows if r.status == "ok" and r.speedup and r.label != "baseline"]
+    finite = [r.fidelity["psnr"] for r in rows if r.fidelity.get("psnr") is not None]
+    top = (max(finite) if finite else 40.0) + 5.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    markers = {"accel": "o", "diffusers-cache": "s", "fewer-steps": "^", "backend": "D"}
+    for r in rows:
+        y = top if r.fidelity.get("identical") else r.fidelity.get("psnr")
+        if y is None:
+            continue
+        ax.scatter(r.speedup, y, marker=markers.get(r.kind, "o"), s=50)
+        ax.annotate(r.label, (r.speedup, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("speedup over baseline (x)")
+    ax.set_ylabel(f"PSNR vs baseline (dB); identical drawn at {top:.0f}")
+    ax.set_title(f"accel bench: {result.spec.model}, {result.spec.steps} steps ({result.env['device']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_all(result: BenchResult, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
+    paths["json"].write_text(json.dumps(result.to_json(), indent=2, default=str))
+    write_csv(result, paths["csv"])
+    paths["md"].write_text(markdown(result))
+    plot = out_dir / "pareto.png"
+    if write_plot(result, plot):
+        paths["plot"] = plot
+    return paths

@@ -1,0 +1,136 @@
+"""The rows of a benchmark: one way of running the same pipeline, switched on and off around each run.
+
+A `Variant` is the baseline, an accel method, a peer (one of diffusers' own caches, a dense attention
+backend) or the baseline at fewer steps. Switching per run lets the runner interleave rows so that
+machine noise hits every row alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import accel
+
+Enable = Callable[[Any], Any]  # pipe -> handle given back to `disable`
+
+
+@dataclass
+class Variant:
+    label: str
+    kind: str  # "baseline" | "accel" | "diffusers-cache" | "backend" | "fewer-steps"
+    steps: int
+    enable: Enable = lambda pipe: None
+    disable: Callable[[Any, Any], None] = lambda pipe, handle: None
+    stats: Callable[[Any], dict[str, Any]] = lambda handle: {}
+    note: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def baseline(steps: int) -> Variant:
+    return Variant("baseline", "baseline", steps, note="unpatched pipeline")
+
+
+def fewer_steps(steps: int, matched: str) -> Variant:
+    return Variant(f"fewer-steps({steps})", "fewer-steps", steps, note=f"baseline at {steps} steps, timed to match {matched}")
+
+
+def accel_method(name: str, steps: int, options: dict[str, Any] | None = None) -> Variant:
+    options = dict(options or {})
+
+    def enable(pipe: Any) -> accel.Patch:
+        return accel.patch(pipe, method=name, **options)
+
+    return Variant(
+        name, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=options
+    )
+
+
+# ---- diffusers' own caches ---------------------------------------------------------------------
+
+
+def _cache_configs(pipe: Any) -> dict[str, Callable[[], Any]]:
+    from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    return {
+        "fbc": lambda: FirstBlockCacheConfig(threshold=0.05),
+        "taylorseer": lambda: TaylorSeerCacheConfig(cache_interval=5, disable_cache_before_step=3,
+                                                    taylor_factors_dtype=torch.float32),
+        "pab": lambda: PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(100, 800),
+            current_timestep_callback=lambda: pipe.current_timestep,
+        ),
+        "fastercache": lambda: _faster_cache(pipe),
+    }
+
+
+def _faster_cache(pipe: Any) -> Any:
+    from diffusers import FasterCacheConfig
+
+    fmt = "BFCHW" if type(pipe.transformer).__name__.startswith("CogVideoX") else "BCFHW"
+    return FasterCacheConfig(
+        spatial_attention_block_skip_range=2,
+        spatial_attention_timestep_skip_range=(-1, 681),
+        unconditional_batch_skip_range=5,
+        current_timestep_callback=lambda: pipe.current_timestep,
+        attention_weight_callback=lambda _: 0.5,
+        tensor_format=fmt,
+        is_guidance_distilled=accel.adapters.adapter_for(pipe.transformer).cfg == "distilled",
+    )
+
+
+DIFFUSERS_CACHES = ("fbc", "taylorseer", "pab", "fastercache")
+
+
+def diffusers_cache_support(pipe: Any, name: str) -> str | None:
+    """None when diffusers' cache `name` can run on this pipeline, else why not."""
+    from diffusers.models.cache_utils import CacheMixin
+
+    transformer = getattr(pipe, "transformer", None)
+    if not isinstance(transformer, CacheMixin):
+        return f"{type(transformer).__name__} has no enable_cache (not a diffusers CacheMixin model)"
+    if name in ("pab", "fastercache") and not hasattr(pipe, "current_timestep"):
+        return f"{type(pipe).__name__} exposes no current_timestep"
+    if name == "fastercache" and accel.adapters.adapter_for(transformer).cfg == "sequential":
+        return "FasterCache's CFG-Cache expects batched cond/uncond calls"
+    return None
+
+
+def diffusers_cache(name: str, steps: int, pipe: Any) -> Variant:
+    make = _cache_configs(pipe)[name]
+
+    def enable(p: Any) -> None:
+        p.transformer.enable_cache(make())
+
+    def disable(p: Any, _: Any) -> None:
+        p.transformer.disable_cache()
+
+    return Variant(f"diffusers:{name}", "diffusers-cache", steps, enable, disable, note="diffusers built-in hook")
+
+
+# ---- dense attention backends ------------------------------------------------------------------
+
+BACKENDS = {"sdpa": "native", "flex": "flex", "xformers": "xformers"}
+
+
+def backend_support(name: str) -> str | None:
+    if name not in BACKENDS:
+        return f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}"
+    if name == "xformers" and importlib.util.find_spec("xformers") is None:
+        return "xformers is not installed"
+    return None
+
+
+def attention_backend(name: str, steps: int) -> Variant:
+    def enable(pipe: Any) -> None:
+        pipe.transformer.set_attention_backend(BACKENDS[name])
+
+    def disable(pipe: Any, _: Any) -> None:
+        pipe.transformer.reset_attention_backend()
+
+    return Variant(f"backend:{name}", "backend", steps, enable, disable, note=f"diffusers dispatcher '{BACKENDS[name]}'")

@@ -1,0 +1,134 @@
+"""The `accel` command. Subcommands: `methods`, `info` (and the benchmarks, added with them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from .method import methods
+
+    rows = methods()
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        return 0
+    for r in rows:
+        families = ", ".join(r.families) if r.families else "any"
+        print(f"{r.name:12s} {r.summary}")
+        print(f"{'':12s} families: {families}" + (f"; paper: {r.paper}" if r.paper else ""))
+        for opt in r.options:
+            print(f"{'':12s}   {opt['name']} = {opt['default']!r}  ({opt['allowed']}) {opt['help']}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .info import info
+
+    data = info()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for key, value in data.items():
+        if key != "attention":
+            print(f"{key:13s} {value}")
+    print("attention paths:")
+    for name, status in data["attention"].items():
+        print(f"  {name:20s} {status}")
+    return 0
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _option(text: str) -> tuple[str, str, object]:
+    """`method.key=value` with a Python literal value (strings may be bare)."""
+    import ast
+
+    target, _, raw = text.partition("=")
+    method, _, key = target.partition(".")
+    if not (method and key and raw):
+        raise argparse.ArgumentTypeError(f"--option {text!r}: expected METHOD.KEY=VALUE, e.g. pisa.density=0.1")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return method, key, value
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench import BenchSpec, markdown, run, write_all
+
+    options: dict[str, dict[str, object]] = {}
+    for method, key, value in args.option:
+        options.setdefault(method, {})[key] = value
+    spec = BenchSpec(
+        model=args.model, size=args.size, methods=args.methods, method_options=options, peers=args.peers,
+        backends=args.backends, steps=args.steps, height=args.height, width=args.width, frames=args.frames,
+        seeds=tuple(int(s) for s in args.seeds), repeat=args.repeat, warmup=args.warmup, device=args.device,
+        dtype=args.dtype, output_type=args.output_type, profile_attention=not args.no_profile,
+        progress=not args.no_progress,
+    )
+    if args.quick:
+        spec.size, spec.steps, spec.repeat = "tiny", min(spec.steps, 10), 1
+    result = run(spec)
+    print(markdown(result))
+    paths = write_all(result, Path(args.out))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="accel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("methods", help="list the acceleration methods and their options")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_methods)
+    p = sub.add_parser("info", help="versions, device and the attention paths usable here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="latency, memory and fidelity of methods and peers, side by side")
+    p.add_argument("--model", default="flux", help="zoo name, local directory, or hub id in the local cache")
+    p.add_argument("--size", default="bench", choices=("tiny", "bench"), help="zoo model size")
+    p.add_argument("--methods", type=_csv, default=("none",), help="accel methods, comma-separated")
+    p.add_argument("--option", type=_option, action="append", default=[], metavar="METHOD.KEY=VALUE")
+    p.add_argument("--peers", type=_csv, default=("fewer-steps", "fbc", "taylorseer", "pab", "fastercache"),
+                   help="fewer-steps and diffusers caches (fbc, taylorseer, pab, fastercache)")
+    p.add_argument("--backends", type=_csv, default=(), help="dense attention backends: sdpa, flex, xformers")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--frames", type=int)
+    p.add_argument("--seeds", type=_csv, default=("0",))
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--output-type", default="latent", help="'latent' compares final latents; 'pt' decoded outputs")
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--quick", action="store_true", help="tiny model, <= 10 steps, one repeat: under two minutes")
+    p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler run for attention time")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The errors accel raises. Every one is raised before any weight or module is touched."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AccelError(ValueError):
+    """Base class: a request accel cannot honour, explained in the message."""
+
+
+class UnknownMethodError(AccelError):
+    """`method=` names no registered method."""
+
+
+class InvalidOptionError(AccelError):
+    """A method option is unknown, of the wrong type, or out of its allowed range."""
+
+
+class UnsupportedModelError(AccelError):
+    """The target is not a model this method (or accel) knows how to patch."""
+
+
+class IncompatibleMethodsError(AccelError):
+    """Two methods in one composition would fight over the same part of the model."""
+
+
+class AlreadyPatchedError(AccelError):
+    """The target (or one of its denoisers) already carries an accel patch."""
+
+
+def closest(word: str, choices: Iterable[str]) -> str:
+    """A ' Did you mean ...?' suffix, or '' when nothing is close."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""

@@ -1,0 +1,1 @@
+"""accel: caches (filled by later issues)."""

@@ -1,0 +1,1 @@
+"""accel: quant (filled by later issues)."""

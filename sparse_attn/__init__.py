@@ -1,0 +1,1 @@
+"""accel: sparse_attn (filled by later issues)."""

@@ -1,0 +1,34 @@
+"""The `accel` console script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from accel.cli import main
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("none")
+
+
+def test_methods_json(capsys):
+    main(["methods", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert {"name", "summary", "families", "paper", "options"} <= set(rows[0])
+
+
+def test_info_reports_versions_device_and_attention_paths(capsys):
+    main(["info", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["torch"] and data["diffusers"] and data["device"].startswith(("cpu", "cuda"))
+    assert {"sdpa", "triton (GPU)", "triton interpreter", "flex_attention", "xformers"} <= set(data["attention"])
+    assert data["attention"]["sdpa"] == "yes"
+
+
+def test_console_script_entry_point_runs():
+    out = subprocess.run([sys.executable, "-m", "accel.cli", "info"], capture_output=True, text=True, check=True)
+    assert "attention paths:" in out.stdout

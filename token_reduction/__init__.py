@@ -1,0 +1,1 @@
+"""accel: token_reduction (filled by later issues)."""
