@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import MethodConfig
-from .errors import AccelError, AlreadyPatchedError, IncompatibleMethodsError, InvalidOptionError, closest
+from .errors import (
+    AccelError,
+    AlreadyPatchedError,
+    IncompatibleMethodsError,
+    InvalidOptionError,
+    UnknownMethodError,
+    closest,
+)
 from .journal import Journal
 from .method import Method, method_class
 from .steps import StepTracker, StepTrackerHook
@@ -76,7 +83,15 @@ class Patch:
 
 
 def _configs(method: MethodSpec | Sequence[MethodSpec], options: dict[str, Any]) -> list[MethodConfig]:
-    specs = [method] if isinstance(method, (str, MethodConfig)) else list(method)
+    if isinstance(method, (str, MethodConfig)):
+        specs = [method]
+    elif isinstance(method, (list, tuple)):
+        specs = list(method)
+    else:
+        raise UnknownMethodError(
+            f"accel: method={method!r} is neither a method name, a method config, nor a list of them; "
+            "see accel.methods()."
+        )
     if not specs:
         raise AccelError("accel: method= is an empty list; give at least one method name.")
     if len(specs) > 1 and options:
@@ -101,7 +116,7 @@ def _configs(method: MethodSpec | Sequence[MethodSpec], options: dict[str, Any])
         elif isinstance(spec, str):
             configs.append(method_class(spec).Config.from_options(**options))
         else:
-            raise AccelError(
+            raise UnknownMethodError(
                 f"accel: method={spec!r} is neither a method name nor a method config; see accel.methods()."
             )
     return configs

@@ -14,8 +14,10 @@ from accel.method import _REGISTRY
 
 
 def snapshot(obj: Any) -> dict[str, Any]:
-    """Everything a patch could leave behind: per module, the instance attributes (name -> identity),
-    the hooks, and the class; plus the scheduler's instance attributes for a pipeline."""
+    """Everything a patch could leave behind: per module, the public instance attributes (name ->
+    identity), the attribute names, the torch hooks and the class; for other pipeline components (the
+    scheduler) the attribute names and any instance-level `set_timesteps`. Take it after one call of the
+    pipeline, which adds run-time attributes of its own."""
     modules = obj.components.values() if hasattr(obj, "components") else [obj]
     out: dict[str, Any] = {"class": type(obj), "dict": sorted(vars(obj))}
     for i, comp in enumerate(modules):
@@ -29,17 +31,19 @@ def snapshot(obj: Any) -> dict[str, Any]:
                     len(module._forward_hooks),
                     len(module._forward_pre_hooks),
                 )
-        elif comp is not None:
-            out[f"{i}:attrs"] = (type(comp), {k: id(v) for k, v in vars(comp).items()})
+        elif comp is not None and hasattr(comp, "__dict__"):
+            out[f"{i}:attrs"] = (type(comp), sorted(vars(comp)), id(vars(comp).get("set_timesteps")))
     return out
 
 
 class _ScaleHook(ModelHook):
-    def __init__(self, factor: float) -> None:
+    def __init__(self, factor: float, counters: dict) -> None:
         super().__init__()
         self.factor = factor
+        self.counters = counters
 
     def post_forward(self, module, output):
+        self.counters["scaled_calls"] = self.counters.get("scaled_calls", 0) + 1
         if isinstance(output, tuple):
             return (output[0] * self.factor, *output[1:])
         output.sample = output.sample * self.factor
@@ -64,10 +68,9 @@ class ScaleOutput(accel.Method):
 
     def apply(self, target, journal, tracker):
         for d in target.denoisers:
-            journal.add_model_hook(d.module, _ScaleHook(self.config.factor), "test.scale")
+            journal.add_model_hook(d.module, _ScaleHook(self.config.factor, self.counters), "test.scale")
             if self.config.fail_after_hook:
                 raise RuntimeError("deliberate failure")
-        self.counters["hooks"] = len(target.denoisers)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ def test_adapter_matches_the_real_model(tiny, name):
         assert len([b for b in blocks if b.stack == stack]) == len(getattr(model, stack))
     sites = adapter.attention_sites(model)
     first = [s for s in sites if s.block.stack == stacks[0] and s.block.index == 0]
+    if family == "sd3" and getattr(blocks[0].module, "attn2", None) is not None:
+        kinds = kinds | {"self"}  # SD3.5 dual-attention layer: attn2 is image-only self-attention
     assert {s.kind for s in first} == kinds
     from diffusers.models.attention import AttentionModuleMixin
     from diffusers.models.attention_processor import Attention
@@ -55,7 +57,7 @@ def test_adapter_matches_the_real_model(tiny, name):
         seen.append((handle.tracker.layout, hidden.shape[1], None if text is None else text.shape[1]))
 
     h = blocks[0].module.register_forward_pre_hook(capture, with_kwargs=True)
-    generate(pipe, steps=1)
+    generate(pipe, steps=2)  # PixArt's pipeline breaks at 1 step (diffusers 0.42 DPM-Solver)
     h.remove()
     handle.unpatch()
     layout, image_tokens, text_tokens = seen[0]
@@ -72,7 +74,7 @@ def test_video_layout_has_frames(tiny):
     handle = accel.patch(pipe, method="none")
     grids = []
     h = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: grids.append(handle.tracker.layout.grid))
-    generate(pipe, steps=1)
+    generate(pipe, steps=2)
     h.remove()
     handle.unpatch()
     frames, height, width = grids[0]

@@ -36,8 +36,9 @@ def test_patch_returns_handle_with_config_and_stats(tiny):
 def test_unpatch_is_bit_identical_to_never_patched(tiny, test_methods, name):
     never = tiny(name)
     patched = tiny(name)
-    before = snapshot(patched)
     reference = generate(never, steps=2, seed=3)
+    assert torch.equal(generate(patched, steps=2, seed=3), reference)
+    before = snapshot(patched)
 
     handle = accel.patch(patched, method="test-scale", factor=0.5)
     changed = generate(patched, steps=2, seed=3)
@@ -71,11 +72,11 @@ def test_unpatch_through_a_denoiser_removes_the_pipeline_patch(tiny):
 
 def test_patching_one_instance_leaves_other_instances_and_the_class_alone(tiny, test_methods):
     a, b = tiny("pixart-alpha"), tiny("pixart-alpha")
+    reference = generate(b, steps=2)
     cls_forward = type(a.transformer).forward
     cls_dict = dict(vars(type(a.transformer)))
     pipe_cls_dict = dict(vars(type(a)))
     b_before = snapshot(b)
-    reference = generate(b, steps=2)
     with accel.patch(a, method="test-scale"):
         assert type(a.transformer).forward is cls_forward
         assert dict(vars(type(a.transformer))) == cls_dict
@@ -194,7 +195,7 @@ def test_composition_applies_every_method(tiny, test_methods):
     assert [m.name for m in handle.methods] == ["none", "test-scale"]
     assert handle.config[1].factor == 0.25
     generate(pipe, steps=2)
-    assert handle.stats()["test-scale"] == {"hooks": 1}
+    assert handle.stats()["test-scale"] == {"scaled_calls": 2}
     handle.unpatch()
 
 
@@ -213,8 +214,8 @@ def test_patching_twice_is_refused(tiny):
 
 def test_failed_patch_leaves_nothing_half_applied(tiny, test_methods):
     pipe = tiny("pixart-alpha")
-    before = snapshot(pipe)
     reference = generate(pipe, steps=2)
+    before = snapshot(pipe)
     with pytest.raises(RuntimeError, match="deliberate failure"):
         accel.patch(pipe, method="test-scale", fail_after_hook=True)
     _assert_untouched(pipe, before)
@@ -230,3 +231,20 @@ def test_config_object_with_extra_options(tiny, test_methods):
     handle.unpatch()
     with pytest.raises(accel.InvalidOptionError, match="unknown option 'fctor'"):
         accel.patch(pipe, method=ScaleConfig(), fctor=1.5)
+
+
+def test_patch_composes_with_a_diffusers_cache_and_leaves_it_in_place(tiny):
+    from diffusers import FirstBlockCacheConfig
+
+    pipe = tiny("wan")
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+    reference = generate(pipe, steps=4)
+    before = snapshot(pipe)
+    handle = accel.patch(pipe, method="none")
+    assert torch.equal(generate(pipe, steps=4), reference)  # the diffusers cache still acts identically
+    assert handle.stats()["steps"]["calls_by_branch"] == {"cond": 4, "uncond": 4}
+    handle.unpatch()
+    assert snapshot(pipe) == before
+    assert pipe.transformer.is_cache_enabled
+    assert torch.equal(generate(pipe, steps=4), reference)
+    pipe.transformer.disable_cache()

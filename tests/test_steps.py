@@ -29,7 +29,9 @@ def test_one_call_per_step_families(tiny, name):
     seen, h = _record(handle, pipe)
     generate(pipe, steps=3)
     h.remove()
-    assert [(s, b) for s, b, _ in seen] == [(0, "default"), (1, "default"), (2, "default")]
+    assert [s for s, _, _ in seen] == [0, 1, 2]
+    # one branch: "default", or the pipeline's own context name (CogVideoX batches CFG as "cond_uncond")
+    assert len({b for _, b, _ in seen}) == 1
     assert all(n == 3 for _, _, n in seen)
     handle.unpatch()
 

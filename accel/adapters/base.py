@@ -103,10 +103,17 @@ class ModelAdapter:
         names = {cls.__name__ for cls in type(module).__mro__}
         return any(name in names for name in self.denoiser_classes)
 
+    @staticmethod
+    def _stack(denoiser: torch.nn.Module, stack: BlockStack) -> torch.nn.ModuleList | tuple:
+        try:
+            return denoiser.get_submodule(stack.attr)
+        except AttributeError:  # e.g. a config without single-stream blocks
+            return ()
+
     def blocks(self, denoiser: torch.nn.Module) -> list[BlockRef]:
         refs = []
         for stack in self.stacks:
-            for i, block in enumerate(getattr(denoiser, stack.attr, None) or ()):
+            for i, block in enumerate(self._stack(denoiser, stack)):
                 refs.append(BlockRef(stack.attr, i, block, stack.stream))
         return refs
 
@@ -114,7 +121,7 @@ class ModelAdapter:
         """Self/joint and cross attention modules, in block order."""
         sites = []
         for stack in self.stacks:
-            for i, block in enumerate(getattr(denoiser, stack.attr, None) or ()):
+            for i, block in enumerate(self._stack(denoiser, stack)):
                 ref = BlockRef(stack.attr, i, block, stack.stream)
                 kinds = (
                     [(a, "self", "none") for a in stack.self_attention]

@@ -39,7 +39,7 @@ def _cross_attention_attrs(block: torch.nn.Module) -> tuple[str, ...]:
 def generic_adapter(denoiser: torch.nn.Module) -> ModelAdapter | None:
     """An adapter for `denoiser` from its structure, or None when no block list can be found."""
     lists = _uniform_lists(denoiser)
-    names = [n for n in KNOWN_STACK_NAMES if n in lists]
+    names = [n for n in lists if n.rsplit(".", 1)[-1] in KNOWN_STACK_NAMES]
     if not names and lists:
         names = [max(lists, key=lambda n: len(lists[n]))]  # the longest list of repeated blocks
     if not names:
