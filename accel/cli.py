@@ -69,7 +69,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         options.setdefault(method, {})[key] = value
     spec = BenchSpec(
         model=args.model, size=args.size, methods=args.methods, method_options=options, peers=args.peers,
-        backends=args.backends, steps=args.steps, height=args.height, width=args.width, frames=args.frames,
+        backends=args.backends, fewer_steps=tuple(int(k) for k in args.fewer_steps), steps=args.steps, height=args.height, width=args.width, frames=args.frames,
         seeds=tuple(int(s) for s in args.seeds), repeat=args.repeat, warmup=args.warmup, device=args.device,
         dtype=args.dtype, output_type=args.output_type, profile_attention=not args.no_profile,
         progress=not args.no_progress,
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", type=_csv, default=("fewer-steps", "fbc", "taylorseer", "pab", "fastercache"),
                    help="fewer-steps and diffusers caches (fbc, taylorseer, pab, fastercache)")
     p.add_argument("--backends", type=_csv, default=(), help="dense attention backends: sdpa, flex, xformers")
+    p.add_argument("--fewer-steps", type=_csv, default=(), help="explicit step counts for fewer-steps rows")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)

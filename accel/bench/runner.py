@@ -37,6 +37,7 @@ class BenchSpec:
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     peers: tuple[str, ...] = DEFAULT_PEERS  # "fewer-steps" and diffusers caches: fbc, taylorseer, pab, fastercache
     backends: tuple[str, ...] = ()  # extra dense attention backends: sdpa, flex, xformers
+    fewer_steps: tuple[int, ...] = ()  # explicit fewer-steps rows, besides the ones timed to match methods
     steps: int = 20
     height: int | None = None
     width: int | None = None
@@ -53,6 +54,8 @@ class BenchSpec:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise accel.InvalidOptionError(f"bench: dtype={self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if any(not 1 <= k < self.steps for k in self.fewer_steps):
+            raise accel.InvalidOptionError(f"bench: fewer_steps={self.fewer_steps}; each must be in [1, steps)")
         if self.steps < 1 or self.repeat < 1 or self.warmup < 0 or not self.seeds:
             raise accel.InvalidOptionError("bench: steps and repeat must be >= 1, warmup >= 0, and seeds non-empty")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -167,6 +170,15 @@ class _Bench:
             except Exception as err:  # a peer that cannot run here is a row that says so
                 row.status = f"failed: {type(err).__name__}: {err}"
 
+    def calibrate(self, bar: tqdm) -> dict[str, float]:
+        """One more timed run per row after warm-up, to choose the fewer-steps counts."""
+        seconds = {}
+        for variant, row in self.rows:
+            if row.status == "ok":
+                seconds[row.label] = self.run_once(variant, self.spec.seeds[0])[1]
+                bar.update(1)
+        return seconds
+
     def repeats(self, bar: tqdm) -> None:
         live = [(v, r) for v, r in self.rows if r.status == "ok"]
         for rep in range(self.spec.repeat):
@@ -235,15 +247,16 @@ def _mean_fidelity(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _fewer_steps(bench: _Bench) -> list[V.Variant]:
-    """One baseline row at fewer steps per accelerated row that beats the baseline, timed to match it."""
-    base = next((r for v, r in bench.rows if r.label == "baseline"), None)
-    if base is None or not base.warmup_s:
+def _fewer_steps(bench: _Bench, seconds: dict[str, float]) -> list[V.Variant]:
+    """One baseline row at fewer steps per accelerating row, its step count chosen to take the same time
+    (time is close to linear in steps). `none` accelerates nothing and gets no match."""
+    base = seconds.get("baseline")
+    if not base:
         return []
     chosen: dict[int, str] = {}
     for _, row in bench.rows:
-        if row.kind in ("accel", "diffusers-cache") and row.status == "ok" and row.warmup_s:
-            steps = max(1, round(bench.spec.steps * row.warmup_s / base.warmup_s))
+        if row.kind in ("accel", "diffusers-cache") and row.label != "none" and row.label in seconds:
+            steps = max(1, round(bench.spec.steps * seconds[row.label] / base))
             if steps < bench.spec.steps:
                 chosen.setdefault(steps, row.label)
     return [V.fewer_steps(k, label) for k, label in sorted(chosen.items())]
@@ -274,14 +287,16 @@ def run(spec: BenchSpec) -> BenchResult:
         else:
             bench.add(V.attention_backend(name, spec.steps))
 
-    n_live = len(bench.rows) + (len(spec.methods) if "fewer-steps" in spec.peers else 0)
-    total = n_live * (max(1, spec.warmup) + spec.repeat * len(spec.seeds) + int(spec.profile_attention))
+    n_rows = len(bench.rows)
+    total = n_rows * (max(1, spec.warmup) + spec.repeat * len(spec.seeds) + int(spec.profile_attention))
+    total += 2 * n_rows if "fewer-steps" in spec.peers else 0  # calibration, and the rows it adds
     with tqdm(total=total, desc=f"accel bench {spec.model}", disable=not spec.progress, leave=False) as bar:
         bench.warm_up(bar)
-        if "fewer-steps" in spec.peers:
-            for variant in _fewer_steps(bench):
-                bench.add(variant)
-            bench.warm_up(bar)
+        matched = _fewer_steps(bench, bench.calibrate(bar)) if "fewer-steps" in spec.peers else []
+        matched_steps = {v.steps for v in matched}
+        for variant in matched + [V.fewer_steps(k, "") for k in spec.fewer_steps if k not in matched_steps]:
+            bench.add(variant)
+        bench.warm_up(bar)
         bench.repeats(bar)
         bench.profile(bar)
     bench.summarize()

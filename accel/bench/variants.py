@@ -36,7 +36,8 @@ def baseline(steps: int) -> Variant:
 
 
 def fewer_steps(steps: int, matched: str) -> Variant:
-    return Variant(f"fewer-steps({steps})", "fewer-steps", steps, note=f"baseline at {steps} steps, timed to match {matched}")
+    note = f"baseline at {steps} steps" + (f", timed to match {matched}" if matched else "")
+    return Variant(f"fewer-steps({steps})", "fewer-steps", steps, note=note)
 
 
 def accel_method(name: str, steps: int, options: dict[str, Any] | None = None) -> Variant:

@@ -1,0 +1,85 @@
+"""`accel bench` end to end on a tiny model: rows, metrics, files and the JSON schema."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from accel.bench import BenchSpec, markdown, run, write_all
+from accel.cli import main
+
+
+@pytest.fixture(scope="module")
+def result():
+    spec = BenchSpec(model="wan", size="tiny", steps=6, repeat=2, seeds=(0, 1), peers=("fewer-steps", "fbc", "pab"),
+                     backends=("sdpa", "xformers"), fewer_steps=(3,), height=32, width=32, frames=5, progress=False)
+    return run(spec)
+
+
+def test_rows_cover_baseline_none_peers_and_fewer_steps(result):
+    labels = [r.label for r in result.rows]
+    assert labels[:2] == ["baseline", "none"]
+    assert {"diffusers:fbc", "diffusers:pab", "backend:sdpa", "backend:xformers"} <= set(labels)
+    assert "fewer-steps(3)" in labels
+    rows = {r.label: r for r in result.rows}
+    assert rows["backend:xformers"].status.startswith("skipped") or rows["backend:xformers"].status == "ok"
+
+
+def test_exact_rows_are_identical_and_timed(result):
+    rows = {r.label: r for r in result.rows}
+    for label in ("baseline", "none", "backend:sdpa"):
+        r = rows[label]
+        assert r.status == "ok"
+        assert r.fidelity["identical"] and r.fidelity["psnr"] is None and r.fidelity["ssim"] == pytest.approx(1.0)
+        assert r.latency_s["n"] == 4  # 2 repeats x 2 seeds
+        assert r.latency_s["min"] <= r.latency_s["median"] <= r.latency_s["max"]
+        assert r.attention_s is not None and 0 < r.attention_share < 1
+    assert rows["baseline"].speedup == pytest.approx(1.0)
+    assert rows["none"].stats["steps"]["calls_by_branch"] == {"cond": 6, "uncond": 6}
+
+
+def test_fewer_steps_row_is_inexact_and_runs_fewer_steps(result):
+    row = next(r for r in result.rows if r.label == "fewer-steps(3)")
+    assert row.steps == 3 and row.status == "ok"
+    assert not row.fidelity["identical"] and row.fidelity["psnr"] > 0 and row.fidelity["rel_l1"] > 0
+
+
+def test_outputs_written_with_schema(result, tmp_path):
+    paths = write_all(result, tmp_path)
+    data = json.loads(paths["json"].read_text())
+    assert data["schema"] == "accel.bench/1"
+    assert {"spec", "env", "model", "rows"} <= set(data)
+    assert data["env"]["device"].startswith("cpu")
+    row_keys = {"label", "kind", "steps", "status", "latency_s", "speedup", "warmup_s", "attention_s",
+                "attention_share", "peak_mem_mb", "fidelity", "stats", "options"}
+    for row in data["rows"]:
+        assert row_keys <= set(row)
+    assert [r["label"] for r in csv.DictReader(paths["csv"].open())] == [r.label for r in result.rows]
+    assert paths["plot"].stat().st_size > 1000
+    table = markdown(result)
+    assert "| baseline |" in table and "inf (identical)" in table and "device: cpu" in table
+
+
+def test_fewer_steps_are_timed_to_match_each_accelerating_row():
+    from accel.bench.runner import _fewer_steps
+
+    class FakeBench:
+        spec = BenchSpec(steps=20)
+        rows = [(None, type("R", (), {"label": label, "kind": kind})()) for label, kind in
+                [("baseline", "baseline"), ("none", "accel"), ("delta", "accel"), ("diffusers:fbc", "diffusers-cache"),
+                 ("diffusers:pab", "diffusers-cache")]]
+
+    seconds = {"baseline": 10.0, "none": 9.0, "delta": 5.0, "diffusers:fbc": 7.4, "diffusers:pab": 5.1}
+    rows = _fewer_steps(FakeBench(), seconds)
+    assert [(v.steps, v.note) for v in rows] == [
+        (10, "baseline at 10 steps, timed to match delta"), (15, "baseline at 15 steps, timed to match diffusers:fbc")
+    ]
+
+
+def test_cli_quick_runs_on_a_tiny_model(tmp_path, capsys):
+    assert main(["bench", "--quick", "--model", "dit", "--steps", "3", "--peers", "fewer-steps", "--no-progress",
+                 "--no-profile", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| baseline |" in out and (tmp_path / "results.json").exists()
