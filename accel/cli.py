@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -51,7 +53,9 @@ def _option(text: str) -> tuple[str, str, object]:
     target, _, raw = text.partition("=")
     method, _, key = target.partition(".")
     if not (method and key and raw):
-        raise argparse.ArgumentTypeError(f"--option {text!r}: expected METHOD.KEY=VALUE, e.g. pisa.density=0.1")
+        raise argparse.ArgumentTypeError(
+            f"--option {text!r}: expected METHOD.KEY=VALUE, e.g. pisa.density=0.1"
+        )
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -68,17 +72,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for method, key, value in args.option:
         options.setdefault(method, {})[key] = value
     spec = BenchSpec(
-        model=args.model, size=args.size, methods=args.methods, method_options=options, peers=args.peers,
-        backends=args.backends, fewer_steps=tuple(int(k) for k in args.fewer_steps), steps=args.steps, height=args.height, width=args.width, frames=args.frames,
-        seeds=tuple(int(s) for s in args.seeds), repeat=args.repeat, warmup=args.warmup, device=args.device,
-        dtype=args.dtype, output_type=args.output_type, profile_attention=not args.no_profile,
+        model=args.model,
+        size=args.size,
+        methods=args.methods,
+        method_options=options,
+        peers=args.peers,
+        backends=args.backends,
+        fewer_steps=tuple(int(k) for k in args.fewer_steps),
+        steps=args.steps,
+        height=args.height,
+        width=args.width,
+        frames=args.frames,
+        seeds=tuple(int(s) for s in args.seeds),
+        repeat=args.repeat,
+        warmup=args.warmup,
+        device=args.device,
+        dtype=args.dtype,
+        output_type=args.output_type,
+        profile_attention=not args.no_profile,
         progress=not args.no_progress,
     )
-    if args.quick:
-        spec.size, spec.steps, spec.repeat = "tiny", min(spec.steps, 10), 1
+    if args.quick:  # tiny model, <= 10 steps, one repeat
+        spec = dataclasses.replace(spec, size="tiny", steps=min(spec.steps, 10), repeat=1)
+    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     result = run(spec)
-    print(markdown(result))
-    paths = write_all(result, Path(args.out))
+    print(markdown(result, command))
+    paths = write_all(result, Path(args.out), command)
+    if args.doc:
+        from .bench.report import update_doc
+
+        key = args.doc_key or command
+        update_doc(Path(args.doc), key, f"### {key}\n\n{markdown(result, command)}")
+        paths["doc"] = Path(args.doc)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -98,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="bench", choices=("tiny", "bench"), help="zoo model size")
     p.add_argument("--methods", type=_csv, default=("none",), help="accel methods, comma-separated")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="METHOD.KEY=VALUE")
-    p.add_argument("--peers", type=_csv, default=("fewer-steps", "fbc", "taylorseer", "pab", "fastercache"),
-                   help="fewer-steps and diffusers caches (fbc, taylorseer, pab, fastercache)")
+    p.add_argument(
+        "--peers",
+        type=_csv,
+        default=("fewer-steps", "fbc", "taylorseer", "pab", "fastercache"),
+        help="fewer-steps and diffusers caches (fbc, taylorseer, pab, fastercache)",
+    )
     p.add_argument("--backends", type=_csv, default=(), help="dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_csv, default=(), help="explicit step counts for fewer-steps rows")
     p.add_argument("--steps", type=int, default=20)
@@ -111,11 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--output-type", default="latent", help="'latent' compares final latents; 'pt' decoded outputs")
+    p.add_argument(
+        "--output-type", default="latent", help="'latent' compares final latents; 'pt' decoded outputs"
+    )
     p.add_argument("--out", default="bench-results")
-    p.add_argument("--quick", action="store_true", help="tiny model, <= 10 steps, one repeat: under two minutes")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny model, <= 10 steps, one repeat: under two minutes"
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler run for attention time")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--doc", help="also write the table into this markdown file (e.g. docs/benchmarks.md)")
+    p.add_argument("--doc-key", help="section name in --doc (default: the command line)")
     p.set_defaults(func=_cmd_bench)
     return parser
 
@@ -127,7 +162,9 @@ def _cuda() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded with benchmark results, so tables show the command that made them
     return args.func(args)
 
 

@@ -34,9 +34,10 @@ def _psnr(row: RowResult) -> str:
     return _fmt(row.fidelity.get("psnr"))
 
 
-def markdown(result: BenchResult) -> str:
+def markdown(result: BenchResult, command: str | None = None) -> str:
     spec = result.spec
-    head = (
+    head = f"Command: `{command}`\n\n" if command else ""
+    head += (
         f"model `{spec.model}` ({result.model['pipeline']}, {spec.size}), {spec.steps} steps, seeds "
         f"{','.join(map(str, spec.seeds))}, repeat {spec.repeat}, {spec.dtype}, device: {result.env['device']}\n\n"
     )
@@ -105,12 +106,28 @@ def write_plot(result: BenchResult, path: Path) -> bool:
     return True
 
 
-def write_all(result: BenchResult, out_dir: Path) -> dict[str, Path]:
+def update_doc(path: Path, key: str, body: str) -> None:
+    """Put `body` into the markdown file `path` between markers named by `key`, replacing an earlier
+    run of the same key: docs/benchmarks.md is assembled from tool output, never typed by hand."""
+    start, end = f"<!-- accel-bench:{key} -->", f"<!-- /accel-bench:{key} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def write_all(result: BenchResult, out_dir: Path, command: str | None = None) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "md": out_dir / "results.md"}
-    paths["json"].write_text(json.dumps(result.to_json(), indent=2, default=str))
+    data = result.to_json()
+    data["command"] = command
+    paths["json"].write_text(json.dumps(data, indent=2, default=str))
     write_csv(result, paths["csv"])
-    paths["md"].write_text(markdown(result))
+    paths["md"].write_text(markdown(result, command))
     plot = out_dir / "pareto.png"
     if write_plot(result, plot):
         paths["plot"] = plot

@@ -1,0 +1,85 @@
+"""An offline model zoo: real diffusers pipelines with small random weights, for tests and benchmarks.
+
+    pipe = accel.zoo.load("wan", size="tiny")
+    latents = accel.zoo.generate(pipe, steps=2)          # or pipe(**accel.zoo.inputs(pipe))
+
+Nothing is downloaded: every component is built from a config and seeded, and the text encoders are left
+out (`inputs` supplies prompt embeddings). This package imports nothing else from `accel`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from functools import partial
+
+import diffusers
+import torch
+
+from .calls import family_of, generate, inputs
+from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
+
+__all__ = ["built_from", "default_resolution", "family_of", "generate", "inputs", "load", "names"]
+
+def names() -> list[str]:
+    """The zoo entry names, in a stable order."""
+    return list(ENTRIES)
+
+
+def _check(name: str, size: str) -> None:
+    if name not in ENTRIES:
+        close = difflib.get_close_matches(name, ENTRIES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown zoo model {name!r}.{hint} Valid names: {', '.join(ENTRIES)}.")
+    if size not in SIZES:
+        raise ValueError(f"Unknown zoo size {size!r} for {name!r}. Valid sizes: {', '.join(SIZES)}.")
+
+
+def default_resolution(name: str, size: str = "tiny") -> dict[str, int]:
+    """height and width (and num_frames for video entries) that the entry is sized for."""
+    _check(name, size)
+    return dict(ENTRIES[name].resolution[size])
+
+
+def load(
+    name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32
+) -> diffusers.DiffusionPipeline:
+    """Builds the zoo pipeline `name` with deterministic weights: the same seed gives bit-identical weights.
+
+    The global torch RNG is restored afterwards, so loading does not disturb the caller's randomness.
+    """
+    _check(name, size)
+    entry = ENTRIES[name]
+    cls = getattr(diffusers, entry.pipeline)
+    with torch.random.fork_rng(devices=[]):
+        components = {}
+        for key, value in entry.build(size).items():
+            if isinstance(value, partial):  # a model: seed right before it, so its weights depend on `seed` only
+                torch.manual_seed(seed)
+                value = value().eval()  # as from_pretrained leaves it: no dropout (DiT drops class labels)
+            components[key] = value
+    params = inspect.signature(cls.__init__).parameters
+    components.update({k: None for k in TEXT_COMPONENTS if k in params})
+    if dtype != torch.float32:
+        for value in components.values():
+            if isinstance(value, diffusers.ModelMixin):
+                _cast(value, dtype)
+    pipe = cls(**components)
+    pipe.set_progress_bar_config(disable=True)
+    BUILT[pipe] = (name, size)
+    return pipe
+
+
+def _cast(model: diffusers.ModelMixin, dtype: torch.dtype) -> None:
+    """Casts like `from_pretrained(torch_dtype=...)`: weights named after the model's
+    `_keep_in_fp32_modules` (e.g. Wan's norms and `scale_shift_table`) stay float32."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    torch.nn.Module.to(model, dtype=dtype)  # ModelMixin.to would warn about the fp32 modules
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if keep.intersection(name.split(".")) and tensor.is_floating_point():
+            tensor.data = tensor.data.float()
+
+
+def built_from(pipe: diffusers.DiffusionPipeline) -> tuple[str, str] | None:
+    """(name, size) of the zoo entry that built `pipe`, or None for any other pipeline."""
+    return BUILT.get(pipe)
