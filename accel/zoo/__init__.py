@@ -21,6 +21,7 @@ from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
 
 __all__ = ["built_from", "default_resolution", "family_of", "generate", "inputs", "load", "names"]
 
+
 def names() -> list[str]:
     """The zoo entry names, in a stable order."""
     return list(ENTRIES)
@@ -54,9 +55,11 @@ def load(
     with torch.random.fork_rng(devices=[]):
         components = {}
         for key, value in entry.build(size).items():
-            if isinstance(value, partial):  # a model: seed right before it, so its weights depend on `seed` only
+            if isinstance(value, partial):
+                # A model: seed right before it, so its weights depend on `seed` only. eval() as
+                # from_pretrained leaves it: no dropout (DiT would drop class labels at random).
                 torch.manual_seed(seed)
-                value = value().eval()  # as from_pretrained leaves it: no dropout (DiT drops class labels)
+                value = value().eval()
             components[key] = value
     params = inspect.signature(cls.__init__).parameters
     components.update({k: None for k in TEXT_COMPONENTS if k in params})

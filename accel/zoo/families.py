@@ -4,8 +4,9 @@ Every component is randomly initialised (no checkpoint), so the pipelines produc
 exact code paths of the real models. Two sizes per entry:
 
 - "tiny": a 2-step run, VAE decode included, takes about a second on 2 CPU cores (unit tests).
-- "bench": realistic token counts (about 2k image/video tokens per sample, head dim 64) so attention
-  dominates a step, with a cheap VAE, as most benchmarks stop at `output_type="latent"`.
+- "bench": realistic token counts (about 4k image/video tokens per sample: 1024x1024 images, 33 frames
+  of 256x448 video; head dim 64, 4 heads, 2 layers) so attention is the largest cost of a step, and a
+  cheap VAE, as benchmarks mostly stop at `output_type="latent"`. A step takes about a second on 2 cores.
 
 Text encoders and tokenizers are left out; `accel.zoo.inputs` supplies ready prompt embeddings.
 """
@@ -33,7 +34,8 @@ class Entry:
 
     name: str
     pipeline: str  # diffusers pipeline class name
-    build: Callable[[str], dict[str, Any]]  # size -> pipeline keyword arguments; a `partial` is a model to seed
+    # size -> the pipeline's keyword arguments; a `partial` is a model, built right after seeding
+    build: Callable[[str], dict[str, Any]]
     resolution: dict[str, dict[str, int]]  # size -> {"height", "width"[, "num_frames"]}
     text_tokens: dict[str, int]  # size -> prompt embedding length
 
@@ -75,15 +77,11 @@ def _image_res(tiny: int, bench: int) -> dict[str, dict[str, int]]:
 
 
 def _video_res() -> dict[str, dict[str, int]]:
-    # 8x spatial / 4x temporal VAEs and 2x2 patches: tiny 3 x 4 x 4 = 48 tokens, bench 5 x 16 x 28 = 2240.
+    # 8x spatial / 4x temporal VAEs and 2x2 patches: tiny 3 x 4 x 4 = 48 tokens, bench 9 x 16 x 28 = 4032.
     return {
         "tiny": {"height": 64, "width": 64, "num_frames": 9},
         "bench": {"height": 256, "width": 448, "num_frames": 33},
     }
-
-
-def _flow_scheduler(**config: Any) -> diffusers.FlowMatchEulerDiscreteScheduler:
-    return diffusers.FlowMatchEulerDiscreteScheduler(**config)
 
 
 def build_flux(size: str) -> dict[str, Any]:
@@ -103,11 +101,20 @@ def build_flux(size: str) -> dict[str, Any]:
         axes_dims_rope=_rope_axes(head_dim),
     )
     vae = _image_vae(
-        size, latent, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False
+        size,
+        latent,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
-    scheduler = _flow_scheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-        base_image_seq_len=256, max_image_seq_len=4096,
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
     )
     return {"transformer": transformer, "vae": vae, "scheduler": scheduler}
 
@@ -133,9 +140,18 @@ def build_sd3(size: str) -> dict[str, Any]:
         qk_norm="rms_norm",
     )
     vae = _image_vae(
-        size, latent, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False
+        size,
+        latent,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
-    return {"transformer": transformer, "vae": vae, "scheduler": _flow_scheduler(shift=3.0)}
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+    }
 
 
 def _pixart(size: str, *, sigma: bool) -> dict[str, Any]:
@@ -152,8 +168,8 @@ def _pixart(size: str, *, sigma: bool) -> dict[str, Any]:
         sample_size=16 if size == "tiny" else 128,
         patch_size=2,
         interpolation_scale=2 if sigma and size == "bench" else None,
-        # alpha-1024 (sample_size 128) takes resolution/aspect-ratio micro-conditions, sigma does not
-        use_additional_conditions=False if sigma else None,
+        # No resolution/aspect-ratio micro-conditions (alpha-1024 has them): they need a width divisible by 3.
+        use_additional_conditions=False,
     )
     return {
         "transformer": transformer,
@@ -171,8 +187,16 @@ def build_pixart_sigma(size: str) -> dict[str, Any]:
 
 
 DIT_LABELS = {
-    0: "tench, Tinca tinca", 1: "goldfish", 2: "great white shark", 3: "tiger shark", 4: "hammerhead",
-    5: "electric ray", 6: "stingray", 7: "cock", 8: "hen", 9: "ostrich",
+    0: "tench, Tinca tinca",
+    1: "goldfish",
+    2: "great white shark",
+    3: "tiger shark",
+    4: "hammerhead",
+    5: "electric ray",
+    6: "stingray",
+    7: "cock",
+    8: "hen",
+    9: "ostrich",
 }
 
 
@@ -222,7 +246,11 @@ def build_wan(size: str) -> dict[str, Any]:
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
     )
-    return {"transformer": transformer, "vae": vae, "scheduler": _flow_scheduler(shift=5.0)}
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=5.0),
+    }
 
 
 def build_hunyuan_video(size: str) -> dict[str, Any]:
@@ -252,7 +280,11 @@ def build_hunyuan_video(size: str) -> dict[str, Any]:
         norm_num_groups=4,
         mid_block_add_attention=size == "tiny",
     )
-    return {"transformer": transformer, "vae": vae, "scheduler": _flow_scheduler(shift=7.0)}
+    return {
+        "transformer": transformer,
+        "vae": vae,
+        "scheduler": diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0),
+    }
 
 
 def build_cogvideox(size: str) -> dict[str, Any]:
@@ -287,8 +319,13 @@ def build_cogvideox(size: str) -> dict[str, Any]:
         sample_width=res["width"],
     )
     scheduler = diffusers.CogVideoXDDIMScheduler(
-        prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True,
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        rescale_betas_zero_snr=True,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
     )
     return {"transformer": transformer, "vae": vae, "scheduler": scheduler}
 
@@ -308,4 +345,11 @@ ENTRIES: dict[str, Entry] = {
 }
 
 # Pipeline components the zoo leaves out: the caller passes prompt embeddings instead.
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+TEXT_COMPONENTS = (
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+)

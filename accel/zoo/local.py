@@ -10,34 +10,30 @@ import json
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 
 
 def load(path_or_id: str, *, dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
     """Loads a diffusers pipeline (model_index.json), a single diffusers model (config.json with
     `_class_name`) or a transformers model (config.json with `architectures`), always with
-    `local_files_only=True`. Extra keyword arguments go to `from_pretrained`.
+    `local_files_only=True`. `cache_dir` and `revision` pick the cached snapshot; other keyword
+    arguments go to `from_pretrained`.
 
     Raises FileNotFoundError, saying how to get the files, when they are not on this machine.
     """
-    root = _resolve(path_or_id, kwargs.get("cache_dir"), kwargs.get("revision"))
+    root = _resolve(path_or_id, kwargs.pop("cache_dir", None), kwargs.pop("revision", None))
     kwargs["local_files_only"] = True
+    if dtype is not None:
+        kwargs["dtype"] = dtype  # diffusers >= 0.42 and transformers >= 5 both call it `dtype`
     try:
         if (root / "model_index.json").is_file():
-            import diffusers
-
-            if dtype is not None:
-                kwargs["torch_dtype"] = dtype
             return diffusers.DiffusionPipeline.from_pretrained(root, **_absent_components(root, kwargs))
         config = _read_json(root / "config.json")
         if "_class_name" in config:  # a diffusers model directory, e.g. a pipeline's transformer/
-            import diffusers
-
-            if dtype is not None:
-                kwargs["torch_dtype"] = dtype
             return getattr(diffusers, config["_class_name"]).from_pretrained(root, **kwargs)
         if config.get("architectures"):
-            return _load_transformers(root, config["architectures"][0], dtype, kwargs)
+            return _load_transformers(root, config["architectures"][0], kwargs)
     except OSError as err:  # from_pretrained's "file not found" family (weights or sub-folders missing)
         raise FileNotFoundError(_missing(path_or_id, f"loading failed: {err}")) from err
     raise FileNotFoundError(
@@ -52,18 +48,19 @@ def _absent_components(root: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
     absent = {
         name: None
         for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and value[:2] == [None, None] and name not in kwargs
+        if not name.startswith("_")
+        and isinstance(value, list)
+        and value[:2] == [None, None]
+        and name not in kwargs
     }
     return {**absent, **kwargs}
 
 
-def _load_transformers(root: Path, architecture: str, dtype: torch.dtype | None, kwargs: dict) -> Any:
+def _load_transformers(root: Path, architecture: str, kwargs: dict[str, Any]) -> Any:
     """The class the config names when transformers has it, else the Auto class for the config."""
-    import transformers
+    import transformers  # imported only when needed: it is slow to import
 
     cls = getattr(transformers, architecture, None) or transformers.AutoModel
-    if dtype is not None:
-        kwargs["dtype"] = dtype
     return cls.from_pretrained(root, **kwargs)
 
 
@@ -73,7 +70,9 @@ def _resolve(path_or_id: str, cache_dir: str | None, revision: str | None) -> Pa
     if path.is_dir():
         return path
     if path.exists():
-        raise FileNotFoundError(f"{path_or_id!r} is a file; pass a model directory or a Hugging Face model id.")
+        raise FileNotFoundError(
+            f"{path_or_id!r} is a file; pass a model directory or a Hugging Face model id."
+        )
     from huggingface_hub import snapshot_download
 
     try:
