@@ -64,36 +64,21 @@ def _option(text: str) -> tuple[str, str, object]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    """Options not given on the command line keep `BenchSpec`'s defaults (one place for them)."""
     from pathlib import Path
 
-    from .bench import BenchSpec, markdown, run, write_all
+    from .bench import BenchSpec, markdown, quick, run, write_all
 
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BenchSpec)}}
     options: dict[str, dict[str, object]] = {}
-    for method, key, value in args.option:
+    for method, key, value in getattr(args, "option", []):
         options.setdefault(method, {})[key] = value
-    spec = BenchSpec(
-        model=args.model,
-        size=args.size,
-        methods=args.methods,
-        method_options=options,
-        peers=args.peers,
-        backends=args.backends,
-        fewer_steps=tuple(int(k) for k in args.fewer_steps),
-        steps=args.steps,
-        height=args.height,
-        width=args.width,
-        frames=args.frames,
-        seeds=tuple(int(s) for s in args.seeds),
-        repeat=args.repeat,
-        warmup=args.warmup,
-        device=args.device,
-        dtype=args.dtype,
-        output_type=args.output_type,
-        profile_attention=not args.no_profile,
-        progress=not args.no_progress,
-    )
-    if args.quick:  # tiny model, <= 10 steps, one repeat
-        spec = dataclasses.replace(spec, size="tiny", steps=min(spec.steps, 10), repeat=1)
+    for key in ("seeds", "fewer_steps"):
+        if key in given:
+            given[key] = tuple(int(x) for x in given[key])
+    spec = BenchSpec(**given, method_options=options)
+    if args.quick:
+        spec = quick(spec)
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     result = run(spec)
     print(markdown(result, command))
@@ -118,47 +103,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("bench", help="latency, memory and fidelity of methods and peers, side by side")
-    p.add_argument("--model", default="flux", help="zoo name, local directory, or hub id in the local cache")
-    p.add_argument("--size", default="bench", choices=("tiny", "bench"), help="zoo model size")
-    p.add_argument("--methods", type=_csv, default=("none",), help="accel methods, comma-separated")
-    p.add_argument("--option", type=_option, action="append", default=[], metavar="METHOD.KEY=VALUE")
-    p.add_argument(
-        "--peers",
-        type=_csv,
-        default=("fewer-steps", "fbc", "taylorseer", "pab", "fastercache"),
-        help="fewer-steps and diffusers caches (fbc, taylorseer, pab, fastercache)",
+    p = sub.add_parser(
+        "bench",
+        help="latency, memory and fidelity of methods and peers, side by side",
+        argument_default=argparse.SUPPRESS,  # absent options keep BenchSpec's defaults
     )
-    p.add_argument("--backends", type=_csv, default=(), help="dense attention backends: sdpa, flex, xformers")
-    p.add_argument("--fewer-steps", type=_csv, default=(), help="explicit step counts for fewer-steps rows")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default flux)")
+    p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
+    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated (default none)")
+    p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
+    p.add_argument(
+        "--peers", type=_csv, help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache"
+    )
+    p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
+    p.add_argument("--fewer-steps", type=_csv, help="explicit step counts for fewer-steps rows")
+    p.add_argument("--steps", type=int, help="denoising steps (default 12)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--frames", type=int)
-    p.add_argument("--seeds", type=_csv, default=("0",))
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument(
-        "--output-type", default="latent", help="'latent' compares final latents; 'pt' decoded outputs"
-    )
+    p.add_argument("--seeds", type=_csv, help="comma-separated seeds (default 0)")
+    p.add_argument("--repeat", type=int, help="timed repeats per row and seed (default 2)")
+    p.add_argument("--warmup", type=int, help="untimed runs per row first (default 1)")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--output-type", help="'latent' compares final latents; 'pt' decoded outputs")
     p.add_argument("--out", default="bench-results")
     p.add_argument(
-        "--quick", action="store_true", help="tiny model, <= 10 steps, one repeat: under two minutes"
+        "--quick",
+        action="store_true",
+        default=False,
+        help="half resolution, <= 8 steps, one repeat: under two minutes",
     )
-    p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler run for attention time")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--doc", help="also write the table into this markdown file (e.g. docs/benchmarks.md)")
-    p.add_argument("--doc-key", help="section name in --doc (default: the command line)")
+    p.add_argument(
+        "--no-profile",
+        dest="profile_attention",
+        action="store_false",
+        help="skip the torch.profiler run for attention time",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)"
+    )
+    p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
     p.set_defaults(func=_cmd_bench)
     return parser
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from .metrics import fidelity, psnr, relative_l1, ssim
 from .report import markdown, write_all
-from .runner import BenchResult, BenchSpec, RowResult, run
+from .runner import BenchResult, BenchSpec, RowResult, quick, run
 
-__all__ = ["BenchResult", "BenchSpec", "RowResult", "fidelity", "markdown", "psnr", "relative_l1", "run", "ssim",
+__all__ = ["BenchResult", "BenchSpec", "RowResult", "fidelity", "markdown", "psnr", "quick", "relative_l1", "run", "ssim",
            "write_all"]

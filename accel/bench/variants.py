@@ -95,7 +95,7 @@ def diffusers_cache_support(pipe: Any, name: str) -> str | None:
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, CacheMixin):
         return f"{type(transformer).__name__} has no enable_cache (not a diffusers CacheMixin model)"
-    if name in ("pab", "fastercache") and not hasattr(pipe, "current_timestep"):
+    if name in ("pab", "fastercache") and not hasattr(type(pipe), "current_timestep"):
         return f"{type(pipe).__name__} exposes no current_timestep"
     if name == "fastercache" and accel.adapters.adapter_for(transformer).cfg == "sequential":
         return "FasterCache's CFG-Cache expects batched cond/uncond calls"
