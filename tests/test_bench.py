@@ -79,7 +79,18 @@ def test_fewer_steps_are_timed_to_match_each_accelerating_row():
 
 
 def test_cli_quick_runs_on_a_tiny_model(tmp_path, capsys):
-    assert main(["bench", "--quick", "--model", "dit", "--steps", "3", "--peers", "fewer-steps", "--no-progress",
-                 "--no-profile", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--quick", "--model", "pixart-alpha", "--size", "tiny", "--steps", "3", "--peers",
+                 "fewer-steps", "--fewer-steps", "2", "--no-progress", "--no-profile", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| baseline |" in out and (tmp_path / "results.json").exists()
+    assert "Command: `accel bench --quick --model pixart-alpha" in out
+    assert "| baseline | 3 |" in out and "| fewer-steps(2) | 2 |" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["spec"]["height"] == 16 and data["spec"]["repeat"] == 1  # quick: half the tiny resolution
+
+
+def test_quick_keeps_fixed_size_models_at_their_size():
+    from accel.bench import quick
+
+    assert quick(BenchSpec(model="dit", steps=20)).height is None
+    q = quick(BenchSpec(model="wan", steps=20))
+    assert (q.steps, q.repeat, q.frames) == (8, 1, 17)

@@ -181,7 +181,7 @@ class _Bench:
 
     def repeats(self, bar: tqdm) -> None:
         live = [(v, r) for v, r in self.rows if r.status == "ok"]
-        for rep in range(self.spec.repeat):
+        for rep in range(self.spec.repeat if live else 0):
             shift = rep % len(live)
             for variant, row in live[shift:] + live[:shift]:  # rotate the order each repeat
                 if row.status != "ok":
@@ -268,7 +268,7 @@ def quick(spec: BenchSpec) -> BenchSpec:
     one repeat: under two minutes on a 2-core CPU for the default model."""
     changes: dict[str, Any] = {"steps": min(spec.steps, 8), "repeat": 1}
     changes["fewer_steps"] = tuple(k for k in spec.fewer_steps if k < changes["steps"])
-    if spec.model in zoo.names() and spec.height is None and spec.width is None:
+    if spec.model in zoo.names() and zoo.resizable(spec.model) and spec.height is None and spec.width is None:
         res = zoo.default_resolution(spec.model, spec.size)
         changes["height"], changes["width"] = res["height"] // 2, res["width"] // 2
         if "num_frames" in res and spec.frames is None:

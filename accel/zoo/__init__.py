@@ -19,7 +19,7 @@ import torch
 from .calls import family_of, generate, inputs
 from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
 
-__all__ = ["built_from", "default_resolution", "family_of", "generate", "inputs", "load", "names"]
+__all__ = ["built_from", "default_resolution", "family_of", "generate", "inputs", "load", "names", "resizable"]
 
 
 def names() -> list[str]:
@@ -40,6 +40,13 @@ def default_resolution(name: str, size: str = "tiny") -> dict[str, int]:
     """height and width (and num_frames for video entries) that the entry is sized for."""
     _check(name, size)
     return dict(ENTRIES[name].resolution[size])
+
+
+def resizable(name: str) -> bool:
+    """Whether the entry's pipeline takes a height and width (DiT's has a fixed sample size)."""
+    _check(name, "tiny")
+    call = getattr(diffusers, ENTRIES[name].pipeline).__call__
+    return "height" in inspect.signature(call).parameters
 
 
 def load(
