@@ -62,9 +62,10 @@ class Patch:
             out[m.name] = m.stats()
         return out
 
-    def reset(self) -> None:
-        """Start a fresh run at the next denoiser call (for hand-written denoising loops)."""
-        self.tracker.reset()
+    def reset(self, num_steps: int | None = None) -> None:
+        """Start a fresh run at the next denoiser call (for hand-written denoising loops, which can
+        tell the step count here)."""
+        self.tracker.reset(num_steps)
 
     def unpatch(self) -> None:
         """Restore the target exactly as it was before `accel.patch`."""

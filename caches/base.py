@@ -1,0 +1,41 @@
+"""What Δ-DiT and TDC share as accel methods: build spans over a denoiser's blocks, hook them, reset them
+every run, and report how many block evaluations were skipped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accel.adapters import BlockRef
+from accel.journal import Journal
+from accel.method import Method
+from accel.steps import StepTracker
+from accel.target import PatchTarget
+
+from .span_cache import Span
+
+
+class SpanCacheMethod(Method):
+    claims = frozenset({"blocks"})
+
+    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
+        raise NotImplementedError
+
+    def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
+        self.spans: list[Span] = []
+        for d in target.denoisers:
+            spans = self.make_spans(d.adapter.blocks(d.module), tracker)
+            for span in spans:
+                span.attach(journal, f"accel.{self.name}")
+            self.spans += spans
+
+    def reset_run(self) -> None:
+        super().reset_run()
+        for span in self.spans:
+            span.reset()
+
+    def stats(self) -> dict[str, Any]:
+        out = dict(self.counters)
+        calls = out.get("block_calls", 0)
+        out.setdefault("blocks_skipped", 0)
+        out["skip_rate"] = out["blocks_skipped"] / calls if calls else 0.0
+        return out

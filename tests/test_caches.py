@@ -1,0 +1,168 @@
+"""Δ-DiT and TDC on the span-residual cache: exactness, schedules, CFG branches, per-call reset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import snapshot
+
+import accel
+from accel.zoo import generate
+
+
+def _computed_steps(handle, pipe):
+    """For each block, the (step, branch) pairs at which it really ran (its first attention module fired)."""
+    adapter = handle.target.adapter
+    seen: dict[str, list[tuple[int, str]]] = {}
+    hooks = []
+    for ref in adapter.blocks(pipe.transformer):
+        attn = next(s.module for s in adapter.attention_sites(pipe.transformer) if s.block.name == ref.name)
+        rec = seen.setdefault(ref.name, [])
+        hooks.append(
+            attn.register_forward_pre_hook(
+                lambda m, a, rec=rec: rec.append((handle.tracker.step, handle.tracker.branch))
+            )
+        )
+    return seen, hooks
+
+
+@pytest.mark.parametrize("name", ["pixart-alpha", "flux", "wan", "hunyuan-video", "sd3", "cogvideox"])
+def test_interval_one_is_exact(tiny, name):
+    pipe = tiny(name)
+    reference = generate(pipe, steps=6)
+    with accel.patch(pipe, method="delta-dit", interval=1) as handle:
+        assert torch.equal(generate(pipe, steps=6), reference)
+        assert handle.stats()["delta-dit"]["blocks_skipped"] == 0
+
+
+def test_delta_dit_stage_schedule_rear_early_front_late(tiny):
+    pipe = tiny("pixart-alpha")  # 2 blocks: front = block 0, rear = block 1
+    handle = accel.patch(pipe, method="delta-dit", interval=3, boundary=0.6, warmup=2)
+    seen, hooks = _computed_steps(handle, pipe)
+    generate(pipe, steps=10)
+    for h in hooks:
+        h.remove()
+    # boundary at step 6. Early: rear cached, refreshed every 3 steps after warm-up (computed at 1, 4);
+    # late: front cached, its residual from step 5 reused at 6-7, refreshed at 8.
+    assert [s for s, _ in seen["transformer_blocks.1"]] == [0, 1, 4, 6, 7, 8, 9]
+    assert [s for s, _ in seen["transformer_blocks.0"]] == [0, 1, 2, 3, 4, 5, 8]
+    assert handle.stats()["delta-dit"] == {"block_calls": 20, "blocks_skipped": 6, "skip_rate": 0.3}
+    handle.unpatch()
+
+
+def test_separate_cfg_branches_each_follow_the_schedule(tiny):
+    pipe = tiny("wan")
+    handle = accel.patch(pipe, method="delta-dit", interval=3, boundary=0.6, warmup=2)
+    seen, hooks = _computed_steps(handle, pipe)
+    generate(pipe, steps=10)
+    for h in hooks:
+        h.remove()
+    for branch in ("cond", "uncond"):
+        assert [s for s, b in seen["blocks.1"] if b == branch] == [0, 1, 4, 6, 7, 8, 9]
+        assert [s for s, b in seen["blocks.0"] if b == branch] == [0, 1, 2, 3, 4, 5, 8]
+    handle.unpatch()
+
+
+def test_skipped_span_replays_input_plus_residual(tiny):
+    """With every block in the span and a long interval, a skipped step's block output is exactly the
+    block input plus the residual stored at the refresh step."""
+    pipe = tiny("pixart-alpha")
+    handle = accel.patch(pipe, method="delta-dit", interval=100, cached_blocks=1, boundary=1.0, warmup=1)
+    rear = pipe.transformer.transformer_blocks[1]
+    records = []
+    h = rear.register_forward_hook(
+        lambda m, args, kwargs, out: records.append(
+            (handle.tracker.step, kwargs.get("hidden_states", args[0] if args else None), out)
+        ),
+        with_kwargs=True,
+    )
+    generate(pipe, steps=4)
+    h.remove()
+    handle.unpatch()
+    (s0, in0, out0), (s1, in1, out1) = records[0], records[1]
+    assert (s0, s1) == (0, 1)
+    torch.testing.assert_close(out1, in1 + (out0 - in0), rtol=0, atol=1e-5)
+
+
+def test_every_call_starts_empty_and_repeats_itself(tiny):
+    pipe = tiny("flux")
+    handle = accel.patch(pipe, method="delta-dit")
+    first = generate(pipe, steps=8)
+    stats = handle.stats()
+    generate(pipe, steps=5, height=64, width=64)  # another step count and resolution in between
+    assert torch.equal(generate(pipe, steps=8), first)
+    assert handle.stats()["delta-dit"] == stats["delta-dit"]
+    handle.unpatch()
+
+
+def test_batch_of_two_skips_the_same_blocks(tiny):
+    pipe = tiny("wan")
+    with accel.patch(pipe, method="delta-dit") as handle:
+        generate(pipe, steps=6)
+        one = handle.stats()["delta-dit"]
+        out = generate(pipe, steps=6, batch_size=2)
+        assert handle.stats()["delta-dit"] == one and torch.isfinite(out).all()
+
+
+def test_tdc_skips_stable_blocks_at_most_max_skips_in_a_row(tiny):
+    pipe = tiny("flux")  # 2 dual + 2 single blocks; the middle two are cached
+    handle = accel.patch(pipe, method="tdc", threshold=1e6, max_skips=2, warmup=2)
+    seen, hooks = _computed_steps(handle, pipe)
+    generate(pipe, steps=9)
+    for h in hooks:
+        h.remove()
+    # computed at 0 and 1 (warm-up; the change is known from step 1), then two skips, then a refresh
+    assert [s for s, _ in seen["transformer_blocks.1"]] == [0, 1, 4, 7]
+    assert [s for s, _ in seen["single_transformer_blocks.0"]] == [0, 1, 4, 7]
+    assert [s for s, _ in seen["transformer_blocks.0"]] == list(range(9))  # protected
+    handle.unpatch()
+
+
+def test_tdc_with_a_tiny_threshold_is_exact(tiny):
+    pipe = tiny("hunyuan-video")
+    reference = generate(pipe, steps=5)
+    with accel.patch(pipe, method="tdc", threshold=1e-12, protected_blocks=0) as handle:
+        assert torch.equal(generate(pipe, steps=5), reference)
+        stats = handle.stats()["tdc"]
+        assert stats["blocks_skipped"] == 0 and stats["block_calls"] == 5 * 4
+
+
+def test_caches_unpatch_exactly_and_refuse_each_other(tiny):
+    pipe = tiny("sd3")
+    reference = generate(pipe, steps=4)
+    before = snapshot(pipe)
+    accel.patch(pipe, method="delta-dit").unpatch()
+    assert snapshot(pipe) == before and torch.equal(generate(pipe, steps=4), reference)
+    with pytest.raises(accel.IncompatibleMethodsError):
+        accel.patch(pipe, method=["delta-dit", "tdc"])
+
+
+def test_cached_blocks_out_of_range_is_refused_before_patching(tiny):
+    pipe = tiny("dit")
+    with pytest.raises(accel.InvalidOptionError, match=r"cached_blocks=5 is out of range .* 2 blocks"):
+        accel.patch(pipe, method="delta-dit", cached_blocks=5)
+    assert accel.patch_of(pipe) is None
+
+
+def test_hand_written_loop_needs_the_step_count():
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        norm_num_groups=4,
+    ).eval()
+    handle = accel.patch(model, method="delta-dit", warmup=0)
+    x, labels = torch.randn(1, 4, 8, 8), torch.tensor([1])
+    with pytest.raises(RuntimeError, match="reset\\(num_steps=N\\)"):
+        model(x, timestep=torch.tensor([900]), class_labels=labels)
+    handle.reset(num_steps=4)
+    for t in (900, 600, 300, 100):
+        model(x, timestep=torch.tensor([t]), class_labels=labels)
+    assert handle.stats()["delta-dit"]["blocks_skipped"] > 0
+    handle.unpatch()
