@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default flux)")
     p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
-    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated (default none)")
+    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated; 'auto' (default) = none + every method that supports the model")
     p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
     p.add_argument(
         "--peers", type=_csv, help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache"

@@ -13,8 +13,21 @@ from accel.cli import main
 
 @pytest.fixture(scope="module")
 def result():
-    spec = BenchSpec(model="wan", size="tiny", steps=6, repeat=2, seeds=(0, 1), peers=("fewer-steps", "fbc", "pab"),
-                     backends=("sdpa", "xformers"), fewer_steps=(3,), height=32, width=32, frames=5, progress=False)
+    spec = BenchSpec(
+        model="wan",
+        size="tiny",
+        steps=6,
+        repeat=2,
+        seeds=(0, 1),
+        peers=("fewer-steps", "fbc", "pab"),
+        methods=("none", "delta-dit"),
+        backends=("sdpa", "xformers"),
+        fewer_steps=(3,),
+        height=32,
+        width=32,
+        frames=5,
+        progress=False,
+    )
     return run(spec)
 
 
@@ -32,7 +45,11 @@ def test_exact_rows_are_identical_and_timed(result):
     for label in ("baseline", "none", "backend:sdpa"):
         r = rows[label]
         assert r.status == "ok"
-        assert r.fidelity["identical"] and r.fidelity["psnr"] is None and r.fidelity["ssim"] == pytest.approx(1.0)
+        assert (
+            r.fidelity["identical"]
+            and r.fidelity["psnr"] is None
+            and r.fidelity["ssim"] == pytest.approx(1.0)
+        )
         assert r.latency_s["n"] == 4  # 2 repeats x 2 seeds
         assert r.latency_s["min"] <= r.latency_s["median"] <= r.latency_s["max"]
         assert r.attention_s is not None and 0 < r.attention_share < 1
@@ -52,8 +69,21 @@ def test_outputs_written_with_schema(result, tmp_path):
     assert data["schema"] == "accel.bench/1"
     assert {"spec", "env", "model", "rows"} <= set(data)
     assert data["env"]["device"].startswith("cpu")
-    row_keys = {"label", "kind", "steps", "status", "latency_s", "speedup", "warmup_s", "attention_s",
-                "attention_share", "peak_mem_mb", "fidelity", "stats", "options"}
+    row_keys = {
+        "label",
+        "kind",
+        "steps",
+        "status",
+        "latency_s",
+        "speedup",
+        "warmup_s",
+        "attention_s",
+        "attention_share",
+        "peak_mem_mb",
+        "fidelity",
+        "stats",
+        "options",
+    }
     for row in data["rows"]:
         assert row_keys <= set(row)
     assert [r["label"] for r in csv.DictReader(paths["csv"].open())] == [r.label for r in result.rows]
@@ -67,20 +97,49 @@ def test_fewer_steps_are_timed_to_match_each_accelerating_row():
 
     class FakeBench:
         spec = BenchSpec(steps=20)
-        rows = [(None, type("R", (), {"label": label, "kind": kind})()) for label, kind in
-                [("baseline", "baseline"), ("none", "accel"), ("delta", "accel"), ("diffusers:fbc", "diffusers-cache"),
-                 ("diffusers:pab", "diffusers-cache")]]
+        rows = [
+            (None, type("R", (), {"label": label, "kind": kind})())
+            for label, kind in [
+                ("baseline", "baseline"),
+                ("none", "accel"),
+                ("delta", "accel"),
+                ("diffusers:fbc", "diffusers-cache"),
+                ("diffusers:pab", "diffusers-cache"),
+            ]
+        ]
 
     seconds = {"baseline": 10.0, "none": 9.0, "delta": 5.0, "diffusers:fbc": 7.4, "diffusers:pab": 9.6}
     rows = _fewer_steps(FakeBench(), seconds)
     assert [(v.steps, v.note) for v in rows] == [
-        (10, "baseline at 10 steps, timed to match delta"), (15, "baseline at 15 steps, timed to match diffusers:fbc")
+        (10, "baseline at 10 steps, timed to match delta"),
+        (15, "baseline at 15 steps, timed to match diffusers:fbc"),
     ]
 
 
 def test_cli_quick_runs_on_a_tiny_model(tmp_path, capsys):
-    assert main(["bench", "--quick", "--model", "pixart-alpha", "--size", "tiny", "--steps", "3", "--peers",
-                 "fewer-steps", "--fewer-steps", "2", "--no-progress", "--no-profile", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--model",
+                "pixart-alpha",
+                "--size",
+                "tiny",
+                "--steps",
+                "3",
+                "--peers",
+                "fewer-steps",
+                "--fewer-steps",
+                "2",
+                "--no-progress",
+                "--no-profile",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Command: `accel bench --quick --model pixart-alpha" in out
     assert "| baseline | 3 |" in out and "| fewer-steps(2) | 2 |" in out

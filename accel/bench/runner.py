@@ -33,7 +33,7 @@ class BenchSpec:
 
     model: str = "flux"  # a zoo name, a local directory, or a hub id already in the local cache
     size: str = "bench"  # zoo size: "tiny" or "bench"
-    methods: tuple[str, ...] = ("none",)
+    methods: tuple[str, ...] = ("auto",)  # "auto": none + every method that supports the model
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     peers: tuple[str, ...] = DEFAULT_PEERS  # "fewer-steps" and diffusers caches: fbc, taylorseer, pab, fastercache
     backends: tuple[str, ...] = ()  # extra dense attention backends: sdpa, flex, xformers
@@ -263,6 +263,28 @@ def _fewer_steps(bench: _Bench, seconds: dict[str, float]) -> list[V.Variant]:
     return [V.fewer_steps(k, label) for k, label in sorted(chosen.items())]
 
 
+def _expand_methods(names: tuple[str, ...], pipe: Any) -> list[str]:
+    """Replace "auto" by `none` and every registered method that can patch this pipeline."""
+    from accel.method import method_class
+    from accel.target import resolve_target
+
+    out: list[str] = []
+    for name in names:
+        if name != "auto":
+            out.append(name)
+            continue
+        target = resolve_target(pipe)
+        for info in accel.methods():
+            method = method_class(info.name)(method_class(info.name).Config())
+            try:
+                method.check(target)
+            except accel.UnsupportedModelError:
+                continue
+            out.append(info.name)
+    ordered = ["none"] if "none" in out else []
+    return ordered + [n for n in dict.fromkeys(out) if n != "none"]
+
+
 def quick(spec: BenchSpec) -> BenchSpec:
     """`--quick`: the same rows at half the zoo resolution (a quarter of the tokens), at most 8 steps and
     one repeat: under two minutes on a 2-core CPU for the default model."""
@@ -280,7 +302,7 @@ def run(spec: BenchSpec) -> BenchResult:
     """Run the benchmark described by `spec` and return every row."""
     bench = _Bench(spec)
     bench.add(V.baseline(spec.steps))
-    for name in spec.methods:
+    for name in _expand_methods(spec.methods, bench.pipe):
         bench.add(V.accel_method(name, spec.steps, spec.method_options.get(name)))
     for peer in spec.peers:
         if peer == "fewer-steps":
