@@ -6,13 +6,16 @@ import json
 import subprocess
 import sys
 
+import accel
 from accel.cli import main
 
 
 def test_methods_lists_the_registry(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("none")
+    lines = [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")]
+    assert lines == sorted(m.name for m in accel.methods())
+    assert "interval = 3" in out  # options with their defaults
 
 
 def test_methods_json(capsys):
