@@ -93,6 +93,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.app import main as launch
+
+    launch(args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="accel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs accel[demo])")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -1,0 +1,111 @@
+"""The Gradio demo: its functions directly, and end to end in headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+import accel
+from accel.demo import DemoSession, Settings
+from accel.demo.app import _options
+from accel.demo.render import TABLE_HEADERS, render
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def session():
+    return DemoSession()
+
+
+def test_compare_runs_baseline_and_methods_with_the_same_seed(session):
+    s = Settings("pixart-alpha", steps=6, seed=1)
+    c = session.compare(s, ["delta-dit", "tdc"], {"delta-dit": {"interval": 2}})
+    assert [r.label for r in c.methods] == ["delta-dit", "tdc"]
+    assert c.baseline.output.shape == c.methods[0].output.shape and c.baseline.output.dim() == 3
+    dd = c.methods[0]
+    assert dd.stats["delta-dit"]["blocks_skipped"] > 0 and 0 < dd.psnr < 200 and dd.speedup > 0
+    assert c.baseline.stats["cached"] is False
+    again = session.compare(s, ["delta-dit"], {"delta-dit": {"interval": 1}})
+    assert again.baseline is c.baseline and again.baseline.stats["cached"] is True  # cached per settings
+    assert again.methods[0].psnr == float("inf")  # interval 1 is exact
+
+
+def test_render_gives_images_heatmaps_and_a_table(session, tmp_path):
+    c = session.compare(Settings("wan", steps=2, height=32, width=32, frames=5), ["delta-dit"])
+    gallery, heat, rows = render(c, tmp_path)
+    assert [Path(p).suffix for p, _ in gallery] == [".gif", ".gif"]  # videos as animated clips
+    assert Path(heat[0][0]).exists() and len(rows) == 2 and len(rows[0]) == len(TABLE_HEADERS)
+
+
+def test_bad_options_and_models_raise_clear_errors(session):
+    with pytest.raises(accel.InvalidOptionError, match="interval=0"):
+        session.compare(Settings("dit", steps=2), ["delta-dit"], {"delta-dit": {"interval": 0}})
+    with pytest.raises(accel.AccelError, match="at least one method"):
+        session.compare(Settings("dit", steps=2), [])
+    with pytest.raises(FileNotFoundError):
+        session.compare(Settings("/nonexistent/model", steps=2), ["tdc"])
+
+
+def test_controls_map_back_to_options():
+    layout = [("delta-dit", o) for o in accel.methods()[0].options]
+    values = [o["default"] for _, o in layout]
+    assert _options(values, layout) == {}
+    values[0] = 4.0  # Gradio numbers arrive as floats
+    assert _options(values, layout) == {"delta-dit": {layout[0][1]["name"]: 4}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_end_to_end_in_headless_chromium(session, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is not installed; .ci/run installs it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("gradio")
+    from playwright.sync_api import expect, sync_playwright
+
+    from accel.demo.app import build_app
+
+    port = _free_port()
+    app = build_app(session)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.get_by_label("steps").fill("6")
+            page.click("#generate")
+            figures = page.locator("#figures")
+            expect(figures).to_contain_text("skip_rate", timeout=120_000)
+            text = figures.inner_text()
+            assert "baseline" in text and "delta-dit" in text and "1.00x" in text
+            assert page.locator("#outputs img").count() >= 2  # baseline and accelerated, side by side
+            assert page.locator("#heat img").count() >= 1
+            shot = tmp_path / "demo.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("ACCEL_DEMO_SCREENSHOT"):
+                shutil.copy(shot, os.environ["ACCEL_DEMO_SCREENSHOT"])
+            browser.close()
+    finally:
+        app.close()
