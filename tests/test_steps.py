@@ -67,11 +67,21 @@ def test_every_call_is_a_fresh_run_with_new_steps_and_resolution(tiny):
     h = first_block.register_forward_pre_hook(lambda m, a: layouts.append(handle.tracker.layout.grid))
     kw = inputs(pipe, steps=4)
     generate(pipe, steps=4)
-    assert handle.stats()["steps"] == {"runs": 1, "num_steps": 4, "denoiser_calls": 4, "calls_by_branch": {"default": 4}}
+    assert handle.stats()["steps"] == {
+        "runs": 1,
+        "num_steps": 4,
+        "denoiser_calls": 4,
+        "calls_by_branch": {"default": 4},
+    }
     height, width = kw["height"] * 2, kw["width"] * 2
     generate(pipe, steps=2, height=height, width=width)
     h.remove()
-    assert handle.stats()["steps"] == {"runs": 2, "num_steps": 2, "denoiser_calls": 2, "calls_by_branch": {"default": 2}}
+    assert handle.stats()["steps"] == {
+        "runs": 2,
+        "num_steps": 2,
+        "denoiser_calls": 2,
+        "calls_by_branch": {"default": 2},
+    }
     assert layouts[-1][1] == 2 * layouts[0][1] and layouts[-1][2] == 2 * layouts[0][2]
     handle.unpatch()
 
@@ -109,8 +119,15 @@ def test_hand_written_loop_on_a_bare_denoiser():
     from diffusers import DiTTransformer2DModel
 
     torch.manual_seed(0)
-    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_layers=1,
-                                  sample_size=8, patch_size=2, norm_num_groups=4).eval()
+    model = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=4,
+        num_layers=1,
+        sample_size=8,
+        patch_size=2,
+        norm_num_groups=4,
+    ).eval()
     handle = accel.patch(model, method="none")
     x, labels = torch.randn(1, 4, 8, 8), torch.tensor([1])
     seen = []
@@ -119,10 +136,54 @@ def test_hand_written_loop_on_a_bare_denoiser():
         tr = handle.tracker
         seen.append((tr.runs, tr.step, tr.branch))
     assert seen == [
-        (1, 0, "default"), (1, 0, "call1"), (1, 1, "default"), (1, 1, "call1"),
-        (1, 2, "default"), (1, 2, "call1"), (2, 0, "default"), (2, 0, "call1"),
+        (1, 0, "default"),
+        (1, 0, "call1"),
+        (1, 1, "default"),
+        (1, 1, "call1"),
+        (1, 2, "default"),
+        (1, 2, "call1"),
+        (2, 0, "default"),
+        (2, 0, "call1"),
     ]
     handle.reset()
     model(x, timestep=torch.tensor([100]), class_labels=labels)
     assert (handle.tracker.runs, handle.tracker.step) == (3, 0)
+    handle.unpatch()
+
+
+def test_wan22_two_transformers_share_one_step_count(tiny):
+    """Wan 2.2 runs high-noise steps on `transformer` and low-noise steps on `transformer_2`."""
+    import copy
+
+    from diffusers import WanPipeline
+
+    base = tiny("wan")
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=base.vae,
+        scheduler=base.scheduler,
+        transformer=base.transformer,
+        transformer_2=copy.deepcopy(base.transformer),
+        boundary_ratio=0.5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    handle = accel.patch(pipe, method="delta-dit")
+    assert [d.component for d in handle.target.denoisers] == ["transformer", "transformer_2"]
+    seen = {"transformer": [], "transformer_2": []}
+    hooks = [
+        getattr(pipe, name)
+        .blocks[0]
+        .register_forward_pre_hook(
+            lambda m, a, name=name: seen[name].append((handle.tracker.step, handle.tracker.branch))
+        )
+        for name in seen
+    ]
+    kwargs = inputs(base, steps=6)
+    with torch.inference_mode():
+        pipe(**kwargs)
+    for h in hooks:
+        h.remove()
+    steps = sorted({s for s, _ in seen["transformer"]}) + sorted({s for s, _ in seen["transformer_2"]})
+    assert steps == list(range(6)) and seen["transformer"] and seen["transformer_2"]
     handle.unpatch()
