@@ -138,7 +138,7 @@ class _Bench:
         self.peaks: dict[str, list[int]] = {}
 
     # ---- one run ---------------------------------------------------------------------------
-    def run_once(self, variant: V.Variant, seed: int, measure: bool = True) -> tuple[torch.Tensor, float, int, Any]:
+    def run_once(self, variant: V.Variant, seed: int) -> tuple[torch.Tensor, float, int, Any]:
         kwargs = _call_kwargs(self.pipe, self.spec, variant.steps, seed)
         handle = variant.enable(self.pipe)
         try:
