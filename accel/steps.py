@@ -121,12 +121,6 @@ class StepTracker:
             self._layout = self.adapter.token_layout(self.denoiser, self.call)
         return self._layout
 
-    def progress(self) -> float | None:
-        """The fraction of the run done before this step, when the step count is known."""
-        if not self.num_steps:
-            return None
-        return self.step / self.num_steps
-
     def stats(self) -> dict[str, Any]:
         return {
             "runs": self.runs,
