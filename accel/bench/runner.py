@@ -38,12 +38,12 @@ class BenchSpec:
     peers: tuple[str, ...] = DEFAULT_PEERS  # "fewer-steps" and diffusers caches: fbc, taylorseer, pab, fastercache
     backends: tuple[str, ...] = ()  # extra dense attention backends: sdpa, flex, xformers
     fewer_steps: tuple[int, ...] = ()  # explicit fewer-steps rows, besides the ones timed to match methods
-    steps: int = 12
+    steps: int = 10
     height: int | None = None
     width: int | None = None
     frames: int | None = None
     seeds: tuple[int, ...] = (0,)
-    repeat: int = 2
+    repeat: int = 3
     warmup: int = 1
     device: str = "cpu"
     dtype: str = "fp32"
