@@ -18,13 +18,14 @@ import torch
 
 from .calls import family_of, generate, inputs
 from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
+from .reference import TRAINED, evaluate
 
-__all__ = ["built_from", "default_resolution", "family_of", "generate", "inputs", "load", "names", "resizable"]
+__all__ = ["built_from", "default_resolution", "evaluate", "family_of", "generate", "inputs", "load", "names", "resizable"]
 
 
 def names() -> list[str]:
-    """The zoo entry names, in a stable order."""
-    return list(ENTRIES)
+    """The zoo entry names, in a stable order (random-weight entries, then trained ones)."""
+    return [*ENTRIES, *TRAINED]
 
 
 def _check(name: str, size: str) -> None:
@@ -55,7 +56,12 @@ def load(
     """Builds the zoo pipeline `name` with deterministic weights: the same seed gives bit-identical weights.
 
     The global torch RNG is restored afterwards, so loading does not disturb the caller's randomness.
+    Trained entries (`TRAINED`, e.g. "digits-image") load their committed checkpoint; size and seed are ignored.
     """
+    if name in TRAINED:
+        from . import reference
+
+        return reference.load(name, dtype=dtype)
     _check(name, size)
     entry = ENTRIES[name]
     cls = getattr(diffusers, entry.pipeline)

@@ -1,0 +1,75 @@
+"""Task-accuracy judges: a small CNN trained on real digits that scores generated images by class.
+
+PSNR against an unaccelerated run says nothing about whether a digit is still the right digit; a judge
+trained on real data does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import digits
+
+CHECKPOINT = Path(__file__).parent / "checkpoints" / "judge" / "digits-judge.safetensors"
+
+
+class DigitJudge(nn.Module):
+    """Classifies [B, 1, H, W] images in [-1, 1] (any H, W: resized to 32x32) into 10 digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(), nn.Linear(256, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (digits.SIDE, digits.SIDE):
+            x = nn.functional.interpolate(x, size=(digits.SIDE, digits.SIDE), mode="bilinear")
+        return self.net(x)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.eval()(x.float()).argmax(-1)
+
+
+def train_judge(seed: int = 0, epochs: int = 40) -> DigitJudge:
+    """Trains on the train split with small random shifts, so it tolerates imperfect generated digits."""
+    torch.manual_seed(seed)
+    data = digits.load("train")
+    model = DigitJudge()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        order = torch.randperm(len(data.labels))
+        for i in range(0, len(order), 64):
+            idx = order[i : i + 64]
+            x = data.images[idx]
+            dx, dy = torch.randint(-2, 3, (2,)).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+            loss = nn.functional.cross_entropy(model(x), data.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def accuracy(model: DigitJudge, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return (model.predict(images) == labels).float().mean().item()
+
+
+def save(model: DigitJudge, path: Path = CHECKPOINT) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def load(path: Path = CHECKPOINT) -> DigitJudge:
+    """The committed judge, in float32, eval mode."""
+    model = DigitJudge()
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return model.eval()
