@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
     p.set_defaults(func=_cmd_bench)
 
+    from sparse_attn.bench import add_bench_attn_parser
+    add_bench_attn_parser(sub)
+
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs accel[demo])")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)

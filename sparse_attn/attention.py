@@ -1,0 +1,149 @@
+"""`block_sparse_attention`: the entry point, which checks its inputs and picks the implementation.
+
+Paths (sparse_attn/paths.py): the Triton kernel on CUDA, the C++ kernel on CPU, plain PyTorch ops where
+neither can run (logged as a warning). All compute softmax in fp32; the chosen path and its precision
+are recorded (`last_path()`), and the call runs inside the profiler range
+"accel::attention.block_sparse", which the project's bench counts as attention time.
+
+Semantics. Query row i of query block `qb` attends exactly the real key tokens of the key blocks
+`kv_indices[b, h, qb, :kv_num_blocks[b, h, qb]]`: softmax(scale * q k^T) over those keys, times v. A row
+whose query block lists no key block has no keys at all: its output is 0 and its log-sum-exp is -inf
+(`merge_attention` then gives it no weight).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import paths
+from .blocks import BlockSize, block_sizes, check_blocks, num_blocks
+
+_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+BACKENDS = ("auto", *paths.KERNELS)
+
+
+def _upcast_precision(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else f"{_DTYPES[dtype]} inputs, fp32 compute"
+
+
+def choose_path(q: torch.Tensor, backend: str) -> paths.AttentionPath:
+    """The path for these inputs. An explicitly requested backend that cannot run raises; "auto" falls
+    back to the PyTorch path only with a recorded reason (logged as a warning)."""
+    device = q.device.type
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    if backend == "auto":
+        if device == "cuda":
+            backend = paths.TRITON
+        elif device == "cpu":
+            backend = paths.CPU_KERNEL
+        else:
+            return paths.AttentionPath(paths.TORCH, _upcast_precision(q.dtype), device, f"no kernel for {device}")
+        try:
+            return choose_path(q, backend)
+        except RuntimeError as exc:
+            return paths.AttentionPath(paths.TORCH, _upcast_precision(q.dtype), device, str(exc))
+    if backend == paths.TRITON:
+        try:
+            from . import triton_kernel
+        except ImportError as exc:
+            raise RuntimeError(f"triton is not importable: {exc}") from exc
+        if device != "cuda" and not (device == "cpu" and triton_kernel.INTERPRETED):
+            raise RuntimeError(f"the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
+        return paths.AttentionPath(paths.TRITON, triton_kernel.precision(q.dtype), device)
+    if backend == paths.CPU_KERNEL:
+        from . import cpu_kernel
+
+        if device != "cpu":
+            raise RuntimeError(f"the C++ kernel runs on CPU tensors, got {device}")
+        if not cpu_kernel.available():
+            raise RuntimeError(f"the CPU kernel is unavailable: {cpu_kernel.build_info().get('error')}")
+        return paths.AttentionPath(paths.CPU_KERNEL, _upcast_precision(q.dtype), device)
+    return paths.AttentionPath(paths.TORCH, _upcast_precision(q.dtype), device)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: batch, heads and head dim must match "
+            "and k, v must have the same shape"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
+        raise TypeError(f"q, k, v must share one of fp32/fp16/bf16; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError("q, k, v must be on one device")
+
+
+# An opaque call under torch.compile: dynamo breaks the graph here instead of tracing the dispatch.
+@torch.compiler.disable
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: BlockSize = 64,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q over the key blocks each query block selects.
+
+    q [B, H, Sq, D], k and v [B, H, Skv, D] (fp32/fp16/bf16, any Sq and Skv); the index as in
+    sparse_attn/blocks.py, batch/head dims may be 1 to broadcast. `block_size`: one size, or
+    (query block, key block), powers of two >= 16. `scale` defaults to 1/sqrt(D). Returns out
+    [B, H, Sq, D] in q's dtype, and with `return_lse` also the row log-sum-exp [B, H, Sq] in fp32
+    (natural log of sum(exp(scale * q.k)) over the selected keys; -inf for rows with none).
+    `backend`: "auto" (default), "triton", "cpu-kernel" or "torch-gather". On CPU the index values
+    are checked; on GPU only its shape (a value check would synchronise), so build it with the helpers
+    of sparse_attn.selection or validate it once with `check_blocks`.
+    """
+    with torch.profiler.record_function("accel::attention.block_sparse"):
+        _check_qkv(q, k, v)
+        q_block, kv_block = block_sizes(block_size)
+        B, H, Sq, D = q.shape
+        nq, nk = num_blocks(Sq, q_block), num_blocks(k.shape[2], kv_block)
+        # Reading the values costs a device sync on GPU; on CPU it guards the C++ kernel's memory reads.
+        check_blocks(kv_num_blocks, kv_indices, nq, nk, B, H, values=q.device.type == "cpu")
+        kv_num_blocks = kv_num_blocks.to(device=q.device, dtype=torch.int32)
+        kv_indices = kv_indices.to(device=q.device, dtype=torch.int32)
+        scale = D**-0.5 if scale is None else float(scale)
+        path = choose_path(q, backend)
+        if path.kernel == paths.TRITON:
+            from .triton_kernel import attention as impl
+        else:
+            num = kv_num_blocks.expand(B, H, nq).contiguous()
+            idx = kv_indices.expand(B, H, nq, kv_indices.shape[-1]).contiguous()
+            kv_num_blocks, kv_indices = num, idx
+            if path.kernel == paths.CPU_KERNEL:
+                from .cpu_kernel import attention as impl
+            else:
+                from .torch_path import attention as impl
+        out, lse = impl(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale)
+        paths.record(path)
+    return (out, lse) if return_lse else out
+
+
+def block_sparse_attention_bshd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: BlockSize = 64,
+    scale: float | None = None,
+    return_lse: bool = False,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The same for diffusers' [B, S, H, D] layout (what `dispatch_attention_fn` passes). The index is
+    unchanged ([B, H, Nq, ...]); out is [B, Sq, H, D] and the log-sum-exp [B, Sq, H]."""
+    result = block_sparse_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), kv_num_blocks, kv_indices,
+        block_size, scale, return_lse=True, backend=backend,
+    )
+    out, lse = result[0].transpose(1, 2), result[1].transpose(1, 2)
+    return (out, lse) if return_lse else out

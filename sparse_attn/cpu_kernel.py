@@ -1,0 +1,193 @@
+"""The CPU path: our C++ kernel (csrc/block_sparse_attn.cpp), built once per machine and run on all cores.
+
+Why C++ rather than PyTorch ops: per query block the work is a few 64x64 tiles, too small for one
+framework call each, and gathering the selected keys into a dense tensor first moves as many bytes as
+the sparsity saves. Measured at 16k tokens on 2 cores the kernel beats both that gather + matmul path
+and compiled FlexAttention (see `accel bench-attn`).
+
+The kernel is compiled with the system C++ compiler on first use (about a second; `-march=native`) and
+cached under `~/.cache/accel` (or `$ACCEL_CACHE_DIR`), keyed by the source, the compiler and the CPU.
+It is called through ctypes, which releases the GIL, from a small pool of Python threads that share one
+task counter. Inputs of any float dtype are computed in fp32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger("accel")
+
+SOURCE = Path(__file__).parent / "csrc" / "block_sparse_attn.cpp"
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast", "-fno-math-errno"]
+LOG2E = math.log2(math.e)
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_build: dict[str, object] = {}  # what happened when the kernel was built or loaded (build_info())
+_pool: ThreadPoolExecutor | None = None
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ACCEL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "accel"
+    )
+    return Path(root) / "sparse_attn"
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Build into a temporary file, then rename: concurrent first calls never load a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for arch in (["-march=native"], []):  # some compilers (or CPUs) reject -march=native
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [compiler, *FLAGS, *arch, str(SOURCE), "-o", tmp]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return
+            errors.append(f"$ {' '.join(cmd)}\n{done.stderr[-2000:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("compiling the CPU kernel failed:\n" + "\n".join(errors))
+
+
+def _target(compiler: str) -> Path:
+    """The cached library for this source, compiler and CPU."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    parts = (SOURCE.read_text(), compiler, version, " ".join(FLAGS), platform.machine(), _cpu_id())
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return _cache_dir() / f"block_sparse_attn-{key}.so"
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel, building it on first use; None when that is impossible (the reason is in
+    `build_info()["error"]`)."""
+    global _library
+    with _lock:
+        if _library is not None or "error" in _build:
+            return _library
+        compiler = _compiler()
+        if compiler is None:
+            _build["error"] = "no C++ compiler found (set CXX or install g++/clang++)"
+            return None
+        start = time.perf_counter()
+        try:
+            target = _target(compiler)
+            cached = target.exists()
+            if not cached:
+                _compile(compiler, target)
+            lib = ctypes.CDLL(str(target))
+        except (OSError, RuntimeError) as exc:
+            _build["error"] = str(exc)
+            return None
+        fn = lib.accel_block_sparse_attention
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 8 + [ctypes.c_void_p]
+        _build.update(path=str(target), cached=cached, seconds=round(time.perf_counter() - start, 3))
+        if not cached:
+            logger.info("accel: compiled the CPU block-sparse attention kernel in %.1f s (%s)", _build["seconds"], target)
+        _library = lib
+        return lib
+
+
+def build_info() -> dict[str, object]:
+    """{'path', 'cached', 'seconds'} once loaded (seconds: the one-time compile when not cached), or
+    {'error'}; empty before the first use."""
+    return dict(_build)
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="accel-attn")
+        return _pool
+
+
+def _padded(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
+    """x [B, H, S, D] in fp32, zero-padded to [B, H, rows, dim]; no copy when nothing changes."""
+    x = x.float()
+    if x.shape[2] != rows or x.shape[3] != dim:
+        x = F.pad(x, (0, dim - x.shape[3], 0, rows - x.shape[2]))
+    return x.contiguous()
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    q_block: int,
+    kv_block: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). q/k/v [B, H, S, D] on the CPU; the index
+    is already broadcast to [B, H, ...], int32, contiguous and range-checked."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the CPU kernel is unavailable: {_build.get('error')}")
+    B, H, Sq, D = q.shape
+    Skv = k.shape[2]
+    nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
+    dim = -(-D // 16) * 16  # the kernel works on whole 16-float vectors
+
+    # Queries pre-scaled so that exp2 of the scores is the softmax numerator.
+    qs = torch.empty(B, H, nq * q_block, dim)
+    if nq * q_block != Sq or dim != D:
+        qs.zero_()
+    torch.mul(q.float(), scale * LOG2E, out=qs[:, :, :Sq, :D])
+    # Keys as transposed blocks [B, H, Nk, dim, kv_block]; values padded in place order.
+    kp = _padded(k, nk * kv_block, dim).view(B, H, nk, kv_block, dim)
+    kt = torch.empty(B, H, nk, dim, kv_block)
+    kt.permute(0, 1, 2, 4, 3).copy_(kp)
+    vp = _padded(v, nk * kv_block, dim)
+
+    out = torch.empty(B, H, nq * q_block, dim)
+    lse = torch.empty(B, H, nq * q_block)
+    counter = torch.zeros(1, dtype=torch.int64)
+    tensors = (qs, kt, vp, kv_num_blocks, kv_indices, out, lse)
+    args = [t.data_ptr() for t in tensors] + [B * H, nq, nk, kv_indices.shape[-1], q_block, kv_block, dim, Skv]
+    args.append(counter.data_ptr())
+    workers = max(1, min(torch.get_num_threads(), B * H * nq))
+    jobs = [_threads().submit(lib.accel_block_sparse_attention, *args) for _ in range(workers)]
+    if any(job.result() for job in jobs):
+        raise MemoryError("the CPU kernel could not allocate its work buffer")
+    out = out[:, :, :Sq, :D]
+    return out.to(q.dtype) if q.dtype != torch.float32 else out, lse[:, :, :Sq]

@@ -1,0 +1,289 @@
+// Block-sparse attention forward pass for the CPU (fp32), called from sparse_attn/cpu_kernel.py.
+//
+// Why a kernel of our own: each query block only meets a few 64x64 key tiles, so the work comes in
+// pieces far too small for one PyTorch call each, and gathering the selected keys first costs as much
+// memory traffic as the arithmetic saves. Here one task computes one query block from start to end with
+// FlashAttention-2's online softmax, keeping its tiles in the core's caches; Python threads (ctypes drops
+// the GIL) pull tasks from a shared counter.
+//
+// The code uses GCC/Clang vector extensions (16 floats = one AVX-512 register; the compiler splits them
+// on narrower machines), with AVX-512 intrinsics in two hot spots, and is built once per machine with
+// -O3 -march=native.
+//
+// Layouts, prepared by cpu_kernel.py (BH = batch*heads, all row-major, fp32):
+//   q      [BH, Nq*BQ, D]   queries, pre-multiplied by softmax_scale*log2(e), so exp2 gives the softmax
+//   kt     [BH, Nk, D, BK]  keys, block after block, each block transposed (a key per column)
+//   v      [BH, Nk*BK, D]   values
+//   kv_num [BH, Nq] int32 and kv_idx [BH, Nq, W] int32: the block index (see sparse_attn/blocks.py)
+//   out    [BH, Nq*BQ, D] and lse [BH, Nq*BQ] (natural log); a row that attends nothing gets 0 and -inf
+// BQ is even, D and BK are multiples of 16; padding rows/columns are zero and keys at or past kv_len are
+// masked. Denormals are flushed to zero while the kernel runs (values below 1e-38 count as 0).
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// ---- vectors of 16 floats -------------------------------------------------------------------------
+
+constexpr int VL = 16;
+typedef float vf __attribute__((vector_size(VL * sizeof(float)), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t)), aligned(4)));
+
+inline vf load(const float *p) { return *(const vf *)p; }
+inline void store(float *p, vf x) { *(vf *)p = x; }
+inline vf splat(float x) { return vf{} + x; }
+
+// Broadcast one float from memory. On AVX-512 this must become a memory operand of the FMA, not a
+// register shuffle: shuffles share the execution port with the multiply-adds.
+inline vf broadcast(const float *p) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(*p);
+#else
+    return splat(*p);
+#endif
+}
+
+inline float hmax(vf x) {
+    float m = x[0];
+    for (int i = 1; i < VL; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+inline float hsum(vf x) {
+    float s = 0.f;
+    for (int i = 0; i < VL; i++) s += x[i];
+    return s;
+}
+
+// 2^x for x <= 0 (and 0 for -inf). Round to nearest splits x = n + f with |f| <= 1/2; 2^f is its
+// degree-7 Taylor polynomial (relative error < 1e-7); 2^n is applied through the exponent bits.
+inline vf exp2_neg(vf x) {
+    const vf lowest = splat(-127.f);  // below it the result is denormal (flushed) or zero anyway
+    x = x < lowest ? lowest : x;
+#if defined(__AVX512F__)
+    const vf n = (vf)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    const vf shifter = splat(12582912.f);  // 1.5 * 2^23: adding it rounds to an integer
+    const vf n = (x + shifter) - shifter;
+#endif
+    const vf f = x - n;
+    vf p = splat(1.5252734e-5f);
+    p = p * f + 1.5403530e-4f;
+    p = p * f + 1.3333558e-3f;
+    p = p * f + 9.6181291e-3f;
+    p = p * f + 5.5504109e-2f;
+    p = p * f + 2.4022651e-1f;
+    p = p * f + 6.9314718e-1f;
+    p = p * f + 1.f;
+#if defined(__AVX512F__)
+    return (vf)_mm512_scalef_ps((__m512)p, (__m512)n);  // p * 2^n, flushed to 0 below 2^-126
+#else
+    const vi keep = n > -127.f;
+    const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    return keep ? p * (vf)bits : vf{};
+#endif
+}
+
+// ---- matrix multiply on cached tiles --------------------------------------------------------------
+
+// The micro-kernel: C[R, NV*16] (+)= A[R, K] . B[K, NV*16] with C held in R*NV registers. Each step of
+// k loads NV vectors of B's row k and multiplies them by A[r, k] broadcast, for the R rows.
+template <int R, int NV, bool ACCUMULATE>
+inline __attribute__((always_inline)) void micro_kernel(int K, const float *A, int lda, const float *B, int ldb,
+                                                        float *C, int ldc) {
+    vf c[R][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; j++) c[r][j] = ACCUMULATE ? load(C + r * ldc + j * VL) : vf{};
+    for (int k = 0; k < K; k++) {
+        vf b[NV];
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; j++) b[j] = load(B + k * ldb + j * VL);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const vf a = broadcast(A + r * lda + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < NV; j++) c[r][j] += a * b[j];
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NV; j++) store(C + r * ldc + j * VL, c[r][j]);
+}
+
+template <int R, bool ACCUMULATE>
+inline void tile(int nv, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
+    if (nv == 4) micro_kernel<R, 4, ACCUMULATE>(K, A, lda, B, ldb, C, ldc);
+    else if (nv == 3) micro_kernel<R, 3, ACCUMULATE>(K, A, lda, B, ldb, C, ldc);
+    else if (nv == 2) micro_kernel<R, 2, ACCUMULATE>(K, A, lda, B, ldb, C, ldc);
+    else micro_kernel<R, 1, ACCUMULATE>(K, A, lda, B, ldb, C, ldc);
+}
+
+// C[M, N] (+)= A[M, K] . B[K, N] in tiles of 6 rows x 64 columns: 24 accumulators plus 4 loaded vectors
+// fit the 32 AVX-512 registers (the last 4 or 2 rows of an even M use smaller tiles; N is a multiple of
+// 16). Meanwhile `next`, the block the caller needs after this one (`next_bytes` long), is prefetched
+// into L2 a slice per tile, so its trip from memory overlaps this block's arithmetic.
+template <bool ACCUMULATE>
+void matmul(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
+            const float *next, int next_bytes) {
+    const int tiles = (M + 5) / 6 * ((N + 4 * VL - 1) / (4 * VL));
+    const char *pf = (const char *)next, *pf_end = pf + (next ? next_bytes : 0);
+    const int pf_step = (next_bytes / 64 + tiles - 1) / tiles * 64;
+    for (int col = 0; col < N; col += 4 * VL) {
+        const int nv = N - col >= 4 * VL ? 4 : (N - col) / VL;
+        for (int row = 0; row < M;) {
+            for (const char *stop = pf + pf_step; pf < stop && pf < pf_end; pf += 64) __builtin_prefetch(pf, 0, 2);
+            const int rows = M - row >= 6 ? 6 : M - row;
+            const float *a = A + row * lda;
+            float *c = C + row * ldc + col;
+            if (rows == 6) tile<6, ACCUMULATE>(nv, K, a, lda, B + col, ldb, c, ldc);
+            else if (rows == 4) tile<4, ACCUMULATE>(nv, K, a, lda, B + col, ldb, c, ldc);
+            else tile<2, ACCUMULATE>(nv, K, a, lda, B + col, ldb, c, ldc);
+            row += rows;
+        }
+    }
+}
+
+// ---- one query block ------------------------------------------------------------------------------
+
+constexpr int GROUP = 8;  // key blocks per softmax step: amortises the per-row bookkeeping
+
+struct Shape {
+    int64_t bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len;
+};
+
+struct Scratch {  // per worker thread
+    float *S;    // scores, then probabilities [BQ, GROUP*BK]
+    float *acc;  // unnormalised output [BQ, D]
+    float *m;    // running row max (log2 units) [BQ]
+    float *l;    // running row sum of 2^(s - m) [BQ]
+};
+
+// Stream over the query block's key blocks GROUP at a time: S = Q.K^T for the group, online softmax
+// (update the row max, P = 2^(S - max), rescale the earlier sum and output), acc += P.V.
+void query_block(const Shape &sh, int64_t task, const float *q, const float *kt, const float *v,
+                 const int32_t *kv_num, const int32_t *kv_idx, float *out, float *lse, const Scratch &w) {
+    const int BQ = (int)sh.q_block, BK = (int)sh.kv_block, D = (int)sh.dim;
+    const int ldS = GROUP * BK;
+    const int64_t bh = task / sh.q_blocks;
+    const int last_keys = (int)(sh.kv_len - (sh.kv_blocks - 1) * BK);  // real keys in the last block
+    const int block_bytes = (int)sizeof(float) * BK * D;
+    const float *qt = q + task * BQ * D;
+    const int32_t *ids = kv_idx + task * sh.width;
+    const int n = kv_num[task];
+    float *S = w.S, *acc = w.acc, *m = w.m, *l = w.l;
+
+    for (int r = 0; r < BQ; r++) m[r] = -INFINITY, l[r] = 0.f;
+    memset(acc, 0, sizeof(float) * BQ * D);
+
+    for (int t0 = 0; t0 < n; t0 += GROUP) {
+        const int g = n - t0 < GROUP ? n - t0 : GROUP;
+        // The blocks in the order this group reads them: the keys of each block, its values, then the
+        // next group's first keys. Each matmul prefetches the block after its own in this list.
+        const float *order[2 * GROUP + 1];
+        for (int u = 0; u < g; u++) {
+            order[u] = kt + (bh * sh.kv_blocks + ids[t0 + u]) * BK * D;
+            order[g + u] = v + (bh * sh.kv_blocks + ids[t0 + u]) * BK * D;
+        }
+        order[2 * g] = t0 + g < n ? kt + (bh * sh.kv_blocks + ids[t0 + g]) * BK * D : nullptr;
+
+        // S[:, u*BK:(u+1)*BK] = Q . K^T for each block u (in log2 units: q carries log2(e))
+        for (int u = 0; u < g; u++) {
+            matmul<false>(BQ, BK, D, qt, D, order[u], BK, S + u * BK, ldS, order[u + 1], block_bytes);
+            if (ids[t0 + u] == sh.kv_blocks - 1 && last_keys < BK)  // keys past kv_len do not exist
+                for (int r = 0; r < BQ; r++)
+                    for (int c = last_keys; c < BK; c++) S[r * ldS + u * BK + c] = -INFINITY;
+        }
+
+        // Online softmax, row by row.
+        const int width = g * BK;
+        for (int r = 0; r < BQ; r++) {
+            float *s = S + r * ldS;
+            vf mx = load(s);
+            for (int c = VL; c < width; c += VL) {
+                const vf x = load(s + c);
+                mx = x > mx ? x : mx;
+            }
+            const float group_max = hmax(mx);
+            const float m_new = group_max > m[r] ? group_max : m[r];
+            if (m_new == -INFINITY) {  // no key seen yet in this row: P = 0
+                for (int c = 0; c < width; c += VL) store(s + c, vf{});
+                continue;
+            }
+            const vf mv = splat(m_new);
+            vf sum = vf{};
+            for (int c = 0; c < width; c += VL) {
+                const vf p = exp2_neg(load(s + c) - mv);
+                store(s + c, p);
+                sum += p;
+            }
+            const float alpha = exp2f(m[r] - m_new);  // rescales the earlier groups; 0 for the first
+            l[r] = l[r] * alpha + hsum(sum);
+            if (alpha != 1.f) {
+                const vf av = splat(alpha);
+                for (int c = 0; c < D; c += VL) store(acc + r * D + c, load(acc + r * D + c) * av);
+            }
+            m[r] = m_new;
+        }
+
+        // acc += P[:, u*BK:(u+1)*BK] . V_u, block by block (each V block stays in L1 for all rows)
+        for (int u = 0; u < g; u++)
+            matmul<true>(BQ, D, BK, S + u * BK, ldS, order[g + u], D, acc, D, order[g + u + 1], block_bytes);
+    }
+
+    // out = acc / l; lse = (m + log2 l) * ln 2. A row without keys: 0 and -inf.
+    float *o = out + task * BQ * D;
+    float *ls = lse + task * BQ;
+    for (int r = 0; r < BQ; r++) {
+        if (l[r] > 0.f) {
+            const vf inv = splat(1.f / l[r]);
+            for (int c = 0; c < D; c += VL) store(o + r * D + c, load(acc + r * D + c) * inv);
+            ls[r] = (m[r] + log2f(l[r])) * 0.69314718055994531f;
+        } else {
+            memset(o + r * D, 0, sizeof(float) * D);
+            ls[r] = -INFINITY;
+        }
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Work through tasks (one per (batch*head, query block)) until the shared counter runs out. Every
+// worker thread calls this with the same arguments. Returns 1 if its scratch memory cannot be allocated.
+int accel_block_sparse_attention(const float *q, const float *kt, const float *v, const int32_t *kv_num,
+                                 const int32_t *kv_idx, float *out, float *lse, int64_t bh, int64_t q_blocks,
+                                 int64_t kv_blocks, int64_t width, int64_t q_block, int64_t kv_block, int64_t dim,
+                                 int64_t kv_len, int64_t *counter) {
+    const Shape sh{bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len};
+    const size_t floats = q_block * GROUP * kv_block + q_block * dim + 2 * q_block;
+    float *buffer = (float *)aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+    if (!buffer) return 1;
+    const Scratch scratch{buffer, buffer + q_block * GROUP * kv_block, buffer + q_block * (GROUP * kv_block + dim),
+                          buffer + q_block * (GROUP * kv_block + dim + 1)};
+#if defined(__SSE__)
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);  // flush-to-zero and denormals-are-zero: denormals would stall the FMAs
+#endif
+    for (;;) {
+        const int64_t task = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+        if (task >= bh * q_blocks) break;
+        query_block(sh, task, q, kt, v, kv_num, kv_idx, out, lse, scratch);
+    }
+#if defined(__SSE__)
+    _mm_setcsr(csr);
+#endif
+    free(buffer);
+    return 0;
+}
+
+}  // extern "C"

@@ -1,0 +1,62 @@
+"""The portable path: plain PyTorch ops (gather the selected key blocks, batched matmul, softmax).
+
+Used where neither the Triton kernel (GPU) nor the C++ kernel (CPU, needs a compiler) is available, and
+as a second implementation in the tests. It computes in fp32 like the kernels, but is several times
+slower than the C++ kernel on CPU: gathering the keys of every query block moves as many bytes as the
+sparsity saves. Query blocks are processed in chunks that bound the temporary memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ELEMENTS = 1 << 22  # scores per chunk (16 MiB of fp32)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    q_block: int,
+    kv_block: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32); the index is broadcast to [B, H, ...]."""
+    B, H, Sq, D = q.shape
+    Skv = k.shape[2]
+    nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
+    width = kv_indices.shape[-1]
+    device = q.device
+
+    qb = F.pad(q.float() * scale, (0, 0, 0, nq * q_block - Sq)).reshape(B * H * nq, q_block, D)
+    kb = F.pad(k.float(), (0, 0, 0, nk * kv_block - Skv)).reshape(B * H * nk, kv_block, D)
+    vb = F.pad(v.float(), (0, 0, 0, nk * kv_block - Skv)).reshape(B * H * nk, kv_block, D)
+    key_exists = (torch.arange(nk * kv_block, device=device) < Skv).view(nk, kv_block)
+    # Task t = (b*H + h)*nq + query block; its key block ids as rows of the flat [B*H*nk] block list.
+    ids = kv_indices.reshape(B * H * nq, width).long()
+    used = torch.arange(width, device=device) < kv_num_blocks.reshape(B * H * nq, 1)
+    ids = torch.where(used, ids, 0)
+    flat_ids = ids + (torch.arange(B * H * nq, device=device) // nq * nk).unsqueeze(1)
+
+    out = torch.empty(B * H * nq, q_block, D, device=device)
+    lse = torch.empty(B * H * nq, q_block, device=device)
+    chunk = max(1, CHUNK_ELEMENTS // (q_block * width * kv_block))
+    for t0 in range(0, B * H * nq, chunk):
+        t1 = min(t0 + chunk, B * H * nq)
+        sel = flat_ids[t0:t1].reshape(-1)
+        keys = kb.index_select(0, sel).view(t1 - t0, width * kv_block, D)
+        values = vb.index_select(0, sel).view(t1 - t0, width * kv_block, D)
+        valid = (used[t0:t1].unsqueeze(-1) & key_exists[ids[t0:t1]]).view(t1 - t0, 1, width * kv_block)
+        s = torch.bmm(qb[t0:t1], keys.transpose(1, 2)).masked_fill_(~valid, float("-inf"))
+        m = s.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isinf(m), 0.0, m)  # rows with no keys: avoid -inf - -inf
+        p = s.sub_(m).exp_()
+        total = p.sum(dim=-1, keepdim=True)
+        o = torch.bmm(p, values)
+        out[t0:t1] = torch.where(total > 0, o / total, 0.0)
+        lse[t0:t1] = (m + total.log()).squeeze(-1)  # log(0) = -inf for rows with no keys
+    out = out.view(B, H, nq * q_block, D)[:, :, :Sq]
+    return out.to(q.dtype), lse.view(B, H, nq * q_block)[:, :, :Sq]

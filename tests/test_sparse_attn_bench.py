@@ -1,0 +1,28 @@
+"""`accel bench-attn` end to end on a tiny size (FlexAttention left out: compiling it takes a while)."""
+
+from __future__ import annotations
+
+import json
+
+from accel.cli import main
+
+
+def test_bench_attn_writes_table_and_json(tmp_path, capsys):
+    argv = ["bench-attn", "--seq-lens", "200", "--head-dims", "32", "--densities", "0.25,1", "--repeat", "2",
+            "--warmup", "0", "--backends", "", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Command: `accel bench-attn --seq-lens 200" in text and "device: cpu" in text
+    data = json.loads((tmp_path / "bench-attn.json").read_text())
+    names = [(r["density"], r["name"]) for r in data["rows"]]
+    assert names == [
+        (None, "dense sdpa"),
+        (0.25, "accel cpu-kernel (default)"), (0.25, "accel torch-gather"),
+        (1.0, "accel cpu-kernel (default)"), (1.0, "accel torch-gather"),
+    ]
+    for row in data["rows"]:
+        assert len(row["times_s"]) == 2 and row["median_s"] > 0 and not row["note"]
+    gather = [r for r in data["rows"] if r["name"] == "accel torch-gather"]
+    assert all(r["max_diff"] < 1e-5 for r in gather)
+    assert data["cpu_kernel"]["path"].endswith(".so")
+    assert (tmp_path / "bench-attn.md").read_text() in text

@@ -1,0 +1,110 @@
+"""Block selection helpers and token reordering."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sparse_attn as sa
+from sparse_attn.selection import block_scores
+
+
+def test_pool_blocks_averages_real_tokens_of_the_partial_block():
+    x = torch.arange(10, dtype=torch.float32).view(1, 1, 10, 1)
+    pooled = sa.pool_blocks(x, 4)
+    assert pooled.flatten().tolist() == [1.5, 5.5, 8.5]  # the last block holds tokens 8 and 9 only
+
+
+def test_topk_count_rule_forced_blocks_and_order():
+    nq, nk = 6, 10
+    scores = torch.randn(2, 3, nq, nk, generator=torch.Generator().manual_seed(0))
+    forced = sa.forced_blocks(nq, nk, sink_blocks=[0, -1], diagonal=True)
+    num, idx = sa.topk_blocks(scores, 0.25, forced)
+    k = math.ceil(0.25 * nk)
+    sa.check_blocks(num, idx, nq, nk, 2, 3)
+    dense = sa.blocks_to_dense(num, idx, nk)
+    assert torch.equal(num, (forced.sum(-1) + k).clamp(max=nk).to(torch.int32).expand(2, 3, nq))
+    assert bool((dense | ~forced).all())  # every forced block kept
+    # the others are the best-scoring ones
+    others = scores.masked_fill(forced, float("-inf"))
+    best = others.topk(k, dim=-1).indices
+    assert bool(dense.gather(-1, best).all())
+    for row_num, row in zip(num.flatten(), idx.flatten(0, 2), strict=True):
+        valid = row[: int(row_num)]
+        assert torch.equal(valid, valid.sort().values)
+
+
+def test_topk_keeps_at_least_one_and_at_most_all():
+    scores = torch.randn(1, 1, 4, 8)
+    num, _ = sa.topk_blocks(scores, 1e-6)
+    assert bool((num == 1).all())
+    num, _ = sa.topk_blocks(scores, 1.0, sa.forced_blocks(4, 8, [0, 1], diagonal=True))
+    assert bool((num == 8).all())
+    with pytest.raises(ValueError):
+        sa.topk_blocks(scores, 0.0)
+
+
+def test_forced_diagonal_for_unequal_lengths_and_text_blocks():
+    forced = sa.forced_blocks(2, 4, diagonal=True)
+    assert forced.nonzero().tolist() == [[0, 0], [1, 2]]
+    assert sa.text_blocks(100, 1000, 64, text_first=True) == [0, 1]
+    assert sa.text_blocks(100, 1000, 64, text_first=False) == [14, 15]  # tokens 900..999
+    assert sa.text_blocks(0, 1000, 64, text_first=True) == []
+
+
+def test_select_blocks_prefers_the_aligned_keys():
+    # keys equal to queries: the pooled score is largest on the diagonal
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(1, 1, 8, 16, generator=g) * 4
+    q = centers.repeat_interleave(32, dim=2) + 0.1 * torch.randn(1, 1, 256, 16, generator=g)
+    num, idx = sa.select_blocks(q, q.clone(), density=0.125, block_size=32, diagonal=False)
+    assert bool((num == 1).all())
+    assert idx[..., 0].flatten().tolist() == list(range(8))
+    assert block_scores(q, q, 32).shape == (1, 1, 8, 8)
+
+
+# ---- reordering ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "grid,tile,text_len,text_first",
+    [((16, 16), (8, 8), 0, False), ((13, 21), (8, 8), 7, True), ((5, 12, 10), (2, 4, 8), 11, False),
+     ((3, 9, 9), (4, 4, 4), 0, True)],
+)
+def test_tile_order_is_an_exact_invertible_permutation(grid, tile, text_len, text_first):
+    order = sa.tile_order(grid, tile, text_len, text_first)
+    n = math.prod(grid) + text_len
+    assert torch.equal(order.perm.sort().values, torch.arange(n))
+    x = torch.randn(2, n, 3, 4)
+    assert torch.equal(order.restore(order.apply(x)), x)
+    assert torch.equal(order.apply(order.restore(x)), x)
+    y = x.transpose(1, 2)  # [B, H, S, D]
+    assert torch.equal(order.restore(order.apply(y, dim=2), dim=2), y)
+    text = torch.arange(text_len) + (0 if text_first else math.prod(grid))
+    kept = order.perm[:text_len] if text_first else order.perm[n - text_len:]
+    assert torch.equal(kept, text)
+
+
+def test_each_block_is_a_tile():
+    order = sa.tile_order((16, 24), (8, 8))
+    rows, cols = order.perm // 24, order.perm % 24
+    for b in range(order.perm.numel() // 64):
+        r, c = rows[64 * b: 64 * (b + 1)], cols[64 * b: 64 * (b + 1)]
+        assert r.max() - r.min() == 7 and c.max() - c.min() == 7
+
+
+def test_partial_tiles_come_after_the_full_ones():
+    order = sa.tile_order((2, 10, 10), (1, 8, 8))  # one full 8x8 tile per frame, the rest partial
+    frames, rows, cols = order.perm // 100, order.perm // 10 % 10, order.perm % 10
+    full = (rows < 8) & (cols < 8)
+    assert bool(full[:128].all()) and not bool(full[128:].any())
+    assert bool((frames[:64] == 0).all()) and bool((frames[64:128] == 1).all())
+
+
+def test_tile_order_rejects_bad_shapes():
+    with pytest.raises(ValueError):
+        sa.tile_order((8, 8), (1, 8, 8))
+    with pytest.raises(ValueError):
+        sa.tile_order((8, 8), (8, 8), text_len=-1)
