@@ -290,7 +290,9 @@ def quick(spec: BenchSpec) -> BenchSpec:
     one repeat: under two minutes on a 2-core CPU for the default model."""
     changes: dict[str, Any] = {"steps": min(spec.steps, 8), "repeat": 1}
     changes["fewer_steps"] = tuple(k for k in spec.fewer_steps if k < changes["steps"])
-    if spec.model in zoo.names() and zoo.resizable(spec.model) and spec.height is None and spec.width is None:
+    from accel.zoo.families import ENTRIES  # random-weight entries; trained ones keep their size
+
+    if spec.model in ENTRIES and zoo.resizable(spec.model) and spec.height is None and spec.width is None:
         res = zoo.default_resolution(spec.model, spec.size)
         changes["height"], changes["width"] = res["height"] // 2, res["width"] // 2
         if "num_frames" in res and spec.frames is None:
