@@ -123,3 +123,17 @@ def tiny():
         return accel.zoo.load(name, size="tiny", seed=seed)
 
     return build
+
+
+@pytest.fixture
+def bare_dit():
+    """A tiny DiT denoiser without a pipeline, for hand-written denoising loops."""
+
+    def build(num_layers: int = 2):
+        from diffusers import DiTTransformer2DModel
+
+        torch.manual_seed(0)
+        return DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                     num_layers=num_layers, sample_size=8, patch_size=2, norm_num_groups=4).eval()
+
+    return build

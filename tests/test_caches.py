@@ -144,19 +144,8 @@ def test_cached_blocks_out_of_range_is_refused_before_patching(tiny):
     assert accel.patch_of(pipe) is None
 
 
-def test_hand_written_loop_needs_the_step_count():
-    from diffusers import DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    model = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        num_layers=2,
-        sample_size=8,
-        patch_size=2,
-        norm_num_groups=4,
-    ).eval()
+def test_hand_written_loop_needs_the_step_count(bare_dit):
+    model = bare_dit()
     handle = accel.patch(model, method="delta-dit", warmup=0)
     x, labels = torch.randn(1, 4, 8, 8), torch.tensor([1])
     with pytest.raises(RuntimeError, match="reset\\(num_steps=N\\)"):

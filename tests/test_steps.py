@@ -114,20 +114,9 @@ def test_a_failed_call_does_not_leak_into_the_next(tiny):
     handle.unpatch()
 
 
-def test_hand_written_loop_on_a_bare_denoiser():
+def test_hand_written_loop_on_a_bare_denoiser(bare_dit):
     """No pipeline, no cache_context: same timestep twice = two branches; a larger timestep = a new run."""
-    from diffusers import DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    model = DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        num_layers=1,
-        sample_size=8,
-        patch_size=2,
-        norm_num_groups=4,
-    ).eval()
+    model = bare_dit()
     handle = accel.patch(model, method="none")
     x, labels = torch.randn(1, 4, 8, 8), torch.tensor([1])
     seen = []
