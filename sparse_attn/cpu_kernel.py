@@ -7,8 +7,10 @@ and compiled FlexAttention (see `accel bench-attn`).
 
 The kernel is compiled with the system C++ compiler on first use (about a second; `-march=native`) and
 cached under `~/.cache/accel` (or `$ACCEL_CACHE_DIR`), keyed by the source, the compiler and the CPU.
-It is called through ctypes, which releases the GIL, from a small pool of Python threads that share one
-task counter. Inputs of any float dtype are computed in fp32.
+It is called through ctypes (which releases the GIL) and spreads its tasks over OpenMP threads: built with
+`-fopenmp`, the library joins the libgomp runtime PyTorch has already loaded, so it runs on PyTorch's
+own worker threads (`torch.get_num_threads()`) instead of fighting them for the cores. Inputs of any
+float dtype are computed in fp32.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,7 +40,6 @@ LOG2E = math.log2(math.e)
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _build: dict[str, object] = {}  # what happened when the kernel was built or loaded (build_info())
-_pool: ThreadPoolExecutor | None = None
 
 
 def _compiler() -> str | None:
@@ -63,19 +63,22 @@ def _cache_dir() -> Path:
     return Path(root) / "sparse_attn"
 
 
-def _compile(compiler: str, target: Path) -> None:
-    """Build into a temporary file, then rename: concurrent first calls never load a half-written file."""
+def _compile(compiler: str, target: Path) -> list[str]:
+    """Build into a temporary file, then rename (concurrent first calls never load a half-written
+    file). Tries the best flags first; returns the ones that worked."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in (["-march=native"], []):  # some compilers (or CPUs) reject -march=native
+    # some compilers or CPUs reject -march=native; some compilers lack OpenMP (then: one thread)
+    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], ["-march=native"], []):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, *FLAGS, *arch, str(SOURCE), "-o", tmp]
+        cmd = [compiler, *FLAGS, *extra, str(SOURCE), "-o", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode == 0:
                 os.replace(tmp, target)
-                return
+                target.with_suffix(".flags").write_text(" ".join(extra))
+                return extra
             errors.append(f"$ {' '.join(cmd)}\n{done.stderr[-2000:]}")
         finally:
             if os.path.exists(tmp):
@@ -105,39 +108,33 @@ def load() -> ctypes.CDLL | None:
         start = time.perf_counter()
         try:
             target = _target(compiler)
-            cached = target.exists()
-            if not cached:
-                _compile(compiler, target)
+            cached = target.exists() and target.with_suffix(".flags").exists()
+            flags = target.with_suffix(".flags").read_text().split() if cached else _compile(compiler, target)
             lib = ctypes.CDLL(str(target))
         except (OSError, RuntimeError) as exc:
             _build["error"] = str(exc)
             return None
         fn = lib.accel_block_sparse_attention
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 8 + [ctypes.c_void_p]
-        _build.update(path=str(target), cached=cached, seconds=round(time.perf_counter() - start, 3))
+        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 9
+        _build.update(path=str(target), flags=" ".join(FLAGS + flags), cached=cached,
+                      seconds=round(time.perf_counter() - start, 3))
         if not cached:
             logger.info("accel: compiled the CPU block-sparse attention kernel in %.1f s (%s)", _build["seconds"], target)
+        if "-fopenmp" not in flags:
+            logger.warning("accel: the CPU block-sparse attention kernel was built without OpenMP: one thread only")
         _library = lib
         return lib
 
 
 def build_info() -> dict[str, object]:
-    """{'path', 'cached', 'seconds'} once loaded (seconds: the one-time compile when not cached), or
-    {'error'}; empty before the first use."""
+    """{'path', 'flags', 'cached', 'seconds'} once loaded (seconds: the one-time compile when not
+    cached), or {'error'}; empty before the first use."""
     return dict(_build)
 
 
 def available() -> bool:
     return load() is not None
-
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="accel-attn")
-        return _pool
 
 
 def _padded(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
@@ -181,13 +178,10 @@ def attention(
 
     out = torch.empty(B, H, nq * q_block, dim)
     lse = torch.empty(B, H, nq * q_block)
-    counter = torch.zeros(1, dtype=torch.int64)
     tensors = (qs, kt, vp, kv_num_blocks, kv_indices, out, lse)
-    args = [t.data_ptr() for t in tensors] + [B * H, nq, nk, kv_indices.shape[-1], q_block, kv_block, dim, Skv]
-    args.append(counter.data_ptr())
-    workers = max(1, min(torch.get_num_threads(), B * H * nq))
-    jobs = [_threads().submit(lib.accel_block_sparse_attention, *args) for _ in range(workers)]
-    if any(job.result() for job in jobs):
-        raise MemoryError("the CPU kernel could not allocate its work buffer")
+    sizes = (B * H, nq, nk, kv_indices.shape[-1], q_block, kv_block, dim, Skv)
+    threads = max(1, min(torch.get_num_threads(), B * H * nq))
+    if lib.accel_block_sparse_attention(*[t.data_ptr() for t in tensors], *sizes, threads):
+        raise MemoryError("the CPU kernel could not allocate its scratch memory")
     out = out[:, :, :Sq, :D]
     return out.to(q.dtype) if q.dtype != torch.float32 else out, lse[:, :, :Sq]

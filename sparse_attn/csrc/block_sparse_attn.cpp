@@ -3,8 +3,8 @@
 // Why a kernel of our own: each query block only meets a few 64x64 key tiles, so the work comes in
 // pieces far too small for one PyTorch call each, and gathering the selected keys first costs as much
 // memory traffic as the arithmetic saves. Here one task computes one query block from start to end with
-// FlashAttention-2's online softmax, keeping its tiles in the core's caches; Python threads (ctypes drops
-// the GIL) pull tasks from a shared counter.
+// FlashAttention-2's online softmax, keeping its tiles in the core's caches; OpenMP threads share out the
+// tasks.
 //
 // The code uses GCC/Clang vector extensions (16 floats = one AVX-512 register; the compiler splits them
 // on narrower machines), with AVX-512 intrinsics in two hot spots, and is built once per machine with
@@ -258,32 +258,39 @@ void query_block(const Shape &sh, int64_t task, const float *q, const float *kt,
 
 extern "C" {
 
-// Work through tasks (one per (batch*head, query block)) until the shared counter runs out. Every
-// worker thread calls this with the same arguments. Returns 1 if its scratch memory cannot be allocated.
+// All tasks (one per (batch*head, query block)) over `threads` OpenMP threads. Built with -fopenmp, this
+// joins the OpenMP runtime PyTorch already loaded (libgomp), so it shares PyTorch's worker threads
+// instead of competing with them. Returns 1 if a thread cannot allocate its scratch memory.
 int accel_block_sparse_attention(const float *q, const float *kt, const float *v, const int32_t *kv_num,
                                  const int32_t *kv_idx, float *out, float *lse, int64_t bh, int64_t q_blocks,
                                  int64_t kv_blocks, int64_t width, int64_t q_block, int64_t kv_block, int64_t dim,
-                                 int64_t kv_len, int64_t *counter) {
+                                 int64_t kv_len, int64_t threads) {
     const Shape sh{bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len};
     const size_t floats = q_block * GROUP * kv_block + q_block * dim + 2 * q_block;
-    float *buffer = (float *)aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
-    if (!buffer) return 1;
-    const Scratch scratch{buffer, buffer + q_block * GROUP * kv_block, buffer + q_block * (GROUP * kv_block + dim),
-                          buffer + q_block * (GROUP * kv_block + dim + 1)};
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *buffer = (float *)aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64);
+        if (!buffer) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        const Scratch scratch{buffer, buffer + q_block * GROUP * kv_block,
+                              buffer + q_block * (GROUP * kv_block + dim),
+                              buffer + q_block * (GROUP * kv_block + dim + 1)};
 #if defined(__SSE__)
-    const unsigned csr = _mm_getcsr();
-    _mm_setcsr(csr | 0x8040);  // flush-to-zero and denormals-are-zero: denormals would stall the FMAs
+        const unsigned csr = _mm_getcsr();
+        _mm_setcsr(csr | 0x8040);  // flush-to-zero and denormals-are-zero: denormals would stall the FMAs
 #endif
-    for (;;) {
-        const int64_t task = __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
-        if (task >= bh * q_blocks) break;
-        query_block(sh, task, q, kt, v, kv_num, kv_idx, out, lse, scratch);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < bh * q_blocks; task++)
+            if (buffer) query_block(sh, task, q, kt, v, kv_num, kv_idx, out, lse, scratch);
+#if defined(__SSE__)
+        _mm_setcsr(csr);
+#endif
+        free(buffer);
     }
-#if defined(__SSE__)
-    _mm_setcsr(csr);
-#endif
-    free(buffer);
-    return 0;
+    return failed;
 }
 
 }  // extern "C"
