@@ -13,6 +13,8 @@ whose query block lists no key block has no keys at all: its output is 0 and its
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from . import paths
@@ -60,6 +62,18 @@ def choose_path(q: torch.Tensor, backend: str) -> paths.AttentionPath:
             raise RuntimeError(f"the CPU kernel is unavailable: {cpu_kernel.build_info().get('error')}")
         return paths.AttentionPath(paths.CPU_KERNEL, _upcast_precision(q.dtype), device)
     return paths.AttentionPath(paths.TORCH, _upcast_precision(q.dtype), device)
+
+
+def _implementation(kernel: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale) -> (out, lse) of a path;
+    imported on demand (importing triton_kernel decorates the Triton kernel)."""
+    if kernel == paths.TRITON:
+        from .triton_kernel import attention
+    elif kernel == paths.CPU_KERNEL:
+        from .cpu_kernel import attention
+    else:
+        from .torch_path import attention
+    return attention
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -112,17 +126,20 @@ def block_sparse_attention(
         kv_indices = kv_indices.to(device=q.device, dtype=torch.int32)
         scale = D**-0.5 if scale is None else float(scale)
         path = choose_path(q, backend)
-        if path.kernel == paths.TRITON:
-            from .triton_kernel import attention as impl
-        else:
-            num = kv_num_blocks.expand(B, H, nq).contiguous()
-            idx = kv_indices.expand(B, H, nq, kv_indices.shape[-1]).contiguous()
-            kv_num_blocks, kv_indices = num, idx
-            if path.kernel == paths.CPU_KERNEL:
-                from .cpu_kernel import attention as impl
-            else:
-                from .torch_path import attention as impl
-        out, lse = impl(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale)
+        if path.kernel != paths.TORCH and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise NotImplementedError(
+                f"the {path.kernel} kernel is forward-only; run under torch.no_grad() / torch.inference_mode(), "
+                "or pass backend='torch-gather' (differentiable, slower)"
+            )
+        if Sq == 0 or k.shape[2] == 0:  # nothing to compute: every row has no keys
+            out = torch.zeros_like(q)
+            lse = torch.full((B, H, Sq), float("-inf"), device=q.device)
+            paths.record(path)
+            return (out, lse) if return_lse else out
+        if path.kernel != paths.TRITON:  # the CPU paths read the index as dense [B, H, ...] arrays
+            kv_num_blocks = kv_num_blocks.expand(B, H, nq).contiguous()
+            kv_indices = kv_indices.expand(B, H, nq, kv_indices.shape[-1]).contiguous()
+        out, lse = _implementation(path.kernel)(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale)
         paths.record(path)
     return (out, lse) if return_lse else out
 

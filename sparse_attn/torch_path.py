@@ -1,7 +1,7 @@
 """The portable path: plain PyTorch ops (gather the selected key blocks, batched matmul, softmax).
 
-Used where neither the Triton kernel (GPU) nor the C++ kernel (CPU, needs a compiler) is available, and
-as a second implementation in the tests. It computes in fp32 like the kernels, but is several times
+Used where neither the Triton kernel (GPU) nor the C++ kernel (CPU, needs a compiler) is available, as
+the differentiable path (the kernels are forward-only), and as a second implementation in the tests. It computes in fp32 like the kernels, but is several times
 slower than the C++ kernel on CPU: gathering the keys of every query block moves as many bytes as the
 sparsity saves. Query blocks are processed in chunks that bound the temporary memory.
 """
@@ -50,10 +50,10 @@ def attention(
         keys = kb.index_select(0, sel).view(t1 - t0, width * kv_block, D)
         values = vb.index_select(0, sel).view(t1 - t0, width * kv_block, D)
         valid = (used[t0:t1].unsqueeze(-1) & key_exists[ids[t0:t1]]).view(t1 - t0, 1, width * kv_block)
-        s = torch.bmm(qb[t0:t1], keys.transpose(1, 2)).masked_fill_(~valid, float("-inf"))
+        s = torch.bmm(qb[t0:t1], keys.transpose(1, 2)).masked_fill(~valid, float("-inf"))
         m = s.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isinf(m), 0.0, m)  # rows with no keys: avoid -inf - -inf
-        p = s.sub_(m).exp_()
+        p = torch.exp(s - m)  # out of place, so that this path stays differentiable
         total = p.sum(dim=-1, keepdim=True)
         o = torch.bmm(p, values)
         out[t0:t1] = torch.where(total > 0, o / total, 0.0)

@@ -209,3 +209,15 @@ def test_auto_falls_back_with_a_warning(monkeypatch, caplog):
         sa.block_sparse_attention(q, k, v, torch.ones(1, 1, 1, dtype=torch.int32),
                                   torch.zeros(1, 1, 1, 1, dtype=torch.int32), 64, backend="cpu-kernel")
     paths._logged.clear()
+
+
+def test_kernels_refuse_gradients_the_torch_path_gives_them():
+    q, k, v = (t.requires_grad_() for t in _inputs(1, 1, 64, 64, 16))
+    num, idx = torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32)
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        sa.block_sparse_attention(q, k, v, num, idx, 64)
+    with torch.no_grad():
+        sa.block_sparse_attention(q, k, v, num, idx, 64)
+    out = sa.block_sparse_attention(q, k, v, num, idx, 64, backend="torch-gather")
+    out.sum().backward()
+    assert q.grad is not None and v.grad is not None
