@@ -41,6 +41,8 @@ def attention(
     ids = torch.where(used, ids, 0)
     flat_ids = ids + (torch.arange(B * H * nq, device=device) // nq * nk).unsqueeze(1)
 
+    # in-place softmax unless autograd has to see the steps
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     out = torch.empty(B * H * nq, q_block, D, device=device)
     lse = torch.empty(B * H * nq, q_block, device=device)
     chunk = max(1, CHUNK_ELEMENTS // (q_block * width * kv_block))
@@ -50,10 +52,11 @@ def attention(
         keys = kb.index_select(0, sel).view(t1 - t0, width * kv_block, D)
         values = vb.index_select(0, sel).view(t1 - t0, width * kv_block, D)
         valid = (used[t0:t1].unsqueeze(-1) & key_exists[ids[t0:t1]]).view(t1 - t0, 1, width * kv_block)
-        s = torch.bmm(qb[t0:t1], keys.transpose(1, 2)).masked_fill(~valid, float("-inf"))
+        s = torch.bmm(qb[t0:t1], keys.transpose(1, 2))
+        s = s.masked_fill(~valid, float("-inf")) if grad else s.masked_fill_(~valid, float("-inf"))
         m = s.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isinf(m), 0.0, m)  # rows with no keys: avoid -inf - -inf
-        p = torch.exp(s - m)  # out of place, so that this path stays differentiable
+        p = torch.exp(s - m) if grad else s.sub_(m).exp_()
         total = p.sum(dim=-1, keepdim=True)
         o = torch.bmm(p, values)
         out[t0:t1] = torch.where(total > 0, o / total, 0.0)
