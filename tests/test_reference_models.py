@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 import accel.zoo
-from accel.zoo import digits, judges, reference
+from accel.zoo import digits, digits_image, judges
 
-# reference.sample(load("digits-image"), [0, 7], seed=0, steps=4): mean and four pixels, on float32 CPU.
+# digits_image.sample(load("digits-image"), [0, 7], seed=0, steps=4): mean and four pixels, on float32 CPU.
 FINGERPRINT = [-0.175896, -0.924869, 0.434851, -0.493100, 0.377851]
 
 
@@ -27,9 +27,9 @@ def test_digits_image_loads_and_reproduces_fingerprint() -> None:
     pipe = accel.zoo.load("digits-image")
     assert isinstance(pipe, __import__("diffusers").DiTPipeline)
     assert pipe.transformer.config.sample_size ** 2 >= 256  # image tokens at patch size 1
-    images = reference.sample(pipe, [0, 7], seed=0, steps=4)
+    images = digits_image.sample(pipe, [0, 7], seed=0, steps=4)
     assert images.shape == (2, 1, 32, 32)
-    again = reference.sample(pipe, [0, 7], seed=0, steps=4)
+    again = digits_image.sample(pipe, [0, 7], seed=0, steps=4)
     assert torch.equal(images, again)
     if FINGERPRINT is not None:
         assert _fingerprint(images) == __import__("pytest").approx(FINGERPRINT, abs=1e-3)
