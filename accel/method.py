@@ -100,5 +100,6 @@ def methods() -> list[MethodInfo]:
 def _load_builtin_methods() -> None:
     """Import the modules whose import registers the built-in methods."""
     import caches  # noqa: F401
+    import sparse_attn.methods  # noqa: F401
 
     from . import noop  # noqa: F401

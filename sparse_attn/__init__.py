@@ -10,8 +10,11 @@ batch, head and query block, which key blocks to attend), in `blocks`.
     torch_path   plain PyTorch fallback (gather + matmul)
     paths        which path ran, at what precision: last_path(), logged once per path on "accel"
     merge        merge_attention: exact union of two partial attentions through their log-sum-exp
+    pisa         pisa_attention: PISA, exact critical blocks + Taylor-approximated rest (pisa_triton: GPU)
     selection    which key blocks to keep: pooled Q/K scores, top-k at a density, forced sink/diagonal blocks
     reorder      token permutations that make each block a 2-D/3-D tile of the latent grid
+    search       AdaSpa's block search: exact block attention mass (dense + mass, or from a cached LSE),
+                 row-wise top-k index from it, head-adaptive density; search_triton is its GPU kernel
     bench        `accel bench-attn`: sparse vs dense SDPA, FlexAttention and xformers
 """
 
@@ -26,7 +29,19 @@ from .blocks import (
 )
 from .merge import merge_attention
 from .paths import AttentionPath, last_path
+from .pisa import PisaConfig, pisa_attention, pisa_attention_bshd, pisa_reference
 from .reorder import TokenOrder, tile_order
+from .search import (
+    block_mass,
+    blocks_from_mass,
+    byte_mask_bytes,
+    compact_index,
+    dense_attention_with_block_mass,
+    head_adaptive_density,
+    index_bytes,
+    index_recall,
+    last_search_path,
+)
 from .selection import (
     forced_blocks,
     pool_blocks,
@@ -38,16 +53,29 @@ from .selection import (
 
 __all__ = [
     "AttentionPath",
+    "PisaConfig",
     "TokenOrder",
+    "block_mass",
     "block_sparse_attention",
     "block_sparse_attention_bshd",
     "blocks_from_dense",
+    "blocks_from_mass",
     "blocks_to_dense",
+    "byte_mask_bytes",
     "check_blocks",
+    "compact_index",
+    "dense_attention_with_block_mass",
     "forced_blocks",
     "from_block_mask",
+    "head_adaptive_density",
+    "index_bytes",
+    "index_recall",
     "last_path",
+    "last_search_path",
     "merge_attention",
+    "pisa_attention",
+    "pisa_attention_bshd",
+    "pisa_reference",
     "pool_blocks",
     "random_blocks",
     "select_blocks",

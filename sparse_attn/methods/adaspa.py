@@ -1,0 +1,141 @@
+"""`method="adaspa"`: adaptive block-sparse attention with an LSE-cached online search (arXiv 2502.21079).
+
+The pattern of a DiT's attention depends on the prompt, layer and head, but barely changes across
+denoising steps, so it is searched online, twice per run, and reused in between:
+
+- steps before the warm-up fraction (`dense_steps`) run dense;
+- the first sparse step runs the fused search: one dense pass (so that step's output is exact) that
+  also returns each row's log-sum-exp and the attention mass of every (query block, key block);
+  the LSE is cached, the heads' densities are set by their recall (`head_adaptive`), and the index of
+  the top blocks per query block (text blocks always kept) is stored compactly;
+- at `refresh_at` the mass is recomputed from the current q, k and the cached LSE in one pass (no
+  softmax normaliser pass) and the index replaced;
+- every other step runs the block-sparse kernel on the stored index.
+
+State is per attention module and per CFG branch, and starts empty every run. `search="pooled"` with
+`refresh_at=0` and `head_adaptive=False` is the static top-k baseline (pooled scores, chosen once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from accel.config import option
+from accel.method import register_method
+
+from ..attention import block_sparse_attention
+from ..search import (
+    block_mass,
+    blocks_from_mass,
+    byte_mask_bytes,
+    compact_index,
+    dense_attention_with_block_mass,
+    head_adaptive_density,
+    index_bytes,
+)
+from ..selection import select_blocks
+from .base import SparseAttentionConfig, SparseAttentionMethod
+
+
+@dataclass(frozen=True)
+class AdaSpaConfig(SparseAttentionConfig):
+    method = "adaspa"
+    sparsity: float = option(0.8, "mean fraction of key blocks skipped per query block", low=0.0, high=1.0,
+                             high_open=True)
+    refresh_at: float = option(
+        0.6, "fraction of the steps at which the mask is searched again with the cached LSE (0 = never)",
+        low=0.0, high=1.0, high_open=True,
+    )
+    recall_threshold: float = option(0.8, "heads whose recall exceeds this get sparser, as many worst denser",
+                                     low=0.0, high=1.0)
+    head_adaptive: bool = option(True, "vary the sparsity per head by recall, keeping the mean")
+    search: str = option("lse", "block scores: exact attention mass ('lse') or pooled q.k ('pooled')",
+                         choices=("lse", "pooled"))
+
+
+@dataclass
+class SiteState:
+    """One attention module's search results for one CFG branch, within one run."""
+
+    shape: tuple[int, ...] = ()  # q's shape at the search: a new shape searches afresh
+    lse: torch.Tensor | None = None
+    kv_num_blocks: torch.Tensor | None = None  # compact dtypes (uint8/int16)
+    kv_indices: torch.Tensor | None = None
+    searched_at: int = -1
+
+
+@register_method
+class AdaSpa(SparseAttentionMethod):
+    name = "adaspa"
+    summary = "Adaptive block-sparse attention: exact block-mass search, LSE cached, head-adaptive density."
+    paper = "AdaSpa, arXiv 2502.21079"
+    Config = AdaSpaConfig
+
+    def reset_run(self) -> None:
+        super().reset_run()
+        self.states: dict[tuple, SiteState] = {}
+
+    def attend(
+        self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+        sinks: tuple[int, ...],
+    ) -> torch.Tensor:
+        cfg = self.config
+        step = self.tracker.step
+        state = self.states.setdefault(slot, SiteState())
+        kv_blocks = -(-k.shape[2] // cfg.block_size)
+        if state.kv_indices is None or state.shape != tuple(q.shape):
+            state.shape = tuple(q.shape)
+            return self._search(state, q, k, v, scale, sinks, kv_blocks, step)
+        refresh = round(cfg.refresh_at * self.tracker.num_steps) if cfg.refresh_at else -1
+        if step >= refresh > state.searched_at:
+            self._refresh(state, q, k, scale, sinks, kv_blocks, step)
+        self.record_blocks(state.kv_num_blocks, kv_blocks)
+        return block_sparse_attention(
+            q, k, v, state.kv_num_blocks, state.kv_indices, block_size=cfg.block_size, scale=scale
+        )
+
+    def _search(self, state: SiteState, q, k, v, scale, sinks, kv_blocks: int, step: int) -> torch.Tensor:  # noqa: ANN001
+        """The first sparse step: dense output, LSE and block mass in one pass; store the index."""
+        cfg = self.config
+        self.count("searches")
+        if cfg.search == "pooled":
+            num, idx = select_blocks(q, k, 1.0 - cfg.sparsity, cfg.block_size, sink_blocks=sinks, scale=scale)
+            self._store(state, num, idx, kv_blocks, step)
+            self.record_blocks(state.kv_num_blocks, kv_blocks)
+            return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
+        out, state.lse, mass = dense_attention_with_block_mass(q, k, v, cfg.block_size, scale)
+        self._select(state, mass, sinks, kv_blocks, step)
+        return out
+
+    def _refresh(self, state: SiteState, q, k, scale, sinks, kv_blocks: int, step: int) -> None:  # noqa: ANN001
+        """A later search step: the mass from the current q, k and the cached LSE, one pass."""
+        self.count("refreshes")
+        if self.config.search == "pooled":
+            num, idx = select_blocks(q, k, 1.0 - self.config.sparsity, self.config.block_size, sink_blocks=sinks,
+                                     scale=scale)
+            self._store(state, num, idx, kv_blocks, step)
+            return
+        self._select(state, block_mass(q, k, state.lse, self.config.block_size, scale), sinks, kv_blocks, step)
+
+    def _select(self, state: SiteState, mass: torch.Tensor, sinks, kv_blocks: int, step: int) -> None:  # noqa: ANN001
+        cfg = self.config
+        density: float | torch.Tensor = 1.0 - cfg.sparsity
+        if cfg.head_adaptive:
+            density = head_adaptive_density(mass, density, cfg.recall_threshold, sink_blocks=sinks)
+        num, idx = blocks_from_mass(mass, density, sink_blocks=sinks)
+        self._store(state, num, idx, kv_blocks, step)
+
+    def _store(self, state: SiteState, num: torch.Tensor, idx: torch.Tensor, kv_blocks: int, step: int) -> None:
+        state.kv_num_blocks, state.kv_indices = compact_index(num, idx, kv_blocks)
+        state.searched_at = step
+        block = self.config.block_size
+        self.count("index_bytes", index_bytes(state.kv_num_blocks, state.kv_indices))
+        self.count("byte_mask_bytes", byte_mask_bytes(num.shape[2] * block, kv_blocks * block, *num.shape[:2]))
+
+    def stats(self) -> dict:
+        out = super().stats()
+        mask = out.pop("byte_mask_bytes", 0)
+        out["index_vs_byte_mask"] = out.get("index_bytes", 0) / mask if mask else None
+        return out

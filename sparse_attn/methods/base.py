@@ -1,0 +1,221 @@
+"""What the sparse-attention methods (PISA, AdaSpa) share as accel methods.
+
+One hook per attention module over image/video tokens (self-attention, or joint attention with the
+text); cross-attention to text is left alone. The hook lets the module's own processor run and routes
+its SDPA call (sdpa_route.py) here, where the sequence is put in block order: image/video tokens
+reordered into 2-D/3-D tiles of the latent grid (sparse_attn/reorder.py) and the text tokens moved
+to the end, where their blocks are always kept ("sink" blocks). The method computes attention on
+that order; the output is put back in the model's order. A schedule keeps the first steps and the
+first layers dense, as both papers do.
+
+A boolean key-padding mask over the text (HunyuanVideo's padded prompt) is honoured by leaving the
+padded keys out, one batch element at a time. Calls the kernels cannot serve (another kind of mask, a
+sequence that does not match the token layout) run dense, are counted in `stats()["fallbacks"]` with
+the reason, and are logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from accel.adapters import AttentionSite, TokenLayout
+from accel.config import MethodConfig, option
+from accel.journal import Journal
+from accel.method import Method
+from accel.steps import StepTracker
+from accel.target import PatchTarget
+
+from .. import paths
+from ..reorder import TokenOrder, tile_order
+from ..selection import text_blocks
+from .sdpa_route import SDPACall, SDPARoute
+
+logger = logging.getLogger("accel")
+
+BLOCK_SIZES = (16, 32, 64, 128)
+# Tiles of exactly `block_size` tokens: (height, width) for images, (frames, height, width) for video.
+IMAGE_TILES = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16)}
+VIDEO_TILES = {16: (1, 4, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8)}
+FAMILIES = ("flux", "wan", "hunyuan-video", "pixart", "dit", "sd3", "cogvideox")
+
+
+@dataclass(frozen=True)
+class SparseAttentionConfig(MethodConfig):
+    """Options every sparse-attention method has. Subclasses add their own after these."""
+
+    block_size: int = option(64, "tokens per query and key block (the kernels' tile)", choices=BLOCK_SIZES)
+    dense_steps: float = option(
+        0.2, "fraction of each run's first steps computed with dense attention", low=0.0, high=1.0, high_open=True
+    )
+    dense_layers: int = option(1, "first transformer blocks whose attention is always dense", low=0)
+
+
+@dataclass(frozen=True)
+class BlockOrder:
+    """How one attention call's sequence is laid out for the kernels: the token permutation (tiles,
+    text last) and the key blocks holding text, which every query block keeps."""
+
+    order: TokenOrder
+    sink_blocks: tuple[int, ...]
+    tokens: int
+    text_tokens: int
+
+
+def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, device: torch.device) -> BlockOrder:
+    """The block order of a self-attention ("self": image tokens only) or joint-attention sequence."""
+    text = layout.text_tokens if kind == "joint" and text_position != "none" else 0
+    frames, height, width = layout.grid
+    grid, tile = ((height, width), IMAGE_TILES[block]) if frames == 1 else (layout.grid, VIDEO_TILES[block])
+    order = tile_order(grid, tile, text_len=text, text_first=text_position == "first")
+    perm = order.perm
+    if text and text_position == "first":  # move the text to the end, so image blocks stay tile-aligned
+        perm = torch.cat([perm[text:], perm[:text]])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel())
+    tokens = perm.numel()
+    sinks = tuple(text_blocks(text, tokens, block, text_first=False))
+    return BlockOrder(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
+
+
+class SparseSiteHook(ModelHook):
+    """On one attention module: runs its own forward, with the SDPA call inside routed to the method."""
+
+    def __init__(self, method: SparseAttentionMethod, site: AttentionSite, layer: int) -> None:
+        super().__init__()
+        self.method = method
+        self.site = site
+        self.layer = layer
+
+    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not self.method.sparse_now(self.layer):
+            self.method.count("dense_calls")
+            return self.fn_ref.original_forward(*args, **kwargs)
+        with SDPARoute(lambda call: self.method.route(self, call)):
+            return self.fn_ref.original_forward(*args, **kwargs)
+
+
+class SparseAttentionMethod(Method):
+    """Base of PISA and AdaSpa: hooks, schedule, token order, fallbacks, stats.
+
+    Subclasses implement `attend(slot, q, k, v, scale, sinks)` on block-ordered `[B, H, S, D]` inputs
+    and report the blocks they kept with `record_blocks`.
+    """
+
+    families = FAMILIES
+    needs_layout = True
+    claims = frozenset({"attention"})
+    Config = SparseAttentionConfig
+
+    def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
+        self.tracker = tracker
+        self._orders: dict[tuple, BlockOrder] = {}
+        self._warned: set[str] = set()
+        self.hooks: list[SparseSiteHook] = []
+        for d in target.denoisers:
+            layers = {id(b.module): i for i, b in enumerate(d.adapter.blocks(d.module))}
+            for site in d.adapter.attention_sites(d.module):
+                if site.kind in ("self", "joint"):
+                    hook = SparseSiteHook(self, site, layers[id(site.block.module)])
+                    journal.add_model_hook(site.module, hook, f"accel.{self.name}")
+                    self.hooks.append(hook)
+
+    # ---- schedule ----------------------------------------------------------------------------
+    def dense_step_count(self) -> int:
+        if self.config.dense_steps == 0:
+            return 0
+        if self.tracker.num_steps is None:
+            raise RuntimeError(
+                f"{self.name}: the step count of this run is unknown (the denoiser was called outside a "
+                "pipeline); call handle.reset(num_steps=N) before a hand-written loop."
+            )
+        return round(self.config.dense_steps * self.tracker.num_steps)
+
+    def sparse_now(self, layer: int) -> bool:
+        return layer >= self.config.dense_layers and self.tracker.step >= self.dense_step_count()
+
+    # ---- one routed call ---------------------------------------------------------------------
+    def route(self, hook: SparseSiteHook, call: SDPACall) -> torch.Tensor:
+        reason = call.unsupported()
+        layout = self.tracker.layout
+        if reason is None:
+            order = self._block_order(layout, hook.site, call.query.device)
+            if call.query.shape[2] != order.tokens or call.key.shape[2] != order.tokens:
+                reason = (
+                    f"a sequence of {call.query.shape[2]} query / {call.key.shape[2]} key tokens where the "
+                    f"layout (grid {layout.grid}, {layout.text_tokens} text tokens) gives {order.tokens}"
+                )
+        if reason is not None:
+            return self._fallback(reason, call)
+        q, k, v = (order.order.apply(x, dim=2) for x in (call.query, call.key, call.value))
+        kept = call.kept_keys()
+        slot = (id(hook), self.tracker.branch)
+        if kept is None:
+            out = self.attend(slot, q, k, v, call.scale, order.sink_blocks)
+        else:
+            kept = order.order.apply(kept, dim=1)
+            if not kept[:, : order.tokens - order.text_tokens].all():
+                return self._fallback("a key-padding mask over image tokens", call)
+            out = torch.cat([self._attend_kept(slot, b, q, k, v, call.scale, kept[b], order) for b in range(len(q))])
+        self.count("sparse_calls")
+        last = paths.last_path()
+        if last is not None:
+            self.counters["kernel"] = f"{last.kernel} ({last.precision})"
+        return order.order.restore(out, dim=2).to(call.query.dtype)
+
+    def _attend_kept(
+        self, slot: tuple, b: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+        kept: torch.Tensor, order: BlockOrder,
+    ) -> torch.Tensor:
+        """Batch element b without its padded text tokens (they sit at the end, in the text). Their own
+        query rows, which nothing ever attends, are left at zero."""
+        keys = kept.nonzero().squeeze(1)
+        text = order.text_tokens - (order.tokens - keys.numel())
+        sinks = tuple(text_blocks(text, keys.numel(), self.config.block_size, text_first=False))
+        q_b, k_b, v_b = (x[b : b + 1].index_select(2, keys) for x in (q, k, v))
+        out = q.new_zeros(1, *q.shape[1:])
+        out[:, :, keys] = self.attend((*slot, b), q_b, k_b, v_b, scale, sinks).to(q.dtype)
+        return out
+
+    def attend(
+        self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+        sinks: tuple[int, ...],
+    ) -> torch.Tensor:
+        """Attention on block-ordered q, k, v `[B, H, S, D]`; `slot` names the (module, CFG branch[, batch element]) for state kept across steps."""
+        raise NotImplementedError
+
+    def _block_order(self, layout: TokenLayout, site: AttentionSite, device: torch.device) -> BlockOrder:
+        key = (layout, site.kind, site.text_position, self.config.block_size, device)
+        if key not in self._orders:
+            self._orders[key] = block_order(layout, site.kind, site.text_position, self.config.block_size, device)
+        return self._orders[key]
+
+    def _fallback(self, reason: str, call: SDPACall) -> torch.Tensor:
+        fallbacks = self.counters.setdefault("fallbacks", {})
+        fallbacks[reason] = fallbacks.get(reason, 0) + 1
+        if reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning("accel %s: dense attention for %s (counted in stats()['fallbacks'])", self.name, reason)
+        return call.dense()
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def record_blocks(self, kv_num_blocks: torch.Tensor, kv_blocks: int) -> None:
+        """Count the key blocks kept (for the mean density in `stats()`)."""
+        self.count("kept_blocks", int(kv_num_blocks.sum()))
+        self.count("total_blocks", kv_num_blocks.numel() * kv_blocks)
+
+    def stats(self) -> dict[str, Any]:
+        out = dict(self.counters)
+        for key in ("sparse_calls", "dense_calls"):
+            out.setdefault(key, 0)
+        total = out.pop("total_blocks", 0)
+        kept = out.pop("kept_blocks", 0)
+        out["density"] = kept / total if total else None
+        return out

@@ -1,0 +1,70 @@
+"""`method="pisa"`: piecewise sparse attention (PISA, arXiv 2602.01077) on diffusers DiTs.
+
+Per query block, the critical key blocks (top-k of the pooled scores at `density`, the text blocks and
+the diagonal) are computed exactly; every other key block still enters the same softmax through a
+Taylor expansion around its mean key (`order`): nothing is dropped, which is what separates PISA from
+keep-or-drop block sparsity (`order="none"`, kept as the comparison baseline). The kernel is
+`sparse_attn.pisa_attention`; this module is the schedule and the plumbing (methods/base.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from accel.config import option
+from accel.method import register_method
+
+from ..attention import block_sparse_attention
+from ..pisa import pisa_attention, route
+from .base import SparseAttentionConfig, SparseAttentionMethod
+
+VIDEO_DENSITY, IMAGE_DENSITY = 0.125, 0.15  # the paper's defaults (Wan/HunyuanVideo; FLUX)
+
+
+@dataclass(frozen=True)
+class PISAConfig(SparseAttentionConfig):
+    method = "pisa"
+    density: float = option(
+        0.0,
+        "fraction of key blocks computed exactly per query block; 0 = the paper's: 0.125 video, 0.15 images",
+        low=0.0,
+        high=1.0,
+    )
+    order: str = option(
+        "hybrid",
+        "approximation of the other blocks: first-order 'hybrid', 'zeroth' order, or 'none' (dropped: "
+        "plain keep-or-drop block sparsity, for comparison)",
+        choices=("hybrid", "zeroth", "none"),
+    )
+    routing: str = option(
+        "pooled", "how critical blocks are chosen: pooled q.k scores, or 'covariance' (images)",
+        choices=("pooled", "covariance"),
+    )
+
+
+@register_method
+class PISA(SparseAttentionMethod):
+    name = "pisa"
+    summary = "Piecewise sparse attention: exact critical blocks, Taylor-approximated rest, one softmax."
+    paper = "PISA, arXiv 2602.01077"
+    Config = PISAConfig
+
+    def density(self) -> float:
+        if self.config.density:
+            return self.config.density
+        return VIDEO_DENSITY if self.tracker.layout.grid[0] > 1 else IMAGE_DENSITY
+
+    def attend(
+        self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+        sinks: tuple[int, ...],
+    ) -> torch.Tensor:
+        cfg = self.config
+        num, idx = route(q, k, v, self.density(), cfg.block_size, cfg.routing, sink_blocks=sinks, scale=scale)
+        self.record_blocks(num, -(-k.shape[2] // cfg.block_size))
+        if cfg.order == "none":
+            return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
+        return pisa_attention(
+            q, k, v, block_size=cfg.block_size, order=cfg.order, kv_num_blocks=num, kv_indices=idx, scale=scale
+        )

@@ -1,0 +1,149 @@
+"""PISA and AdaSpa as patches: every family, the dense schedule, per-branch search state, fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import snapshot
+
+import accel
+from accel.adapters import TokenLayout
+from accel.errors import InvalidOptionError
+from accel.zoo import generate
+from sparse_attn.methods.base import block_order
+from sparse_attn.methods.sdpa_route import SDPACall
+
+FAMILIES = ["flux", "wan", "hunyuan-video", "pixart-alpha", "dit", "sd3", "cogvideox"]
+ALL_SPARSE = {"dense_steps": 0.0, "dense_layers": 0, "block_size": 16}
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("method,options", [("pisa", {"density": 1.0}), ("adaspa", {"sparsity": 0.0})])
+def test_full_density_equals_dense_attention(tiny, name, method, options):
+    pipe = tiny(name)
+    reference = generate(pipe, steps=3)
+    with accel.patch(pipe, method=method, **options, **ALL_SPARSE) as handle:
+        out = generate(pipe, steps=3)
+        stats = handle.stats()[method]
+    assert stats["sparse_calls"] > 0 and stats["dense_calls"] == 0
+    assert "fallbacks" not in stats
+    assert stats["density"] == 1.0
+    assert _relative_error(out, reference) < 1e-5
+
+
+@pytest.mark.parametrize("method,options", [("pisa", {"density": 0.3}), ("adaspa", {"sparsity": 0.7})])
+def test_sparse_attention_changes_the_output_a_little_and_unpatches_exactly(tiny, method, options):
+    pipe = tiny("flux")
+    reference = generate(pipe, steps=3)
+    before = snapshot(pipe.transformer)  # after a call: the pipeline's cache_context adds a hook registry
+    handle = accel.patch(pipe, method=method, **options, **ALL_SPARSE)
+    out = generate(pipe, steps=3)
+    assert handle.stats()[method]["density"] < 0.9
+    assert 0 < _relative_error(out, reference) < 0.05
+    handle.unpatch()
+    assert snapshot(pipe.transformer) == before
+    assert torch.equal(generate(pipe, steps=3), reference)
+
+
+def test_first_steps_and_first_layers_stay_dense(tiny):
+    pipe = tiny("pixart-alpha")  # 2 blocks, batched CFG: one call per step
+    with accel.patch(pipe, method="pisa", density=0.5, block_size=16, dense_steps=0.3, dense_layers=1) as handle:
+        generate(pipe, steps=10)
+        stats = handle.stats()["pisa"]
+    assert stats["sparse_calls"] == 7  # steps 3..9, block 1 only
+    assert stats["dense_calls"] == 3 * 2 + 7
+
+
+def test_pisa_beats_keep_or_drop_on_the_trained_model():
+    pipe = accel.zoo.load("digits-image")
+    reference = generate(pipe, steps=4)
+    errors = {}
+    for order in ("none", "zeroth", "hybrid"):
+        with accel.patch(pipe, method="pisa", density=0.25, order=order, **ALL_SPARSE):
+            errors[order] = _relative_error(generate(pipe, steps=4), reference)
+    assert errors["hybrid"] < errors["none"] / 2, errors
+    assert errors["zeroth"] < errors["none"], errors
+
+
+def test_adaspa_searches_once_per_branch_and_refreshes_from_the_cached_lse(tiny):
+    pipe = tiny("wan")  # 2 blocks, separate cond/uncond calls
+    handle = accel.patch(pipe, method="adaspa", sparsity=0.5, block_size=16, dense_steps=0.2, dense_layers=0,
+                         refresh_at=0.6)
+    for _ in range(2):  # every run starts from nothing
+        generate(pipe, steps=10)
+        stats = handle.stats()["adaspa"]
+        assert stats["searches"] == 2 * 2  # at step 2: 2 self-attention modules x 2 branches
+        assert stats["refreshes"] == 2 * 2  # at step 6
+        assert stats["dense_calls"] == 2 * 2 * 2  # steps 0-1
+        assert stats["sparse_calls"] == 8 * 2 * 2
+        assert stats["index_vs_byte_mask"] <= 1 / 8
+    handle.unpatch()
+
+
+def test_static_top_k_baseline_never_refreshes(tiny):
+    pipe = tiny("wan")
+    with accel.patch(pipe, method="adaspa", search="pooled", refresh_at=0.0, head_adaptive=False,
+                     **ALL_SPARSE) as handle:
+        generate(pipe, steps=4)
+        stats = handle.stats()["adaspa"]
+    assert stats["searches"] == 4 and "refreshes" not in stats
+
+
+def test_padded_prompt_tokens_are_left_out(tiny):
+    pipe = tiny("hunyuan-video")  # the zoo pads its prompt: 2 of 8 text tokens masked out
+    inputs = accel.zoo.inputs(pipe, steps=2)
+    assert not inputs["prompt_attention_mask"].all()
+    with accel.patch(pipe, method="pisa", density=0.4, **ALL_SPARSE) as handle:
+        out = pipe(**inputs, return_dict=False)[0]
+        padded = inputs["prompt_attention_mask"][0] == 0
+        inputs = accel.zoo.inputs(pipe, steps=2)  # a fresh generator
+        inputs["prompt_embeds"][:, padded] = 100.0  # whatever sits under the padding must not matter
+        assert torch.allclose(pipe(**inputs, return_dict=False)[0], out, atol=1e-5)
+        assert "fallbacks" not in handle.stats()["pisa"]
+
+
+def test_other_masks_run_dense_and_say_so():
+    q = torch.randn(1, 2, 8, 4)
+    additive = SDPACall(q, q, q, attn_mask=torch.zeros(1, 1, 8, 8))
+    assert additive.unsupported() == "an attention mask other than a boolean key-padding mask"
+    assert SDPACall(q, q, q, is_causal=True).unsupported() == "causal attention"
+    padding = torch.ones(1, 1, 1, 8, dtype=torch.bool)
+    assert SDPACall(q, q, q, attn_mask=padding).kept_keys() is None  # all-true: no mask
+    padding[..., -2:] = False
+    assert SDPACall(q, q, q, attn_mask=padding).kept_keys().tolist() == [[True] * 6 + [False] * 2]
+
+
+def test_block_order_tiles_the_grid_and_puts_text_last():
+    layout = TokenLayout(grid=(1, 16, 16), text_tokens=10, text_position="first")
+    order = block_order(layout, "joint", "first", 64, torch.device("cpu"))
+    perm = order.order.perm
+    assert sorted(perm.tolist()) == list(range(266))
+    assert perm[-10:].tolist() == list(range(10))  # the text, moved to the end
+    first_block = perm[:64] - 10  # raster positions of the first block's image tokens
+    rows, cols = first_block // 16, first_block % 16
+    assert rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7  # an 8x8 tile
+    assert order.sink_blocks == (4,)  # tokens 256..265 sit in block 4
+    x = torch.randn(1, 2, 266, 4)
+    assert torch.equal(order.order.restore(order.order.apply(x, dim=2), dim=2), x)
+
+
+@pytest.mark.parametrize(
+    "method,options,pattern",
+    [
+        ("pisa", {"density": 1.5}, r"pisa: option density=1.5 is out of range"),
+        ("pisa", {"block_size": 48}, r"block_size=48 is not allowed; expected one of 16, 32, 64, 128"),
+        ("pisa", {"order": "first"}, r"order='first' is not allowed"),
+        ("adaspa", {"sparsity": 1.0}, r"adaspa: option sparsity=1.0 is out of range"),
+        ("adaspa", {"dense_steps": 1.0}, r"dense_steps=1.0 is out of range"),
+    ],
+)
+def test_bad_options_are_refused_before_patching(tiny, method, options, pattern):
+    pipe = tiny("flux")
+    before = snapshot(pipe.transformer)
+    with pytest.raises(InvalidOptionError, match=pattern):
+        accel.patch(pipe, method=method, **options)
+    assert snapshot(pipe.transformer) == before
