@@ -147,3 +147,17 @@ def test_bad_options_are_refused_before_patching(tiny, method, options, pattern)
     with pytest.raises(InvalidOptionError, match=pattern):
         accel.patch(pipe, method=method, **options)
     assert snapshot(pipe.transformer) == before
+
+
+def test_attention_quality_bench_captures_block_ordered_calls(tmp_path):
+    from accel.bench import attention_quality
+    from accel.cli import main
+
+    pipe = accel.zoo.load("digits-image")  # 4 blocks, batched CFG: one call per block and step
+    calls = attention_quality.capture(pipe, steps=4, at=(0.5,), block_size=16)
+    assert [(c.step, c.layer) for c in calls] == [(2, 0), (2, 1), (2, 2), (2, 3)]
+    assert calls[0].q.shape == (2, 3, 256, 32) and calls[0].sinks == ()
+    assert main(["bench-attn-quality", "--model", "digits-image", "--steps", "4", "--at", "0.5",
+                 "--block-size", "16", "--density", "0.25", "--out", str(tmp_path)]) == 0
+    errors = __import__("json").loads((tmp_path / "attention_quality.json").read_text())["errors"]["0.25"]
+    assert all(h < k for h, k in zip(errors["hybrid"], errors["keep_or_drop"], strict=True))
