@@ -20,6 +20,7 @@ batch, head and query block, which key blocks to attend), in `blocks`.
 
 from .attention import block_sparse_attention, block_sparse_attention_bshd
 from .blocks import (
+    PackedBlocks,
     blocks_from_dense,
     blocks_to_dense,
     check_blocks,
@@ -52,6 +53,7 @@ from .selection import (
 )
 
 __all__ = [
+    "PackedBlocks",
     "AttentionPath",
     "PisaConfig",
     "TokenOrder",

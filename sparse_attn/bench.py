@@ -2,8 +2,10 @@
 
 For every (sequence length, head dim): dense SDPA (the baseline), dense xformers (when installed, CUDA),
 and for every density the sparse rows on one shared block index: each accel path that can run here (the
-one `block_sparse_attention` picks by default is marked) and compiled FlexAttention with the same blocks
-as a `BlockMask`. Repeats are interleaved (row after row, then again) so drifting clocks or a busy
+one `block_sparse_attention` picks by default is marked), PISA (`pisa_attention` on the same index, its
+default path: the same exact blocks plus the approximated rest, so its time next to the block-sparse
+row is PISA's overhead) and compiled FlexAttention with the same blocks as a `BlockMask`. PISA rows note
+their relative L2 error against dense SDPA next to the plain block-sparse one. Repeats are interleaved (row after row, then again) so drifting clocks or a busy
 neighbour hit all rows alike; the table reports medians and speedup = dense SDPA median / row median.
 The first call of each row is timed apart ("first s": FlexAttention's compile, Triton's autotune).
 """
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from . import paths
 from .attention import block_sparse_attention, choose_path
 from .blocks import num_blocks, to_block_mask
+from .pisa import ORDERS, pisa_attention
 from .selection import random_blocks, select_blocks
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -96,6 +99,9 @@ def _accel_paths(q: torch.Tensor) -> tuple[str, list[str]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    bad = [order for order in args.pisa if order not in ORDERS]
+    if bad:
+        raise ValueError(f"--pisa takes orders among {ORDERS}; got {bad}")
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     flex = _flex() if "flex" in args.backends else None
@@ -124,6 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     label = f"accel {name}" + (" (default)" if name == default else "")
                     calls.append((Row(seq_len, head_dim, density, label), lambda num=num, idx=idx, name=name, q=q, k=k, v=v:
                                   block_sparse_attention(q, k, v, num, idx, args.block_size, backend=name)))
+                for order in args.pisa:
+                    calls.append((Row(seq_len, head_dim, density, f"pisa {order}"), lambda num=num, idx=idx, order=order,
+                                  q=q, k=k, v=v: pisa_attention(q, k, v, block_size=args.block_size, order=order,
+                                                                kv_num_blocks=num, kv_indices=idx)))
                 if isinstance(flex, str):
                     rows.append(Row(seq_len, head_dim, density, "flex_attention (compiled)", note=flex))
                 elif flex is not None:
@@ -162,14 +172,32 @@ def _measure(calls: list[tuple[Row, Callable[[], Any]]], device: torch.device, a
         for i in live:
             row, fn = calls[i]
             row.times_s.append(_timed(fn, device)[1])
-    # accuracy: each sparse row against the default accel path on the same index
+    # accuracy: each sparse row against the default accel path on the same index; PISA rows (another
+    # function of the same index) against dense SDPA, next to the default block-sparse path's error
     for i in live:
         row = calls[i][0]
+        if row.name.startswith("pisa "):
+            row.note = _pisa_note(i, outputs, calls)
+            continue
         ref = next((j for j in live if calls[j][0].density == row.density and calls[j][0].density is not None
                     and calls[j][0].name.endswith("(default)")), None)
         if ref is not None and ref != i:
             row.max_diff = float((outputs[i] - outputs[ref]).abs().max())
     return [row for row, _ in calls]
+
+
+def _pisa_note(i: int, outputs: dict[int, torch.Tensor], calls: list[tuple[Row, Callable[[], Any]]]) -> str:
+    """'rel. L2 err vs dense: PISA / block-sparse' for a PISA row (dense SDPA is the first call)."""
+    dense = outputs.get(0)
+    if dense is None or calls[0][0].name != "dense sdpa":
+        return ""
+    sparse = next((j for j in outputs if calls[j][0].density == calls[i][0].density
+                   and calls[j][0].name.endswith("(default)")), None)
+
+    def err(j: int) -> str:
+        return f"{float((outputs[j] - dense).norm() / dense.norm()):.1e}"
+
+    return f"rel. L2 err vs dense: {err(i)}" + ("" if sparse is None else f" (block-sparse {err(sparse)})")
 
 
 def _device_name(device: torch.device) -> str:
@@ -258,6 +286,8 @@ def add_bench_attn_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                    help="random blocks, or top-k of pooled q.k scores (same index for every sparse row)")
     p.add_argument("--backends", type=_names, default=["flex", "xformers"],
                    help="peers besides dense SDPA: flex, xformers (default both)")
+    p.add_argument("--pisa", type=_names, default=["hybrid"],
+                   help=f"PISA rows, orders among {ORDERS} (default hybrid; '' for none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")

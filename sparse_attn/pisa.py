@@ -23,7 +23,7 @@ What differs from the public kernel (research notes, sparse_attention.md §1.4),
 - h̄ comes from one product over the whole sequence, sum_t (k_t - k̄_{blk(t)})^T v_t, never a d x d matrix
   per block (that buffer is B*H*N*D^2: 1.5 GB per sample for Wan2.1-14B 720p);
 - the tail mass G is scaled with the running max like the other accumulators (the Triton kernel rescales
-  it by alpha; the CPU path computes it against one final reference max).
+  it by alpha; the CPU path computes all of a row's terms against one reference, so nothing to rescale).
 
 Paths: on CUDA one fused Triton kernel (sparse_attn/pisa_triton.py): exact phase, pooled phase and first-
 order term on one online-softmax state. On CPU the engine's exact kernel with `return_lse` for S, batched
@@ -34,7 +34,7 @@ matmuls against the pooled keys for U, combined exactly through the log-sum-exp 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -173,7 +173,19 @@ ROW_CHUNK_ELEMENTS = 1 << 22  # pooled scores per step on CPU (16 MiB fp32); few
 EXP_HEADROOM = 60.0  # e^60 * Nk * block_size stays far below fp32's max (e^88)
 
 
-def _split_attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale, order, stats, exact_kernel):
+def _split_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    q_block: int,
+    kv_block: int,
+    scale: float,
+    order: str,
+    stats: KeyBlockStats,
+    exact_kernel: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU path: (out, lse). Exact part from the engine (with its LSE), pooled part as a second partial
     softmax over the Nk block means, combined against one reference per row: the algebra of
     merge_attention without normalising twice.
@@ -193,17 +205,19 @@ def _split_attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scal
     key_bound = stats.key_means.norm(dim=-1).amax(dim=-1, keepdim=True) * scale  # [B, H, 1]
     # one product gives the value sums and the tail mass G: the counts ride along as a last column
     values = torch.cat([stats.value_sums, stats.counts.expand(B, H, nk).unsqueeze(-1)], dim=-1)
-    moment = stats.moment * scale if order == "hybrid" else None
+    # the whole-call pieces in one op each (on a busy machine every op waits for its worker threads)
+    first = q.float() @ (stats.moment * scale) if order == "hybrid" else None  # s q.h̄ per row
+    risky = q.float().norm(dim=-1) * key_bound > lse1 + EXP_HEADROOM  # [B, H, Sq]: the LSE may overflow
     out = torch.empty(B, H, Sq, D)
     lse = torch.empty(B, H, Sq)
     step = max(1, ROW_CHUNK_ELEMENTS // (B * H * nk * q_block)) * q_block  # whole query blocks per chunk
     for r0 in range(0, Sq, step):
         r1 = min(Sq, r0 + step)
-        rows, blocks = r1 - r0, -(-(r1 - r0) // q_block)
+        blocks = -(-(r1 - r0) // q_block)
         keep_c = keep[:, :, r0 // q_block:r0 // q_block + blocks]  # [B, H, blocks, 1, Nk]
         qc = q[:, :, r0:r1].float()
         ref = lse1[:, :, r0:r1]
-        if bool((qc.norm(dim=-1) * key_bound > ref + EXP_HEADROOM).any()):  # rare: use the exact max
+        if bool(risky[:, :, r0:r1].any()):  # rare: use the exact max
             z = _per_row(torch.matmul(qc, keys[:, :, :D]), keep_c.log(), q_block, torch.add)  # -inf: exact
             ref = torch.maximum(ref, z.amax(dim=-1))
             ref = ref.masked_fill(torch.isinf(ref), 0.0)  # rows with no key at all (only when Skv has none)
@@ -215,8 +229,8 @@ def _split_attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scal
         mass = tail[..., -1:]
         exact = torch.exp(lse1[:, :, r0:r1] - ref).unsqueeze(-1)
         num = tail[..., :-1].addcmul_(exact, out1[:, :, r0:r1].float())
-        if moment is not None:
-            num.addcmul_(mass, qc @ moment)  # first order: G s q.h̄
+        if first is not None:
+            num.addcmul_(mass, first[:, :, r0:r1])  # first order: G s q.h̄
         den = exact + mass
         torch.div(num, den.clamp_min(torch.finfo(torch.float32).tiny), out=out[:, :, r0:r1])
         den = den.squeeze(-1)
@@ -224,7 +238,8 @@ def _split_attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scal
     return out.to(q.dtype), lse
 
 
-def _per_row(scores: torch.Tensor, block_values: torch.Tensor, q_block: int, op) -> torch.Tensor:
+def _per_row(scores: torch.Tensor, block_values: torch.Tensor, q_block: int,
+             op: Callable[..., torch.Tensor]) -> torch.Tensor:
     """op(scores [B, H, rows, Nk], the value of each row's query block [B, H, blocks, 1, Nk]) in place: a
     broadcast over the rows of a block (a broadcast multiply is ~10x faster than masked_fill here)."""
     B, H, rows, nk = scores.shape

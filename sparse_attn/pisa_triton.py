@@ -6,7 +6,8 @@ share the running max `m_i`, the running denominator `l_i` and the accumulator `
 1. exact: the selected key blocks (`kv_indices`), token by token, as in sparse_attn/triton_kernel.py;
 2. pooled: all Nk block means k̄_j in chunks of BLOCK_G, the selected ones masked out (a dense int8
    [Nq, Nk] map); p = 2^(q.k̄_j - m), `l += p B_j`, `acc += p V̂_j`, and the tail mass G += p B_j;
-3. hybrid only: `acc += G * s (q @ h̄)`, then out = acc / l.
+3. hybrid only: `acc += G * c` with c = s q @ h̄ computed beforehand for all rows (one [S, D] x [D, D]
+   product in PyTorch: a D x D tile in the kernel would crowd the registers at D = 128), then out = acc / l.
 
 G is rescaled by alpha whenever the running max moves, like `l` and `acc` (the public kernel forgot it,
 which is wrong whenever a later pooled chunk raises the max). The block statistics arrive in fp32 from
@@ -32,7 +33,7 @@ BLOCK_G = 64  # pooled keys per step of phase 2
 
 @triton.jit
 def _pisa_fwd(
-    Q, K, V, Out, Lse, KV_NUM, KV_IDX, SEL, KMEAN, VSUM, COUNTS, MOMENT,
+    Q, K, V, Out, Lse, KV_NUM, KV_IDX, SEL, KMEAN, VSUM, COUNTS, FIRST,
     stride_qb, stride_qh, stride_qs, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
@@ -40,7 +41,7 @@ def _pisa_fwd(
     stride_nb, stride_nh, stride_nq,
     stride_ib, stride_ih, stride_iq, stride_ik,
     stride_sb, stride_sh, stride_sq, stride_sk,
-    H, q_len, kv_len, n_kv_blocks, qk_scale, sm_scale,  # qk_scale = sm_scale * log2(e)
+    H, q_len, kv_len, n_kv_blocks, qk_scale,  # qk_scale = softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -61,7 +62,6 @@ def _pisa_fwd(
 
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    q32 = q.to(tl.float32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -100,6 +100,7 @@ def _pisa_fwd(
             m_i = m_new
 
     # -- phase 2: every other key block through its mean key (zeroth order) -------------------------
+    q32 = q.to(tl.float32)  # the statistics are fp32, so are these dots
     stat_base = pid_bh * n_kv_blocks * HEAD_DIM  # KMEAN / VSUM are contiguous [B*H, Nk, HEAD_DIM] fp32
     sel_base = SEL + b * stride_sb + h * stride_sh + q_blk * stride_sq
     for g0 in range(0, n_kv_blocks, BLOCK_G):
@@ -131,14 +132,10 @@ def _pisa_fwd(
         m_i = m_new
 
     # -- phase 3 (hybrid): the shared first-order moment, weighted by the tail mass -----------------
-    if HYBRID:
-        mom = tl.load(MOMENT + pid_bh * HEAD_DIM * HEAD_DIM + offs_d[:, None] * HEAD_DIM + offs_d[None, :],
-                      mask=dim_ok[:, None] & dim_ok[None, :], other=0.0)  # h̄ [HEAD_DIM_PAD, HEAD_DIM_PAD]
-        if IEEE:
-            first = tl.dot(q32, mom, input_precision="ieee")
-        else:
-            first = tl.dot(q32, mom)
-        acc += g_i[:, None] * (first * sm_scale)
+    if HYBRID:  # FIRST: contiguous [B*H, q_len, HEAD_DIM] fp32, s q @ h̄
+        first = tl.load(FIRST + pid_bh * q_len * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        acc += g_i[:, None] * first
 
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
@@ -171,16 +168,17 @@ def attention(
     sel = selected.expand(B, H, -1, -1)
     kmean = stats.key_means.contiguous()
     vsum = stats.value_sums.contiguous()
-    moment = stats.moment.contiguous()
+    # s q @ h̄ for every row (fp32); a placeholder pointer for the zeroth order
+    first = torch.matmul(q.float(), stats.moment * scale).contiguous() if hybrid else kmean
     ieee = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     block_m = min(64, q_block)  # tiles never straddle two query blocks
     block_n = min(64, kv_block)
     grid = (triton.cdiv(Sq, q_block) * (q_block // block_m), B * H)
     _pisa_fwd[grid](
-        q, k, v, out, lse, num, idx, sel, kmean, vsum, stats.counts, moment,
+        q, k, v, out, lse, num, idx, sel, kmean, vsum, stats.counts, first,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *num.stride(), *idx.stride(), *sel.stride(),
-        H, Sq, k.shape[2], nk, scale * LOG2E, scale,
+        H, Sq, k.shape[2], nk, scale * LOG2E,
         HEAD_DIM=D, HEAD_DIM_PAD=max(16, triton.next_power_of_2(D)),
         Q_BLOCK=q_block, KV_BLOCK=kv_block, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_G=BLOCK_G,
         HYBRID=hybrid, IEEE=ieee,

@@ -79,3 +79,12 @@ def test_check_blocks_rejects_malformed_indices():
         sa.check_blocks(num.expand(1, 2, 2), torch.zeros(1, 2, 2, 1, dtype=torch.int32), 2, 2, heads=3)
     with pytest.raises(ValueError, match="kv_num_blocks must lie"):
         sa.check_blocks(num * 3, torch.zeros(1, 1, 2, 2, dtype=torch.int32), 2, 2)
+
+
+def test_packed_blocks_round_trip_at_one_bit_per_block_pair():
+    from sparse_attn import PackedBlocks, blocks_to_dense, random_blocks
+
+    num, idx = random_blocks(2, 3, 7, 13, 0.3, generator=torch.Generator().manual_seed(0))
+    packed = PackedBlocks.pack(num, idx, 13)
+    assert packed.nbytes == -(-2 * 3 * 7 * 13 // 8)
+    assert torch.equal(blocks_to_dense(*packed.unpack(), 13), blocks_to_dense(num, idx, 13))

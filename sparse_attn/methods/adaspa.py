@@ -6,8 +6,8 @@ denoising steps, so it is searched online, twice per run, and reused in between:
 - steps before the warm-up fraction (`dense_steps`) run dense;
 - the first sparse step runs the fused search: one dense pass (so that step's output is exact) that
   also returns each row's log-sum-exp and the attention mass of every (query block, key block);
-  the LSE is cached, the heads' densities are set by their recall (`head_adaptive`), and the index of
-  the top blocks per query block (text blocks always kept) is stored compactly;
+  the LSE is cached, the heads' densities are set by their recall (`head_adaptive`), and the mask of
+  the top blocks per query block (text blocks always kept) is stored as bits (`PackedBlocks`);
 - at `refresh_at` the mass is recomputed from the current q, k and the cached LSE in one pass (no
   softmax normaliser pass) and the index replaced;
 - every other step runs the block-sparse kernel on the stored index.
@@ -26,15 +26,8 @@ from accel.config import option
 from accel.method import register_method
 
 from ..attention import block_sparse_attention
-from ..search import (
-    block_mass,
-    blocks_from_mass,
-    byte_mask_bytes,
-    compact_index,
-    dense_attention_with_block_mass,
-    head_adaptive_density,
-    index_bytes,
-)
+from ..blocks import PackedBlocks
+from ..search import block_mass, blocks_from_mass, dense_attention_with_block_mass, head_adaptive_density
 from ..selection import select_blocks
 from .base import SparseAttentionConfig, SparseAttentionMethod
 
@@ -61,8 +54,7 @@ class SiteState:
 
     shape: tuple[int, ...] = ()  # q's shape at the search: a new shape searches afresh
     lse: torch.Tensor | None = None
-    kv_num_blocks: torch.Tensor | None = None  # compact dtypes (uint8/int16)
-    kv_indices: torch.Tensor | None = None
+    blocks: PackedBlocks | None = None  # the mask, 1 bit per block pair
     searched_at: int = -1
 
 
@@ -85,16 +77,15 @@ class AdaSpa(SparseAttentionMethod):
         step = self.tracker.step
         state = self.states.setdefault(slot, SiteState())
         kv_blocks = -(-k.shape[2] // cfg.block_size)
-        if state.kv_indices is None or state.shape != tuple(q.shape):
+        if state.blocks is None or state.shape != tuple(q.shape):
             state.shape = tuple(q.shape)
             return self._search(state, q, k, v, scale, sinks, kv_blocks, step)
         refresh = round(cfg.refresh_at * self.tracker.num_steps) if cfg.refresh_at else -1
         if step >= refresh > state.searched_at:
             self._refresh(state, q, k, scale, sinks, kv_blocks, step)
-        self.record_blocks(state.kv_num_blocks, kv_blocks)
-        return block_sparse_attention(
-            q, k, v, state.kv_num_blocks, state.kv_indices, block_size=cfg.block_size, scale=scale
-        )
+        num, idx = state.blocks.unpack()
+        self.record_blocks(num, kv_blocks)
+        return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
 
     def _search(self, state: SiteState, q, k, v, scale, sinks, kv_blocks: int, step: int) -> torch.Tensor:  # noqa: ANN001
         """The first sparse step: dense output, LSE and block mass in one pass; store the index."""
@@ -103,7 +94,7 @@ class AdaSpa(SparseAttentionMethod):
         if cfg.search == "pooled":
             num, idx = select_blocks(q, k, 1.0 - cfg.sparsity, cfg.block_size, sink_blocks=sinks, scale=scale)
             self._store(state, num, idx, kv_blocks, step)
-            self.record_blocks(state.kv_num_blocks, kv_blocks)
+            self.record_blocks(num, kv_blocks)
             return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
         out, state.lse, mass = dense_attention_with_block_mass(q, k, v, cfg.block_size, scale)
         self._select(state, mass, sinks, kv_blocks, step)
@@ -128,14 +119,13 @@ class AdaSpa(SparseAttentionMethod):
         self._store(state, num, idx, kv_blocks, step)
 
     def _store(self, state: SiteState, num: torch.Tensor, idx: torch.Tensor, kv_blocks: int, step: int) -> None:
-        state.kv_num_blocks, state.kv_indices = compact_index(num, idx, kv_blocks)
+        state.blocks = PackedBlocks.pack(num, idx, kv_blocks)
         state.searched_at = step
-        block = self.config.block_size
-        self.count("index_bytes", index_bytes(state.kv_num_blocks, state.kv_indices))
-        self.count("byte_mask_bytes", byte_mask_bytes(num.shape[2] * block, kv_blocks * block, *num.shape[:2]))
+        self.count("mask_bytes", state.blocks.nbytes)
+        self.count("byte_mask_bytes", num.numel() * kv_blocks)  # one byte per (query block, key block)
 
     def stats(self) -> dict:
         out = super().stats()
-        mask = out.pop("byte_mask_bytes", 0)
-        out["index_vs_byte_mask"] = out.get("index_bytes", 0) / mask if mask else None
+        byte_mask = out.pop("byte_mask_bytes", 0)
+        out["mask_vs_byte_mask"] = out.get("mask_bytes", 0) / byte_mask if byte_mask else None
         return out
