@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -117,6 +118,9 @@ def load() -> ctypes.CDLL | None:
         fn = lib.accel_block_sparse_attention
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 9
+        fn = lib.accel_pisa_attention
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 10
         _build.update(path=str(target), flags=" ".join(FLAGS + flags), cached=cached,
                       seconds=round(time.perf_counter() - start, 3))
         if not cached:
@@ -145,6 +149,18 @@ def _padded(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
     return x.contiguous()
 
 
+@dataclass(frozen=True)
+class PisaTail:
+    """PISA's approximated key blocks, for the kernel's tail step (fp32): the block means
+    `key_means` [B, H, Nk, D] and mean values `value_means` [B, H, Nk, D], each block's real key count
+    `counts` [Nk], and for the first order `first_order` = s q.h-bar per query row [B, H, Sq, D]."""
+
+    key_means: torch.Tensor
+    value_means: torch.Tensor
+    counts: torch.Tensor
+    first_order: torch.Tensor | None
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -154,9 +170,11 @@ def attention(
     q_block: int,
     kv_block: int,
     scale: float,
+    tail: PisaTail | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). q/k/v [B, H, S, D] on the CPU; the index
-    is already broadcast to [B, H, ...], int32, contiguous and range-checked."""
+    is already broadcast to [B, H, ...], int32, contiguous and range-checked. With `tail`, every key block
+    a query block does not select also enters its softmax through its mean (PISA, sparse_attn/pisa.py)."""
     lib = load()
     if lib is None:
         raise RuntimeError(f"the CPU kernel is unavailable: {_build.get('error')}")
@@ -181,7 +199,22 @@ def attention(
     tensors = (qs, kt, vp, kv_num_blocks, kv_indices, out, lse)
     sizes = (B * H, nq, nk, kv_indices.shape[-1], q_block, kv_block, dim, Skv)
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
-    if lib.accel_block_sparse_attention(*[t.data_ptr() for t in tensors], *sizes, threads):
+    if tail is None:
+        failed = lib.accel_block_sparse_attention(*[t.data_ptr() for t in tensors], *sizes, threads)
+    else:
+        nkp = -(-nk // 64) * 64  # whole 64-column tiles
+        kbt = torch.zeros(B, H, dim, nkp)
+        kbt[:, :, :D, :nk] = tail.key_means.transpose(-1, -2)
+        vbar = torch.zeros(B, H, nkp, dim)
+        vbar[:, :, :nk, :D] = tail.value_means
+        bias = torch.full((nkp,), float("-inf"))
+        bias[:nk] = torch.log2(tail.counts.float())
+        qh = None if tail.first_order is None else _padded(tail.first_order, nq * q_block, dim)
+        extra = (kbt, vbar, bias)
+        failed = lib.accel_pisa_attention(
+            *[t.data_ptr() for t in (*tensors, *extra)], None if qh is None else qh.data_ptr(), *sizes, nkp, threads
+        )
+    if failed:
         raise MemoryError("the CPU kernel could not allocate its scratch memory")
     out = out[:, :, :Sq, :D]
     return out.to(q.dtype) if q.dtype != torch.float32 else out, lse[:, :, :Sq]

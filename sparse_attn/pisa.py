@@ -23,11 +23,12 @@ What differs from the public kernel (research notes, sparse_attention.md §1.4),
 - h̄ comes from one product over the whole sequence, sum_t (k_t - k̄_{blk(t)})^T v_t, never a d x d matrix
   per block (that buffer is B*H*N*D^2: 1.5 GB per sample for Wan2.1-14B 720p);
 - the tail mass G is scaled with the running max like the other accumulators (the Triton kernel rescales
-  it by alpha; the CPU path computes all of a row's terms against one reference, so nothing to rescale).
+  it by alpha; the C++ kernel makes the tail one more step of the same online softmax).
 
 Paths: on CUDA one fused Triton kernel (sparse_attn/pisa_triton.py): exact phase, pooled phase and first-
-order term on one online-softmax state. On CPU the engine's exact kernel with `return_lse` for S, batched
-matmuls against the pooled keys for U, combined exactly through the log-sum-exp (merge algebra).
+order term on one online-softmax state. On CPU the same in the engine's C++ kernel (`cpu_kernel.PisaTail`).
+Without a C++ compiler: the engine's PyTorch path with `return_lse` for S, batched matmuls against the
+pooled keys for U, combined exactly through the log-sum-exp (merge algebra).
 `pisa_reference` is the float64 truth the tests use.
 """
 
@@ -186,7 +187,7 @@ def _split_attention(
     stats: KeyBlockStats,
     exact_kernel: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU path: (out, lse). Exact part from the engine (with its LSE), pooled part as a second partial
+    """PyTorch path (no C++ kernel): (out, lse). Exact part from the engine (with its LSE), pooled part as a second partial
     softmax over the Nk block means, combined against one reference per row: the algebra of
     merge_attention without normalising twice.
 
@@ -309,6 +310,15 @@ def pisa_attention(
             selected = blocks_to_dense(kv_num_blocks, kv_indices, nk).to(torch.int8)
             out, lse = fused(q, k, v, kv_num_blocks, kv_indices, selected, stats, q_block, kv_block, scale,
                              config.order == "hybrid")
+        elif path.kernel == paths.CPU_KERNEL:  # the tail fused into the C++ kernel's softmax
+            from . import cpu_kernel
+
+            first = q.float() @ (stats.moment * scale) if config.order == "hybrid" else None  # s q.h̄ per row
+            tail = cpu_kernel.PisaTail(stats.key_means, stats.value_sums / stats.counts.view(1, 1, -1, 1),
+                                       stats.counts, first)
+            kv_num_blocks = kv_num_blocks.expand(B, H, nq).contiguous()
+            kv_indices = kv_indices.expand(B, H, nq, kv_indices.shape[-1]).contiguous()
+            out, lse = cpu_kernel.attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale, tail)
         else:
             out, lse = _split_attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale,
                                         config.order, stats, path.kernel)

@@ -18,6 +18,14 @@
 //   out    [BH, Nq*BQ, D] and lse [BH, Nq*BQ] (natural log); a row that attends nothing gets 0 and -inf
 // BQ is even, D and BK are multiples of 16; padding rows/columns are zero and keys at or past kv_len are
 // masked. Denormals are flushed to zero while the kernel runs (values below 1e-38 count as 0).
+//
+// PISA's tail (accel_pisa_attention): after the selected blocks, the same online softmax takes one more
+// step over the Nk block means, the selected blocks masked out: block j adds 2^(q.kbar_j + log2 B_j)
+// to the normaliser and that weight times the block's mean value to the output (its value sum, zeroth
+// order); with `qh` (s q.h-bar per row, first order) the output also gains qh times the tail's weight.
+//   kbt [BH, D, NKP]  block means transposed (NKP = Nk rounded up to 64), vbar [BH, NKP, D] mean values,
+//   bias [NKP]        log2 of each block's real key count, -inf for the padding columns,
+//   qh  [BH, Nq*BQ, D] or null.
 
 #include <math.h>
 #include <stdint.h>
@@ -160,17 +168,83 @@ struct Shape {
     int64_t bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len;
 };
 
+struct Tail {  // PISA's approximated blocks; kbt == nullptr: none
+    const float *kbt, *vbar, *bias, *qh;
+    int64_t nkp;
+};
+
 struct Scratch {  // per worker thread
-    float *S;    // scores, then probabilities [BQ, GROUP*BK]
+    float *S;    // scores, then probabilities [BQ, max(GROUP*BK, NKP)]
     float *acc;  // unnormalised output [BQ, D]
     float *m;    // running row max (log2 units) [BQ]
     float *l;    // running row sum of 2^(s - m) [BQ]
+    float *added;  // the tail step's share of l [BQ]
 };
+
+// One online-softmax step over the scores S[:, :width] (log2 units), row by row: update the row max, turn
+// the scores into P = 2^(S - max), rescale the earlier sum and output. `added`, if given, receives each
+// row's sum of P (the step's own share of the normaliser, at the new max).
+void softmax_step(float *S, int ldS, int width, int BQ, int D, float *m, float *l, float *acc, float *added) {
+    for (int r = 0; r < BQ; r++) {
+        float *s = S + r * ldS;
+        vf mx = load(s);
+        for (int c = VL; c < width; c += VL) {
+            const vf x = load(s + c);
+            mx = x > mx ? x : mx;
+        }
+        const float group_max = hmax(mx);
+        const float m_new = group_max > m[r] ? group_max : m[r];
+        if (m_new == -INFINITY) {  // no key seen yet in this row: P = 0
+            for (int c = 0; c < width; c += VL) store(s + c, vf{});
+            if (added) added[r] = 0.f;
+            continue;
+        }
+        const vf mv = splat(m_new);
+        vf sum = vf{};
+        for (int c = 0; c < width; c += VL) {
+            const vf p = exp2_neg(load(s + c) - mv);
+            store(s + c, p);
+            sum += p;
+        }
+        const float alpha = exp2f(m[r] - m_new);  // rescales the earlier steps; 0 for the first
+        const float step_sum = hsum(sum);
+        l[r] = l[r] * alpha + step_sum;
+        if (added) added[r] = step_sum;
+        if (alpha != 1.f) {
+            const vf av = splat(alpha);
+            for (int c = 0; c < D; c += VL) store(acc + r * D + c, load(acc + r * D + c) * av);
+        }
+        m[r] = m_new;
+    }
+}
+
+// PISA's tail step for one query block: scores against all block means plus log2 counts, the selected
+// blocks masked, one softmax step, then acc += P . vbar (+ first order: acc += sum(P) * qh).
+void tail_step(const Tail &tail, int64_t bh, int64_t task, const float *qt, const int32_t *ids, int n, int BQ,
+               int D, float *S, float *m, float *l, float *acc, float *added) {
+    const int NKP = (int)tail.nkp;
+    matmul<false>(BQ, NKP, D, qt, D, tail.kbt + bh * D * NKP, NKP, S, NKP, nullptr, 0);
+    for (int r = 0; r < BQ; r++) {
+        float *s = S + r * NKP;
+        for (int c = 0; c < NKP; c += VL) store(s + c, load(s + c) + load(tail.bias + c));
+        for (int u = 0; u < n; u++) s[ids[u]] = -INFINITY;  // computed exactly already
+    }
+    softmax_step(S, NKP, NKP, BQ, D, m, l, acc, added);
+    matmul<true>(BQ, D, NKP, S, NKP, tail.vbar + bh * NKP * D, D, acc, D, nullptr, 0);
+    if (tail.qh) {
+        const float *qh = tail.qh + task * BQ * D;
+        for (int r = 0; r < BQ; r++) {
+            const vf w = splat(added[r]);
+            for (int c = 0; c < D; c += VL) store(acc + r * D + c, load(acc + r * D + c) + w * load(qh + r * D + c));
+        }
+    }
+}
 
 // Stream over the query block's key blocks GROUP at a time: S = Q.K^T for the group, online softmax
 // (update the row max, P = 2^(S - max), rescale the earlier sum and output), acc += P.V.
 void query_block(const Shape &sh, int64_t task, const float *q, const float *kt, const float *v,
-                 const int32_t *kv_num, const int32_t *kv_idx, float *out, float *lse, const Scratch &w) {
+                 const int32_t *kv_num, const int32_t *kv_idx, float *out, float *lse, const Scratch &w,
+                 const Tail &tail) {
     const int BQ = (int)sh.q_block, BK = (int)sh.kv_block, D = (int)sh.dim;
     const int ldS = GROUP * BK;
     const int64_t bh = task / sh.q_blocks;
@@ -203,41 +277,14 @@ void query_block(const Shape &sh, int64_t task, const float *q, const float *kt,
                     for (int c = last_keys; c < BK; c++) S[r * ldS + u * BK + c] = -INFINITY;
         }
 
-        // Online softmax, row by row.
-        const int width = g * BK;
-        for (int r = 0; r < BQ; r++) {
-            float *s = S + r * ldS;
-            vf mx = load(s);
-            for (int c = VL; c < width; c += VL) {
-                const vf x = load(s + c);
-                mx = x > mx ? x : mx;
-            }
-            const float group_max = hmax(mx);
-            const float m_new = group_max > m[r] ? group_max : m[r];
-            if (m_new == -INFINITY) {  // no key seen yet in this row: P = 0
-                for (int c = 0; c < width; c += VL) store(s + c, vf{});
-                continue;
-            }
-            const vf mv = splat(m_new);
-            vf sum = vf{};
-            for (int c = 0; c < width; c += VL) {
-                const vf p = exp2_neg(load(s + c) - mv);
-                store(s + c, p);
-                sum += p;
-            }
-            const float alpha = exp2f(m[r] - m_new);  // rescales the earlier groups; 0 for the first
-            l[r] = l[r] * alpha + hsum(sum);
-            if (alpha != 1.f) {
-                const vf av = splat(alpha);
-                for (int c = 0; c < D; c += VL) store(acc + r * D + c, load(acc + r * D + c) * av);
-            }
-            m[r] = m_new;
-        }
+        softmax_step(S, ldS, g * BK, BQ, D, m, l, acc, nullptr);
 
         // acc += P[:, u*BK:(u+1)*BK] . V_u, block by block (each V block stays in L1 for all rows)
         for (int u = 0; u < g; u++)
             matmul<true>(BQ, D, BK, S + u * BK, ldS, order[g + u], D, acc, D, order[g + u + 1], block_bytes);
     }
+
+    if (tail.kbt) tail_step(tail, bh, task, qt, ids, n, BQ, D, S, m, l, acc, w.added);
 
     // out = acc / l; lse = (m + log2 l) * ln 2. A row without keys: 0 and -inf.
     float *o = out + task * BQ * D;
@@ -254,19 +301,13 @@ void query_block(const Shape &sh, int64_t task, const float *q, const float *kt,
     }
 }
 
-}  // namespace
-
-extern "C" {
-
 // All tasks (one per (batch*head, query block)) over `threads` OpenMP threads. Built with -fopenmp, this
 // joins the OpenMP runtime PyTorch already loaded (libgomp), so it shares PyTorch's worker threads
 // instead of competing with them. Returns 1 if a thread cannot allocate its scratch memory.
-int accel_block_sparse_attention(const float *q, const float *kt, const float *v, const int32_t *kv_num,
-                                 const int32_t *kv_idx, float *out, float *lse, int64_t bh, int64_t q_blocks,
-                                 int64_t kv_blocks, int64_t width, int64_t q_block, int64_t kv_block, int64_t dim,
-                                 int64_t kv_len, int64_t threads) {
-    const Shape sh{bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len};
-    const size_t floats = q_block * GROUP * kv_block + q_block * dim + 2 * q_block;
+int run(const Shape &sh, const Tail &tail, const float *q, const float *kt, const float *v, const int32_t *kv_num,
+        const int32_t *kv_idx, float *out, float *lse, int64_t threads) {
+    const int64_t width = GROUP * sh.kv_block > tail.nkp ? GROUP * sh.kv_block : tail.nkp;
+    const size_t floats = sh.q_block * width + sh.q_block * sh.dim + 3 * sh.q_block;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -275,22 +316,42 @@ int accel_block_sparse_attention(const float *q, const float *kt, const float *v
 #pragma omp atomic write
             failed = 1;
         }
-        const Scratch scratch{buffer, buffer + q_block * GROUP * kv_block,
-                              buffer + q_block * (GROUP * kv_block + dim),
-                              buffer + q_block * (GROUP * kv_block + dim + 1)};
+        float *rows = buffer + sh.q_block * (width + sh.dim);  // m, l, added
+        const Scratch scratch{buffer, buffer + sh.q_block * width, rows, rows + sh.q_block, rows + 2 * sh.q_block};
 #if defined(__SSE__)
         const unsigned csr = _mm_getcsr();
         _mm_setcsr(csr | 0x8040);  // flush-to-zero and denormals-are-zero: denormals would stall the FMAs
 #endif
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t task = 0; task < bh * q_blocks; task++)
-            if (buffer) query_block(sh, task, q, kt, v, kv_num, kv_idx, out, lse, scratch);
+        for (int64_t task = 0; task < sh.bh * sh.q_blocks; task++)
+            if (buffer) query_block(sh, task, q, kt, v, kv_num, kv_idx, out, lse, scratch, tail);
 #if defined(__SSE__)
         _mm_setcsr(csr);
 #endif
         free(buffer);
     }
     return failed;
+}
+
+}  // namespace
+
+extern "C" {
+
+int accel_block_sparse_attention(const float *q, const float *kt, const float *v, const int32_t *kv_num,
+                                 const int32_t *kv_idx, float *out, float *lse, int64_t bh, int64_t q_blocks,
+                                 int64_t kv_blocks, int64_t width, int64_t q_block, int64_t kv_block, int64_t dim,
+                                 int64_t kv_len, int64_t threads) {
+    const Shape sh{bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len};
+    return run(sh, Tail{nullptr, nullptr, nullptr, nullptr, 0}, q, kt, v, kv_num, kv_idx, out, lse, threads);
+}
+
+int accel_pisa_attention(const float *q, const float *kt, const float *v, const int32_t *kv_num,
+                         const int32_t *kv_idx, float *out, float *lse, const float *kbt, const float *vbar,
+                         const float *bias, const float *qh, int64_t bh, int64_t q_blocks, int64_t kv_blocks,
+                         int64_t width, int64_t q_block, int64_t kv_block, int64_t dim, int64_t kv_len, int64_t nkp,
+                         int64_t threads) {
+    const Shape sh{bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len};
+    return run(sh, Tail{kbt, vbar, bias, qh, nkp}, q, kt, v, kv_num, kv_idx, out, lse, threads);
 }
 
 }  // extern "C"
