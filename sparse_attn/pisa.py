@@ -410,10 +410,11 @@ def relative_errors(
     density: float,
     block_size: BlockSize = 64,
     sink_blocks: Sequence[int] = (),
+    routing: str = "pooled",
 ) -> dict[str, float]:
     """Relative L2 error vs dense attention (float64) on one routed index: 'keep_or_drop' (the selected
     blocks only: plain block_sparse_attention), 'zeroth' and 'hybrid' PISA. For the quality benchmark."""
-    num, idx = route(q, k, v, density, block_size, "pooled", sink_blocks)
+    num, idx = route(q, k, v, density, block_size, routing, sink_blocks)
     dense = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
     outs = {
         "keep_or_drop": block_sparse_attention(q, k, v, num, idx, block_size),

@@ -161,3 +161,16 @@ def test_attention_quality_bench_captures_block_ordered_calls(tmp_path):
                  "--block-size", "16", "--density", "0.25", "--out", str(tmp_path)]) == 0
     errors = __import__("json").loads((tmp_path / "attention_quality.json").read_text())["errors"]["0.25"]
     assert all(h < k for h, k in zip(errors["hybrid"], errors["keep_or_drop"], strict=True))
+
+
+def test_bench_runs_two_configurations_of_one_method_side_by_side():
+    from accel.bench import BenchSpec, run
+
+    spec = BenchSpec(model="flux", size="tiny", methods=("pisa", "pisa:keep-or-drop"), peers=(), steps=2, repeat=1,
+                     warmup=0, profile_attention=False, progress=False,
+                     method_options={name: {**ALL_SPARSE, "density": 0.3} for name in ("pisa", "pisa:keep-or-drop")})
+    spec.method_options["pisa:keep-or-drop"]["order"] = "none"
+    rows = {row.label: row for row in run(spec).rows}
+    assert rows["pisa:keep-or-drop"].options["order"] == "none"
+    assert rows["pisa"].stats["pisa"]["kernel"].startswith("pisa+")
+    assert not rows["pisa:keep-or-drop"].stats["pisa"]["kernel"].startswith("pisa+")

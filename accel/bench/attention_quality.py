@@ -6,7 +6,7 @@ once with every sparse-eligible attention call routed through PISA at density 1 
 attention), records q, k, v in the methods' block order (2-D/3-D tiles, text last) at a few steps, and
 scores each approximation against dense attention at the same density, on the same calls:
 
-- keep-or-drop: the pooled top-k blocks (plus text and diagonal) exactly, the rest dropped;
+- keep-or-drop: the routed top-k blocks (plus text and diagonal) exactly, the rest dropped;
 - PISA zeroth order and hybrid: the same blocks exactly, the rest through the Taylor expansion;
 - mass top-k: AdaSpa's exact block-mass search (an oracle for keep-or-drop's selection), rest dropped.
 """
@@ -31,7 +31,7 @@ from sparse_attn.search import blocks_from_mass, dense_attention_with_block_mass
 
 ROWS = ("keep_or_drop", "zeroth", "hybrid", "mass_top_k")
 LABELS = {
-    "keep_or_drop": "keep-or-drop (pooled top-k, rest dropped)",
+    "keep_or_drop": "keep-or-drop (same blocks, rest dropped)",
     "zeroth": "PISA zeroth order",
     "hybrid": "PISA hybrid (first order)",
     "mass_top_k": "exact-mass top-k (AdaSpa search), rest dropped",
@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for density in args.density:
         per_row: dict[str, list[float]] = {name: [] for name in ROWS}
         for call in calls:
-            for name, err in relative_errors(call.q, call.k, call.v, density, args.block_size, call.sinks).items():
+            errs = relative_errors(call.q, call.k, call.v, density, args.block_size, call.sinks, args.routing)
+            for name, err in errs.items():
                 per_row[name].append(err)
             per_row["mass_top_k"].append(mass_top_k_error(call, density, args.block_size))
         errors[density] = per_row
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "calls": len(calls),
         "shape": None if first is None else list(first.q.shape),
         "block_size": args.block_size,
+        "routing": args.routing,
         "seconds": time.perf_counter() - start,
         "errors": {str(d): rows for d, rows in errors.items()},
     }
@@ -111,7 +113,7 @@ def markdown(result: dict[str, Any]) -> str:
     head = (
         f"Command: `{result['command']}`\n\n"
         f"{result['model']}, {result['steps']} steps; {result['calls']} attention calls captured at steps "
-        f"{result['captured_steps']}, q/k/v {result['shape']} (B, H, S, D), block {result['block_size']}. "
+        f"{result['captured_steps']}, q/k/v {result['shape']} (B, H, S, D), block {result['block_size']}, {result['routing']} routing. "
         "Relative L2 error against dense attention (float64), mean (and max) over the calls.\n\n"
     )
     lines = ["| density | approximation | mean rel. L2 error | max | vs keep-or-drop |", "|---|---|---|---|---|"]
@@ -151,6 +153,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--density", type=lambda s: [float(x) for x in s.split(",")], default=[0.125],
                    help="densities, comma-separated (default 0.125)")
     p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--routing", choices=("pooled", "covariance"), default="pooled",
+                   help="how the exact blocks are chosen (PISA's option; keep-or-drop uses the same blocks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="bench-results")

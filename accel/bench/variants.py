@@ -40,14 +40,17 @@ def fewer_steps(steps: int, matched: str) -> Variant:
     return Variant(f"fewer-steps({steps})", "fewer-steps", steps, note=note)
 
 
-def accel_method(name: str, steps: int, options: dict[str, Any] | None = None) -> Variant:
+def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) -> Variant:
+    """The row of one accel method. `entry` is the method's name, or "name:label" for a second row of the
+    same method with other options (e.g. "pisa:keep-or-drop" with `pisa:keep-or-drop.order=none`)."""
+    name = entry.partition(":")[0]
     options = dict(options or {})
 
     def enable(pipe: Any) -> accel.Patch:
         return accel.patch(pipe, method=name, **options)
 
     return Variant(
-        name, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=options
+        entry, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=options
     )
 
 
