@@ -35,6 +35,8 @@ from .base import SparseAttentionConfig, SparseAttentionMethod
 @dataclass(frozen=True)
 class AdaSpaConfig(SparseAttentionConfig):
     method = "adaspa"
+    dense_layers: int = option(0, "first transformer blocks whose attention is always dense (the paper: none)",
+                               low=0)
     sparsity: float = option(0.8, "mean fraction of key blocks skipped per query block", low=0.0, high=1.0,
                              high_open=True)
     refresh_at: float = option(
