@@ -121,6 +121,9 @@ def load() -> ctypes.CDLL | None:
         fn = lib.accel_pisa_attention
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 10
+        fn = lib.accel_block_mass
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 8
         _build.update(path=str(target), flags=" ".join(FLAGS + flags), cached=cached,
                       seconds=round(time.perf_counter() - start, 3))
         if not cached:
@@ -149,6 +152,52 @@ def _padded(x: torch.Tensor, rows: int, dim: int) -> torch.Tensor:
     return x.contiguous()
 
 
+def _library_or_raise() -> ctypes.CDLL:
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the CPU kernel is unavailable: {_build.get('error')}")
+    return lib
+
+
+def _queries_and_key_blocks(
+    q: torch.Tensor, k: torch.Tensor, q_block: int, kv_block: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The kernel's layouts: queries pre-scaled so that exp2 of the scores is the softmax numerator,
+    [B, H, Nq*BQ, dim]; keys as transposed blocks [B, H, Nk, dim, BK]; dim = D rounded up to 16 (the
+    kernel works on whole 16-float vectors); padding is zero."""
+    B, H, Sq, D = q.shape
+    nq, nk = -(-Sq // q_block), -(-k.shape[2] // kv_block)
+    dim = -(-D // 16) * 16
+    qs = torch.empty(B, H, nq * q_block, dim)
+    if nq * q_block != Sq or dim != D:
+        qs.zero_()
+    torch.mul(q.float(), scale * LOG2E, out=qs[:, :, :Sq, :D])
+    kp = _padded(k, nk * kv_block, dim).view(B, H, nk, kv_block, dim)
+    kt = torch.empty(B, H, nk, dim, kv_block)
+    kt.permute(0, 1, 2, 4, 3).copy_(kp)
+    return qs, kt, dim
+
+
+def block_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, q_block: int, kv_block: int,
+               scale: float) -> torch.Tensor:
+    """AdaSpa's block mass before the division by the query block sizes: [B, H, Nq, Nk] fp32, the sum over
+    each (query block, key block) of exp(scale q.k - lse) (sparse_attn/search.py). Rows with lse = -inf
+    count 0."""
+    lib = _library_or_raise()
+    B, H, Sq, D = q.shape
+    Skv = k.shape[2]
+    nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
+    qs, kt, dim = _queries_and_key_blocks(q, k, q_block, kv_block, scale)
+    lse2 = torch.full((B, H, nq * q_block), float("inf"))  # padding rows count 0
+    lse2[:, :, :Sq] = torch.where(lse == float("-inf"), float("inf"), lse.float() * LOG2E)
+    sums = torch.empty(B, H, nq, nk)
+    threads = max(1, min(torch.get_num_threads(), B * H * nq))
+    if lib.accel_block_mass(qs.data_ptr(), kt.data_ptr(), lse2.data_ptr(), sums.data_ptr(), B * H, nq, nk, q_block,
+                            kv_block, dim, Skv, threads):
+        raise MemoryError("the CPU kernel could not allocate its scratch memory")
+    return sums
+
+
 @dataclass(frozen=True)
 class PisaTail:
     """PISA's approximated key blocks, for the kernel's tail step (fp32): the block means
@@ -175,23 +224,11 @@ def attention(
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). q/k/v [B, H, S, D] on the CPU; the index
     is already broadcast to [B, H, ...], int32, contiguous and range-checked. With `tail`, every key block
     a query block does not select also enters its softmax through its mean (PISA, sparse_attn/pisa.py)."""
-    lib = load()
-    if lib is None:
-        raise RuntimeError(f"the CPU kernel is unavailable: {_build.get('error')}")
+    lib = _library_or_raise()
     B, H, Sq, D = q.shape
     Skv = k.shape[2]
     nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
-    dim = -(-D // 16) * 16  # the kernel works on whole 16-float vectors
-
-    # Queries pre-scaled so that exp2 of the scores is the softmax numerator.
-    qs = torch.empty(B, H, nq * q_block, dim)
-    if nq * q_block != Sq or dim != D:
-        qs.zero_()
-    torch.mul(q.float(), scale * LOG2E, out=qs[:, :, :Sq, :D])
-    # Keys as transposed blocks [B, H, Nk, dim, kv_block]; values padded in place order.
-    kp = _padded(k, nk * kv_block, dim).view(B, H, nk, kv_block, dim)
-    kt = torch.empty(B, H, nk, dim, kv_block)
-    kt.permute(0, 1, 2, 4, 3).copy_(kp)
+    qs, kt, dim = _queries_and_key_blocks(q, k, q_block, kv_block, scale)
     vp = _padded(v, nk * kv_block, dim)
 
     out = torch.empty(B, H, nq * q_block, dim)

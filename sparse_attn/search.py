@@ -47,8 +47,9 @@ from .selection import forced_blocks
 logger = logging.getLogger("accel")
 
 TRITON = "triton"
+CPU_KERNEL = "cpu-kernel"
 TORCH = "torch"
-BACKENDS = ("auto", TRITON, TORCH)
+BACKENDS = ("auto", TRITON, CPU_KERNEL, TORCH)
 RANGE = "accel::attention.search"
 CHUNK_ELEMENTS = 1 << 18  # fp32 scores per chunk of the torch path (1 MiB: stays in cache)
 
@@ -92,6 +93,12 @@ def choose_search_path(q: torch.Tensor, backend: str) -> AttentionPath:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     device = q.device.type
     if backend == "auto":
+        if device == "cpu":
+            from . import cpu_kernel
+
+            if cpu_kernel.available():
+                return AttentionPath(CPU_KERNEL, _torch_precision(q.dtype), device)
+            return AttentionPath(TORCH, _torch_precision(q.dtype), device, "the C++ kernel is unavailable")
         if device != "cuda":
             return AttentionPath(TORCH, _torch_precision(q.dtype), device)
         try:
@@ -106,7 +113,33 @@ def choose_search_path(q: torch.Tensor, backend: str) -> AttentionPath:
         if device != "cuda" and not (device == "cpu" and search_triton.INTERPRETED):
             raise RuntimeError(f"the Triton search kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
         return AttentionPath(TRITON, search_triton.precision(q.dtype), device)
+    if backend == CPU_KERNEL:
+        from . import cpu_kernel
+
+        if device != "cpu" or not cpu_kernel.available():
+            raise RuntimeError(f"the C++ search kernel needs CPU tensors and a compiler; got {device}")
+        return AttentionPath(CPU_KERNEL, _torch_precision(q.dtype), device)
     return AttentionPath(TORCH, _torch_precision(q.dtype), device)
+
+
+def _cpu_search(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None, lse: torch.Tensor | None, q_block: int,
+    kv_block: int, scale: float,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The C++ path: the fused search is the engine's kernel over every key block (dense, with its LSE),
+    then one pass of block sums from that LSE; the refresh is that pass alone."""
+    from . import cpu_kernel
+    from .attention import block_sparse_attention
+
+    out = None
+    if v is not None:
+        B, H, Sq, _ = q.shape
+        nq, nk = num_blocks(Sq, q_block), num_blocks(k.shape[2], kv_block)
+        every = torch.arange(nk, dtype=torch.int32).expand(1, 1, nq, nk)
+        count = torch.full((1, 1, nq), nk, dtype=torch.int32)
+        out, lse = block_sparse_attention(q, k, v, count, every, (q_block, kv_block), scale, return_lse=True,
+                                          backend="cpu-kernel")
+    return out, lse, cpu_kernel.block_sums(q, k, lse, q_block, kv_block, scale)
 
 
 def _forward_only(path: AttentionPath, *tensors: torch.Tensor) -> None:
@@ -222,6 +255,8 @@ def _search(
         from .search_triton import search
 
         out, lse, sums = search(q, k, v, lse, q_block, kv_block, scale)
+    elif path.kernel == CPU_KERNEL:
+        out, lse, sums = _cpu_search(q, k, v, lse, q_block, kv_block, scale)
     else:
         out, lse, sums = _torch_search(q, k, v, lse, q_block, kv_block, scale)
     _record(path)

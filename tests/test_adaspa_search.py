@@ -51,11 +51,12 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", ["cpu-kernel", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[2]}x{c[3]}-{c[5]}-{str(c[6])[6:]}")
-def test_fused_search_matches_float64_softmax(case):
+def test_fused_search_matches_float64_softmax(case, backend):
     B, H, Sq, Skv, D, block, dtype = case
     q, k, v = qkv(B, H, Sq, Skv, D, dtype)
-    out, lse, mass = sa.dense_attention_with_block_mass(q, k, v, block_size=block)
+    out, lse, mass = sa.dense_attention_with_block_mass(q, k, v, block_size=block, backend=backend)
     ref_out, ref_lse, ref_mass = reference(q, k, v, block)
     assert out.dtype == dtype and lse.dtype == mass.dtype == torch.float32
     assert mass.shape == ref_mass.shape
@@ -65,7 +66,9 @@ def test_fused_search_matches_float64_softmax(case):
     assert (mass.double() - ref_mass).abs().max() < 1e-5
     # every query row's softmax sums to 1, so each row of the block mass does too
     assert torch.allclose(mass.sum(-1).double(), torch.ones(B, H, mass.shape[2], dtype=torch.float64), atol=1e-5)
-    assert sa.last_search_path().kernel == "torch"
+    assert sa.last_search_path().kernel == backend
+    refresh = sa.block_mass(q, k, lse, block_size=block, backend=backend)
+    assert (refresh.double() - ref_mass).abs().max() < 1e-5
 
 
 def test_chunked_torch_path_equals_one_chunk(monkeypatch):

@@ -26,6 +26,10 @@
 //   kbt [BH, D, NKP]  block means transposed (NKP = Nk rounded up to 64), vbar [BH, NKP, D] mean values,
 //   bias [NKP]        log2 of each block's real key count, -inf for the padding columns,
 //   qh  [BH, Nq*BQ, D] or null.
+//
+// AdaSpa's block mass (accel_block_mass): for every (query block, key block) the sum over its rows and
+// keys of 2^(q.k - lse2), lse2 [BH, Nq*BQ] being each row's log-sum-exp in log2 units (+inf for rows
+// that must not count); written to sums [BH, Nq, Nk]. The same tiles as the attention, without P.V.
 
 #include <math.h>
 #include <stdint.h>
@@ -301,6 +305,36 @@ void query_block(const Shape &sh, int64_t task, const float *q, const float *kt,
     }
 }
 
+// One query block's row of block sums: S = Q.K_j^T tile by tile, then sum 2^(S - lse2) over the tile.
+void mass_block(const Shape &sh, int64_t task, const float *q, const float *kt, const float *lse2, float *sums,
+                float *S) {
+    const int BQ = (int)sh.q_block, BK = (int)sh.kv_block, D = (int)sh.dim;
+    const int64_t bh = task / sh.q_blocks;
+    const int last_keys = (int)(sh.kv_len - (sh.kv_blocks - 1) * BK);
+    const int block_bytes = (int)sizeof(float) * BK * D;
+    const float *qt = q + task * BQ * D;
+    const float *ls = lse2 + task * BQ;
+    const vf highest = splat(64.f);  // a stale LSE may sit below some scores; keep 2^x finite
+    for (int64_t j = 0; j < sh.kv_blocks; j++) {
+        const float *kj = kt + (bh * sh.kv_blocks + j) * BK * D;
+        const float *next = j + 1 < sh.kv_blocks ? kj + BK * D : nullptr;
+        matmul<false>(BQ, BK, D, qt, D, kj, BK, S, BK, next, block_bytes);
+        const int keys = j == sh.kv_blocks - 1 ? last_keys : BK;
+        vf total = vf{};
+        for (int r = 0; r < BQ; r++) {
+            const vf lv = splat(ls[r]);
+            float *s = S + r * BK;
+            for (int c = keys; c < BK; c++) s[c] = -INFINITY;  // keys past kv_len do not exist
+            for (int c = 0; c < BK; c += VL) {
+                vf x = load(s + c) - lv;
+                x = x > highest ? highest : x;
+                total += exp2_neg(x);
+            }
+        }
+        sums[task * sh.kv_blocks + j] = hsum(total);
+    }
+}
+
 // All tasks (one per (batch*head, query block)) over `threads` OpenMP threads. Built with -fopenmp, this
 // joins the OpenMP runtime PyTorch already loaded (libgomp), so it shares PyTorch's worker threads
 // instead of competing with them. Returns 1 if a thread cannot allocate its scratch memory.
@@ -352,6 +386,33 @@ int accel_pisa_attention(const float *q, const float *kt, const float *v, const 
                          int64_t threads) {
     const Shape sh{bh, q_blocks, kv_blocks, width, q_block, kv_block, dim, kv_len};
     return run(sh, Tail{kbt, vbar, bias, qh, nkp}, q, kt, v, kv_num, kv_idx, out, lse, threads);
+}
+
+int accel_block_mass(const float *q, const float *kt, const float *lse2, float *sums, int64_t bh, int64_t q_blocks,
+                     int64_t kv_blocks, int64_t q_block, int64_t kv_block, int64_t dim, int64_t kv_len,
+                     int64_t threads) {
+    const Shape sh{bh, q_blocks, kv_blocks, 0, q_block, kv_block, dim, kv_len};
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *S = (float *)aligned_alloc(64, (q_block * kv_block * sizeof(float) + 63) / 64 * 64);
+        if (!S) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#if defined(__SSE__)
+        const unsigned csr = _mm_getcsr();
+        _mm_setcsr(csr | 0x8040);
+#endif
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < bh * q_blocks; task++)
+            if (S) mass_block(sh, task, q, kt, lse2, sums, S);
+#if defined(__SSE__)
+        _mm_setcsr(csr);
+#endif
+        free(S);
+    }
+    return failed;
 }
 
 }  // extern "C"
