@@ -8,6 +8,8 @@ PixArt, DiT, SD3 and CogVideoX batch cond+uncond into one transformer call per s
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,9 @@ GUIDANCE = {
 TRUE_CFG = ("flux", "hunyuan-video")  # families with an optional separate-call true CFG
 TRUE_CFG_SCALE = 4.0
 _OTHER_TEXT_TOKENS = 64  # prompt length for pipelines the zoo did not build
+# Trained entries that bring their own call arguments (real class prompts, trained sizes):
+# pipeline -> fn(pipe, batch_size=, seed=, guidance_scale=, height=, width=, num_frames=) -> kwargs.
+OWN_INPUTS: weakref.WeakKeyDictionary[Any, Callable[..., dict[str, Any]]] = weakref.WeakKeyDictionary()
 
 
 def family_of(pipe: Any) -> str:
@@ -79,7 +84,10 @@ def inputs(
     text_tokens = ENTRIES[built[0]].text_tokens[built[1]] if built else _OTHER_TEXT_TOKENS
     embeds = _Embeds(pipe.transformer, batch_size, text_tokens, seed)
     scale = GUIDANCE[family] if guidance_scale is None else float(guidance_scale)
-    if family == "dit":
+    if pipe in OWN_INPUTS:
+        kw = OWN_INPUTS[pipe](pipe, batch_size=batch_size, seed=seed, guidance_scale=guidance_scale,
+                              height=height, width=width, num_frames=num_frames)
+    elif family == "dit":
         _check_dit_size(pipe, height, width)
         kw = _dit(pipe, embeds, scale)
     else:

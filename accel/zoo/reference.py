@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import digits_image
+from . import digits_image, digits_video, digits_vqa
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ TRAINED: dict[str, TrainedEntry] = {
     for entry in (
         TrainedEntry(digits_image.NAME, digits_image.load, digits_image.evaluate, digits_image.reproduce,
                      digits_image.STEPS),
+        TrainedEntry(digits_video.NAME, digits_video.load, digits_video.evaluate, digits_video.reproduce,
+                     digits_video.STEPS),
+        TrainedEntry(digits_vqa.NAME, digits_vqa.load, digits_vqa.evaluate, digits_vqa.reproduce, None),
     )
 }
 

@@ -1,0 +1,396 @@
+"""`digits-video`: a Wan-architecture video generator (real `WanPipeline`) of one real digit moving.
+
+A 16x16 digit from the train split moves 1 px per frame across a 32x32 canvas for 13 frames, in one of
+four directions. The prompt is two learned tokens, the digit's class and the direction; a learned null
+prompt is the negative one, so CFG runs as Wan runs it, two transformer calls per step.
+
+    pipe = accel.zoo.load("digits-video")
+    videos = digits_video.sample(pipe, labels=[3, 7], directions=["right", "up"], seed=0)  # [2, 13, 1, 32, 32]
+    accel.zoo.evaluate("digits-video", pipe, n=100, seed=0)   # {"accuracy", "motion", "n"}
+
+Token layout: `FramePackVAE` packs 4 frames into the channels (Wan's 1 + 4k frame rule: 13 frames ->
+4 latent frames), so the transformer sees 4 latent frames x 16x16 patches = 1,024 video tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput
+from torch import nn
+
+from . import calls, digits, judges
+
+NAME = "digits-video"
+CHECKPOINT = Path(__file__).parent / "checkpoints" / NAME / "model.safetensors"
+STEPS, GUIDANCE = 20, 4.0
+CANVAS, DIGIT, FRAMES = 32, 16, 13  # canvas side, digit side (px), video frames (1 + 4k, as Wan)
+SPEED = 1  # px per frame: the digit travels (FRAMES - 1) * SPEED = 12 px
+DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # name -> (dy, dx)
+TEXT_DIM, TEXT_TOKENS = 32, 2  # prompt: [class token, direction token]
+TEMPORAL = 4  # frames per latent frame
+
+# Motion check (see `motion_ok`): tolerances in pixels over the clip.
+MIN_PROGRESS = 0.5  # of the commanded travel, along the commanded direction
+MAX_DRIFT = 3.0  # sideways, off the commanded direction
+MAX_RESIDUAL = 1.5  # RMS distance of the centroids from their straight-line fit
+
+
+class FramePackVAE(diffusers.ModelMixin, ConfigMixin):
+    """A lossless, weight-free "VAE" with Wan's 1 + 4k frame layout: frame 0 repeated 4 times, then each
+    4 frames, are stacked into the channels. WanPipeline's decode path (latents_mean/std, z_dim, the
+    scale factors) runs unchanged, and the transformer gets a 4-channel latent of 4 frames per 13."""
+
+    @register_to_config
+    def __init__(self, z_dim: int = TEMPORAL, scale_factor_temporal: int = TEMPORAL, scale_factor_spatial: int = 1,
+                 latents_mean: tuple = (0.0,) * TEMPORAL, latents_std: tuple = (1.0,) * TEMPORAL) -> None:
+        # z_dim = frames per latent frame (1 channel each); pixels in [-1, 1] are already unit-scale.
+        super().__init__()
+        self.register_buffer("_device_anchor", torch.zeros(1), persistent=False)
+
+    def encode_pixels(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, H, W] with F = 1 + 4k -> [B, 4, 1 + k, H, W]."""
+        b, c, f, h, w = video.shape
+        k = self.config.scale_factor_temporal
+        if c != 1 or f % k != 1:
+            raise ValueError(f"FramePackVAE takes [B, 1, 1 + {k}n, H, W] videos; got shape {tuple(video.shape)}.")
+        padded = torch.cat([video[:, :, :1].expand(b, 1, k - 1, h, w), video], dim=2)
+        return padded.reshape(b, (f + k - 1) // k, k, h, w).transpose(1, 2).contiguous()
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
+        b, k, lf, h, w = z.shape
+        video = z.transpose(1, 2).reshape(b, 1, lf * k, h, w)[:, :, k - 1 :]
+        return DecoderOutput(sample=video) if return_dict else (video,)
+
+
+class DigitPrompts(nn.Module):
+    """The learned "text encoder": one token per class, one per direction, and a null prompt for CFG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classes = nn.Parameter(torch.randn(10, TEXT_DIM))
+        self.directions = nn.Parameter(torch.randn(len(DIRECTIONS), TEXT_DIM))
+        self.null = nn.Parameter(torch.randn(TEXT_TOKENS, TEXT_DIM))
+
+    def forward(self, labels: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        """[B] class labels, [B] direction indices -> prompt embeddings [B, 2, TEXT_DIM]."""
+        return torch.stack([self.classes[labels], self.directions[directions]], dim=1)
+
+    def negative(self, batch: int) -> torch.Tensor:
+        return self.null.unsqueeze(0).expand(batch, -1, -1)
+
+
+def digits_video_transformer() -> diffusers.WanTransformer3DModel:
+    """Wan DiT, 4 layers of 2 heads x 32, patch (1, 2, 2): 4 x 16 x 16 = 1,024 tokens for 13 frames."""
+    return diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=32,
+        in_channels=TEMPORAL,
+        out_channels=TEMPORAL,
+        text_dim=TEXT_DIM,
+        freq_dim=64,
+        ffn_dim=256,
+        num_layers=4,
+    )
+
+
+def scheduler() -> diffusers.FlowMatchEulerDiscreteScheduler:
+    return diffusers.FlowMatchEulerDiscreteScheduler(shift=2.0)
+
+
+# Pipelines built by `load` -> their prompt table (the pipeline itself stays a plain WanPipeline).
+PROMPTS: weakref.WeakKeyDictionary[Any, DigitPrompts] = weakref.WeakKeyDictionary()
+
+
+def load(dtype: torch.dtype = torch.float32) -> diffusers.WanPipeline:
+    """The trained pipeline from the committed checkpoint (fp16 storage, cast to `dtype`)."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(str(CHECKPOINT)).items()}
+    transformer, prompts = digits_video_transformer(), DigitPrompts()
+    transformer.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("transformer.")})
+    prompts.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("prompts.")})
+    transformer = (transformer if dtype == torch.float32 else transformer.to(dtype)).eval()
+    pipe = diffusers.WanPipeline(
+        tokenizer=None, text_encoder=None, vae=FramePackVAE(), scheduler=scheduler(), transformer=transformer
+    )
+    pipe.set_progress_bar_config(disable=True)
+    PROMPTS[pipe] = prompts.eval().to(dtype)
+    calls.OWN_INPUTS[pipe] = call_inputs
+    return pipe
+
+
+def _direction_ids(directions: list[str] | None, n: int) -> torch.Tensor:
+    names = list(DIRECTIONS)
+    if directions is None:
+        return torch.arange(n) % len(names)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or len(directions) != n:
+        raise ValueError(
+            f"directions must be {n} of {', '.join(names)} (one per label); got {directions!r}."
+        )
+    return torch.tensor([names.index(d) for d in directions])
+
+
+def prompt_kwargs(pipe: Any, labels: list[int], directions: torch.Tensor, guidance: float) -> dict[str, Any]:
+    """prompt_embeds (and the null negative_prompt_embeds when CFG is on) for `pipe(...)`."""
+    if pipe not in PROMPTS:
+        raise ValueError("This pipeline was not loaded by accel.zoo.load('digits-video'): it has no prompt table.")
+    table = PROMPTS[pipe]
+    with torch.no_grad():
+        kw = {"prompt_embeds": table(torch.as_tensor(labels), directions), "guidance_scale": guidance}
+        if guidance > 1.0:  # WanPipeline runs CFG only above 1
+            kw["negative_prompt_embeds"] = table.negative(len(labels))
+    return kw
+
+
+def call_inputs(pipe: Any, *, batch_size: int, seed: int, guidance_scale: float | None, **sizes: int | None
+                ) -> dict[str, Any]:
+    """`accel.zoo.inputs` for this entry: seeded real class/direction prompts and the trained sizes."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(10, (batch_size,), generator=g).tolist()
+    directions = torch.randint(len(DIRECTIONS), (batch_size,), generator=g)
+    kw = prompt_kwargs(pipe, labels, directions, GUIDANCE if guidance_scale is None else float(guidance_scale))
+    defaults = {"height": CANVAS, "width": CANVAS, "num_frames": FRAMES}
+    return kw | {k: defaults[k] if sizes.get(k) is None else sizes[k] for k in defaults}
+
+
+def sample(pipe: Any, labels: list[int], directions: list[str] | None = None, seed: int = 0, steps: int = STEPS,
+           guidance: float = GUIDANCE, batch: int = 10) -> torch.Tensor:
+    """Videos in [-1, 1], [N, FRAMES, 1, CANVAS, CANVAS]; directions default to cycling right, left, down,
+    up. Deterministic for a seed (the generator is seeded per batch)."""
+    dirs = _direction_ids(directions, len(labels))
+    out = []
+    for i in range(0, len(labels), batch):
+        g = torch.Generator().manual_seed(seed + i)
+        kw = prompt_kwargs(pipe, labels[i : i + batch], dirs[i : i + batch], guidance)
+        with torch.no_grad():
+            frames = pipe(**kw, height=CANVAS, width=CANVAS, num_frames=FRAMES, num_inference_steps=steps,
+                          generator=g, output_type="pt").frames
+        out.append(frames.float())
+    return torch.cat(out) * 2 - 1
+
+
+# --- data: real digits moving at constant velocity --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MotionVideos:
+    """Videos [N, FRAMES, 1, CANVAS, CANVAS] in [-1, 1], class labels [N], direction indices [N]."""
+
+    videos: torch.Tensor
+    labels: torch.Tensor
+    directions: torch.Tensor
+
+
+def trajectory_starts(directions: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Top-left corner (y, x) at frame 0 [N, 2]: the start edge's 5 px band along the motion, and 5..11 px
+    across it, so the whole 12 px path stays on the canvas."""
+    n = len(directions)
+    room = CANVAS - DIGIT  # 16: top-left positions 0..16
+    travel = (FRAMES - 1) * SPEED
+    along = torch.randint(0, room - travel + 1, (n,), generator=g)
+    across = torch.randint(5, 12, (n,), generator=g)
+    steps = torch.tensor([DIRECTIONS[d] for d in DIRECTIONS])[directions]  # [N, 2] (dy, dx)
+    start_along = torch.where(steps.sum(-1) > 0, along, room - along)  # moving up/left: start at the far side
+    return torch.where(steps != 0, start_along[:, None], across[:, None])
+
+
+def render(tiles: torch.Tensor, starts: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Pastes each [1, DIGIT, DIGIT] tile at start + t * SPEED * direction, frame by frame."""
+    n = len(tiles)
+    steps = torch.tensor([DIRECTIONS[d] for d in DIRECTIONS])[directions]
+    videos = torch.full((n, FRAMES, 1, CANVAS, CANVAS), -1.0)
+    for t in range(FRAMES):
+        pos = starts + t * SPEED * steps
+        for i in range(n):
+            y, x = pos[i].tolist()
+            videos[i, t, :, y : y + DIGIT, x : x + DIGIT] = tiles[i]
+    return videos
+
+
+def make_videos(split: str, n: int, seed: int, directions: torch.Tensor | None = None) -> MotionVideos:
+    """n moving-digit videos from the digits of `split`, deterministic for a seed."""
+    data = digits.load(split, side=DIGIT)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(data.labels), (n,), generator=g)
+    dirs = torch.randint(len(DIRECTIONS), (n,), generator=g) if directions is None else directions
+    videos = render(data.images[idx], trajectory_starts(dirs, g), dirs)
+    return MotionVideos(videos, data.labels[idx], dirs)
+
+
+# --- judging: class per frame, and the trajectory -----------------------------------------------------------
+
+
+def centroids(videos: torch.Tensor) -> torch.Tensor:
+    """Intensity-weighted centroid (y, x) of every frame, [N, F, 2], in pixels. Ink is brightness above a
+    quarter of the range; a frame with (almost) no ink gets the canvas centre."""
+    ink = ((videos[:, :, 0] + 1) / 2 - 0.25).clamp(min=0)  # [N, F, H, W]
+    mass = ink.sum((-2, -1))
+    coords = torch.arange(videos.shape[-1], dtype=ink.dtype)
+    cy = (ink.sum(-1) * coords).sum(-1) / mass.clamp(min=1e-6)
+    cx = (ink.sum(-2) * coords).sum(-1) / mass.clamp(min=1e-6)
+    centre = (videos.shape[-1] - 1) / 2
+    empty = mass < 1.0
+    return torch.stack([cy.masked_fill(empty, centre), cx.masked_fill(empty, centre)], dim=-1)
+
+
+def motion_ok(videos: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Per video: does the digit follow the commanded straight line? The centroids are fitted by a
+    least-squares line in time; the video passes when the fitted travel along the commanded direction is
+    at least MIN_PROGRESS of the commanded 12 px, the sideways drift at most MAX_DRIFT px, and the RMS
+    residual of the fit at most MAX_RESIDUAL px. A static digit fails the first test."""
+    c = centroids(videos)  # [N, F, 2]
+    t = torch.arange(c.shape[1], dtype=c.dtype)
+    tc = t - t.mean()
+    slope = (tc[None, :, None] * (c - c.mean(1, keepdim=True))).sum(1) / tc.pow(2).sum()  # [N, 2] px/frame
+    fit = c.mean(1, keepdim=True) + tc[None, :, None] * slope[:, None]
+    residual = (c - fit).pow(2).sum(-1).mean(-1).sqrt()
+    unit = torch.tensor([DIRECTIONS[d] for d in DIRECTIONS], dtype=c.dtype)[directions]
+    span = t[-1] - t[0]
+    along = (slope * unit).sum(-1) * span
+    across = (slope * unit.flip(-1)).sum(-1).abs() * span
+    travel = (FRAMES - 1) * SPEED
+    return (along >= MIN_PROGRESS * travel) & (across <= MAX_DRIFT) & (residual <= MAX_RESIDUAL)
+
+
+def frame_crops(videos: torch.Tensor) -> torch.Tensor:
+    """Every frame cropped to DIGIT x DIGIT around its centroid (clamped to the canvas): [N * F, 1, D, D],
+    the view the 32x32 judge was trained on."""
+    n, f = videos.shape[:2]
+    c = centroids(videos).round().long() - DIGIT // 2
+    c = c.clamp(0, CANVAS - DIGIT)
+    frames = videos.reshape(n * f, 1, CANVAS, CANVAS)
+    pos = c.reshape(n * f, 2).tolist()
+    return torch.stack([frames[i, :, y : y + DIGIT, x : x + DIGIT] for i, (y, x) in enumerate(pos)])
+
+
+def judge_videos(videos: torch.Tensor, labels: torch.Tensor, directions: torch.Tensor) -> dict[str, float]:
+    """Per-frame class accuracy (judge on centroid crops) and the fraction of videos with correct motion."""
+    judge = judges.load()
+    per_frame = labels.repeat_interleave(videos.shape[1])
+    return {
+        "accuracy": judges.accuracy(judge, frame_crops(videos), per_frame),
+        "motion": motion_ok(videos, directions).float().mean().item(),
+    }
+
+
+def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str, float]:
+    """Task accuracy of a (possibly accel-patched) pipeline over n videos, labels cycling 0..9 and
+    directions cycling per ten (so n=40 covers every class x direction pair); deterministic for a seed.
+    `options`: steps, guidance, batch (see `sample`)."""
+    labels = [i % 10 for i in range(n)]
+    names = list(DIRECTIONS)
+    directions = [names[(i // 10) % len(names)] for i in range(n)]
+    videos = sample(pipe, labels, directions, seed=seed, **options)
+    return judge_videos(videos, torch.tensor(labels), _direction_ids(directions, n)) | {"n": n}
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 100000
+    batch: int = 8
+    lr: float = 1e-3
+    minutes: float = 32.0  # wall-clock cap; the checkpoint is saved whenever it stops
+    threads: int = 1
+    null_prob: float = 0.1  # prompt dropped to the null prompt, for CFG
+
+
+class _Trainable(nn.Module):
+    """The transformer and the prompt table, trained (and EMA-averaged, saved) together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = digits_video_transformer()
+        self.prompts = DigitPrompts()
+
+
+def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Module:
+    """Rectified flow (Wan's objective): x_t = (1 - s) x0 + s noise, predict noise - x0, s from a
+    logit-normal mixed with uniform. Fresh moving-digit videos every step from the train split only.
+    `init`: a checkpoint to fine-tune from. Keeps an EMA of the weights."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data = digits.load("train", side=DIGIT)
+    vae = FramePackVAE()
+    model = _Trainable().train()
+    if init is not None:
+        model.load_state_dict({k: v.float() for k, v in load_file(str(init)).items()})
+    ema = _Trainable().eval()
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    start = time.time()
+    for step in range(cfg.steps):
+        idx = torch.randint(len(data.labels), (cfg.batch,), generator=g)
+        dirs = torch.randint(len(DIRECTIONS), (cfg.batch,), generator=g)
+        videos = render(data.images[idx], trajectory_starts(dirs, g), dirs)
+        x0 = vae.encode_pixels(videos.transpose(1, 2))
+        s = torch.where(torch.rand(cfg.batch, generator=g) < 0.25, torch.rand(cfg.batch, generator=g),
+                        torch.sigmoid(torch.randn(cfg.batch, generator=g)))
+        noise = torch.randn(x0.shape, generator=g)
+        xt = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * noise
+        prompt = model.prompts(data.labels[idx], dirs)
+        drop = torch.rand(cfg.batch, generator=g) < cfg.null_prob
+        prompt = torch.where(drop[:, None, None], model.prompts.negative(cfg.batch), prompt)
+        pred = model.transformer(xt, timestep=s * 1000, encoder_hidden_states=prompt, return_dict=False)[0]
+        loss = nn.functional.mse_loss(pred, noise - x0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        lr = cfg.lr * min(1.0, (step + 1) / 100)  # short warm-up
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        decay = min(0.995, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        if step % 50 == 0:
+            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        if time.time() - start > cfg.minutes * 60:
+            print(f"time cap reached at step {step}", flush=True)
+            break
+    return ema
+
+
+def save_samples(pipe: Any, path: str = "docs/digits-video-samples.png", seed: int = 1) -> None:
+    """The docs figure: 8 videos (rows; classes 0..7, directions cycling), 13 frames each (columns)."""
+    from .train import save_grid
+
+    videos = sample(pipe, list(range(8)), seed=seed)
+    save_grid(videos.reshape(-1, 1, CANVAS, CANVAS), path, rows=len(videos))
+
+
+FINETUNE_MINUTES = 22.0  # the second stage of `reproduce` (seed + 1, from the first stage's checkpoint)
+
+
+def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps,
+              finetune_minutes: float = FINETUNE_MINUTES) -> None:
+    """`python -m accel.zoo.train digits-video`: train (`minutes`), save, fine-tune from that fp16
+    checkpoint with fresh data (seed + 1, `finetune_minutes`), save, evaluate, write the sample grid.
+    Both stages are wall-clock capped, so the step count (and the weights) depend on the machine's speed."""
+    from .train import save_state
+
+    save_state(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)), CHECKPOINT)
+    if finetune_minutes > 0:
+        stage2 = TrainConfig(seed=seed + 1, steps=steps, minutes=finetune_minutes)
+        save_state(train(stage2, init=CHECKPOINT), CHECKPOINT)
+    pipe = load()
+    torch.set_num_threads(2)
+    print("evaluate", evaluate(pipe, n=100, seed=0), flush=True)
+    save_samples(pipe)
