@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default flux)")
     p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
-    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated; 'auto' (default) = none + every method that supports the model")
+    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated; 'auto' (default) = none + every method that supports the model; "
+                   "'name:label' adds another row of a method, with options --option name:label.key=value")
     p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
     p.add_argument(
         "--peers", type=_csv, help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache"
@@ -149,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument(
+        "--accuracy-n",
+        type=int,
+        help="task-accuracy samples per row on trained reference models (default 100; 0 = off)",
+    )
+    p.add_argument(
         "--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)"
     )
     p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
@@ -156,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sparse_attn.bench import add_bench_attn_parser
     add_bench_attn_parser(sub)
+    from .bench.attention_quality import add_parser as add_attention_quality_parser
+    add_attention_quality_parser(sub)
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs accel[demo])")
     p.add_argument("--host", default="127.0.0.1")

@@ -11,7 +11,7 @@ from accel.method import Method
 from accel.steps import StepTracker
 from accel.target import PatchTarget
 
-from .span_cache import Span
+from .span_cache import Span, attach_spans
 
 
 class SpanCacheMethod(Method):
@@ -24,8 +24,7 @@ class SpanCacheMethod(Method):
         self.spans: list[Span] = []
         for d in target.denoisers:
             spans = self.make_spans(d.adapter.blocks(d.module), tracker)
-            for span in spans:
-                span.attach(journal, f"accel.{self.name}")
+            attach_spans(spans, journal, f"accel.{self.name}")
             self.spans += spans
 
     def reset_run(self) -> None:

@@ -8,6 +8,14 @@ residual: the span returns `current input + cached residual` without running a s
 State is per run and per CFG branch (the tracker's `branch`), so separate cond/uncond calls never mix,
 batched CFG and batch > 1 are cached as a whole, and a new call (new step count, new resolution) starts
 empty. A stored residual whose shape no longer matches the input is never used.
+
+Storing costs a subtraction (and, for TDC, a reduction) per computed span, so a span only stores when
+its method says a skip can still use it (`keeps`): with nothing to skip the cache costs the hooks alone.
+
+Spans may overlap (Δ-DiT's front and rear spans do when more than half the blocks are cached): each
+block gets one hook that serves every span holding it. A block passes through when any of its spans is
+skipped, and a span that was passed through by another one while computing stores nothing, so a
+residual is always that of the whole span, really computed.
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ class SpanState:
 
 # policy(span, state, step) -> skip this step?
 SkipPolicy = Callable[["Span", SpanState, int], bool]
+# keeps(state, step) -> may a later step reuse (or compare against) the residual computed at `step`?
+KeepPolicy = Callable[[SpanState, int], bool]
+
+
+def always_keep(state: SpanState, step: int) -> bool:
+    return True
 
 
 def relative_change(new: Residual, old: Residual) -> float:
@@ -64,20 +78,22 @@ class Span:
         counters: dict[str, Any],
         track_change: bool = False,
         name: str = "",
+        keeps: KeepPolicy = always_keep,
     ) -> None:
         self.blocks = blocks
         self.tracker = tracker
         self.policy = policy
+        self.keeps = keeps
         self.counters = counters
         self.track_change = track_change
         self.name = name or f"{blocks[0].name}..{blocks[-1].name}"
         self.ios: list[BlockIO] = [block_io(b.module) for b in blocks]
-        self.layouts: list[int | None] = [None] * len(
-            blocks
-        )  # each block's output layout, seen when computed
+        self.layouts: list[int | None] = [None] * len(blocks)  # each block's output layout, seen when computed
         self.states: dict[str, SpanState] = {}
         self.current = SpanState()
         self.skipping = False
+        self.storing = False
+        self.interrupted = False  # another span passed one of our blocks through while we computed
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -85,11 +101,7 @@ class Span:
     def reset(self) -> None:
         self.states.clear()
         self.current = SpanState()
-        self.skipping = False
-
-    def attach(self, journal: Journal, hook_name: str) -> None:
-        for i, ref in enumerate(self.blocks):
-            journal.add_model_hook(ref.module, SpanBlockHook(self, i), hook_name)
+        self.skipping = self.storing = self.interrupted = False
 
     # ---- called by the hooks ---------------------------------------------------------------
     def begin(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -104,19 +116,27 @@ class Span:
             and all(layout is not None for layout in self.layouts)
         )
         self.skipping = self.policy(self, state, step) and usable  # policy first: it may refuse to run
+        self.storing = self.interrupted = False
         if self.skipping:
             state.skips_in_a_row += 1
-            self.counters["blocks_skipped"] = self.counters.get("blocks_skipped", 0) + len(self)
         else:
-            state.hidden_in, state.encoder_in = hidden, encoder
             state.skips_in_a_row = 0
             state.refreshed_at = step
-        self.counters["block_calls"] = self.counters.get("block_calls", 0) + len(self)
+            self.storing = self.keeps(state, step)
+            if self.storing:
+                state.hidden_in, state.encoder_in = hidden, encoder
+            else:  # nothing can reuse this step's residual, and an older one must never be replayed
+                state.residual = None
+                state.change = None
         self.current = state
 
     def store(self, output: Any) -> None:
-        """At the span's last block, after computing: keep output - input."""
+        """At the span's last block, after computing: keep output - input (nothing if interrupted)."""
         state = self.current
+        if self.interrupted:  # part of the span was replayed by another span: not this span's residual
+            state.residual = state.change = None
+            state.hidden_in = state.encoder_in = None
+            return
         hidden, encoder = self.ios[-1].outputs(output)
         residual = (
             hidden - state.hidden_in,
@@ -132,26 +152,48 @@ class Span:
         return hidden + dh, (encoder + de if encoder is not None and de is not None else encoder)
 
 
-class SpanBlockHook(ModelHook):
-    """On each block of a span: compute normally, or pass through / replay when the span is skipped."""
+def attach_spans(spans: list[Span], journal: Journal, hook_name: str) -> None:
+    """One hook per block, serving every span that holds the block (in the order of `spans`)."""
+    members: dict[int, tuple[torch.nn.Module, list[tuple[Span, int]]]] = {}
+    for span in spans:
+        for i, ref in enumerate(span.blocks):
+            members.setdefault(id(ref.module), (ref.module, []))[1].append((span, i))
+    for module, spans_of_block in members.values():
+        journal.add_model_hook(module, SpanBlockHook(spans_of_block), hook_name)
 
-    def __init__(self, span: Span, index: int) -> None:
+
+class SpanBlockHook(ModelHook):
+    """On a block: compute normally, or pass through (replaying at a span's last block) when a span
+    holding it is skipped; after computing, store the residual of each span that ends here."""
+
+    def __init__(self, spans: list[tuple[Span, int]]) -> None:
         super().__init__()
-        self.span = span
-        self.index = index
-        self.last = index == len(span) - 1
+        self.spans = spans  # (span, index of this block in the span)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        span, i = self.span, self.index
-        if i == 0:
-            span.begin(module, args, kwargs)
-        if span.skipping:
+        for span, i in self.spans:
+            if i == 0:
+                span.begin(module, args, kwargs)
+        skipped = [(span, i) for span, i in self.spans if span.skipping]
+        counters = self.spans[0][0].counters  # counted per block, so overlapping spans count once
+        counters["block_calls"] = counters.get("block_calls", 0) + 1
+        if skipped:
+            counters["blocks_skipped"] = counters.get("blocks_skipped", 0) + 1
+            span, i = skipped[0]
             hidden, encoder = span.ios[i].inputs(module, args, kwargs)
-            if self.last:
-                hidden, encoder = span.replay(hidden, encoder)
+            for other, j in skipped:
+                if j == len(other) - 1:
+                    hidden, encoder = other.replay(hidden, encoder)
+            for other, j in self.spans:
+                if not other.skipping:
+                    other.interrupted = True
+                    if j == len(other) - 1 and other.storing:
+                        other.store(None)  # drops the residual: the span did not really run
             return span.ios[i].pack(span.layouts[i], hidden, encoder)
         output = self.fn_ref.original_forward(*args, **kwargs)
-        span.layouts[i] = BlockIO.layout(output)
-        if self.last:
-            span.store(output)
+        layout = BlockIO.layout(output)
+        for span, i in self.spans:
+            span.layouts[i] = layout
+            if i == len(span) - 1 and span.storing:
+                span.store(output)
         return output

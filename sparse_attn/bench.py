@@ -270,6 +270,10 @@ def _cmd(args: argparse.Namespace) -> int:
     (out / "bench-attn.json").write_text(json.dumps(result, indent=2))
     (out / "bench-attn.md").write_text(text)
     print(f"wrote {out / 'bench-attn.json'}, {out / 'bench-attn.md'}")
+    if args.doc:  # the generated table into the docs (accel's report helper; only the CLI needs it)
+        from accel.bench.report import update_doc
+
+        update_doc(Path(args.doc), args.doc_key or "bench-attn", "### Block-sparse attention and PISA (accel bench-attn)\n\n" + text)
     return 0
 
 
@@ -277,6 +281,8 @@ def add_bench_attn_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     """Register `bench-attn` on the `accel` command's subparsers."""
     p = subparsers.add_parser("bench-attn", help="block-sparse attention vs dense SDPA, FlexAttention, xformers")
     p.add_argument("--seq-lens", type=_ints, default=[4096, 16384], help="comma-separated (default 4096,16384)")
+    p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
+    p.add_argument("--doc-key", default=None, help="section name in --doc (default bench-attn)")
     p.add_argument("--head-dims", type=_ints, default=[64], help="comma-separated (default 64)")
     p.add_argument("--densities", type=_floats, default=[0.125, 0.5], help="kept fraction of key blocks")
     p.add_argument("--batch", type=int, default=1)

@@ -151,5 +151,39 @@ def test_quick_keeps_fixed_size_models_at_their_size():
     from accel.bench import quick
 
     assert quick(BenchSpec(model="dit", steps=20)).height is None
+    assert quick(BenchSpec(model="digits-image")).accuracy_n == 50 and quick(BenchSpec(accuracy_n=0)).accuracy_n == 0
     q = quick(BenchSpec(model="wan", steps=20))
     assert (q.steps, q.repeat, q.frames) == (8, 1, 17)
+
+
+@pytest.fixture(scope="module")
+def trained_result():
+    spec = BenchSpec(
+        model="digits-image", steps=4, repeat=1, peers=("fewer-steps",), methods=("none", "delta-dit"),
+        method_options={"delta-dit": {"interval": 2, "warmup": 1}}, accuracy_n=10, progress=False,
+        profile_attention=False,
+    )
+    return run(spec)
+
+
+def test_trained_models_get_task_accuracy_per_row(trained_result, tmp_path):
+    rows = {r.label: r for r in trained_result.rows}
+    assert {"baseline", "none", "delta-dit"} <= set(rows) and any(r.kind == "fewer-steps" for r in rows.values())
+    for r in rows.values():
+        assert 0.0 <= r.accuracy <= 1.0
+        assert r.accuracy_delta_pts == pytest.approx(100 * (r.accuracy - rows["baseline"].accuracy))
+    assert rows["none"].accuracy == rows["baseline"].accuracy  # exact patch, same samples: same accuracy
+    assert trained_result.model["task_accuracy"] == {"samples": 10, "seed": 0}
+    table = markdown(trained_result)
+    assert "task accuracy %" in table and "(digits-image" not in table and "(DiTPipeline, trained)" in table
+    assert f"| {100 * rows['baseline'].accuracy:.1f} (+0.0) |" in table
+    paths = write_all(trained_result, tmp_path)
+    by_label = {r["label"]: r for r in csv.DictReader(paths["csv"].open())}
+    assert float(by_label["none"]["accuracy"]) == rows["none"].accuracy
+    assert json.loads(paths["json"].read_text())["rows"][0]["accuracy"] == rows["baseline"].accuracy
+
+
+def test_random_weight_models_have_no_accuracy_and_bad_counts_are_refused(result):
+    assert all(r.accuracy is None for r in result.rows) and "task accuracy" not in markdown(result)
+    with pytest.raises(ValueError, match="accuracy_n=-1"):
+        BenchSpec(model="digits-image", accuracy_n=-1)

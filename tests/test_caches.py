@@ -106,7 +106,7 @@ def test_batch_of_two_skips_the_same_blocks(tiny):
 
 def test_tdc_skips_stable_blocks_at_most_max_skips_in_a_row(tiny):
     pipe = tiny("flux")  # 2 dual + 2 single blocks; the middle two are cached
-    handle = accel.patch(pipe, method="tdc", threshold=1e6, max_skips=2, warmup=2)
+    handle = accel.patch(pipe, method="tdc", threshold=1e6, max_skips=2, warmup=2, protected_blocks=1)
     seen, hooks = _computed_steps(handle, pipe)
     generate(pipe, steps=9)
     for h in hooks:
@@ -155,3 +155,80 @@ def test_hand_written_loop_needs_the_step_count(bare_dit):
         model(x, timestep=torch.tensor([t]), class_labels=labels)
     assert handle.stats()["delta-dit"]["blocks_skipped"] > 0
     handle.unpatch()
+
+
+def test_overlapping_spans_skip_each_block_once_and_store_only_whole_spans():
+    """digits-image has 4 blocks; cached_blocks=3 makes the front (0-2) and rear (1-3) spans overlap."""
+    pipe = accel.zoo.load("digits-image")
+    handle = accel.patch(pipe, method="delta-dit", cached_blocks=3, interval=3, boundary=0.6, warmup=2)
+    seen, hooks = _computed_steps(handle, pipe)
+    generate(pipe, steps=10)
+    for h in hooks:
+        h.remove()
+    # rear skips 2, 3, 5; its stage ends at 6. The front residual of step 5 is not stored (the rear
+    # replayed blocks 1-2 then), so the front computes at 6 and replays it at 7 and 8.
+    assert [s for s, _ in seen["transformer_blocks.0"]] == [0, 1, 2, 3, 4, 5, 6, 9]
+    assert [s for s, _ in seen["transformer_blocks.1"]] == [0, 1, 4, 6, 9]
+    assert [s for s, _ in seen["transformer_blocks.2"]] == [0, 1, 4, 6, 9]
+    assert [s for s, _ in seen["transformer_blocks.3"]] == [0, 1, 4, 6, 7, 8, 9]
+    assert handle.stats()["delta-dit"] == {"block_calls": 40, "blocks_skipped": 15, "skip_rate": 0.375}
+    handle.unpatch()
+
+
+def test_overlapping_spans_with_interval_one_are_exact():
+    pipe = accel.zoo.load("digits-image")
+    reference = generate(pipe, steps=5)
+    with accel.patch(pipe, method="delta-dit", cached_blocks=3, interval=1) as handle:
+        assert torch.equal(generate(pipe, steps=5), reference)
+        assert handle.stats()["delta-dit"]["blocks_skipped"] == 0
+
+
+def test_residuals_are_stored_only_where_a_later_step_can_use_them(tiny, monkeypatch):
+    from caches.span_cache import Span
+
+    stored = []
+    original = Span.store
+    monkeypatch.setattr(Span, "store", lambda self, out: (stored.append(self.tracker.step), original(self, out)))
+    pipe = tiny("pixart-alpha")
+    reference = generate(pipe, steps=10)
+    for method, options in (("delta-dit", {"interval": 1}), ("tdc", {"threshold": 0.0, "protected_blocks": 0})):
+        with accel.patch(pipe, method=method, **options) as handle:  # nothing can be skipped: exact, no stores
+            assert torch.equal(generate(pipe, steps=10), reference)
+            assert stored == [] and handle.stats()[method]["blocks_skipped"] == 0
+    with accel.patch(pipe, method="delta-dit", interval=3, boundary=0.6, warmup=2):
+        generate(pipe, steps=10)
+    # the schedule of test_delta_dit_stage_schedule_rear_early_front_late: the rear replays at 2-3 and 5
+    # (stored at 1 and 4), the front at 6-7 and 9 (stored at 5 and 8); the other 10 computes store nothing
+    assert sorted(stored) == [1, 4, 5, 8]
+    with pytest.raises(accel.InvalidOptionError, match="threshold"):
+        accel.patch(pipe, method="tdc", threshold=-0.1)
+    with pytest.raises(accel.InvalidOptionError, match=r"protected_blocks=1 leaves no block .* 2 blocks"):
+        accel.patch(pipe, method="tdc", protected_blocks=1)
+    assert accel.patch_of(pipe) is None
+
+
+def test_size_aware_defaults():
+    from caches.delta_dit import default_cached_blocks
+    from caches.tdc import default_protected_blocks
+
+    assert [default_cached_blocks(n) for n in (1, 2, 4, 28, 57)] == [1, 1, 3, 21, 42]
+    assert [default_protected_blocks(n) for n in (2, 4, 9, 10, 28, 40)] == [0, 0, 0, 1, 2, 4]
+
+
+def test_no_skip_path_adds_no_tensor_operations(tiny):
+    """Overhead when nothing can be skipped is the hooks' Python alone: not one aten op more than the
+    patch machinery (`none`: the step tracker) runs."""
+    from torch.profiler import profile
+
+    pipe = tiny("pixart-alpha")
+
+    def aten_ops() -> int:
+        with profile() as prof:
+            generate(pipe, steps=4)
+        return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+    with accel.patch(pipe, method="none"):
+        baseline = aten_ops()
+    for method, options in (("delta-dit", {"interval": 1}), ("tdc", {"threshold": 0.0, "protected_blocks": 0})):
+        with accel.patch(pipe, method=method, **options):
+            assert aten_ops() == baseline, method

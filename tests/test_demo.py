@@ -12,7 +12,7 @@ import pytest
 import accel
 from accel.demo import DemoSession, Settings
 from accel.demo.app import _options
-from accel.demo.render import TABLE_HEADERS, render
+from accel.demo.render import TABLE_HEADERS, render, table
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -40,6 +40,20 @@ def test_render_gives_images_heatmaps_and_a_table(session, tmp_path):
     gallery, heat, rows = render(c, tmp_path)
     assert [Path(p).suffix for p, _ in gallery] == [".gif", ".gif"]  # videos as animated clips
     assert Path(heat[0][0]).exists() and len(rows) == 2 and len(rows[0]) == len(TABLE_HEADERS)
+
+
+def test_trained_models_show_task_accuracy_and_its_change(session):
+    c = session.compare(Settings("digits-image", steps=4, accuracy_n=10), ["delta-dit"], {"delta-dit": {"interval": 1}})
+    base, exact = c.baseline, c.methods[0]
+    assert base.accuracy is not None and 0 <= base.accuracy <= 1
+    assert exact.accuracy == base.accuracy and exact.accuracy_delta_pts == 0  # interval 1 is exact
+    rows = {r[0]: r for r in table(c)}
+    col = TABLE_HEADERS.index("task accuracy")
+    assert rows["baseline"][col] == f"{100 * base.accuracy:.1f}%" and rows["delta-dit"][col].endswith("(+0.0)")
+    plain = session.compare(Settings("pixart-alpha", steps=2), ["delta-dit"])
+    assert plain.methods[0].accuracy is None and table(plain)[1][col] == "-"
+    with pytest.raises(accel.InvalidOptionError, match="accuracy_n=-1"):
+        Settings("digits-image", accuracy_n=-1)
 
 
 def test_bad_options_and_models_raise_clear_errors(session):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .accuracy import has_task
 from .runner import BenchResult, RowResult
 
 
@@ -34,15 +35,31 @@ def _psnr(row: RowResult) -> str:
     return _fmt(row.fidelity.get("psnr"))
 
 
+def _accuracy(row: RowResult) -> str:
+    """`98.0 (-1.0)`: task accuracy in percent and its change from the baseline in points."""
+    if row.accuracy is None:
+        return "-"
+    delta = "" if row.accuracy_delta_pts is None else f" ({row.accuracy_delta_pts:+.1f})"
+    return f"{100 * row.accuracy:.1f}{delta}"
+
+
 def markdown(result: BenchResult, command: str | None = None) -> str:
     spec = result.spec
+    task = result.model.get("task_accuracy")
     head = f"Command: `{command}`\n\n" if command else ""
+    size = "trained" if task or has_task(spec.model) else spec.size
     head += (
-        f"model `{spec.model}` ({result.model['pipeline']}, {spec.size}), {spec.steps} steps, seeds "
+        f"model `{spec.model}` ({result.model['pipeline']}, {size}), {spec.steps} steps, seeds "
         f"{','.join(map(str, spec.seeds))}, repeat {spec.repeat}, {spec.dtype}, device: {result.env['device']}\n\n"
     )
+    if task:
+        head += (
+            f"Task accuracy: the entry's judge over {task['samples']} samples (seed {task['seed']}) per row, "
+            "each row with its own steps and patch, outside the timed runs; in brackets the change from the "
+            "baseline in points.\n\n"
+        )
     cols = ["row", "steps", "latency s (median [min-max])", "speedup", "attention s (share)", "peak MB",
-            "PSNR dB", "SSIM", "rel L1", "stats / note"]
+            "PSNR dB", "SSIM", "rel L1", *(["task accuracy %"] if task else []), "stats / note"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result.rows:
         if r.status != "ok":
@@ -53,7 +70,8 @@ def markdown(result: BenchResult, command: str | None = None) -> str:
         cells = [
             r.label, str(r.steps), f"{lat['median']:.3f} [{lat['min']:.3f}-{lat['max']:.3f}]",
             f"{r.speedup:.2f}x" if r.speedup else "-", attn, _fmt(r.peak_mem_mb, 1), _psnr(r),
-            _fmt(r.fidelity.get("ssim"), 4), _fmt(r.fidelity.get("rel_l1"), 4), _stat_summary(r.stats) or r.note,
+            _fmt(r.fidelity.get("ssim"), 4), _fmt(r.fidelity.get("rel_l1"), 4),
+            *([_accuracy(r)] if task else []), _stat_summary(r.stats) or r.note,
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
@@ -61,7 +79,8 @@ def markdown(result: BenchResult, command: str | None = None) -> str:
 
 def write_csv(result: BenchResult, path: Path) -> None:
     fields = ["label", "kind", "steps", "status", "latency_median_s", "latency_min_s", "latency_max_s", "speedup",
-              "attention_s", "attention_share", "peak_mem_mb", "psnr", "identical", "ssim", "rel_l1", "lpips"]
+              "attention_s", "attention_share", "peak_mem_mb", "psnr", "identical", "ssim", "rel_l1", "lpips",
+              "accuracy", "accuracy_delta_pts"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -72,6 +91,7 @@ def write_csv(result: BenchResult, path: Path) -> None:
                 "latency_max_s": r.latency_s.get("max"), "speedup": r.speedup, "attention_s": r.attention_s,
                 "attention_share": r.attention_share, "peak_mem_mb": r.peak_mem_mb,
                 **{k: r.fidelity.get(k) for k in ("psnr", "identical", "ssim", "rel_l1", "lpips")},
+                "accuracy": r.accuracy, "accuracy_delta_pts": r.accuracy_delta_pts,
             })
 
 

@@ -1,8 +1,8 @@
 """`accel bench`: every row in one process, same seeds, interleaved repeats, after warm-up.
 
 Per row: end-to-end latency (median, min, max), speedup over the baseline, time in attention, peak
-memory, fidelity of the final output against the baseline's output at the same seed, and the method's
-own stats. A "fewer steps" row, timed to match the fastest accelerated row, is the honest baseline for
+memory, fidelity of the final output against the baseline's output at the same seed, the method's own
+stats and, on trained reference models, task accuracy (measured after the timed repeats, never in them). A "fewer steps" row, timed to match the fastest accelerated row, is the honest baseline for
 any caching method.
 """
 
@@ -20,6 +20,7 @@ import accel
 from accel import zoo
 
 from . import variants as V
+from .accuracy import has_task, task_accuracy
 from .measure import attention_seconds, timed
 from .metrics import fidelity
 
@@ -33,7 +34,7 @@ class BenchSpec:
 
     model: str = "flux"  # a zoo name, a local directory, or a hub id already in the local cache
     size: str = "bench"  # zoo size: "tiny" or "bench"
-    methods: tuple[str, ...] = ("auto",)  # "auto": none + every method that supports the model
+    methods: tuple[str, ...] = ("auto",)  # "auto": none + every method that supports it; "name:label": a 2nd row
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     peers: tuple[str, ...] = DEFAULT_PEERS  # "fewer-steps" and diffusers caches: fbc, taylorseer, pab, fastercache
     backends: tuple[str, ...] = ()  # extra dense attention backends: sdpa, flex, xformers
@@ -50,6 +51,7 @@ class BenchSpec:
     output_type: str = "latent"
     profile_attention: bool = True
     progress: bool = True
+    accuracy_n: int = 100  # task-accuracy samples per row on trained reference models; 0 = off
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -60,6 +62,14 @@ class BenchSpec:
             raise accel.InvalidOptionError("bench: steps and repeat must be >= 1, warmup >= 0, and seeds non-empty")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise accel.InvalidOptionError(f"bench: device={self.device!r}; expected cpu or cuda")
+        if self.accuracy_n < 0:
+            raise accel.InvalidOptionError(
+                f"bench: accuracy_n={self.accuracy_n}; expected 0 (off) or a positive sample count"
+            )
+
+    @property
+    def measures_accuracy(self) -> bool:
+        return self.accuracy_n > 0 and has_task(self.model)
 
 
 @dataclass
@@ -78,6 +88,8 @@ class RowResult:
     fidelity: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    accuracy: float | None = None  # task accuracy in [0, 1] (trained reference models only)
+    accuracy_delta_pts: float | None = None  # accuracy minus the baseline's, in percentage points
 
 
 @dataclass
@@ -212,6 +224,24 @@ class _Bench:
             row.attention_s, row.attention_share = attn, (attn / total if total > 0 else None)
             bar.update(1)
 
+    def accuracy(self, bar: tqdm) -> None:
+        """Task accuracy of every row on the same samples (first seed), each with its own steps."""
+        spec = self.spec
+        for variant, row in self.rows:
+            if row.status != "ok":
+                continue
+            handle = variant.enable(self.pipe)
+            try:
+                with torch.inference_mode():
+                    row.accuracy = task_accuracy(spec.model, self.pipe, spec.accuracy_n, spec.seeds[0], variant.steps)
+            finally:
+                variant.disable(self.pipe, handle)
+            bar.update(1)
+        base = next((r.accuracy for _, r in self.rows if r.label == "baseline"), None)
+        for _, row in self.rows:
+            if row.accuracy is not None and base is not None:
+                row.accuracy_delta_pts = 100 * (row.accuracy - base)
+
     def summarize(self) -> None:
         base_times = self.times.get("baseline")
         base_median = statistics.median(base_times) if base_times else None
@@ -286,9 +316,9 @@ def _expand_methods(names: tuple[str, ...], pipe: Any) -> list[str]:
 
 
 def quick(spec: BenchSpec) -> BenchSpec:
-    """`--quick`: the same rows at half the zoo resolution (a quarter of the tokens), at most 8 steps and
-    one repeat: under two minutes on a 2-core CPU for the default model."""
-    changes: dict[str, Any] = {"steps": min(spec.steps, 8), "repeat": 1}
+    """`--quick`: the same rows at half the zoo resolution (a quarter of the tokens), at most 8 steps,
+    one repeat and at most 50 task-accuracy samples: under two minutes on a 2-core CPU for the default model."""
+    changes: dict[str, Any] = {"steps": min(spec.steps, 8), "repeat": 1, "accuracy_n": min(spec.accuracy_n, 50)}
     changes["fewer_steps"] = tuple(k for k in spec.fewer_steps if k < changes["steps"])
     from accel.zoo.families import ENTRIES  # random-weight entries; trained ones keep their size
 
@@ -328,6 +358,7 @@ def run(spec: BenchSpec) -> BenchResult:
     n_rows = len(bench.rows)
     total = n_rows * (max(1, spec.warmup) + spec.repeat * len(spec.seeds) + int(spec.profile_attention))
     total += 2 * n_rows if "fewer-steps" in spec.peers else 0  # calibration, and the rows it adds
+    total += 2 * n_rows if spec.measures_accuracy else 0
     with tqdm(total=total, desc=f"accel bench {spec.model}", disable=not spec.progress, leave=False) as bar:
         bench.warm_up(bar)
         matched = _fewer_steps(bench, bench.calibrate(bar)) if "fewer-steps" in spec.peers else []
@@ -339,6 +370,8 @@ def run(spec: BenchSpec) -> BenchResult:
         bench.warm_up(bar)
         bench.repeats(bar)
         bench.profile(bar)
+        if spec.measures_accuracy:
+            bench.accuracy(bar)
     bench.summarize()
 
     from ..info import info
@@ -351,4 +384,6 @@ def run(spec: BenchSpec) -> BenchResult:
         "call": {k: v for k, v in _call_kwargs(bench.pipe, spec, spec.steps, 0).items()
                  if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
     }
+    if spec.measures_accuracy:
+        model["task_accuracy"] = {"samples": spec.accuracy_n, "seed": spec.seeds[0]}
     return BenchResult(spec, info(), model, [r for _, r in bench.rows])

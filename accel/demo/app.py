@@ -61,7 +61,9 @@ def build_app(session: DemoSession | None = None) -> Any:
                     label="model (zoo name, local path or cached hub id)",
                 )
                 size = gr.Radio(["tiny", "bench"], value="tiny", label="zoo size")
-                methods = gr.CheckboxGroup([m.name for m in infos], value=[infos[0].name], label="methods")
+                names = [m.name for m in infos]
+                first = "delta-dit" if "delta-dit" in names else names[0]  # a fixed default, not registration order
+                methods = gr.CheckboxGroup(names, value=[first], label="methods")
                 with gr.Row():
                     steps = gr.Number(value=10, precision=0, label="steps")
                     seed = gr.Number(value=0, precision=0, label="seed")

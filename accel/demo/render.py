@@ -58,6 +58,14 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "inf (identical)" if math.isinf(x) else f"{x:.{digits}f}"
 
 
+def _accuracy(r: Result) -> str:
+    """`95.0% (-5.0)`: task accuracy and its change from the baseline in points; `-` without a judge."""
+    if r.accuracy is None:
+        return "-"
+    delta = "" if r.accuracy_delta_pts is None else f" ({r.accuracy_delta_pts:+.1f})"
+    return f"{100 * r.accuracy:.1f}%{delta}"
+
+
 def table(c: Comparison) -> list[list[str]]:
     """One row per result: latency, speedup, PSNR, SSIM, accuracy, the method's headline stats."""
     rows = []
@@ -79,7 +87,7 @@ def table(c: Comparison) -> list[list[str]]:
                 _num(r.speedup) + "x",
                 _num(r.psnr),
                 _num(r.ssim, 4),
-                _num(r.accuracy),
+                _accuracy(r),
                 summary,
             ]
         )

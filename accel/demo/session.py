@@ -2,7 +2,9 @@
 
 `DemoSession.compare` runs the baseline (cached per model, settings and seed, so switching methods is
 quick) and each requested method with the same seed, and returns outputs, latencies, speedups,
-PSNR/SSIM against the baseline, the methods' stats, and task accuracy where a judge exists.
+PSNR/SSIM against the baseline, the methods' stats, and task accuracy where a judge exists (the trained
+reference entries: the same evaluation as `accel bench`, on `Settings.accuracy_n` samples, so it stays
+interactive).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 import accel
 from accel import zoo
+from accel.bench.accuracy import has_task, task_accuracy
 from accel.bench.metrics import psnr, ssim
 
 
@@ -30,6 +33,13 @@ class Settings:
     height: int | None = None
     width: int | None = None
     frames: int | None = None
+    accuracy_n: int = 20  # task-accuracy samples on trained reference models; 0 = off
+
+    def __post_init__(self) -> None:
+        if self.accuracy_n < 0:
+            raise accel.InvalidOptionError(
+                f"demo: accuracy_n={self.accuracy_n}; expected 0 (off) or a positive sample count"
+            )
 
 
 @dataclass
@@ -40,7 +50,8 @@ class Result:
     speedup: float | None = None
     psnr: float | None = None
     ssim: float | None = None
-    accuracy: float | None = None
+    accuracy: float | None = None  # task accuracy in [0, 1], trained reference models only
+    accuracy_delta_pts: float | None = None  # change from the baseline's accuracy, in points
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,10 +94,20 @@ class DemoSession:
         seconds = time.perf_counter() - start
         return out[0].float().clamp(0, 1).cpu(), seconds
 
+    def _accuracy(self, pipe: Any, s: Settings) -> float | None:
+        """Untimed: runs after the generation whose latency is reported."""
+        if s.accuracy_n == 0 or not has_task(s.model):
+            return None
+        with torch.inference_mode():
+            return task_accuracy(s.model, pipe, s.accuracy_n, s.seed, s.steps)
+
     def baseline(self, s: Settings) -> Result:
         if s not in self._baselines:
-            out, seconds = self._run(self.pipeline(s.model, s.size), s)
-            self._baselines[s] = Result("baseline", out, seconds, speedup=1.0, stats={"cached": False})
+            pipe = self.pipeline(s.model, s.size)
+            out, seconds = self._run(pipe, s)
+            self._baselines[s] = Result(
+                "baseline", out, seconds, speedup=1.0, accuracy=self._accuracy(pipe, s), stats={"cached": False}
+            )
         return self._baselines[s]
 
     def accelerated(self, s: Settings, method: str, options: dict[str, Any], base: Result) -> Result:
@@ -94,7 +115,9 @@ class DemoSession:
         with accel.patch(pipe, method=method, **options) as handle:
             out, seconds = self._run(pipe, s)
             stats = handle.stats()
+            accuracy = self._accuracy(pipe, s)
         stats.pop("methods", None)
+        delta = None if accuracy is None or base.accuracy is None else 100 * (accuracy - base.accuracy)
         return Result(
             method,
             out,
@@ -102,6 +125,8 @@ class DemoSession:
             speedup=base.seconds / seconds,
             psnr=psnr(base.output, out, data_range=1.0),
             ssim=ssim(base.output, out, data_range=1.0, frame_axis=1),
+            accuracy=accuracy,
+            accuracy_delta_pts=delta,
             stats=stats,
         )
 
