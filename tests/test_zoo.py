@@ -102,6 +102,8 @@ def test_names_and_resolutions():
         "sd3",
         "cogvideox",
         "digits-image",  # trained entries come last
+        "digits-video",
+        "digits-vqa",
     ]
     for name in RANDOM_WEIGHT:
         for size in ("tiny", "bench"):
