@@ -32,26 +32,38 @@ class AttentionPath:
         return f"{text}: {self.note}" if self.note else text
 
 
-_lock = threading.Lock()
-_last: AttentionPath | None = None
-_logged: set[tuple[str, str, str]] = set()
+class PathLog:
+    """The last path one kind of call took, in this process; each (kernel, precision, device) is logged
+    once, fallbacks (a `note`) as warnings. The engine and the search each keep one."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.last: AttentionPath | None = None
+        self._logged: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    def record(self, path: AttentionPath) -> None:
+        with self._lock:
+            self.last = path
+            key = (path.kernel, path.precision, path.device)
+            if key in self._logged:
+                return
+            self._logged.add(key)
+        if path.note:
+            logger.warning("accel: %s falls back to %s", self.what, path)
+        else:
+            logger.info("accel: %s runs on %s", self.what, path)
+
+
+_engine = PathLog("block-sparse attention")
+_logged = _engine._logged  # the engine's already-logged paths (tests clear it)
 
 
 def record(path: AttentionPath) -> None:
     """Remember `path` as the last one taken; log it the first time it is seen."""
-    global _last
-    with _lock:
-        _last = path
-        key = (path.kernel, path.precision, path.device)
-        if key in _logged:
-            return
-        _logged.add(key)
-    if path.note:
-        logger.warning("accel: block-sparse attention falls back to %s", path)
-    else:
-        logger.info("accel: block-sparse attention runs on %s", path)
+    _engine.record(path)
 
 
 def last_path() -> AttentionPath | None:
     """The path of the most recent `block_sparse_attention` call in this process (None before any)."""
-    return _last
+    return _engine.last

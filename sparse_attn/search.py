@@ -34,14 +34,13 @@ Statistics (scores, LSE, mass) are fp32 for fp32/fp16/bf16 inputs. Calls run in 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from .attention import _check_qkv
 from .blocks import BlockSize, block_sizes, num_blocks
-from .paths import AttentionPath
+from .paths import AttentionPath, PathLog
 from .selection import forced_blocks
 
 logger = logging.getLogger("accel")
@@ -58,28 +57,13 @@ DensityPerHead = float | Sequence[float] | torch.Tensor
 
 # -- which path ran ---------------------------------------------------------------------------------------
 
-_lock = threading.Lock()
-_last: AttentionPath | None = None
-_logged: set[tuple[str, str, str]] = set()
-
-
-def _record(path: AttentionPath) -> None:
-    global _last
-    with _lock:
-        _last = path
-        key = (path.kernel, path.precision, path.device)
-        if key in _logged:
-            return
-        _logged.add(key)
-    if path.note:
-        logger.warning("accel: block search falls back to %s", path)
-    else:
-        logger.info("accel: block search runs on %s", path)
+_paths = PathLog("block search")
+_record = _paths.record
 
 
 def last_search_path() -> AttentionPath | None:
     """The path of the most recent search call (`dense_attention_with_block_mass` or `block_mass`)."""
-    return _last
+    return _paths.last
 
 
 def _torch_precision(dtype: torch.dtype) -> str:
