@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'name:label' adds another row of a method, with options --option name:label.key=value")
     p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
     p.add_argument(
-        "--peers", type=_csv, help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache"
+        "--peers", type=_csv,
+        help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache; fbc@T: FirstBlockCache at threshold T"
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_csv, help="explicit step counts for fewer-steps rows")

@@ -153,7 +153,7 @@ def test_quick_keeps_fixed_size_models_at_their_size():
     assert quick(BenchSpec(model="dit", steps=20)).height is None
     assert quick(BenchSpec(model="digits-image")).accuracy_n == 50 and quick(BenchSpec(accuracy_n=0)).accuracy_n == 0
     q = quick(BenchSpec(model="wan", steps=20))
-    assert (q.steps, q.repeat, q.frames) == (8, 1, 17)
+    assert (q.steps, q.repeat, q.frames) == (8, 1, 41)  # half of the bench size's 81 frames (1 + 4k)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,14 @@ def test_random_weight_models_have_no_accuracy_and_bad_counts_are_refused(result
     assert all(r.accuracy is None for r in result.rows) and "task accuracy" not in markdown(result)
     with pytest.raises(ValueError, match="accuracy_n=-1"):
         BenchSpec(model="digits-image", accuracy_n=-1)
+
+
+def test_fbc_peer_takes_a_threshold_and_bad_peers_are_named():
+    from accel.bench import variants
+    from accel.errors import InvalidOptionError
+
+    assert variants.parse_peer("fbc") == ("fbc", None)
+    assert variants.parse_peer("fbc@0.25") == ("fbc", 0.25)
+    for bad in ("fbc@x", "fbc@-1", "pab@0.1", "teacache"):
+        with pytest.raises(InvalidOptionError, match=bad.replace(".", r"\.")):
+            variants.parse_peer(bad)

@@ -76,13 +76,16 @@ def test_training_batch_supervises_only_answers() -> None:
     tok = digits_vqa.tokenizer()
     tok.padding_side = "right"
     data = digits.load("train")
-    batch = digits_vqa._training_batch(data, tok, 3, torch.Generator().manual_seed(0))
+    batch, grid_digits = digits_vqa._training_batch(data, tok, 3, torch.Generator().manual_seed(0))
     labels, ids = batch["labels"], batch["input_ids"]
+    assert grid_digits.shape == (3, 4)
     quadrants = [p.replace(" ", "-") for p in digits_vqa.POSITIONS]
     for b in range(3):
         supervised = tok.convert_ids_to_tokens(labels[b][labels[b] != -100].tolist())
         assert sorted(supervised[0::3]) == sorted(quadrants)  # all four quadrants asked, one turn each
         assert all(t in "0123456789" for t in supervised[1::3]) and supervised[2::3] == ["</s>"] * 4
+        answers = dict(zip(supervised[0::3], supervised[1::3], strict=True))
+        assert [answers[q] for q in quadrants] == [str(d) for d in grid_digits[b].tolist()]
         tokens = tok.convert_ids_to_tokens(ids[b].tolist())
         first_turn = tokens[: tokens.index("ASSISTANT") + 2]
         asked = digits_vqa.POSITIONS[quadrants.index(supervised[0])]
@@ -91,6 +94,25 @@ def test_training_batch_supervises_only_answers() -> None:
     assert (ids == tok.convert_tokens_to_ids("<image>")).sum(dim=1).tolist() == [256] * 3
     assert tok.unk_token_id not in ids.flatten().tolist()
     assert batch["pixel_values"].shape == (3, 3, 64, 64)
+
+
+def test_quadrant_probe_pools_each_quadrant_and_leaves_no_hook() -> None:
+    model = digits_vqa.build()
+    probe = digits_vqa.QuadrantProbe(model)
+    # projected image tokens whose value is their quadrant's index (row-major 16x16 patches)
+    quadrant = torch.tensor([[2 * (r // 8) + c // 8 for c in range(16)] for r in range(16)], dtype=torch.float32)
+    probe._tokens = quadrant.reshape(1, 256, 1).expand(1, 256, model.config.text_config.hidden_size)
+    with torch.no_grad():
+        probe.head.weight.zero_()
+        probe.head.weight[:4, 0] = torch.tensor([0.0, 10.0, 20.0, 30.0])  # logit of class c = c * 10 * token value
+        probe.head.bias.zero_()
+    # the mean token of quadrant i is i, so the probe's logits there are [0, 10i, 20i, 30i, 0...]: class 3
+    # wins except in quadrant 0 (all zero); the loss is small only if each quadrant is pooled on its own
+    low = probe.loss(torch.tensor([[0, 3, 3, 3]])).item()
+    high = probe.loss(torch.tensor([[0, 0, 0, 0]])).item()
+    assert low < 0.7 < 5 < high
+    probe.remove()
+    assert not model.model.multi_modal_projector._forward_hooks
 
 
 def test_fingerprint(model: transformers.LlavaForConditionalGeneration) -> None:

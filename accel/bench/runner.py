@@ -8,7 +8,9 @@ any caching method.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -23,6 +25,8 @@ from . import variants as V
 from .accuracy import has_task, task_accuracy
 from .measure import attention_seconds, timed
 from .metrics import fidelity
+
+logger = logging.getLogger("accel")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_PEERS = ("fewer-steps", *V.DIFFUSERS_CACHES)
@@ -332,6 +336,10 @@ def quick(spec: BenchSpec) -> BenchSpec:
 
 def run(spec: BenchSpec) -> BenchResult:
     """Run the benchmark described by `spec` and return every row."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None and spec.device == "cpu" and load >= 1.0:
+        logger.warning("accel bench: the 1-minute load average is %.1f before the run; other processes share the "
+                       "CPU, so the ratios will be noisy", load)
     bench = _Bench(spec)
     bench.add(V.baseline(spec.steps))
     for name in _expand_methods(spec.methods, bench.pipe):
@@ -339,15 +347,12 @@ def run(spec: BenchSpec) -> BenchResult:
     for peer in spec.peers:
         if peer == "fewer-steps":
             continue
-        if peer not in V.DIFFUSERS_CACHES:
-            raise accel.InvalidOptionError(
-                f"bench: peer {peer!r} is unknown; choose from fewer-steps, {', '.join(V.DIFFUSERS_CACHES)}"
-            )
-        reason = V.diffusers_cache_support(bench.pipe, peer)
+        name, threshold = V.parse_peer(peer)
+        reason = V.diffusers_cache_support(bench.pipe, name)
         if reason:
             bench.skip(f"diffusers:{peer}", "diffusers-cache", spec.steps, reason)
         else:
-            bench.add(V.diffusers_cache(peer, spec.steps, bench.pipe))
+            bench.add(V.diffusers_cache(name, spec.steps, bench.pipe, threshold))
     for name in spec.backends:
         reason = V.backend_support(name)
         if reason:
@@ -386,4 +391,7 @@ def run(spec: BenchSpec) -> BenchResult:
     }
     if spec.measures_accuracy:
         model["task_accuracy"] = {"samples": spec.accuracy_n, "seed": spec.seeds[0]}
-    return BenchResult(spec, info(), model, [r for _, r in bench.rows])
+    env = info()
+    if load is not None and spec.device == "cpu":
+        env["device"] += f", load average {load:.1f} before the run"
+    return BenchResult(spec, env, model, [r for _, r in bench.rows])

@@ -105,8 +105,34 @@ def diffusers_cache_support(pipe: Any, name: str) -> str | None:
     return None
 
 
-def diffusers_cache(name: str, steps: int, pipe: Any) -> Variant:
+def parse_peer(peer: str) -> tuple[str, float | None]:
+    """A diffusers-cache peer: "fbc", or "fbc@0.2" for FirstBlockCache at another threshold (to compare
+    at equal speed: the default 0.05 may skip nothing on a given model)."""
+    name, _, value = peer.partition("@")
+    if name not in DIFFUSERS_CACHES:
+        raise accel.InvalidOptionError(
+            f"bench: peer {peer!r} is unknown; choose from fewer-steps, {', '.join(DIFFUSERS_CACHES)} (fbc@THRESHOLD)"
+        )
+    if not value:
+        return name, None
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = -1.0
+    if name != "fbc" or not threshold > 0:
+        raise accel.InvalidOptionError(
+            f"bench: peer {peer!r}: only fbc takes @THRESHOLD, a positive number (e.g. fbc@0.2)"
+        )
+    return name, threshold
+
+
+def diffusers_cache(name: str, steps: int, pipe: Any, threshold: float | None = None) -> Variant:
     make = _cache_configs(pipe)[name]
+    if threshold is not None:
+        from diffusers import FirstBlockCacheConfig
+
+        def make() -> Any:
+            return FirstBlockCacheConfig(threshold=threshold)
 
     def enable(p: Any) -> None:
         p.transformer.enable_cache(make())
@@ -114,7 +140,8 @@ def diffusers_cache(name: str, steps: int, pipe: Any) -> Variant:
     def disable(p: Any, _: Any) -> None:
         p.transformer.disable_cache()
 
-    return Variant(f"diffusers:{name}", "diffusers-cache", steps, enable, disable, note="diffusers built-in hook")
+    label = name if threshold is None else f"{name}@{threshold:g}"
+    return Variant(f"diffusers:{label}", "diffusers-cache", steps, enable, disable, note="diffusers built-in hook")
 
 
 # ---- dense attention backends ------------------------------------------------------------------

@@ -14,6 +14,7 @@ Token layout: `FramePackVAE` packs 4 frames into the channels (Wan's 1 + 4k fram
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -88,16 +89,16 @@ class DigitPrompts(nn.Module):
 
 
 def digits_video_transformer() -> diffusers.WanTransformer3DModel:
-    """Wan DiT, 4 layers of 2 heads x 32, patch (1, 2, 2): 4 x 16 x 16 = 1,024 tokens for 13 frames."""
+    """Wan DiT, 4 layers of 3 heads x 32, patch (1, 2, 2): 4 x 16 x 16 = 1,024 tokens for 13 frames."""
     return diffusers.WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=2,
+        num_attention_heads=3,
         attention_head_dim=32,
         in_channels=TEMPORAL,
         out_channels=TEMPORAL,
         text_dim=TEXT_DIM,
         freq_dim=64,
-        ffn_dim=256,
+        ffn_dim=384,
         num_layers=4,
     )
 
@@ -303,9 +304,12 @@ class TrainConfig:
     steps: int = 100000
     batch: int = 8
     lr: float = 1e-3
-    minutes: float = 32.0  # wall-clock cap; the checkpoint is saved whenever it stops
+    warmup: int = 100  # steps of linear warm-up
+    final_lr: float = 0.05  # of `lr`, reached by a cosine decay at the wall-clock cap (or at `steps`)
+    minutes: float = 55.0  # wall-clock cap; the checkpoint is saved whenever it stops
     threads: int = 1
     null_prob: float = 0.1  # prompt dropped to the null prompt, for CFG
+    snapshot: str | None = None  # where to save the EMA weights every 1,000 steps (None: only at the end)
 
 
 class _Trainable(nn.Module):
@@ -320,8 +324,11 @@ class _Trainable(nn.Module):
 def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Module:
     """Rectified flow (Wan's objective): x_t = (1 - s) x0 + s noise, predict noise - x0, s from a
     logit-normal mixed with uniform. Fresh moving-digit videos every step from the train split only.
-    `init`: a checkpoint to fine-tune from. Keeps an EMA of the weights."""
+    `init`: a checkpoint to fine-tune from. Keeps an EMA of the weights. The learning rate decays along
+    a cosine in wall-clock time (the run's length is a time cap, so the step count is not known ahead)."""
     from safetensors.torch import load_file
+
+    from .train import save_state
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -352,7 +359,9 @@ def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Modu
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        lr = cfg.lr * min(1.0, (step + 1) / 100)  # short warm-up
+        progress = min(1.0, max(step / cfg.steps, (time.time() - start) / (cfg.minutes * 60)))
+        cosine = cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * cosine
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
@@ -361,7 +370,9 @@ def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Modu
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         if step % 50 == 0:
-            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+            print(f"step {step} loss {loss.item():.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
+        if cfg.snapshot is not None and step % 1000 == 999:
+            save_state(ema, Path(cfg.snapshot))
         if time.time() - start > cfg.minutes * 60:
             print(f"time cap reached at step {step}", flush=True)
             break
@@ -376,20 +387,14 @@ def save_samples(pipe: Any, path: str = "docs/digits-video-samples.png", seed: i
     save_grid(videos.reshape(-1, 1, CANVAS, CANVAS), path, rows=len(videos))
 
 
-FINETUNE_MINUTES = 22.0  # the second stage of `reproduce` (seed + 1, from the first stage's checkpoint)
-
-
 def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps,
-              finetune_minutes: float = FINETUNE_MINUTES) -> None:
-    """`python -m accel.zoo.train digits-video`: train (`minutes`), save, fine-tune from that fp16
-    checkpoint with fresh data (seed + 1, `finetune_minutes`), save, evaluate, write the sample grid.
-    Both stages are wall-clock capped, so the step count (and the weights) depend on the machine's speed."""
+              threads: int = 2) -> None:
+    """`python -m accel.zoo.train digits-video`: train from the seed for `minutes` (the learning rate's
+    cosine runs on the wall clock, so the step count and the weights depend on the machine's speed),
+    save, evaluate, write the sample grid."""
     from .train import save_state
 
-    save_state(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)), CHECKPOINT)
-    if finetune_minutes > 0:
-        stage2 = TrainConfig(seed=seed + 1, steps=steps, minutes=finetune_minutes)
-        save_state(train(stage2, init=CHECKPOINT), CHECKPOINT)
+    save_state(train(TrainConfig(seed=seed, steps=steps, minutes=minutes, threads=threads)), CHECKPOINT)
     pipe = load()
     torch.set_num_threads(2)
     print("evaluate", evaluate(pipe, n=100, seed=0), flush=True)

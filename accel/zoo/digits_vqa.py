@@ -239,11 +239,12 @@ def evaluate(model: Any, n: int = 200, seed: int = 0, batch: int = 50, **options
 
 
 def _training_batch(data: digits.Split, tok: Any, batch: int, g: torch.Generator,
-                    single_class: float = 0.0) -> dict[str, torch.Tensor]:
+                    single_class: float = 0.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Grids of train digits, each asked about all four quadrants in shuffled order as four chat turns
     (four supervised answers for one image's cost); the first turn is exactly the evaluation prompt.
     Labels are -100 except on each answer (`reply`) and the </s> after it. A `single_class` fraction of
-    grids holds four different images of one class, which teaches digit recognition first."""
+    grids holds four different images of one class, which teaches digit recognition first. Returns the
+    model's inputs and the grids' digit labels [batch, 4] (`POSITIONS` order) for the auxiliary loss."""
     idx = torch.randint(len(data.labels), (batch, 4), generator=g)
     for b in torch.nonzero(torch.rand(batch, generator=g) < single_class).flatten().tolist():
         same = torch.nonzero(data.labels == data.labels[idx[b, 0]]).flatten()
@@ -266,7 +267,7 @@ def _training_batch(data: digits.Split, tok: Any, batch: int, g: torch.Generator
     answer[:, 2:] |= starts[:, :-2]  # quadrant, digit, </s>
     target = torch.where(answer, ids, torch.full_like(ids, -100))
     return {"input_ids": ids, "attention_mask": enc["attention_mask"], "labels": target,
-            "pixel_values": pixel_values(compose(data.images[idx]))}
+            "pixel_values": pixel_values(compose(data.images[idx]))}, labels
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,7 @@ class TrainConfig:
     threads: int = 1
     single_class: float = 0.3  # fraction of one-class grids at step 0, falling linearly to 0 at steps / 2
     init_from: str | None = None  # a checkpoint to continue from (with single_class=0) instead of random weights
+    aux_weight: float = 0.0  # weight of the quadrant-classification loss on the projected image tokens
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "threads"):
@@ -305,12 +307,18 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers
     tok.padding_side = "right"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))  # noqa: E731
+    aux = QuadrantProbe(model) if cfg.aux_weight > 0 else None
+    if aux is not None:
+        opt.add_param_group({"params": aux.parameters()})
     start, run = time.time(), 0.0
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         single_class = cfg.single_class * max(0.0, 1 - step / (cfg.steps / 2))
-        loss = model(**_training_batch(data, tok, cfg.batch, g, single_class)).loss
+        inputs, labels = _training_batch(data, tok, cfg.batch, g, single_class)
+        loss = model(**inputs).loss
+        if aux is not None:
+            loss = loss + cfg.aux_weight * aux.loss(labels)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -321,7 +329,34 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers
         if time.time() - start > cfg.minutes * 60:
             print(f"time cap reached at step {step}", flush=True)
             break
+    if aux is not None:
+        aux.remove()
     return model.eval()
+
+
+class QuadrantProbe(torch.nn.Module):
+    """Training-only auxiliary loss: a linear probe classifies each quadrant's mean projected image token
+    (what the language model reads) as its digit. It teaches the vision tower and projector to carry the
+    digit in every token of its quadrant directly, instead of only through the slow answer-token signal.
+    Captured by a forward hook on the projector; removed (and never saved) after training."""
+
+    def __init__(self, model: transformers.LlavaForConditionalGeneration) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(model.config.text_config.hidden_size, 10)
+        self._tokens: torch.Tensor | None = None
+        self._handle = model.model.multi_modal_projector.register_forward_hook(self._capture)
+
+    def _capture(self, module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+        self._tokens = output
+
+    def loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the probe on the last forward's four quadrant means; labels [B, 4]."""
+        cell = digits.SIDE // PATCH  # 8 patches per digit side
+        x = self._tokens.reshape(len(labels), 2, cell, 2, cell, -1).mean((2, 4)).flatten(1, 2)  # [B, 4, D]
+        return torch.nn.functional.cross_entropy(self.head(x).flatten(0, 1), labels.flatten())
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def save_samples(model: Any, path: str, n: int = 8, seed: int = 1) -> None:
@@ -343,16 +378,20 @@ def save_samples(model: Any, path: str, n: int = 8, seed: int = 1) -> None:
     sheet.save(path, optimize=True)
 
 
-# The second phase of `reproduce`: a warm restart from the first phase's checkpoint on fresh batches.
+# The later phases of `reproduce`, each a warm restart from the previous phase's checkpoint on fresh
+# batches: a short continuation, then a long one with the auxiliary quadrant probe (`QuadrantProbe`).
 CONTINUATION = TrainConfig(seed=1, steps=250, lr=1e-3, warmup=1, minutes=10.0, single_class=0.0)
+PROBE_PHASE = TrainConfig(seed=3, steps=3000, lr=1e-3, warmup=20, minutes=48.0, single_class=0.0, aux_weight=1.0)
 
 
 def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps) -> None:
-    """`python -m accel.zoo.train digits-vqa`: train (phase 1, then `CONTINUATION` from its checkpoint),
-    save the checkpoint, evaluate, write the sample sheet."""
+    """`python -m accel.zoo.train digits-vqa`: train phase 1 from scratch, then `CONTINUATION` and
+    `PROBE_PHASE` from the checkpoint before each; save, evaluate, write the sample sheet."""
     save(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)))
     print("phase 1", evaluate(load(), n=200, seed=0), flush=True)
     save(train(replace(CONTINUATION, seed=seed + 1, init_from=str(CHECKPOINT))))
+    print("phase 2", evaluate(load(), n=200, seed=0), flush=True)
+    save(train(replace(PROBE_PHASE, seed=seed + 3, init_from=str(CHECKPOINT)), log_every=25))
     finish()
 
 
