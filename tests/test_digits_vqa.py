@@ -14,8 +14,8 @@ from accel.zoo import digits, digits_vqa
 
 # digits_vqa.load(), first 4 of questions("test", 8, seed=0), greedy generate: the answers, and the
 # second generated step's (the digit's) logits at ids 30..35 of the first question, on float32 CPU.
-FINGERPRINT_ANSWERS = ['top-left 1', 'top-right 1', 'bottom-left 6', 'bottom-right 4']
-FINGERPRINT_LOGITS = [3.243759, 4.011252, 1.78371, 0.635198, 2.546369, 0.311013]
+FINGERPRINT_ANSWERS = ['top-left 6', 'top-right 2', 'bottom-left 4', 'bottom-right 3']
+FINGERPRINT_LOGITS = [2.518425, -0.425883, -1.954499, 0.612668, -0.864102, 2.775965]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,6 @@ def test_held_out_accuracy_and_patched_model(model: transformers.LlavaForConditi
         handle.unpatch()
 
 
-@pytest.mark.xfail(strict=True, reason="acceptance bar not met yet: the committed checkpoint measures 0.31 (n=200)")
 def test_meets_acceptance_accuracy(plain: dict[str, float]) -> None:
     assert plain["accuracy"] >= ACCEPTANCE
 
