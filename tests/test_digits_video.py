@@ -68,11 +68,7 @@ def test_frame_pack_vae_is_lossless_with_wan_frame_rule() -> None:
     vae = dv.FramePackVAE()
     z = vae.encode_pixels(real.videos.transpose(1, 2))
     assert z.shape == (3, 4, 4, dv.CANVAS, dv.CANVAS)
-    assert torch.allclose(vae.decode(z).sample.transpose(1, 2), real.videos, atol=1e-6, rtol=0)
-    # channel 0 is each group's mean frame; the Haar differences of a digit moving 1 px/frame are small
-    assert torch.allclose(z[:, 0, 1], real.videos[:, 1:5, 0].mean(1), atol=1e-6)
-    assert z[:, 0].abs().mean() > 5 * z[:, 1:].abs().mean()
-    assert z[:, 1:, 0].abs().max() < 1e-6  # frame 0 repeated: no motion
+    assert torch.equal(vae.decode(z).sample.transpose(1, 2), real.videos)
     with pytest.raises(ValueError, match="1 \\+ 4n"):
         vae.encode_pixels(torch.zeros(1, 1, 12, 32, 32))
 

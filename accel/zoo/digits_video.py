@@ -44,31 +44,17 @@ MAX_DRIFT = 3.0  # sideways, off the commanded direction
 MAX_RESIDUAL = 1.5  # RMS distance of the centroids from their straight-line fit
 
 
-def temporal_haar() -> torch.Tensor:
-    """The 4x4 lossless transform `FramePackVAE` applies to each group of 4 frames: the group's mean, then
-    three orthonormal Haar differences ((f0 + f1 - f2 - f3) / 2, (f0 - f1) / sqrt 2, (f2 - f3) / sqrt 2).
-    A digit moving 1 px per frame is nearly the same in all four frames, so channel 0 carries the image and
-    the others only its small motion; a model that gets the differences slightly wrong still draws the
-    digit in every frame (stacking raw frames as channels made it draw streaks)."""
-    r = 2**-0.5
-    return torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, -0.5, -0.5], [r, -r, 0.0, 0.0], [0.0, 0.0, r, -r]],
-                        dtype=torch.float64)
-
-
 class FramePackVAE(diffusers.ModelMixin, ConfigMixin):
     """A lossless, weight-free "VAE" with Wan's 1 + 4k frame layout: frame 0 repeated 4 times, then each
-    4 frames, form the groups of 4 that become the 4 channels of one latent frame (through
-    `temporal_haar`). WanPipeline's decode path (latents_mean/std, z_dim, the scale factors) runs
-    unchanged, and the transformer gets a 4-channel latent of 4 frames per 13."""
+    4 frames, are stacked into the channels. WanPipeline's decode path (latents_mean/std, z_dim, the
+    scale factors) runs unchanged, and the transformer gets a 4-channel latent of 4 frames per 13."""
 
     @register_to_config
     def __init__(self, z_dim: int = TEMPORAL, scale_factor_temporal: int = TEMPORAL, scale_factor_spatial: int = 1,
                  latents_mean: tuple = (0.0,) * TEMPORAL, latents_std: tuple = (1.0,) * TEMPORAL) -> None:
-        # z_dim = frames per latent frame; channel 0 (the mean frame) is already in [-1, 1].
+        # z_dim = frames per latent frame (1 channel each); pixels in [-1, 1] are already unit-scale.
         super().__init__()
-        haar = temporal_haar()
-        self.register_buffer("_encode", haar.float(), persistent=False)
-        self.register_buffer("_decode", torch.linalg.inv(haar).float(), persistent=False)
+        self.register_buffer("_device_anchor", torch.zeros(1), persistent=False)
 
     def encode_pixels(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 1, F, H, W] with F = 1 + 4k -> [B, 4, 1 + k, H, W]."""
@@ -77,13 +63,11 @@ class FramePackVAE(diffusers.ModelMixin, ConfigMixin):
         if c != 1 or f % k != 1:
             raise ValueError(f"FramePackVAE takes [B, 1, 1 + {k}n, H, W] videos; got shape {tuple(video.shape)}.")
         padded = torch.cat([video[:, :, :1].expand(b, 1, k - 1, h, w), video], dim=2)
-        groups = padded.reshape(b, (f + k - 1) // k, k, h, w).transpose(1, 2)  # [B, 4 frames, groups, H, W]
-        return torch.einsum("cf,bfghw->bcghw", self._encode.to(video.dtype), groups).contiguous()
+        return padded.reshape(b, (f + k - 1) // k, k, h, w).transpose(1, 2).contiguous()
 
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         b, k, lf, h, w = z.shape
-        groups = torch.einsum("fc,bcghw->bfghw", self._decode.to(z.dtype), z)
-        video = groups.transpose(1, 2).reshape(b, 1, lf * k, h, w)[:, :, k - 1 :]
+        video = z.transpose(1, 2).reshape(b, 1, lf * k, h, w)[:, :, k - 1 :]
         return DecoderOutput(sample=video) if return_dict else (video,)
 
 
