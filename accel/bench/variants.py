@@ -57,11 +57,11 @@ def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) 
 # ---- diffusers' own caches ---------------------------------------------------------------------
 
 
-def _cache_configs(pipe: Any) -> dict[str, Callable[[], Any]]:
+def _cache_configs(pipe: Any, fbc_threshold: float = 0.05) -> dict[str, Callable[[], Any]]:
     from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     return {
-        "fbc": lambda: FirstBlockCacheConfig(threshold=0.05),
+        "fbc": lambda: FirstBlockCacheConfig(threshold=fbc_threshold),
         "taylorseer": lambda: TaylorSeerCacheConfig(cache_interval=5, disable_cache_before_step=3,
                                                     taylor_factors_dtype=torch.float32),
         "pab": lambda: PyramidAttentionBroadcastConfig(
@@ -127,12 +127,7 @@ def parse_peer(peer: str) -> tuple[str, float | None]:
 
 
 def diffusers_cache(name: str, steps: int, pipe: Any, threshold: float | None = None) -> Variant:
-    make = _cache_configs(pipe)[name]
-    if threshold is not None:
-        from diffusers import FirstBlockCacheConfig
-
-        def make() -> Any:
-            return FirstBlockCacheConfig(threshold=threshold)
+    make = _cache_configs(pipe, *(() if threshold is None else (threshold,)))[name]
 
     def enable(p: Any) -> None:
         p.transformer.enable_cache(make())
