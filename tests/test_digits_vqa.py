@@ -172,3 +172,10 @@ def test_bad_input_is_refused(model: transformers.LlavaForConditionalGeneration)
         accel.zoo.evaluate("digits-vqa", model, n=4, steps=20)
     with pytest.raises(ValueError, match="TrainConfig.steps"):
         digits_vqa.TrainConfig(steps=0)
+
+
+def test_training_with_the_probe_runs_and_removes_its_hook() -> None:
+    model = digits_vqa.train(digits_vqa.TrainConfig(steps=2, batch=2, warmup=1, aux_weight=1.0, minutes=5.0),
+                             log_every=100)
+    assert not model.training and not model.model.multi_modal_projector._forward_hooks
+    assert set(model.state_dict()) == set(digits_vqa.build().state_dict())  # the probe is not part of the model

@@ -311,26 +311,28 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers
     if aux is not None:
         opt.add_param_group({"params": aux.parameters()})
     start, run = time.time(), 0.0
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        single_class = cfg.single_class * max(0.0, 1 - step / (cfg.steps / 2))
-        inputs, labels = _training_batch(data, tok, cfg.batch, g, single_class)
-        loss = model(**inputs).loss
+    try:
+        for step in range(cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            single_class = cfg.single_class * max(0.0, 1 - step / (cfg.steps / 2))
+            inputs, labels = _training_batch(data, tok, cfg.batch, g, single_class)
+            loss = model(**inputs).loss
+            if aux is not None:
+                loss = loss + cfg.aux_weight * aux.loss(labels)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            run = loss.item() if step == 0 else 0.95 * run + 0.05 * loss.item()
+            if step % log_every == 0:
+                print(f"step {step} loss {run:.4f} lr {lr_at(step):.2e} {time.time() - start:.0f}s", flush=True)
+            if time.time() - start > cfg.minutes * 60:
+                print(f"time cap reached at step {step}", flush=True)
+                break
+    finally:  # the probe's hook never outlives training, even when it stops on an error
         if aux is not None:
-            loss = loss + cfg.aux_weight * aux.loss(labels)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        run = loss.item() if step == 0 else 0.95 * run + 0.05 * loss.item()
-        if step % log_every == 0:
-            print(f"step {step} loss {run:.4f} lr {lr_at(step):.2e} {time.time() - start:.0f}s", flush=True)
-        if time.time() - start > cfg.minutes * 60:
-            print(f"time cap reached at step {step}", flush=True)
-            break
-    if aux is not None:
-        aux.remove()
+            aux.remove()
     return model.eval()
 
 
