@@ -57,7 +57,10 @@ def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) 
 # ---- diffusers' own caches ---------------------------------------------------------------------
 
 
-def _cache_configs(pipe: Any, fbc_threshold: float = 0.05) -> dict[str, Callable[[], Any]]:
+FBC_THRESHOLD = 0.05  # the FirstBlockCache row's threshold unless the peer names one ("fbc@0.2")
+
+
+def _cache_configs(pipe: Any, fbc_threshold: float = FBC_THRESHOLD) -> dict[str, Callable[[], Any]]:
     from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     return {
@@ -127,7 +130,7 @@ def parse_peer(peer: str) -> tuple[str, float | None]:
 
 
 def diffusers_cache(name: str, steps: int, pipe: Any, threshold: float | None = None) -> Variant:
-    make = _cache_configs(pipe, *(() if threshold is None else (threshold,)))[name]
+    make = _cache_configs(pipe, FBC_THRESHOLD if threshold is None else threshold)[name]
 
     def enable(p: Any) -> None:
         p.transformer.enable_cache(make())

@@ -118,6 +118,8 @@ class TrainConfig:
 def train(cfg: TrainConfig = TrainConfig()) -> torch.nn.Module:
     """Epsilon prediction on pixel-unshuffled digits; the model's own label dropout (p=0.1, train mode)
     teaches the null class that classifier-free guidance needs. Keeps an EMA of the weights."""
+    from .train import update_ema
+
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data = digits.load("train")
@@ -143,10 +145,7 @@ def train(cfg: TrainConfig = TrainConfig()) -> torch.nn.Module:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        decay = min(0.995, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+        update_ema(ema, model, step)
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
         if time.time() - start > cfg.minutes * 60:

@@ -328,7 +328,7 @@ def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Modu
     a cosine in wall-clock time (the run's length is a time cap, so the step count is not known ahead)."""
     from safetensors.torch import load_file
 
-    from .train import save_state
+    from .train import save_state, update_ema
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -365,10 +365,7 @@ def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Modu
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
-        decay = min(0.995, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
+        update_ema(ema, model, step)
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} lr {lr:.2e} {time.time() - start:.0f}s", flush=True)
         if cfg.snapshot is not None and step % 1000 == 999:

@@ -24,6 +24,14 @@ def save_state(model: torch.nn.Module, path: Path) -> None:
     save_file(state, str(path))
 
 
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float = 0.995) -> None:
+    """One step of the weights' exponential moving average, with a warm-up (the average starts short)."""
+    rate = 1 - min(decay, (1 + step) / (10 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(pm, rate)
+
+
 def save_grid(images: torch.Tensor, path: str, rows: int) -> None:
     """A small PNG sample grid ([N, 1, H, W] in [-1, 1], N = rows * cols) for the docs."""
     from PIL import Image
