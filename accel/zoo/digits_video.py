@@ -1,15 +1,24 @@
-"""`digits-video`: a Wan-architecture video generator (real `WanPipeline`) of one real digit moving.
+"""`digits-video`: a Wan-architecture image-to-video generator (real `WanImageToVideoPipeline`, Wan 2.2
+TI2V style) of one real digit moving.
 
-A 16x16 digit from the train split moves 1 px per frame across a 32x32 canvas for 13 frames, in one of
-four directions. The prompt is two learned tokens, the digit's class and the direction; a learned null
-prompt is the negative one, so CFG runs as Wan runs it, two transformer calls per step.
+A 16x16 digit moves 1 px per frame across a 32x32 canvas for 13 frames, in one of four directions. The
+first frame is given (a held-out digit at its start position); the model generates the other 12. The
+prompt is two learned tokens, the digit's class and the direction; a learned null prompt is the negative
+one, so CFG runs as Wan runs it, two transformer calls per step.
 
     pipe = accel.zoo.load("digits-video")
-    videos = digits_video.sample(pipe, labels=[3, 7], directions=["right", "up"], seed=0)  # [2, 13, 1, 32, 32]
+    clips = digits_video.make_videos("test", 2, seed=0)
+    videos = digits_video.sample(pipe, clips.videos[:, 0], clips.labels, clips.directions)  # [2, 13, 1, 32, 32]
     accel.zoo.evaluate("digits-video", pipe, n=100, seed=0)   # {"accuracy", "motion", "n"}
 
 Token layout: `FramePackVAE` packs 4 frames into the channels (Wan's 1 + 4k frame rule: 13 frames ->
-4 latent frames), so the transformer sees 4 latent frames x 16x16 patches = 1,024 video tokens.
+4 latent frames), so the transformer sees 4 latent frames x 16x16 patches = 1,024 video tokens. As in
+Wan 2.2 TI2V (`expand_timesteps=True`), the first latent frame holds the given frame, clean, at timestep 0.
+
+Why image-to-video: Wan has no absolute position embedding (RoPE only), so a small Wan trained text-to-
+video on CPU learned the motion but drew digits of no particular class (per-frame accuracy 0.16 after
+88 minutes: the class token barely changed its predictions). Given the first frame, the task is the one
+a video model is for: keep the subject and move it as the prompt says.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import diffusers
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from . import calls, digits, judges
@@ -37,6 +47,9 @@ SPEED = 1  # px per frame: the digit travels (FRAMES - 1) * SPEED = 12 px
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # name -> (dy, dx)
 TEXT_DIM, TEXT_TOKENS = 32, 2  # prompt: [class token, direction token]
 TEMPORAL = 4  # frames per latent frame
+LATENT_FRAMES = (FRAMES - 1) // TEMPORAL + 1
+FIRST_FRAME_TOKENS = (CANVAS // 2) ** 2  # latent frame 0 after the (1, 2, 2) patching: the given first frame
+TOKENS = LATENT_FRAMES * FIRST_FRAME_TOKENS
 
 # Motion check (see `motion_ok`): tolerances in pixels over the clip.
 MIN_PROGRESS = 0.5  # of the commanded travel, along the commanded direction
@@ -44,9 +57,16 @@ MAX_DRIFT = 3.0  # sideways, off the commanded direction
 MAX_RESIDUAL = 1.5  # RMS distance of the centroids from their straight-line fit
 
 
+@dataclass
+class FramePackEncoding(BaseOutput):
+    """What `FramePackVAE.encode` returns: diffusers' `retrieve_latents` reads `.latents`."""
+
+    latents: torch.Tensor
+
+
 class FramePackVAE(diffusers.ModelMixin, ConfigMixin):
     """A lossless, weight-free "VAE" with Wan's 1 + 4k frame layout: frame 0 repeated 4 times, then each
-    4 frames, are stacked into the channels. WanPipeline's decode path (latents_mean/std, z_dim, the
+    4 frames, are stacked into the channels. The Wan pipelines' decode path (latents_mean/std, z_dim, the
     scale factors) runs unchanged, and the transformer gets a 4-channel latent of 4 frames per 13."""
 
     @register_to_config
@@ -64,6 +84,11 @@ class FramePackVAE(diffusers.ModelMixin, ConfigMixin):
             raise ValueError(f"FramePackVAE takes [B, 1, 1 + {k}n, H, W] videos; got shape {tuple(video.shape)}.")
         padded = torch.cat([video[:, :, :1].expand(b, 1, k - 1, h, w), video], dim=2)
         return padded.reshape(b, (f + k - 1) // k, k, h, w).transpose(1, 2).contiguous()
+
+    def encode(self, video: torch.Tensor, return_dict: bool = True) -> FramePackEncoding | tuple:
+        """The pipeline's path for the given first frame ([B, 1, 1, H, W] -> one latent frame)."""
+        z = self.encode_pixels(video)
+        return FramePackEncoding(latents=z) if return_dict else (z,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         b, k, lf, h, w = z.shape
@@ -107,11 +132,11 @@ def scheduler() -> diffusers.FlowMatchEulerDiscreteScheduler:
     return diffusers.FlowMatchEulerDiscreteScheduler(shift=2.0)
 
 
-# Pipelines built by `load` -> their prompt table (the pipeline itself stays a plain WanPipeline).
+# Pipelines built by `load` -> their prompt table (the pipeline itself stays a plain WanImageToVideoPipeline).
 PROMPTS: weakref.WeakKeyDictionary[Any, DigitPrompts] = weakref.WeakKeyDictionary()
 
 
-def load(dtype: torch.dtype = torch.float32) -> diffusers.WanPipeline:
+def load(dtype: torch.dtype = torch.float32) -> diffusers.WanImageToVideoPipeline:
     """The trained pipeline from the committed checkpoint (fp16 storage, cast to `dtype`)."""
     from safetensors.torch import load_file
 
@@ -120,8 +145,9 @@ def load(dtype: torch.dtype = torch.float32) -> diffusers.WanPipeline:
     transformer.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("transformer.")})
     prompts.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("prompts.")})
     transformer = (transformer if dtype == torch.float32 else transformer.to(dtype)).eval()
-    pipe = diffusers.WanPipeline(
-        tokenizer=None, text_encoder=None, vae=FramePackVAE(), scheduler=scheduler(), transformer=transformer
+    pipe = diffusers.WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=FramePackVAE(), scheduler=scheduler(), transformer=transformer,
+        image_encoder=None, image_processor=None, expand_timesteps=True,
     )
     pipe.set_progress_bar_config(disable=True)
     PROMPTS[pipe] = prompts.eval().to(dtype)
@@ -148,34 +174,45 @@ def prompt_kwargs(pipe: Any, labels: list[int], directions: torch.Tensor, guidan
     table = PROMPTS[pipe]
     with torch.no_grad():
         kw = {"prompt_embeds": table(torch.as_tensor(labels), directions), "guidance_scale": guidance}
-        if guidance > 1.0:  # WanPipeline runs CFG only above 1
+        if guidance > 1.0:  # the Wan pipelines run CFG only above 1
             kw["negative_prompt_embeds"] = table.negative(len(labels))
     return kw
 
 
 def call_inputs(pipe: Any, *, batch_size: int, seed: int, guidance_scale: float | None, **sizes: int | None
                 ) -> dict[str, Any]:
-    """`accel.zoo.inputs` for this entry: seeded real class/direction prompts and the trained sizes."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(10, (batch_size,), generator=g).tolist()
-    directions = torch.randint(len(DIRECTIONS), (batch_size,), generator=g)
-    kw = prompt_kwargs(pipe, labels, directions, GUIDANCE if guidance_scale is None else float(guidance_scale))
+    """`accel.zoo.inputs` for this entry: a seeded held-out first frame with its class/direction prompt, and
+    the trained sizes. The pipeline conditions a whole batch on one image, so a batch repeats one clip."""
+    clip = make_videos("test", 1, seed)
+    scale = GUIDANCE if guidance_scale is None else float(guidance_scale)
+    kw = prompt_kwargs(pipe, clip.labels.repeat(batch_size).tolist(), clip.directions.repeat(batch_size), scale)
     defaults = {"height": CANVAS, "width": CANVAS, "num_frames": FRAMES}
-    return kw | {k: defaults[k] if sizes.get(k) is None else sizes[k] for k in defaults}
+    return kw | {"image": to_unit(clip.videos[:, 0])} | {
+        k: defaults[k] if sizes.get(k) is None else sizes[k] for k in defaults
+    }
 
 
-def sample(pipe: Any, labels: list[int], directions: list[str] | None = None, seed: int = 0, steps: int = STEPS,
-           guidance: float = GUIDANCE, batch: int = 10) -> torch.Tensor:
-    """Videos in [-1, 1], [N, FRAMES, 1, CANVAS, CANVAS]; directions default to cycling right, left, down,
-    up. Deterministic for a seed (the generator is seeded per batch)."""
-    dirs = _direction_ids(directions, len(labels))
+def to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], the range diffusers' image processors take for tensors."""
+    return (frames + 1) / 2
+
+
+def sample(pipe: Any, first_frames: torch.Tensor, labels: torch.Tensor | list[int],
+           directions: torch.Tensor | list[str] | None = None, seed: int = 0, steps: int = STEPS,
+           guidance: float = GUIDANCE) -> torch.Tensor:
+    """Videos in [-1, 1], [N, FRAMES, 1, CANVAS, CANVAS], continuing the given first frames [N, 1, CANVAS,
+    CANVAS] (in [-1, 1]) with the class and direction prompts; directions (indices or names) default to
+    cycling right, left, down, up. One pipeline call per video (the pipeline conditions a whole batch on
+    one image); video i's generator is seeded with seed + i."""
+    labels = torch.as_tensor(labels)
+    dirs = directions if isinstance(directions, torch.Tensor) else _direction_ids(directions, len(labels))
     out = []
-    for i in range(0, len(labels), batch):
-        g = torch.Generator().manual_seed(seed + i)
-        kw = prompt_kwargs(pipe, labels[i : i + batch], dirs[i : i + batch], guidance)
+    for i in range(len(labels)):
+        kw = prompt_kwargs(pipe, labels[i : i + 1].tolist(), dirs[i : i + 1], guidance)
         with torch.no_grad():
-            frames = pipe(**kw, height=CANVAS, width=CANVAS, num_frames=FRAMES, num_inference_steps=steps,
-                          generator=g, output_type="pt").frames
+            frames = pipe(image=to_unit(first_frames[i : i + 1]), **kw, height=CANVAS, width=CANVAS,
+                          num_frames=FRAMES, num_inference_steps=steps,
+                          generator=torch.Generator().manual_seed(seed + i), output_type="pt").frames
         out.append(frames.float())
     return torch.cat(out) * 2 - 1
 
@@ -218,11 +255,16 @@ def render(tiles: torch.Tensor, starts: torch.Tensor, directions: torch.Tensor) 
     return videos
 
 
-def make_videos(split: str, n: int, seed: int, directions: torch.Tensor | None = None) -> MotionVideos:
-    """n moving-digit videos from the digits of `split`, deterministic for a seed."""
+def make_videos(split: str, n: int, seed: int, directions: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> MotionVideos:
+    """n moving-digit videos from the digits of `split`, deterministic for a seed; `labels` picks each
+    video's class (a random digit of that class), else the digits are drawn at random."""
     data = digits.load(split, side=DIGIT)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(len(data.labels), (n,), generator=g)
+    if labels is not None:
+        pools = [torch.nonzero(data.labels == c).flatten() for c in range(10)]
+        idx = torch.stack([pools[c][i % len(pools[c])] for c, i in zip(labels.tolist(), idx.tolist(), strict=True)])
     dirs = torch.randint(len(DIRECTIONS), (n,), generator=g) if directions is None else directions
     videos = render(data.images[idx], trajectory_starts(dirs, g), dirs)
     return MotionVideos(videos, data.labels[idx], dirs)
@@ -275,24 +317,27 @@ def frame_crops(videos: torch.Tensor) -> torch.Tensor:
 
 
 def judge_videos(videos: torch.Tensor, labels: torch.Tensor, directions: torch.Tensor) -> dict[str, float]:
-    """Per-frame class accuracy (judge on centroid crops) and the fraction of videos with correct motion."""
+    """Per-frame class accuracy of the generated frames 1.. (judge on centroid crops; frame 0 is the given
+    one) and the fraction of videos with correct motion (over the whole clip)."""
     judge = judges.load()
-    per_frame = labels.repeat_interleave(videos.shape[1])
+    generated = videos[:, 1:]
+    per_frame = labels.repeat_interleave(generated.shape[1])
     return {
-        "accuracy": judges.accuracy(judge, frame_crops(videos), per_frame),
+        "accuracy": judges.accuracy(judge, frame_crops(generated), per_frame),
         "motion": motion_ok(videos, directions).float().mean().item(),
     }
 
 
 def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str, float]:
-    """Task accuracy of a (possibly accel-patched) pipeline over n videos, labels cycling 0..9 and
-    directions cycling per ten (so n=40 covers every class x direction pair); deterministic for a seed.
-    `options`: steps, guidance, batch (see `sample`)."""
-    labels = [i % 10 for i in range(n)]
-    names = list(DIRECTIONS)
-    directions = [names[(i // 10) % len(names)] for i in range(n)]
-    videos = sample(pipe, labels, directions, seed=seed, **options)
-    return judge_videos(videos, torch.tensor(labels), _direction_ids(directions, n)) | {"n": n}
+    """Task accuracy of a (possibly accel-patched) pipeline over n held-out clips (test-split digits, never
+    trained on), labels cycling 0..9 and directions cycling per ten (so n=40 covers every class x
+    direction pair); the model continues each clip's first frame. Deterministic for a seed.
+    `options`: steps, guidance (see `sample`)."""
+    labels = torch.arange(n) % 10
+    directions = (torch.arange(n) // 10) % len(DIRECTIONS)
+    clips = make_videos("test", n, seed, directions=directions, labels=labels)
+    videos = sample(pipe, clips.videos[:, 0], labels, directions, seed=seed, **options)
+    return judge_videos(videos, labels, directions) | {"n": n}
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -309,6 +354,7 @@ class TrainConfig:
     minutes: float = 55.0  # wall-clock cap; the checkpoint is saved whenever it stops
     threads: int = 1
     null_prob: float = 0.1  # prompt dropped to the null prompt, for CFG
+    noise_shift: float = 1.0  # s -> k s / (1 + (k - 1) s): k > 1 trains more at high noise, where the class is decided
     snapshot: str | None = None  # where to save the EMA weights every 1,000 steps (None: only at the end)
 
 
@@ -349,13 +395,17 @@ def train(cfg: TrainConfig = TrainConfig(), init: Path | None = None) -> nn.Modu
         x0 = vae.encode_pixels(videos.transpose(1, 2))
         s = torch.where(torch.rand(cfg.batch, generator=g) < 0.25, torch.rand(cfg.batch, generator=g),
                         torch.sigmoid(torch.randn(cfg.batch, generator=g)))
+        s = cfg.noise_shift * s / (1 + (cfg.noise_shift - 1) * s)
         noise = torch.randn(x0.shape, generator=g)
         xt = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * noise
+        xt[:, :, 0] = x0[:, :, 0]  # the given first frame, clean (as WanImageToVideoPipeline with expand_timesteps)
+        timestep = (s * 1000)[:, None].repeat(1, TOKENS)
+        timestep[:, :FIRST_FRAME_TOKENS] = 0
         prompt = model.prompts(data.labels[idx], dirs)
         drop = torch.rand(cfg.batch, generator=g) < cfg.null_prob
         prompt = torch.where(drop[:, None, None], model.prompts.negative(cfg.batch), prompt)
-        pred = model.transformer(xt, timestep=s * 1000, encoder_hidden_states=prompt, return_dict=False)[0]
-        loss = nn.functional.mse_loss(pred, noise - x0)
+        pred = model.transformer(xt, timestep=timestep, encoder_hidden_states=prompt, return_dict=False)[0]
+        loss = nn.functional.mse_loss(pred[:, :, 1:], (noise - x0)[:, :, 1:])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -380,7 +430,8 @@ def save_samples(pipe: Any, path: str = "docs/digits-video-samples.png", seed: i
     """The docs figure: 8 videos (rows; classes 0..7, directions cycling), 13 frames each (columns)."""
     from .train import save_grid
 
-    videos = sample(pipe, list(range(8)), seed=seed)
+    clips = make_videos("test", 8, seed, labels=torch.arange(8))
+    videos = sample(pipe, clips.videos[:, 0], clips.labels, seed=seed)
     save_grid(videos.reshape(-1, 1, CANVAS, CANVAS), path, rows=len(videos))
 
 
