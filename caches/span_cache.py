@@ -42,6 +42,9 @@ class SpanState:
     hidden_in: torch.Tensor | None = None  # inputs of the step being computed, until its residual is stored
     encoder_in: torch.Tensor | None = None
     residual: Residual | None = None
+    residual_at: int = -1  # step the residual was computed at
+    previous: Residual | None = None  # the residual before it (kept by first-order spans only)
+    previous_at: int = -1
     refreshed_at: int = -1  # step of the last compute
     skips_in_a_row: int = 0
     change: float | None = None  # relative L1 change of the residual between the last two computes
@@ -79,8 +82,12 @@ class Span:
         track_change: bool = False,
         name: str = "",
         keeps: KeepPolicy = always_keep,
+        order: int = 0,
     ) -> None:
+        """`order` 0 replays the last residual as stored; 1 extrapolates it along a line through the last
+        two computed residuals (at the cost of keeping both)."""
         self.blocks = blocks
+        self.order = order
         self.tracker = tracker
         self.policy = policy
         self.keeps = keeps
@@ -126,7 +133,7 @@ class Span:
             if self.storing:
                 state.hidden_in, state.encoder_in = hidden, encoder
             else:  # nothing can reuse this step's residual, and an older one must never be replayed
-                state.residual = None
+                state.residual = state.previous = None
                 state.change = None
         self.current = state
 
@@ -134,7 +141,7 @@ class Span:
         """At the span's last block, after computing: keep output - input (nothing if interrupted)."""
         state = self.current
         if self.interrupted:  # part of the span was replayed by another span: not this span's residual
-            state.residual = state.change = None
+            state.residual = state.previous = state.change = None
             state.hidden_in = state.encoder_in = None
             return
         hidden, encoder = self.ios[-1].outputs(output)
@@ -142,13 +149,23 @@ class Span:
             hidden - state.hidden_in,
             encoder - state.encoder_in if encoder is not None and state.encoder_in is not None else None,
         )
-        if self.track_change and state.residual is not None and state.residual[0].shape == residual[0].shape:
+        same_shape = state.residual is not None and state.residual[0].shape == residual[0].shape
+        if self.track_change and same_shape:
             state.change = relative_change(residual, state.residual)
-        state.residual = residual
+        if self.order == 1:
+            state.previous, state.previous_at = (state.residual, state.residual_at) if same_shape else (None, -1)
+        state.residual, state.residual_at = residual, state.refreshed_at
         state.hidden_in = state.encoder_in = None
 
     def replay(self, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Residual:
-        dh, de = self.current.residual
+        state = self.current
+        dh, de = state.residual
+        if self.order == 1 and state.previous is not None and state.residual_at > state.previous_at:
+            # r + k (r - r_prev), k in units of their gap
+            k = (self.tracker.step - state.residual_at) / (state.residual_at - state.previous_at)
+            ph, pe = state.previous
+            dh = dh + k * (dh - ph)
+            de = de + k * (de - pe) if de is not None and pe is not None else de
         return hidden + dh, (encoder + de if encoder is not None and de is not None else encoder)
 
 

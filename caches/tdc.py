@@ -36,6 +36,10 @@ class TDCConfig(MethodConfig):
         0.1, "skip a block while its residual changed less than this (relative L1); 0 = never skip", low=0.0
     )
     max_skips: int = option(2, "most consecutive skips of a block before a forced refresh", low=1)
+    order: int = option(
+        0, "0: a skipped block replays its last residual; 1: extrapolates it linearly from its last two "
+        "computed residuals (TaylorSeer-style; keeps two residuals per block)", low=0, high=1,
+    )
     warmup: int = option(2, "first steps computed in full", low=0)
     protected_blocks: int = option(
         -1, "blocks at each end of the stack always computed; -1 = a tenth of the stack (none under 10 blocks)",
@@ -89,4 +93,5 @@ class TDC(SpanCacheMethod):
 
         p = self.protected(len(blocks))
         cached = blocks[p : len(blocks) - p]
-        return [Span([b], tracker, skip, self.counters, track_change=True, keeps=keep) for b in cached]
+        return [Span([b], tracker, skip, self.counters, track_change=True, keeps=keep, order=cfg.order)
+                for b in cached]

@@ -118,6 +118,29 @@ def test_tdc_skips_stable_blocks_at_most_max_skips_in_a_row(tiny):
     handle.unpatch()
 
 
+def test_tdc_first_order_extrapolates_the_last_two_residuals(tiny):
+    """order=1: computed at steps 0 and 1, a block skipped at steps 2 and 3 returns its input plus
+    r1 + k (r1 - r0), k = 1 and 2 (steps since the last compute, in units of the gap between the two)."""
+    pipe = tiny("pixart-alpha")
+    handle = accel.patch(pipe, method="tdc", threshold=1e6, max_skips=2, warmup=2, protected_blocks=0, order=1)
+    block = pipe.transformer.transformer_blocks[1]
+    records = []
+    h = block.register_forward_hook(
+        lambda m, args, kwargs, out: records.append(
+            (handle.tracker.step, kwargs.get("hidden_states", args[0] if args else None), out)
+        ),
+        with_kwargs=True,
+    )
+    generate(pipe, steps=5)
+    h.remove()
+    handle.unpatch()
+    assert [r[0] for r in records] == [0, 1, 2, 3, 4]
+    r0, r1 = (records[i][2] - records[i][1] for i in (0, 1))
+    for step, k in ((2, 1), (3, 2)):
+        _, hidden_in, out = records[step]
+        torch.testing.assert_close(out, hidden_in + r1 + k * (r1 - r0), rtol=1e-6, atol=1e-4)
+
+
 def test_tdc_with_a_tiny_threshold_is_exact(tiny):
     pipe = tiny("hunyuan-video")
     reference = generate(pipe, steps=5)
