@@ -117,6 +117,18 @@ def test_other_masks_run_dense_and_say_so():
     assert SDPACall(q, q, q, attn_mask=padding).kept_keys().tolist() == [[True] * 6 + [False] * 2]
 
 
+def test_first_frame_sink_keeps_the_blocks_of_the_given_frame():
+    layout = TokenLayout(grid=(4, 16, 16), text_tokens=0, text_position="none")
+    cpu = torch.device("cpu")
+    assert block_order(layout, "self", "none", 16, cpu).sink_blocks == ()
+    order = block_order(layout, "self", "none", 16, cpu, first_frame_sink=True)
+    assert order.sink_blocks == tuple(range(16))  # (1, 4, 4) tiles: frame 0 fills exactly the first 16 blocks
+    held = set((order.order.inverse[:256] // 16).tolist())  # blocks holding frame 0's tokens
+    assert held == set(order.sink_blocks)
+    # (4, 4, 4) tiles span all four frames: every block holds some of frame 0
+    assert block_order(layout, "self", "none", 64, cpu, first_frame_sink=True).sink_blocks == tuple(range(16))
+
+
 def test_block_order_tiles_the_grid_and_puts_text_last():
     layout = TokenLayout(grid=(1, 16, 16), text_tokens=10, text_position="first")
     order = block_order(layout, "joint", "first", 64, torch.device("cpu"))

@@ -53,12 +53,17 @@ class SparseAttentionConfig(MethodConfig):
         0.2, "fraction of each run's first steps computed with dense attention", low=0.0, high=1.0, high_open=True
     )
     dense_layers: int = option(1, "first transformer blocks whose attention is always dense", low=0)
+    first_frame_sink: bool = option(
+        False, "image-to-video (Wan 2.2 TI2V layout): every query block also keeps the key blocks holding the "
+        "first latent frame, the given image",
+    )
 
 
 @dataclass(frozen=True)
 class BlockOrder:
     """How one attention call's sequence is laid out for the kernels: the token permutation (tiles,
-    text last) and the key blocks holding text, which every query block keeps."""
+    text last) and the key blocks every query block keeps (text; with `first_frame_sink`, the first
+    latent frame)."""
 
     order: TokenOrder
     sink_blocks: tuple[int, ...]
@@ -66,7 +71,8 @@ class BlockOrder:
     text_tokens: int
 
 
-def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, device: torch.device) -> BlockOrder:
+def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, device: torch.device,
+                first_frame_sink: bool = False) -> BlockOrder:
     """The block order of a self-attention ("self": image tokens only) or joint-attention sequence."""
     text = layout.text_tokens if kind == "joint" and text_position != "none" else 0
     frames, height, width = layout.grid
@@ -79,6 +85,9 @@ def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, 
     inverse[perm] = torch.arange(perm.numel())
     tokens = perm.numel()
     sinks = tuple(text_blocks(text, tokens, block, text_first=False))
+    if first_frame_sink and frames > 1:  # video tokens are frame-major: frame 0 is the first height * width
+        first = torch.arange(height * width) + (text if text_position == "first" else 0)
+        sinks += tuple(sorted(set((inverse[first] // block).tolist()) - set(sinks)))
     return BlockOrder(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
 
 
@@ -189,9 +198,11 @@ class SparseAttentionMethod(Method):
         raise NotImplementedError
 
     def _block_order(self, layout: TokenLayout, site: AttentionSite, device: torch.device) -> BlockOrder:
-        key = (layout, site.kind, site.text_position, self.config.block_size, device)
+        cfg = self.config
+        key = (layout, site.kind, site.text_position, cfg.block_size, device)
         if key not in self._orders:
-            self._orders[key] = block_order(layout, site.kind, site.text_position, self.config.block_size, device)
+            self._orders[key] = block_order(layout, site.kind, site.text_position, cfg.block_size, device,
+                                            cfg.first_frame_sink)
         return self._orders[key]
 
     def _fallback(self, reason: str, call: SDPACall) -> torch.Tensor:
