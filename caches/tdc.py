@@ -6,9 +6,9 @@ its previous computed residual is recorded (one reduction per computed block). A
 is skipped, replaying `current input + stored residual`, if that change is below `threshold`; after
 `max_skips` skips in a row it is computed again. With `order=1` a skipped block extrapolates its residual
 along the line through its last two computed ones (as TaylorSeer does for features), which on the trained
-digits-video model keeps the same skips about 5 dB closer to the exact output. The paper's code is not public: the stability test is
-our reconstruction of its abstract (residual between a block's input and output is temporally
-consistent), documented in ../shared/research/caching.md section 1.3.
+digits-video model keeps the same skips about 5 dB closer to the exact output. The paper's code is not
+public: the stability test is our reconstruction of its abstract (residual between a block's input and
+output is temporally consistent), documented in ../shared/research/caching.md section 1.3.
 
 Protected end blocks (as cache-dit's DBPrune keeps) scale with the stack (`default_protected_blocks`):
 a tenth at each end, so deep video DiTs (Wan 30-40 blocks) keep 3-4 at each end always computed while

@@ -26,6 +26,21 @@ def _computed_steps(handle, pipe):
     return seen, hooks
 
 
+def _block_io_per_step(pipe, handle, block, steps):
+    """Runs the patched pipeline and returns, per call of `block`, (step, hidden input, output); unpatches."""
+    records = []
+    h = block.register_forward_hook(
+        lambda m, args, kwargs, out: records.append(
+            (handle.tracker.step, kwargs.get("hidden_states", args[0] if args else None), out)
+        ),
+        with_kwargs=True,
+    )
+    generate(pipe, steps=steps)
+    h.remove()
+    handle.unpatch()
+    return records
+
+
 @pytest.mark.parametrize("name", ["pixart-alpha", "flux", "wan", "hunyuan-video", "sd3", "cogvideox"])
 def test_interval_one_is_exact(tiny, name):
     pipe = tiny(name)
@@ -68,17 +83,7 @@ def test_skipped_span_replays_input_plus_residual(tiny):
     block input plus the residual stored at the refresh step."""
     pipe = tiny("pixart-alpha")
     handle = accel.patch(pipe, method="delta-dit", interval=100, cached_blocks=1, boundary=1.0, warmup=1)
-    rear = pipe.transformer.transformer_blocks[1]
-    records = []
-    h = rear.register_forward_hook(
-        lambda m, args, kwargs, out: records.append(
-            (handle.tracker.step, kwargs.get("hidden_states", args[0] if args else None), out)
-        ),
-        with_kwargs=True,
-    )
-    generate(pipe, steps=4)
-    h.remove()
-    handle.unpatch()
+    records = _block_io_per_step(pipe, handle, pipe.transformer.transformer_blocks[1], steps=4)
     (s0, in0, out0), (s1, in1, out1) = records[0], records[1]
     assert (s0, s1) == (0, 1)
     torch.testing.assert_close(out1, in1 + (out0 - in0), rtol=0, atol=1e-5)
@@ -123,17 +128,7 @@ def test_tdc_first_order_extrapolates_the_last_two_residuals(tiny):
     r1 + k (r1 - r0), k = 1 and 2 (steps since the last compute, in units of the gap between the two)."""
     pipe = tiny("pixart-alpha")
     handle = accel.patch(pipe, method="tdc", threshold=1e6, max_skips=2, warmup=2, protected_blocks=0, order=1)
-    block = pipe.transformer.transformer_blocks[1]
-    records = []
-    h = block.register_forward_hook(
-        lambda m, args, kwargs, out: records.append(
-            (handle.tracker.step, kwargs.get("hidden_states", args[0] if args else None), out)
-        ),
-        with_kwargs=True,
-    )
-    generate(pipe, steps=5)
-    h.remove()
-    handle.unpatch()
+    records = _block_io_per_step(pipe, handle, pipe.transformer.transformer_blocks[1], steps=5)
     assert [r[0] for r in records] == [0, 1, 2, 3, 4]
     r0, r1 = (records[i][2] - records[i][1] for i in (0, 1))
     for step, k in ((2, 1), (3, 2)):

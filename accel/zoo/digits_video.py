@@ -200,8 +200,8 @@ def sample(pipe: Any, first_frames: torch.Tensor, labels: torch.Tensor | list[in
            guidance: float = GUIDANCE) -> torch.Tensor:
     """Videos in [-1, 1], [N, FRAMES, 1, CANVAS, CANVAS], continuing the given first frames [N, 1, CANVAS,
     CANVAS] (in [-1, 1]) with the class and direction prompts (directions as indices or names; a first
-    frame's start position fits its direction, see `trajectory_starts`). One pipeline call per video (the pipeline conditions a whole batch on
-    one image); video i's generator is seeded with seed + i."""
+    frame's start position fits its direction, see `trajectory_starts`). One pipeline call per video (the
+    pipeline conditions a whole batch on one image); video i's generator is seeded with seed + i."""
     labels = torch.as_tensor(labels)
     dirs = directions if isinstance(directions, torch.Tensor) else _direction_ids(directions, len(labels))
     out = []
