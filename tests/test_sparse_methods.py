@@ -125,8 +125,29 @@ def test_first_frame_sink_keeps_the_blocks_of_the_given_frame():
     assert order.sink_blocks == tuple(range(16))  # (1, 4, 4) tiles: frame 0 fills exactly the first 16 blocks
     held = set((order.order.inverse[:256] // 16).tolist())  # blocks holding frame 0's tokens
     assert held == set(order.sink_blocks)
-    # (4, 4, 4) tiles span all four frames: every block holds some of frame 0
-    assert block_order(layout, "self", "none", 64, cpu, first_frame_sink=True).sink_blocks == tuple(range(16))
+    # (4, 4, 4) tiles would span all four frames; with the sink, frame 0 gets (8, 8) tiles of its own
+    assert set((block_order(layout, "self", "none", 64, cpu).order.inverse[:256] // 64).tolist()) == set(range(16))
+    order = block_order(layout, "self", "none", 64, cpu, first_frame_sink=True)
+    assert order.sink_blocks == (0, 1, 2, 3)
+    assert sorted(order.order.perm.tolist()) == list(range(1024))
+    assert set((order.order.inverse[256:] // 64).tolist()) == set(range(4, 16))  # the other frames: (4, 4, 4)
+    rows = order.order.perm[:64] // 16
+    assert rows.max() - rows.min() == 7  # an 8x8 tile of frame 0
+
+
+def test_first_frame_sink_is_on_by_default_only_where_the_image_is_the_first_latent_frame():
+    i2v = accel.zoo.load("digits-video")
+    density = {}
+    for sink in ("auto", False):
+        with accel.patch(i2v, method="pisa", first_frame_sink=sink, **ALL_SPARSE) as handle:
+            i2v(**accel.zoo.inputs(i2v, steps=2))
+            stats = handle.stats()["pisa"]
+        assert ("sink" in stats) == (sink == "auto")
+        density[sink] = stats["density"]
+    assert density["auto"] > density[False] + 0.1  # the 16 of 64 key blocks of frame 0, kept for every query block
+    t2v = accel.zoo.load("wan", size="tiny")
+    with accel.patch(t2v, method="adaspa") as handle:
+        assert "sink" not in handle.stats()["adaspa"]
 
 
 def test_block_order_tiles_the_grid_and_puts_text_last():

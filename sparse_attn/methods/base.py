@@ -53,9 +53,10 @@ class SparseAttentionConfig(MethodConfig):
         0.2, "fraction of each run's first steps computed with dense attention", low=0.0, high=1.0, high_open=True
     )
     dense_layers: int = option(1, "first transformer blocks whose attention is always dense", low=0)
-    first_frame_sink: bool = option(
-        False, "image-to-video (Wan 2.2 TI2V layout): every query block also keeps the key blocks holding the "
-        "first latent frame, the given image",
+    first_frame_sink: bool | str = option(
+        "auto", "every query block also keeps the key blocks of the first latent frame, laid out in tiles of its "
+        "own; 'auto': on for image-to-video pipelines that give the image as a clean first latent frame "
+        "(expand_timesteps, the Wan 2.2 TI2V layout), whose frames copy it", choices=("auto", True, False),
     )
 
 
@@ -76,19 +77,32 @@ def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, 
     """The block order of a self-attention ("self": image tokens only) or joint-attention sequence."""
     text = layout.text_tokens if kind == "joint" and text_position != "none" else 0
     frames, height, width = layout.grid
-    grid, tile = ((height, width), IMAGE_TILES[block]) if frames == 1 else (layout.grid, VIDEO_TILES[block])
-    order = tile_order(grid, tile, text_len=text, text_first=text_position == "first")
-    perm = order.perm
-    if text and text_position == "first":  # move the text to the end, so image blocks stay tile-aligned
-        perm = torch.cat([perm[text:], perm[:text]])
+    frame = height * width
+    if frames == 1:
+        image = tile_order((height, width), IMAGE_TILES[block]).perm
+    elif first_frame_sink and VIDEO_TILES[block][0] > 1:  # frame 0 in image tiles, so its blocks hold it alone
+        rest = tile_order((frames - 1, height, width), VIDEO_TILES[block]).perm + frame
+        image = torch.cat([tile_order((height, width), IMAGE_TILES[block]).perm, rest])
+    else:
+        image = tile_order(layout.grid, VIDEO_TILES[block]).perm
+    # text goes last, so that image blocks stay tile-aligned
+    text_first = text_position == "first"
+    perm = torch.cat([image + (text if text_first else 0), torch.arange(text) + (0 if text_first else image.numel())])
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel())
     tokens = perm.numel()
     sinks = tuple(text_blocks(text, tokens, block, text_first=False))
     if first_frame_sink and frames > 1:  # video tokens are frame-major: frame 0 is the first height * width
-        first = torch.arange(height * width) + (text if text_position == "first" else 0)
+        first = torch.arange(frame) + (text if text_first else 0)
         sinks += tuple(sorted(set((inverse[first] // block).tolist()) - set(sinks)))
     return BlockOrder(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
+
+
+def gives_first_frame(pipeline: Any) -> bool:
+    """Whether a pipeline passes its image as the clean first latent frame of the video (Wan 2.2 TI2V:
+    `WanImageToVideoPipeline` with `expand_timesteps`): every later frame copies from those tokens."""
+    config = getattr(pipeline, "config", None)
+    return "ImageToVideo" in type(pipeline).__name__ and bool(getattr(config, "expand_timesteps", False))
 
 
 class SparseSiteHook(ModelHook):
@@ -122,6 +136,8 @@ class SparseAttentionMethod(Method):
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         self.tracker = tracker
+        sink = self.config.first_frame_sink
+        self.first_frame_sink = gives_first_frame(target.pipeline) if sink == "auto" else sink
         self._orders: dict[tuple, BlockOrder] = {}
         self._warned: set[str] = set()
         self.hooks: list[SparseSiteHook] = []
@@ -202,7 +218,7 @@ class SparseAttentionMethod(Method):
         key = (layout, site.kind, site.text_position, cfg.block_size, device)
         if key not in self._orders:
             self._orders[key] = block_order(layout, site.kind, site.text_position, cfg.block_size, device,
-                                            cfg.first_frame_sink)
+                                            self.first_frame_sink)
         return self._orders[key]
 
     def _fallback(self, reason: str, call: SDPACall) -> torch.Tensor:
@@ -229,4 +245,6 @@ class SparseAttentionMethod(Method):
         total = out.pop("total_blocks", 0)
         kept = out.pop("kept_blocks", 0)
         out["density"] = kept / total if total else None
+        if self.first_frame_sink:
+            out["sink"] = "first-frame"
         return out
