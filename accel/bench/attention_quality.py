@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import time
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     first = calls[0] if calls else None
     return {
         "schema": "accel.bench-attn-quality/1",
-        "command": "accel " + " ".join(args.argv) if getattr(args, "argv", None) else None,
+        "command": "accel " + " ".join(shlex.quote(a) for a in args.argv) if getattr(args, "argv", None) else None,
         "model": args.model,
         "steps": args.steps,
         "captured_steps": sorted({c.step for c in calls}),
