@@ -25,7 +25,10 @@ def _stat_summary(stats: dict[str, Any]) -> str:
     for name, values in stats.items():
         if name in ("methods", "steps") or not isinstance(values, dict):
             continue
-        parts += [f"{k}={_fmt(v)}" for k, v in values.items() if not isinstance(v, (dict, list))]
+        parts += [  # 3 significant digits: a ratio such as mask_vs_byte_mask=0.125 reads as it is
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={_fmt(v)}"
+            for k, v in values.items() if not isinstance(v, (dict, list))
+        ]
     return ", ".join(parts)
 
 
