@@ -438,7 +438,7 @@ def reproduce(seed: int = 0, minutes: float = 58.0, threads: int = 2) -> None:
     """`python -m accel.zoo.train digits-video`: the committed recipe on `threads` threads in `minutes`,
     split 10:5:3 over three stages, each with a fresh warm-up and cosine: from scratch at 1e-3, a fine-tune
     at 3e-4, then one at 1e-4 without the noise shift (it trains the low-noise end, where the strokes are
-    cleaned up; +1.5 points per frame). The learning rates follow the wall clock, so the step counts and
+    cleaned up; +2 points per frame). The learning rates follow the wall clock, so the step counts and
     the weights depend on the machine's speed. Saves, evaluates (n = 100) and writes the sample grid."""
     from .train import save_state
 
