@@ -43,8 +43,7 @@ class SpanState:
     encoder_in: torch.Tensor | None = None
     residual: Residual | None = None
     residual_at: int = -1  # step the residual was computed at
-    previous: Residual | None = None  # the residual before it (kept by first-order spans only)
-    previous_at: int = -1
+    slope: Residual | None = None  # residual change per step between the last two computes (first order only)
     refreshed_at: int = -1  # step of the last compute
     skips_in_a_row: int = 0
     change: float | None = None  # relative L1 change of the residual between the last two computes
@@ -133,7 +132,7 @@ class Span:
             if self.storing:
                 state.hidden_in, state.encoder_in = hidden, encoder
             else:  # nothing can reuse this step's residual, and an older one must never be replayed
-                state.residual = state.previous = None
+                state.residual = state.slope = None
                 state.change = None
         self.current = state
 
@@ -141,7 +140,7 @@ class Span:
         """At the span's last block, after computing: keep output - input (nothing if interrupted)."""
         state = self.current
         if self.interrupted:  # part of the span was replayed by another span: not this span's residual
-            state.residual = state.previous = state.change = None
+            state.residual = state.slope = state.change = None
             state.hidden_in = state.encoder_in = None
             return
         hidden, encoder = self.ios[-1].outputs(output)
@@ -153,19 +152,18 @@ class Span:
         if self.track_change and same_shape:
             state.change = relative_change(residual, state.residual)
         if self.order == 1:
-            state.previous, state.previous_at = (state.residual, state.residual_at) if same_shape else (None, -1)
+            state.slope = _slope(residual, state.residual, state.refreshed_at - state.residual_at) if same_shape else None
         state.residual, state.residual_at = residual, state.refreshed_at
         state.hidden_in = state.encoder_in = None
 
     def replay(self, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Residual:
         state = self.current
         dh, de = state.residual
-        if self.order == 1 and state.previous is not None and state.residual_at > state.previous_at:
-            # r + k (r - r_prev), k in units of their gap
-            k = (self.tracker.step - state.residual_at) / (state.residual_at - state.previous_at)
-            ph, pe = state.previous
-            dh = dh + k * (dh - ph)
-            de = de + k * (de - pe) if de is not None and pe is not None else de
+        if state.slope is not None:  # first order: r + (steps since r) * slope
+            k = self.tracker.step - state.residual_at
+            sh, se = state.slope
+            dh = dh + k * sh
+            de = de + k * se if de is not None and se is not None else de
         return hidden + dh, (encoder + de if encoder is not None and de is not None else encoder)
 
 
@@ -214,3 +212,11 @@ class SpanBlockHook(ModelHook):
             if i == len(span) - 1 and span.storing:
                 span.store(output)
         return output
+
+
+def _slope(new: Residual, old: Residual, steps: int) -> Residual | None:
+    """(new - old) / steps for both streams; None when the two were not computed at different steps."""
+    if steps <= 0:
+        return None
+    (nh, ne), (oh, oe) = new, old
+    return (nh - oh) / steps, ((ne - oe) / steps if ne is not None and oe is not None else None)
