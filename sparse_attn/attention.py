@@ -1,7 +1,8 @@
 """`block_sparse_attention`: the entry point, which checks its inputs and picks the implementation.
 
 Paths (sparse_attn/paths.py): the Triton kernel on CUDA, the C++ kernel on CPU, plain PyTorch ops where
-neither can run (logged as a warning). All compute softmax in fp32; the chosen path and its precision
+neither can run (logged as a warning). In "auto", a Triton kernel that does not build for the inputs (a
+compile or resource error at its first launch) is such a case too: the reason is recorded and logged. All compute softmax in fp32; the chosen path and its precision
 are recorded (`last_path()`), and the call runs inside the profiler range
 "accel::attention.block_sparse", which the project's bench counts as attention time.
 
@@ -47,12 +48,16 @@ def choose_path(q: torch.Tensor, backend: str) -> paths.AttentionPath:
             return paths.AttentionPath(paths.TORCH, _upcast_precision(q.dtype), device, str(exc))
     if backend == paths.TRITON:
         try:
-            from . import triton_kernel
+            from . import triton_common
         except ImportError as exc:
             raise RuntimeError(f"triton is not importable: {exc}") from exc
-        if device != "cuda" and not (device == "cpu" and triton_kernel.INTERPRETED):
+        if device != "cuda" and not (device == "cpu" and triton_common.INTERPRETED):
             raise RuntimeError(f"the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
-        return paths.AttentionPath(paths.TRITON, triton_kernel.precision(q.dtype), device)
+        if q.shape[-1] > triton_common.MAX_HEAD_DIM:
+            raise RuntimeError(f"the Triton kernel takes head dims up to {triton_common.MAX_HEAD_DIM}, got {q.shape[-1]}")
+        if q.dtype == torch.float32:
+            triton_common.warn_fp32_once()
+        return paths.AttentionPath(paths.TRITON, triton_common.precision(q.dtype), device)
     if backend == paths.CPU_KERNEL:
         from . import cpu_kernel
 
@@ -74,6 +79,23 @@ def _implementation(kernel: str) -> Callable[..., tuple[torch.Tensor, torch.Tens
     else:
         from .torch_path import attention
     return attention
+
+
+def _run_triton(path: paths.AttentionPath, backend: str, args: tuple) -> tuple[paths.AttentionPath, tuple]:
+    """The Triton kernel, or in "auto", when it cannot be built for these inputs, the PyTorch path with
+    the reason recorded (triton_common.run_or_fall_back)."""
+    from . import triton_common, triton_kernel
+
+    q, _, _, num, idx, q_block, kv_block, _ = args
+    key = ("block-sparse", q.dtype, q.shape[-1], q_block, kv_block, triton_common.dot_precision(q.dtype), q.device)
+    B, H, nq = q.shape[0], q.shape[1], num.shape[-1]
+
+    def fallback(reason: str) -> tuple[paths.AttentionPath, tuple]:
+        dense_index = (num.expand(B, H, nq).contiguous(), idx.expand(B, H, nq, idx.shape[-1]).contiguous())
+        out = _implementation(paths.TORCH)(*args[:3], *dense_index, *args[5:])
+        return paths.AttentionPath(paths.TORCH, _upcast_precision(q.dtype), path.device, reason), out
+
+    return triton_common.run_or_fall_back(key, backend, lambda: (path, triton_kernel.attention(*args)), fallback)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -139,7 +161,11 @@ def block_sparse_attention(
         if path.kernel != paths.TRITON:  # the CPU paths read the index as dense [B, H, ...] arrays
             kv_num_blocks = kv_num_blocks.expand(B, H, nq).contiguous()
             kv_indices = kv_indices.expand(B, H, nq, kv_indices.shape[-1]).contiguous()
-        out, lse = _implementation(path.kernel)(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale)
+        args = (q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale)
+        if path.kernel == paths.TRITON:
+            path, (out, lse) = _run_triton(path, backend, args)
+        else:
+            out, lse = _implementation(path.kernel)(*args)
         paths.record(path)
     return (out, lse) if return_lse else out
 

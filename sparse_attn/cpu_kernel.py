@@ -168,12 +168,12 @@ def _queries_and_key_blocks(
     B, H, Sq, D = q.shape
     nq, nk = -(-Sq // q_block), -(-k.shape[2] // kv_block)
     dim = -(-D // 16) * 16
-    qs = torch.empty(B, H, nq * q_block, dim)
+    qs = torch.empty(B, H, nq * q_block, dim, device="cpu")
     if nq * q_block != Sq or dim != D:
         qs.zero_()
     torch.mul(q.float(), scale * LOG2E, out=qs[:, :, :Sq, :D])
     kp = _padded(k, nk * kv_block, dim).view(B, H, nk, kv_block, dim)
-    kt = torch.empty(B, H, nk, dim, kv_block)
+    kt = torch.empty(B, H, nk, dim, kv_block, device="cpu")
     kt.permute(0, 1, 2, 4, 3).copy_(kp)
     return qs, kt, dim
 
@@ -188,9 +188,9 @@ def block_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, q_block: int
     Skv = k.shape[2]
     nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
     qs, kt, dim = _queries_and_key_blocks(q, k, q_block, kv_block, scale)
-    lse2 = torch.full((B, H, nq * q_block), float("inf"))  # padding rows count 0
+    lse2 = torch.full((B, H, nq * q_block), float("inf"), device="cpu")  # padding rows count 0
     lse2[:, :, :Sq] = torch.where(lse == float("-inf"), float("inf"), lse.float() * LOG2E)
-    sums = torch.empty(B, H, nq, nk)
+    sums = torch.empty(B, H, nq, nk, device="cpu")
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
     if lib.accel_block_mass(qs.data_ptr(), kt.data_ptr(), lse2.data_ptr(), sums.data_ptr(), B * H, nq, nk, q_block,
                             kv_block, dim, Skv, threads):
@@ -231,8 +231,8 @@ def attention(
     qs, kt, dim = _queries_and_key_blocks(q, k, q_block, kv_block, scale)
     vp = _padded(v, nk * kv_block, dim)
 
-    out = torch.empty(B, H, nq * q_block, dim)
-    lse = torch.empty(B, H, nq * q_block)
+    out = torch.empty(B, H, nq * q_block, dim, device="cpu")
+    lse = torch.empty(B, H, nq * q_block, device="cpu")
     tensors = (qs, kt, vp, kv_num_blocks, kv_indices, out, lse)
     sizes = (B * H, nq, nk, kv_indices.shape[-1], q_block, kv_block, dim, Skv)
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
@@ -240,11 +240,11 @@ def attention(
         failed = lib.accel_block_sparse_attention(*[t.data_ptr() for t in tensors], *sizes, threads)
     else:
         nkp = -(-nk // 64) * 64  # whole 64-column tiles
-        kbt = torch.zeros(B, H, dim, nkp)
+        kbt = torch.zeros(B, H, dim, nkp, device="cpu")
         kbt[:, :, :D, :nk] = tail.key_means.transpose(-1, -2)
-        vbar = torch.zeros(B, H, nkp, dim)
+        vbar = torch.zeros(B, H, nkp, dim, device="cpu")
         vbar[:, :, :nk, :D] = tail.value_means
-        bias = torch.full((nkp,), float("-inf"))
+        bias = torch.full((nkp,), float("-inf"), device="cpu")
         bias[:nk] = torch.log2(tail.counts.float())
         qh = None if tail.first_order is None else _padded(tail.first_order, nq * q_block, dim)
         extra = (kbt, vbar, bias)

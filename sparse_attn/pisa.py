@@ -202,15 +202,15 @@ def _split_attention(
     nk = stats.counts.shape[0]
     # 1.0 where key block j is approximated for query block i, 0.0 where it is in the exact part
     keep = (~blocks_to_dense(kv_num_blocks, kv_indices, nk)).float().expand(B, H, -1, -1).unsqueeze(3)
-    keys = torch.cat([stats.key_means.transpose(-1, -2) * scale, torch.ones(B, H, 1, nk)], dim=2)  # [s k̄ | 1]
+    keys = torch.cat([stats.key_means.transpose(-1, -2) * scale, torch.ones(B, H, 1, nk, device=q.device)], dim=2)  # [s k̄ | 1]
     key_bound = stats.key_means.norm(dim=-1).amax(dim=-1, keepdim=True) * scale  # [B, H, 1]
     # one product gives the value sums and the tail mass G: the counts ride along as a last column
     values = torch.cat([stats.value_sums, stats.counts.expand(B, H, nk).unsqueeze(-1)], dim=-1)
     # the whole-call pieces in one op each (on a busy machine every op waits for its worker threads)
     first = q.float() @ (stats.moment * scale) if order == "hybrid" else None  # s q.h̄ per row
     risky = q.float().norm(dim=-1) * key_bound > lse1 + EXP_HEADROOM  # [B, H, Sq]: the LSE may overflow
-    out = torch.empty(B, H, Sq, D)
-    lse = torch.empty(B, H, Sq)
+    out = torch.empty(B, H, Sq, D, device=q.device)
+    lse = torch.empty(B, H, Sq, device=q.device)
     step = max(1, ROW_CHUNK_ELEMENTS // (B * H * nk * q_block)) * q_block  # whole query blocks per chunk
     for r0 in range(0, Sq, step):
         r1 = min(Sq, r0 + step)
@@ -305,11 +305,25 @@ def pisa_attention(
         kv_indices = kv_indices.to(device=q.device, dtype=torch.int32)
         stats = key_block_stats(k, v, kv_block)
         if path.kernel == paths.TRITON:
+            from . import triton_common
             from .pisa_triton import attention as fused
 
+            def split(reason: str) -> tuple[paths.AttentionPath, tuple[torch.Tensor, torch.Tensor]]:
+                result = _split_attention(q, k, v, kv_num_blocks, kv_indices, q_block, kv_block, scale,
+                                          config.order, stats, "auto")
+                exact = paths.last_path()
+                note = f"{reason}; {exact.note}" if exact.note else reason
+                return paths.AttentionPath(exact.kernel, exact.precision, exact.device, note), result
+
             selected = blocks_to_dense(kv_num_blocks, kv_indices, nk).to(torch.int8)
-            out, lse = fused(q, k, v, kv_num_blocks, kv_indices, selected, stats, q_block, kv_block, scale,
-                             config.order == "hybrid")
+            key = ("pisa", q.dtype, D, q_block, kv_block, triton_common.dot_precision(q.dtype), q.device,
+                   config.order)
+            path, (out, lse) = triton_common.run_or_fall_back(
+                key, config.backend,
+                lambda: (path, fused(q, k, v, kv_num_blocks, kv_indices, selected, stats, q_block, kv_block, scale,
+                                     config.order == "hybrid")),
+                split,
+            )
         elif path.kernel == paths.CPU_KERNEL:  # the tail fused into the C++ kernel's softmax
             from . import cpu_kernel
 
@@ -379,8 +393,8 @@ def pisa_reference(
     s = D**-0.5 if scale is None else scale
     nk = num_blocks(Skv, kv_block)
     selected = blocks_to_dense(kv_num_blocks, kv_indices, nk).expand(B, H, -1, -1)  # [B, H, Nq, Nk]
-    row_blocks = torch.arange(Sq) // q_block
-    col_blocks = torch.arange(Skv) // kv_block
+    row_blocks = torch.arange(Sq, device=q.device) // q_block
+    col_blocks = torch.arange(Skv, device=q.device) // kv_block
     sel_rows = selected[:, :, row_blocks]  # [B, H, Sq, Nk]: is block j exact for this row?
     exact_mask = sel_rows[..., col_blocks]  # [B, H, Sq, Skv]
 

@@ -3,16 +3,19 @@
 One program computes BLOCK_M query rows of one query block for one (batch, head), in three phases that
 share the running max `m_i`, the running denominator `l_i` and the accumulator `acc` (fp32, log2 units):
 
-1. exact: the selected key blocks (`kv_indices`), token by token, as in sparse_attn/triton_kernel.py;
+1. exact: the selected key blocks (`kv_indices`), tile by tile, with the engine's `attend_tile`
+   (triton_common.py);
 2. pooled: all Nk block means k̄_j in chunks of BLOCK_G, the selected ones masked out (a dense int8
-   [Nq, Nk] map); p = 2^(q.k̄_j - m), `l += p B_j`, `acc += p V̂_j`, and the tail mass G += p B_j;
+   [Nq, Nk] map); `online_softmax` on q.k̄_j, `l += p B_j`, `acc += p V̂_j`, and the tail mass G += p B_j;
 3. hybrid only: `acc += G * c` with c = s q @ h̄ computed beforehand for all rows (one [S, D] x [D, D]
    product in PyTorch: a D x D tile in the kernel would crowd the registers at D = 128), then out = acc / l.
 
 G is rescaled by alpha whenever the running max moves, like `l` and `acc` (the public kernel forgot it,
 which is wrong whenever a later pooled chunk raises the max). The block statistics arrive in fp32 from
-sparse_attn/pisa.py; the pooled-phase dots run in fp32 (IEEE when the inputs are fp32 and TF32 is off).
-Plain pointer loads (no TMA): the kernel runs under TRITON_INTERPRET=1, which is how it is tested on CPU.
+sparse_attn/pisa.py; the pooled-phase dots run in fp32 at the precision fp32 inputs get (TF32 for
+fp16/bf16 inputs). The tiles are fixed per (block sizes, head dim, precision), chosen by `tiles` to fit
+shared memory. Plain pointer loads (no TMA): the kernel runs under TRITON_INTERPRET=1, which is how it
+is tested on CPU, and tests/test_triton_compile.py compiles it for sm_90.
 """
 
 from __future__ import annotations
@@ -23,12 +26,27 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernel import INTERPRETED, LN2, LOG2E
+from . import triton_common
+from .triton_common import (
+    INTERPRETED,
+    MAX_HEAD_DIM,
+    SHARED_MEMORY_LIMIT,
+    attend_tile,
+    base_offset,
+    check_offsets,
+    dot_precision,
+    finish,
+    head_dim_pad,
+    on_device,
+    online_softmax,
+    operand_bytes,
+    shared_memory_estimate,
+)
 
 if TYPE_CHECKING:
     from .pisa import KeyBlockStats
 
-BLOCK_G = 64  # pooled keys per step of phase 2
+BLOCK_G = 64  # pooled keys per step of phase 2, at most (smaller where shared memory asks)
 
 
 @triton.jit
@@ -45,7 +63,7 @@ def _pisa_fwd(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-    HYBRID: tl.constexpr, IEEE: tl.constexpr,
+    HYBRID: tl.constexpr, DOT: tl.constexpr, POOLED_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -60,7 +78,7 @@ def _pisa_fwd(
     row_ok = offs_m < q_len
     dim_ok = offs_d < HEAD_DIM
 
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + base_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -68,41 +86,22 @@ def _pisa_fwd(
     g_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # tail mass G, same units as l_i
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
-    # -- phase 1: the selected key blocks, exactly ----------------------------------------------------
-    n_blocks = tl.load(KV_NUM + b * stride_nb + h * stride_nh + q_blk * stride_nq)
-    idx_ptr = KV_IDX + b * stride_ib + h * stride_ih + q_blk * stride_iq
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    for t in range(0, n_blocks):
-        kv_blk = tl.load(idx_ptr + t * stride_ik)
-        for start in tl.static_range(0, KV_BLOCK, BLOCK_N):
-            cols = kv_blk * KV_BLOCK + start + offs_n
-            col_ok = cols < kv_len
-            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-                        mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-            if IEEE:
-                qk = tl.dot(q, k, input_precision="ieee")
-            else:
-                qk = tl.dot(q, k)
-            qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(qk - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-                        mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc)
-            m_i = m_new
+    # -- phase 1: the selected key blocks, exactly (one flat loop over blocks and their tiles) ----------
+    n_blocks = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
+    idx_ptr = KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_blk * stride_iq
+    k_base = K + base_offset(b, h, stride_kb, stride_kh)
+    v_base = V + base_offset(b, h, stride_vb, stride_vh)
+    TILES: tl.constexpr = KV_BLOCK // BLOCK_N
+    for t in range(0, n_blocks * TILES):
+        kv_blk = tl.load(idx_ptr + (t // TILES) * stride_ik)
+        cols = kv_blk * KV_BLOCK + (t % TILES) * BLOCK_N + offs_n
+        m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
+                                    stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
 
     # -- phase 2: every other key block through its mean key (zeroth order) -------------------------
     q32 = q.to(tl.float32)  # the statistics are fp32, so are these dots
-    stat_base = pid_bh * n_kv_blocks * HEAD_DIM  # KMEAN / VSUM are contiguous [B*H, Nk, HEAD_DIM] fp32
-    sel_base = SEL + b * stride_sb + h * stride_sh + q_blk * stride_sq
+    stat_base = pid_bh.to(tl.int64) * n_kv_blocks * HEAD_DIM  # KMEAN / VSUM: contiguous [B*H, Nk, HEAD_DIM] fp32
+    sel_base = SEL + base_offset(b, h, stride_sb, stride_sh) + q_blk * stride_sq
     for g0 in range(0, n_kv_blocks, BLOCK_G):
         blk = g0 + offs_g
         in_range = blk < n_kv_blocks
@@ -110,39 +109,74 @@ def _pisa_fwd(
         use = in_range & (chosen == 0)
         kbar = tl.load(KMEAN + stat_base + blk[None, :] * HEAD_DIM + offs_d[:, None],
                        mask=use[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_PAD, BLOCK_G]
-        if IEEE:
-            qk = tl.dot(q32, kbar, input_precision="ieee")
-        else:
-            qk = tl.dot(q32, kbar)
+        qk = tl.dot(q32, kbar, input_precision=POOLED_DOT)
         qk = tl.where(use[None, :], qk * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
+        m_new, p, alpha = online_softmax(qk, m_i)
         cnt = tl.load(COUNTS + blk, mask=use, other=0.0)
         mass = tl.sum(p * cnt[None, :], 1)
         l_i = l_i * alpha + mass
         g_i = g_i * alpha + mass  # rescaled like l_i: the public kernel's missing step
         vsum = tl.load(VSUM + stat_base + blk[:, None] * HEAD_DIM + offs_d[None, :],
                        mask=use[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK_G, HEAD_DIM_PAD]
-        if IEEE:
-            acc = tl.dot(p, vsum, acc * alpha[:, None], input_precision="ieee")
-        else:
-            acc = tl.dot(p, vsum, acc * alpha[:, None])
+        acc = tl.dot(p, vsum, acc * alpha[:, None], input_precision=POOLED_DOT)
         m_i = m_new
 
     # -- phase 3 (hybrid): the shared first-order moment, weighted by the tail mass -----------------
     if HYBRID:  # FIRST: contiguous [B*H, q_len, HEAD_DIM] fp32, s q @ h̄
-        first = tl.load(FIRST + pid_bh * q_len * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+        first = tl.load(FIRST + pid_bh.to(tl.int64) * q_len * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
                         mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
         acc += g_i[:, None] * first
 
-    has_keys = l_i > 0.0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * LN2, float("-inf"))
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :] * stride_od
+    out, lse = finish(acc, l_i, m_i)
+    o_ptrs = (Out + base_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_os
+              + offs_d[None, :] * stride_od)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
-    tl.store(Lse + pid_bh * q_len + offs_m, lse, mask=row_ok)
+    tl.store(Lse + pid_bh.to(tl.int64) * q_len + offs_m, lse, mask=row_ok)
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_G, warps, stages), tried in order: the first that fits is used
+CANDIDATES = {
+    "fast": [(64, 64, 64, 4, 2), (64, 32, 32, 4, 2), (64, 32, 16, 4, 1), (32, 32, 16, 4, 1), (16, 16, 16, 4, 1)],
+    "exact": [(32, 16, 16, 4, 2), (16, 16, 16, 4, 1)],  # ieee / tf32x3 fp32: small tiles, or registers spill
+}
+
+
+def tiles(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str,
+          limit: int = SHARED_MEMORY_LIMIT) -> triton.Config:
+    """The fixed tiles for these block sizes, head dim and precision: the first candidate, clamped to the
+    blocks, whose exact phase and pooled phase together fit `limit` bytes of shared memory."""
+    exact_bytes = operand_bytes(dtype, dot)
+    pooled_bytes = operand_bytes(torch.float32, pooled_dot(dtype, dot))
+    exact_fp32 = dtype == torch.float32 and dot in ("ieee", "tf32x3")
+    for bm, bn, bg, warps, stages in CANDIDATES["exact" if exact_fp32 else "fast"]:
+        bm, bn, bg = min(bm, q_block), min(bn, kv_block), min(bg, BLOCK_G)
+        need = (shared_memory_estimate(bm, bn, stages, dim_pad, exact_bytes)
+                + shared_memory_estimate(bm, bg, stages, dim_pad, pooled_bytes))
+        if need <= limit:
+            return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_G": bg}, num_warps=warps, num_stages=stages)
+    raise RuntimeError(f"no PISA tile fits {limit} bytes of shared memory at head dim {dim_pad}")
+
+
+def pooled_dot(dtype: torch.dtype, dot: str) -> str:
+    """The pooled phase multiplies fp32 statistics: at the fp32 precision for fp32 inputs, else TF32."""
+    return dot if dtype == torch.float32 else "tf32"
+
+
+def kernel_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    num: torch.Tensor, idx: torch.Tensor, sel: torch.Tensor, kmean: torch.Tensor, vsum: torch.Tensor,
+    counts: torch.Tensor, first: torch.Tensor, q_block: int, kv_block: int, scale: float, hybrid: bool,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and constexprs (also what the sm_90 compile test specializes)."""
+    B, H, Sq, D = q.shape
+    dot = dot_precision(q.dtype)
+    args = (
+        q, k, v, out, lse, num, idx, sel, kmean, vsum, counts, first,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *num.stride(), *idx.stride(), *sel.stride(),
+        H, Sq, k.shape[2], counts.shape[0], scale * 1.4426950408889634,
+    )
+    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_BLOCK": q_block, "KV_BLOCK": kv_block,
+                  "HYBRID": hybrid, "DOT": dot, "POOLED_DOT": pooled_dot(q.dtype, dot)}
 
 
 def attention(
@@ -161,7 +195,10 @@ def attention(
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). `selected`: int8 [B|1, H|1, Nq, Nk], 1 where
     the block is in the exact part (it must agree with the index); stats from pisa.key_block_stats."""
     B, H, Sq, D = q.shape
-    nk = stats.counts.shape[0]
+    if D > MAX_HEAD_DIM:
+        raise RuntimeError(f"the Triton kernel takes head dims up to {MAX_HEAD_DIM}; got {D}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_offsets(name, x)
     out = torch.empty_like(q)
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
     num, idx = kv_num_blocks.expand(B, H, -1), kv_indices.expand(B, H, -1, -1)
@@ -170,18 +207,14 @@ def attention(
     vsum = stats.value_sums.contiguous()
     # s q @ h̄ for every row (fp32); a placeholder pointer for the zeroth order
     first = torch.matmul(q.float(), stats.moment * scale).contiguous() if hybrid else kmean
-    ieee = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    block_m = min(64, q_block)  # tiles never straddle two query blocks
-    block_n = min(64, kv_block)
-    grid = (triton.cdiv(Sq, q_block) * (q_block // block_m), B * H)
-    _pisa_fwd[grid](
-        q, k, v, out, lse, num, idx, sel, kmean, vsum, stats.counts, first,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        *num.stride(), *idx.stride(), *sel.stride(),
-        H, Sq, k.shape[2], nk, scale * LOG2E,
-        HEAD_DIM=D, HEAD_DIM_PAD=max(16, triton.next_power_of_2(D)),
-        Q_BLOCK=q_block, KV_BLOCK=kv_block, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_G=BLOCK_G,
-        HYBRID=hybrid, IEEE=ieee,
-        **({} if INTERPRETED else {"num_warps": 4, "num_stages": 2}),
-    )
+    args, constexprs = kernel_args(q, k, v, out, lse, num, idx, sel, kmean, vsum, stats.counts, first,
+                                   q_block, kv_block, scale, hybrid)
+    config = tiles(q_block, kv_block, head_dim_pad(D), q.dtype, constexprs["DOT"])
+    launch = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+    if INTERPRETED:
+        bm, bn = triton_common.interpreter_tiles or (q_block, kv_block)
+        launch = {"BLOCK_M": min(bm, q_block), "BLOCK_N": min(bn, kv_block), "BLOCK_G": BLOCK_G}
+    grid = (triton.cdiv(Sq, q_block) * (q_block // launch["BLOCK_M"]), B * H)
+    with on_device(q):
+        _pisa_fwd[grid](*args, **constexprs, **launch)
     return out, lse

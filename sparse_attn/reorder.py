@@ -50,18 +50,18 @@ def tile_order(
         raise ValueError(f"grid and tile must both be (H, W) or (F, H, W) of positive sizes; got {grid}, {tile}")
     if text_len < 0:
         raise ValueError(f"text_len must be >= 0; got {text_len}")
-    grid_t = torch.tensor(grid)
-    tile_t = torch.tensor(tile)
+    grid_t = torch.tensor(grid, device="cpu")
+    tile_t = torch.tensor(tile, device="cpu")
     tiles_per_dim = (grid_t + tile_t - 1) // tile_t
     full_per_dim = grid_t // tile_t
     # coordinates of every image token, in raster order: [N, rank]
-    axes = [torch.arange(n) for n in grid]
+    axes = [torch.arange(n, device="cpu") for n in grid]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(grid))
     tile_idx = coords // tile_t
     within = coords % tile_t
 
     def raster(index: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-        flat = torch.zeros(index.shape[0], dtype=torch.long)
+        flat = torch.zeros(index.shape[0], dtype=torch.long, device="cpu")
         for d in range(index.shape[1]):
             flat = flat * sizes[d] + index[:, d]
         return flat
@@ -73,11 +73,11 @@ def tile_order(
     image = torch.argsort(key, stable=True)
 
     n_image = image.numel()
-    text = torch.arange(text_len)
+    text = torch.arange(text_len, device="cpu")
     if text_first:
         perm = torch.cat([text, image + text_len])
     else:
         perm = torch.cat([image, text + n_image])
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(perm.numel())
+    inverse[perm] = torch.arange(perm.numel(), device="cpu")
     return TokenOrder(perm.to(device), inverse.to(device))

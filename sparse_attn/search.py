@@ -91,12 +91,17 @@ def choose_search_path(q: torch.Tensor, backend: str) -> AttentionPath:
             return AttentionPath(TORCH, _torch_precision(q.dtype), device, str(exc))
     if backend == TRITON:
         try:
-            from . import search_triton
+            from . import triton_common
         except ImportError as exc:
             raise RuntimeError(f"triton is not importable: {exc}") from exc
-        if device != "cuda" and not (device == "cpu" and search_triton.INTERPRETED):
+        if device != "cuda" and not (device == "cpu" and triton_common.INTERPRETED):
             raise RuntimeError(f"the Triton search kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
-        return AttentionPath(TRITON, search_triton.precision(q.dtype), device)
+        if q.shape[-1] > triton_common.MAX_HEAD_DIM:
+            raise RuntimeError(f"the Triton search kernel takes head dims up to {triton_common.MAX_HEAD_DIM}, "
+                               f"got {q.shape[-1]}")
+        if q.dtype == torch.float32:
+            triton_common.warn_fp32_once()
+        return AttentionPath(TRITON, triton_common.precision(q.dtype), device)
     if backend == CPU_KERNEL:
         from . import cpu_kernel
 
@@ -119,8 +124,8 @@ def _cpu_search(
     if v is not None:
         B, H, Sq, _ = q.shape
         nq, nk = num_blocks(Sq, q_block), num_blocks(k.shape[2], kv_block)
-        every = torch.arange(nk, dtype=torch.int32).expand(1, 1, nq, nk)
-        count = torch.full((1, 1, nq), nk, dtype=torch.int32)
+        every = torch.arange(nk, dtype=torch.int32, device=q.device).expand(1, 1, nq, nk)
+        count = torch.full((1, 1, nq), nk, dtype=torch.int32, device=q.device)
         out, lse = block_sparse_attention(q, k, v, count, every, (q_block, kv_block), scale, return_lse=True,
                                           backend="cpu-kernel")
     return out, lse, cpu_kernel.block_sums(q, k, lse, q_block, kv_block, scale)
@@ -236,9 +241,16 @@ def _search(
         _record(path)
         return out, lse, torch.zeros(B, H, nq, nk, device=q.device)
     if path.kernel == TRITON:
+        from . import triton_common
         from .search_triton import search
 
-        out, lse, sums = search(q, k, v, lse, q_block, kv_block, scale)
+        def torch_search(reason: str) -> tuple[AttentionPath, tuple]:
+            fallback = AttentionPath(TORCH, _torch_precision(q.dtype), path.device, reason)
+            return fallback, _torch_search(q, k, v, lse, q_block, kv_block, scale)
+
+        key = ("search", q.dtype, D, q_block, kv_block, triton_common.dot_precision(q.dtype), q.device, v is None)
+        path, (out, lse, sums) = triton_common.run_or_fall_back(
+            key, backend, lambda: (path, search(q, k, v, lse, q_block, kv_block, scale)), torch_search)
     elif path.kernel == CPU_KERNEL:
         out, lse, sums = _cpu_search(q, k, v, lse, q_block, kv_block, scale)
     else:

@@ -3,14 +3,15 @@
 One program owns one query block (all its rows, BLOCK_M = the query block size) of one (batch, head), so
 the block sums need no atomics:
 
-- fused (AdaSpa's Alg. 1): pass 1 is dense FlashAttention-2 over every key tile (online softmax),
-  writing the output and the row log-sum-exp; pass 2 re-reads every key tile and adds
-  exp(scale q.k - LSE) per key block with that fresh LSE;
+- fused (AdaSpa's Alg. 1): pass 1 is dense FlashAttention-2 over every key tile (`attend_tile`, shared
+  with the other kernels in triton_common.py), writing the output and the row log-sum-exp; pass 2
+  re-reads every key tile and adds exp(scale q.k - LSE) per key block with that fresh LSE;
 - refresh (Alg. 2): the LSE is loaded (cached from an earlier step) and only pass 2 runs.
 
 The kernel writes block *sums* [B, H, Nq, Nk]; the caller divides by the rows of each query block.
 Plain pointer loads, as in sparse_attn/triton_kernel.py, so it also runs under TRITON_INTERPRET=1 (read
-when this module is first imported), which is how the tests check it on CPU.
+when this module is first imported), which is how the tests check it on CPU; tests/test_triton_compile.py
+compiles it for sm_90.
 """
 
 from __future__ import annotations
@@ -19,27 +20,26 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernel import INTERPRETED, LN2, LOG2E, precision
+from . import triton_common
+from .triton_common import (
+    INTERPRETED,
+    LN2,
+    LOG2E,
+    MAX_HEAD_DIM,
+    attend_tile,
+    base_offset,
+    check_offsets,
+    configs,
+    dot_precision,
+    fit_configs,
+    head_dim_pad,
+    on_device,
+    operand_bytes,
+    precision,
+    tile_scores,
+)
 
 __all__ = ["INTERPRETED", "precision", "search"]
-
-
-def _configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bn in (32, 64)
-        for w, s in ((4, 3), (8, 2))
-    ]
-
-
-def _fit_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Key tiles must fit inside one key block."""
-    fitted: dict[tuple, triton.Config] = {}
-    for c in configs:
-        bn = min(c.kwargs["BLOCK_N"], kwargs["KV_BLOCK"])
-        fitted.setdefault((bn, c.num_warps, c.num_stages), triton.Config(
-            {"BLOCK_N": bn}, num_warps=c.num_warps, num_stages=c.num_stages))
-    return list(fitted.values())
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def _search_fwd(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
     FUSED: tl.constexpr,  # compute out and LSE first (else: load the cached LSE)
-    IEEE: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     q_blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -65,69 +65,76 @@ def _search_fwd(
     offs_n = tl.arange(0, BLOCK_N)
     row_ok = offs_m < q_len
     dim_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
+    q = tl.load(Q + base_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd,
                 mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    k_base = K + b * stride_kb + h * stride_kh
+    k_base = K + base_offset(b, h, stride_kb, stride_kh)
+    lse_ptrs = Lse + pid_bh.to(tl.int64) * q_len + offs_m
 
     if FUSED:
         # -- pass 1: dense attention, online softmax in fp32 (log2 units) ------------------------------
-        v_base = V + b * stride_vb + h * stride_vh
+        v_base = V + base_offset(b, h, stride_vb, stride_vh)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
-        for start in range(0, kv_len, BLOCK_N):
-            cols = start + offs_n
-            col_ok = cols < kv_len
-            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-                        mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-            if IEEE:
-                qk = tl.dot(q, k, input_precision="ieee")
-            else:
-                qk = tl.dot(q, k)
-            qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: every tile has a real key
-            p = tl.math.exp2(qk - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-                        mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-            if IEEE:
-                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-            m_i = m_new
-        lse2 = m_i + tl.math.log2(l_i)
-        o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :] * stride_od
+        for first_col in range(0, kv_len, BLOCK_N):
+            m_i, l_i, acc = attend_tile(q, k_base, v_base, first_col + offs_n, kv_len, offs_d, dim_ok,
+                                        stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
+        lse2 = m_i + tl.math.log2(l_i)  # every row has kv_len >= 1 keys
+        o_ptrs = (Out + base_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_os
+                  + offs_d[None, :] * stride_od)
         tl.store(o_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
-        tl.store(Lse + pid_bh * q_len + offs_m, lse2 * LN2, mask=row_ok)
+        tl.store(lse_ptrs, lse2 * LN2, mask=row_ok)
     else:
-        lse2 = tl.load(Lse + pid_bh * q_len + offs_m, mask=row_ok, other=float("-inf")) * LOG2E
+        lse2 = tl.load(lse_ptrs, mask=row_ok, other=float("-inf")) * LOG2E
     # rows without keys (lse = -inf) and padding rows contribute nothing: exp2(qk - inf) = 0
     lse2 = tl.where(row_ok & (lse2 > float("-inf")), lse2, float("inf"))
 
     # -- pass 2: sum_{i in the query block, j in key block} exp(scale q_i.k_j - LSE_i) ------------------
-    sums_ptr = Sums + (pid_bh * tl.num_programs(0) + q_blk) * n_kv_blocks
-    for kv_blk in range(0, n_kv_blocks):
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for start in tl.static_range(0, KV_BLOCK, BLOCK_N):
-            cols = kv_blk * KV_BLOCK + start + offs_n
-            col_ok = cols < kv_len
-            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-                        mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-            if IEEE:
-                qk = tl.dot(q, k, input_precision="ieee")
-            else:
-                qk = tl.dot(q, k)
-            p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-            total += tl.sum(tl.where(col_ok[None, :], p, 0.0), 1)
-        tl.store(sums_ptr + kv_blk, tl.sum(total, 0))
+    # one flat loop over (key block, tile inside it), so the pipeliner buffers one tile per stage
+    sums_ptr = Sums + (pid_bh.to(tl.int64) * tl.num_programs(0) + q_blk) * n_kv_blocks
+    TILES: tl.constexpr = KV_BLOCK // BLOCK_N
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for t in range(0, n_kv_blocks * TILES):
+        kv_blk = t // TILES
+        qk = tile_scores(q, k_base, kv_blk * KV_BLOCK + (t % TILES) * BLOCK_N + offs_n, kv_len, offs_d, dim_ok,
+                         stride_ks, stride_kd, qk_scale, DOT)
+        total += tl.sum(tl.math.exp2(qk - lse2[:, None]), 1)  # -inf scores (missing keys) give 0
+        if t % TILES == TILES - 1:
+            tl.store(sums_ptr + kv_blk, tl.sum(total, 0))
+            total = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+
+def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Key tiles of this call's dot precision, fitted to the key block and shared memory (the query tile
+    is the whole query block)."""
+    dot = kwargs["DOT"]
+    no_m = [triton.Config({"BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in configs(dot)]
+    return fit_configs(no_m, kwargs["BLOCK_M"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"],
+                       operand_bytes(named_args["Q"].dtype, dot))
 
 
 _search_fwd_tuned = triton.autotune(
-    configs=_configs(),
-    key=["BLOCK_M", "KV_BLOCK", "HEAD_DIM_PAD", "FUSED", "IEEE"],
-    prune_configs_by={"early_config_prune": _fit_configs},
+    configs=[triton.Config({"BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=c.num_warps, num_stages=c.num_stages)
+             for c in configs()],
+    key=["BLOCK_M", "KV_BLOCK", "HEAD_DIM_PAD", "FUSED", "DOT"],  # and the dtypes of the tensor arguments
+    prune_configs_by={"early_config_prune": _prune},
+    cache_results=True,
 )(_search_fwd)
+
+
+def kernel_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, sums: torch.Tensor,
+    q_block: int, kv_block: int, scale: float, fused: bool,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and constexprs (also what the sm_90 compile test specializes)."""
+    B, H, Sq, D = q.shape
+    args = (
+        q, k, v, out, lse, sums, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        H, Sq, k.shape[2], sums.shape[-1], scale * 1.4426950408889634,
+    )
+    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "BLOCK_M": q_block, "KV_BLOCK": kv_block,
+                  "FUSED": fused, "DOT": dot_precision(q.dtype)}
 
 
 def search(
@@ -140,8 +147,13 @@ def search(
     scale: float,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(out or None, lse [B, H, Sq] fp32, block sums [B, H, Nq, Nk] fp32). With `v` (lse None) the fused
-    mode; with `lse` (v None) the refresh. q, k, v may have any strides."""
+    mode; with `lse` (v None) the refresh. q, k, v may have any strides; head dim at most MAX_HEAD_DIM."""
     B, H, Sq, D = q.shape
+    if D > MAX_HEAD_DIM:
+        raise RuntimeError(f"the Triton search kernel takes head dims up to {MAX_HEAD_DIM}; got {D}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x is not None:
+            check_offsets(name, x)
     Skv = k.shape[2]
     nq, nk = triton.cdiv(Sq, q_block), triton.cdiv(Skv, kv_block)
     fused = v is not None
@@ -150,15 +162,11 @@ def search(
     sums = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
     # unused operands of the refresh point at q (never read)
     v_arg, out_arg = (v, out) if fused else (q, q)
-    ieee = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    args, constexprs = kernel_args(q, k, v_arg, out_arg, lse, sums, q_block, kv_block, scale, fused)
     kernel, tiles = _search_fwd_tuned, {}
     if INTERPRETED:
-        kernel, tiles = _search_fwd, {"BLOCK_N": kv_block}
-    kernel[(nq, B * H)](
-        q, k, v_arg, out_arg, lse, sums,
-        *q.stride(), *k.stride(), *v_arg.stride(), *out_arg.stride(),
-        H, Sq, Skv, nk, scale * LOG2E,
-        HEAD_DIM=D, HEAD_DIM_PAD=max(16, triton.next_power_of_2(D)),
-        BLOCK_M=q_block, KV_BLOCK=kv_block, FUSED=fused, IEEE=ieee, **tiles,
-    )
+        _, bn = triton_common.interpreter_tiles or (q_block, kv_block)
+        kernel, tiles = _search_fwd, {"BLOCK_N": min(bn, kv_block)}
+    with on_device(q):
+        kernel[(nq, B * H)](*args, **constexprs, **tiles)
     return out, lse, sums

@@ -5,56 +5,38 @@ the inner loop walks the key blocks listed for its query block in `kv_indices` (
 One program computes BLOCK_M query rows (a query block, or a slice of one) for one (batch, head):
 
 1. load the query tile once;
-2. for each listed key block, and each BLOCK_N-wide tile inside it: scores = q . k^T in fp32 (log2
-   units), online softmax (running max `m_i`, running sum `l_i`, rescale `acc`), acc += p . v;
+2. for each listed key block, and each BLOCK_N-wide tile inside it (one flat loop): `attend_tile`
+   (triton_common.py, shared with the PISA and search kernels): scores in fp32 (log2 units), online
+   softmax, acc += p . v;
 3. write acc / l_i, and the row log-sum-exp (natural log).
 
 Plain pointer arithmetic (no TMA, no block pointers) keeps it runnable under the Triton interpreter
-(`TRITON_INTERPRET=1`), which is how CI tests it on CPU. Triton reads that flag when a kernel is
-decorated, i.e. when this module is first imported, so set it before (tests do so in a subprocess).
+(`TRITON_INTERPRET=1`), which is how CI runs it on CPU; tests/test_triton_compile.py compiles it for
+sm_90 as well. Triton reads that flag when a kernel is decorated, i.e. when this module is first
+imported, so set it before (tests do so in a subprocess).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-
-
-def _interpreted() -> bool:
-    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 keeps its flags there
-    if knobs is not None:
-        return bool(knobs.runtime.interpret)
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-INTERPRETED = _interpreted()
-
-
-def _configs() -> list[triton.Config]:
-    """A few tile shapes, as in Triton's fused-attention tutorial (pruned to fit the blocks)."""
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (64, 128)
-        for bn in (32, 64)
-        for w, s in ((4, 3), (8, 2))
-    ]
-
-
-def _fit_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Tiles must fit inside one block: clamp BLOCK_M to the query block, BLOCK_N to the key block."""
-    fitted: dict[tuple, triton.Config] = {}
-    for c in configs:
-        bm = min(c.kwargs["BLOCK_M"], kwargs["Q_BLOCK"])
-        bn = min(c.kwargs["BLOCK_N"], kwargs["KV_BLOCK"])
-        fitted.setdefault((bm, bn, c.num_warps, c.num_stages), triton.Config(
-            {"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=c.num_warps, num_stages=c.num_stages))
-    return list(fitted.values())
+from . import triton_common
+from .triton_common import (
+    INTERPRETED,
+    MAX_HEAD_DIM,
+    attend_tile,
+    base_offset,
+    check_offsets,
+    configs,
+    dot_precision,
+    finish,
+    fit_configs,
+    head_dim_pad,
+    on_device,
+    operand_bytes,
+)
 
 
 @triton.jit
@@ -70,7 +52,7 @@ def _block_sparse_fwd(
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr,  # fp32 inputs: exact fp32 dot products rather than tf32
+    DOT: tl.constexpr,  # tl.dot input_precision for fp32 inputs: "ieee", "tf32" or "tf32x3"
 ):
     # -- which rows: program (tile of BLOCK_M query rows, batch*head) -------------------------------
     pid_m = tl.program_id(0)
@@ -85,7 +67,7 @@ def _block_sparse_fwd(
     row_ok = offs_m < q_len
     dim_ok = offs_d < HEAD_DIM
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
+    q_ptrs = Q + base_offset(b, h, stride_qb, stride_qh) + offs_m[:, None] * stride_qs + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
 
     # -- running softmax state, fp32 --------------------------------------------------------------------
@@ -94,54 +76,58 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
     # -- the key blocks this query block attends ----------------------------------------------------
-    n_blocks = tl.load(KV_NUM + b * stride_nb + h * stride_nh + q_blk * stride_nq)
-    idx_ptr = KV_IDX + b * stride_ib + h * stride_ih + q_blk * stride_iq
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    for t in range(0, n_blocks):
-        kv_blk = tl.load(idx_ptr + t * stride_ik)
-        for start in tl.static_range(0, KV_BLOCK, BLOCK_N):
-            cols = kv_blk * KV_BLOCK + start + offs_n
-            col_ok = cols < kv_len  # the last block may be partial
-            k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-                        mask=col_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
-            if IEEE:
-                qk = tl.dot(q, k, input_precision="ieee")
-            else:
-                qk = tl.dot(q, k)
-            qk = tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
-
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing seen yet
-            p = tl.math.exp2(qk - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-
-            v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-                        mask=col_ok[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK_N, HEAD_DIM_PAD]
-            if IEEE:
-                acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc)
-            m_i = m_new
+    n_blocks = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
+    idx_ptr = KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_blk * stride_iq
+    k_base = K + base_offset(b, h, stride_kb, stride_kh)
+    v_base = V + base_offset(b, h, stride_vb, stride_vh)
+    # one flat loop over (listed block, key tile inside it): the software pipeliner then buffers one
+    # BLOCK_N tile per stage (a nested loop over the tiles of a block would buffer a whole block)
+    TILES: tl.constexpr = KV_BLOCK // BLOCK_N
+    for t in range(0, n_blocks * TILES):
+        kv_blk = tl.load(idx_ptr + (t // TILES) * stride_ik)
+        cols = kv_blk * KV_BLOCK + (t % TILES) * BLOCK_N + offs_n
+        m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
+                                    stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
 
     # -- epilogue: normalise; a row that attended nothing gets 0 and lse = -inf --------------------
-    has_keys = l_i > 0.0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * LN2, float("-inf"))
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :] * stride_od
+    out, lse = finish(acc, l_i, m_i)
+    o_ptrs = (Out + base_offset(b, h, stride_ob, stride_oh) + offs_m[:, None] * stride_os
+              + offs_d[None, :] * stride_od)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
-    tl.store(Lse + pid_bh * q_len + offs_m, lse, mask=row_ok)
+    tl.store(Lse + pid_bh.to(tl.int64) * q_len + offs_m, lse, mask=row_ok)
 
 
-# On the GPU the tile sizes are tuned per (block sizes, head dim, precision); the interpreter runs the
-# plain kernel with one tile per block, since its timings mean nothing.
+def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The candidates of this call's dot precision, fitted to its blocks, head dim and shared memory."""
+    dot = kwargs["DOT"]
+    return fit_configs(configs(dot), kwargs["Q_BLOCK"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"],
+                       operand_bytes(named_args["Q"].dtype, dot))
+
+
+# On the GPU the tile sizes are tuned per (block sizes, head dim, dtypes, precision), and the timings are
+# kept on disk (Triton's cache dir), so a new process does not tune again; the interpreter runs the plain
+# kernel, since its timings mean nothing.
 _block_sparse_fwd_tuned = triton.autotune(
-    configs=_configs(),
-    key=["Q_BLOCK", "KV_BLOCK", "HEAD_DIM_PAD", "IEEE"],
-    prune_configs_by={"early_config_prune": _fit_configs},
+    configs=configs(),
+    key=["Q_BLOCK", "KV_BLOCK", "HEAD_DIM_PAD", "DOT"],  # and the dtypes of the tensor arguments
+    prune_configs_by={"early_config_prune": _prune},
+    cache_results=True,
 )(_block_sparse_fwd)
+
+
+def kernel_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    num: torch.Tensor, idx: torch.Tensor, q_block: int, kv_block: int, scale: float,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and constexprs (also what the sm_90 compile test specializes)."""
+    B, H, Sq, D = q.shape
+    args = (
+        q, k, v, out, lse, num, idx,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *num.stride(), *idx.stride(),
+        H, Sq, k.shape[2], scale * 1.4426950408889634,
+    )
+    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_BLOCK": q_block, "KV_BLOCK": kv_block,
+                  "DOT": dot_precision(q.dtype)}
 
 
 def attention(
@@ -155,34 +141,24 @@ def attention(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). Any strides; the index may broadcast
-    (size-1 batch/head dims are read with stride 0)."""
+    (size-1 batch/head dims are read with stride 0). Head dim at most MAX_HEAD_DIM."""
     B, H, Sq, D = q.shape
-    Skv = k.shape[2]
+    if D > MAX_HEAD_DIM:
+        raise RuntimeError(f"the Triton kernel takes head dims up to {MAX_HEAD_DIM}; got {D}")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_offsets(name, x)
     out = torch.empty_like(q)  # same memory layout as q: [B, S, H, D] storage stays so for diffusers
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
     num, idx = kv_num_blocks.expand(B, H, -1), kv_indices.expand(B, H, -1, -1)
-    ieee = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    args, constexprs = kernel_args(q, k, v, out, lse, num, idx, q_block, kv_block, scale)
 
     def grid(meta: dict) -> tuple[int, int]:
         return (triton.cdiv(Sq, q_block) * (q_block // meta["BLOCK_M"]), B * H)
 
     kernel, tiles = _block_sparse_fwd_tuned, {}
     if INTERPRETED:
-        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": q_block, "BLOCK_N": kv_block}
-    kernel[grid](
-        q, k, v, out, lse, num, idx,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        *num.stride(), *idx.stride(),
-        H, Sq, Skv, scale * LOG2E,
-        HEAD_DIM=D, HEAD_DIM_PAD=max(16, triton.next_power_of_2(D)),
-        Q_BLOCK=q_block, KV_BLOCK=kv_block, IEEE=ieee, **tiles,
-    )
+        bm, bn = triton_common.interpreter_tiles or (q_block, kv_block)
+        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": min(bm, q_block), "BLOCK_N": min(bn, kv_block)}
+    with on_device(q):
+        kernel[grid](*args, **constexprs, **tiles)
     return out, lse
-
-
-def precision(dtype: torch.dtype) -> str:
-    """How the kernel computes for inputs of `dtype` (recorded with the path taken)."""
-    if dtype == torch.float32:
-        return "fp32 (tf32 dot)" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
-    return f"{name} dot, fp32 accumulate"

@@ -87,13 +87,13 @@ def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, 
         image = tile_order(layout.grid, VIDEO_TILES[block]).perm
     # text goes last, so that image blocks stay tile-aligned
     text_first = text_position == "first"
-    perm = torch.cat([image + (text if text_first else 0), torch.arange(text) + (0 if text_first else image.numel())])
+    perm = torch.cat([image + (text if text_first else 0), torch.arange(text, device="cpu") + (0 if text_first else image.numel())])
     inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(perm.numel())
+    inverse[perm] = torch.arange(perm.numel(), device="cpu")
     tokens = perm.numel()
     sinks = tuple(text_blocks(text, tokens, block, text_first=False))
     if first_frame_sink and frames > 1:  # video tokens are frame-major: frame 0 is the first height * width
-        first = torch.arange(frame) + (text if text_first else 0)
+        first = torch.arange(frame, device="cpu") + (text if text_first else 0)
         sinks += tuple(sorted(set((inverse[first] // block).tolist()) - set(sinks)))
     return BlockOrder(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
 

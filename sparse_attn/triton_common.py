@@ -1,0 +1,304 @@
+"""What the three Triton kernels share: constants, the inner loop, tile configs that fit, the launch.
+
+The block-sparse kernel (triton_kernel.py), PISA's fused kernel (pisa_triton.py) and AdaSpa's search
+(search_triton.py) are FlashAttention-2 forward passes that differ in which key tiles they visit. Like
+`_attn_fwd_inner` in Triton's fused-attention tutorial, one key tile of the online softmax is written
+once here (`attend_tile`, on top of `tile_scores` and `online_softmax`) and every kernel calls it.
+
+Also here, so that every kernel behaves alike on a GPU:
+
+- `LOG2E`, `LN2`: `tl.constexpr` globals (a plain Python float cannot be read inside `@triton.jit`);
+- `dot_precision(dtype)`: how fp32 inputs are multiplied. It follows torch's TF32 switch, read through
+  torch's new `fp32_precision` API when that is set (reading the legacy `allow_tf32` then raises), and
+  `set_fp32_precision("tf32x3")` opts in to three-pass TF32 (near-fp32 accuracy at tensor-core speed);
+- `configs` and `fit_configs`: autotune candidates, clamped to the block sizes and pruned by an estimate
+  of their shared memory against the device's limit (Hopper: 232,448 bytes per block), so no candidate
+  fails with OutOfResources; `tests/test_triton_compile.py` compiles every one for sm_90 on CPU and
+  checks the estimate against what the compiler allocates;
+- `on_device`: launches run on the tensors' GPU, not the current one (a second GPU, `device_map`);
+- `run_or_fall_back`: in "auto", a compile or resource error (`LAUNCH_ERRORS`) at a kernel's first
+  launch for a specialization becomes a recorded fallback, remembered so later calls do not recompile.
+
+Offsets that grow with the batch or head index are computed in int64 inside the kernels (`base_offset`):
+program id times batch stride overflows int32 from about 2^31 elements, e.g. batch 6 of a Wan-14B 720p
+call. Within one (batch, head) the row offsets stay int32; `check_offsets` refuses inputs where that
+would overflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import torch
+import triton
+import triton.language as tl
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources, PTXASError
+
+logger = logging.getLogger("accel")
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+MAX_HEAD_DIM = 256  # as FlashAttention: larger head dims leave no room for a K/V tile in shared memory
+SHARED_MEMORY_LIMIT = 232_448  # bytes per thread block on sm_90 (H100/H200); A100 (sm_80) has 166,912
+
+# A Triton compile or resource error at a kernel's first launch: "auto" records it and falls back.
+LAUNCH_ERRORS: tuple[type[Exception], ...] = (CompilationError, OutOfResources, PTXASError)
+
+
+def _interpreted() -> bool:
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4 keeps its flags there
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when these modules are first imported.
+INTERPRETED = _interpreted()
+
+# Under the interpreter the kernels run with one query tile and one key tile per block unless this asks
+# for smaller tiles (BLOCK_M, BLOCK_N): the tests set it to run the GPU's sub-tiling on CPU.
+interpreter_tiles: tuple[int, int] | None = None
+
+
+# -- fp32 precision -------------------------------------------------------------------------------------
+
+FP32_PRECISIONS = ("auto", "ieee", "tf32", "tf32x3")
+_fp32_precision = "auto"
+
+
+def set_fp32_precision(precision: str) -> None:
+    """How the Triton kernels multiply fp32 inputs: "auto" (default) follows torch's TF32 setting for
+    matmuls ("tf32" when TF32 is allowed, else "ieee"); "ieee" is exact fp32 (slow: it spills registers);
+    "tf32" is one TF32 pass (10-bit mantissa); "tf32x3" three TF32 passes, close to fp32 at about a third
+    of TF32's speed. fp16/bf16 inputs are not affected. Raises ValueError for another value."""
+    global _fp32_precision
+    if precision not in FP32_PRECISIONS:
+        raise ValueError(f"precision must be one of {FP32_PRECISIONS}; got {precision!r}")
+    _fp32_precision = precision
+
+
+def torch_allows_tf32() -> bool:
+    """Whether torch lets fp32 matmuls on CUDA use TF32. Reads the `fp32_precision` API (torch >= 2.9;
+    the matmul setting, else the global one, "none" meaning inherit), and the legacy `allow_tf32` only
+    when neither is set: reading it after the new API was used raises in torch."""
+    for node in (torch.backends.cuda.matmul, torch.backends):
+        value = getattr(node, "fp32_precision", None)
+        if value is None:
+            break
+        if value != "none":
+            return value == "tf32"
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:  # a torch that raises on a mix of APIs we did not foresee: exact is safe
+        return False
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """`input_precision` of the kernels' tl.dot for inputs of `dtype`: "ieee", "tf32" or "tf32x3" for
+    fp32; "tf32" for fp16/bf16, where Triton ignores it."""
+    if dtype != torch.float32:
+        return "tf32"
+    if _fp32_precision == "auto":
+        return "tf32" if torch_allows_tf32() else "ieee"
+    return _fp32_precision
+
+
+def precision(dtype: torch.dtype) -> str:
+    """How the kernels compute for inputs of `dtype` (recorded with the path taken)."""
+    if dtype == torch.float32:
+        dot = dot_precision(dtype)
+        return "fp32" if dot == "ieee" else f"fp32 ({dot} dot)"
+    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    return f"{name} dot, fp32 accumulate"
+
+
+_warned_fp32 = False
+
+
+def warn_fp32_once() -> None:
+    """fp32 inputs on the GPU kernels are slow (exact fp32 dots spill registers); say so once."""
+    global _warned_fp32
+    if not _warned_fp32 and not INTERPRETED:
+        _warned_fp32 = True
+        logger.warning(
+            "accel: fp32 inputs reach the Triton kernels (%s); run the model in bf16/fp16 for speed, or allow "
+            "TF32 (torch.backends.cuda.matmul.fp32_precision = 'tf32', or sparse_attn.set_fp32_precision("
+            "'tf32x3') for near-fp32 accuracy)", precision(torch.float32),
+        )
+
+
+# -- tiles that fit -----------------------------------------------------------------------------------
+
+
+def head_dim_pad(head_dim: int) -> int:
+    """The head dim the kernels tile by: the next power of two, at least 16."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def operand_bytes(dtype: torch.dtype, dot: str) -> int:
+    """Bytes per element of a dot operand in shared memory: 2 for fp16/bf16, 4 for fp32, and 8 for
+    "tf32x3", which keeps a high and a low TF32 part of each operand."""
+    if dtype != torch.float32:
+        return 2
+    return 8 if dot == "tf32x3" else 4
+
+
+def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, dim_pad: int, elem_bytes: int) -> int:
+    """An upper bound on the shared memory (bytes) of one program: the query tile, and per pipeline
+    stage a key and a value tile (what the software pipeliner buffers), plus 1 KiB of scratch. Checked
+    against the compiler's own figure for every config by tests/test_triton_compile.py."""
+    tiles = block_m * dim_pad + max(1, num_stages) * 2 * block_n * dim_pad
+    return tiles * elem_bytes + 1024
+
+
+# (BLOCK_M, BLOCK_N, warps, stages): for tensor-core dots (fp16, bf16, TF32) as in Triton's fused-attention
+# tutorial; for exact fp32 dots ("ieee", "tf32x3") small tiles, which alone keep them from spilling
+# registers (measured with tests/test_triton_compile.py: 0 bytes for "ieee" at every head dim).
+FAST_TILES = [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 8, 2)]
+EXACT_FP32_TILES = [(64, 16, 8, 2), (32, 16, 4, 2), (16, 16, 4, 2)]
+
+
+def configs(dot: str | None = None) -> list[triton.Config]:
+    """Autotune candidates for the dot precision `dot` (None: every candidate); `fit_configs` clamps
+    them to the blocks and shrinks them to fit the head dim."""
+    shapes = {None: FAST_TILES + EXACT_FP32_TILES, "ieee": EXACT_FP32_TILES, "tf32x3": EXACT_FP32_TILES}
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in shapes.get(dot, FAST_TILES)
+    ]
+
+
+def fit_configs(
+    candidates: list[triton.Config], q_block: int, kv_block: int, dim_pad: int, elem_bytes: int,
+    limit: int = SHARED_MEMORY_LIMIT,
+) -> list[triton.Config]:
+    """The candidates with BLOCK_M clamped to the query block and BLOCK_N to the key block (a candidate
+    without BLOCK_M has query tiles of a whole block), minus what would not fit in `limit` bytes of
+    shared memory: a stage fewer, then a smaller BLOCK_N, then a smaller BLOCK_M are tried before a
+    candidate is dropped. At head dims up to MAX_HEAD_DIM at least one candidate always remains."""
+    fitted: dict[tuple, triton.Config] = {}
+    for c in candidates:
+        tile_m = "BLOCK_M" in c.kwargs
+        bm, bn = min(c.kwargs.get("BLOCK_M", q_block), q_block), min(c.kwargs["BLOCK_N"], kv_block)
+        stages = c.num_stages
+        while shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes) > limit:
+            if stages > 1:
+                stages -= 1
+            elif bn > 16:
+                bn //= 2
+            elif tile_m and bm > 16:
+                bm //= 2
+            else:
+                break
+        if shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes) > limit:
+            continue
+        tiles = {"BLOCK_M": bm, "BLOCK_N": bn} if tile_m else {"BLOCK_N": bn}
+        fitted.setdefault((bm, bn, c.num_warps, stages), triton.Config(tiles, num_warps=c.num_warps,
+                                                                       num_stages=stages))
+    return list(fitted.values())
+
+
+# -- launching -----------------------------------------------------------------------------------------
+
+
+T = TypeVar("T")
+_failed: dict[tuple, str] = {}  # specialization key -> why its kernel could not be built
+
+
+def run_or_fall_back(key: tuple, backend: str, launch: Callable[[], T], fallback: Callable[[str], T]) -> T:
+    """`launch()` a Triton kernel for the specialization `key` (kernel name, dtype, head dim, blocks,
+    precision, device). With `backend="auto"`, a compile or resource error is remembered under `key`
+    and `fallback(reason)` serves this call and every later one with that key (the caller records the
+    path with the reason, which logs it once); any other backend lets the error through."""
+    reason = _failed.get(key) if backend == "auto" else None
+    if reason is None:
+        try:
+            return launch()
+        except LAUNCH_ERRORS as exc:
+            if backend != "auto":
+                raise
+            first_line = (str(exc).strip().splitlines() or [""])[-1][:300]
+            reason = f"the Triton {key[0]} kernel did not build ({type(exc).__name__}: {first_line})"
+            _failed[key] = reason
+    return fallback(reason)
+
+
+@contextlib.contextmanager
+def on_device(tensor: torch.Tensor) -> Iterator[None]:
+    """Launch on `tensor`'s GPU (Triton launches on the current CUDA device and stream)."""
+    if tensor.device.type == "cuda":
+        with torch.cuda.device(tensor.device):
+            yield
+    else:
+        yield
+
+
+def check_offsets(name: str, x: torch.Tensor) -> None:
+    """The kernels index within one (batch, head) in int32: refuse a tensor whose slice spans 2^31
+    elements or more (batch and head offsets are int64 and have no such limit)."""
+    span = sum((n - 1) * abs(s) for n, s in zip(x.shape[2:], x.stride()[2:], strict=True)) if x.numel() else 0
+    if span >= 2**31:
+        raise RuntimeError(
+            f"{name} spans {span} elements within one (batch, head); the Triton kernels index rows in int32 "
+            "(up to 2^31 - 1): split the sequence"
+        )
+
+
+# -- the inner loop -------------------------------------------------------------------------------------
+
+
+@triton.jit
+def base_offset(b, h, stride_b, stride_h):
+    """b * stride_b + h * stride_h in int64 (program ids are int32)."""
+    return b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def tile_scores(q, k_base, cols, kv_len, offs_d, dim_ok, stride_ks, stride_kd, qk_scale, DOT: tl.constexpr):
+    """Scores of q [BLOCK_M, D] against the keys `cols` [BLOCK_N] in log2 units, fp32 [BLOCK_M, BLOCK_N];
+    -inf where the key does not exist (past `kv_len`)."""
+    col_ok = cols < kv_len
+    k = tl.load(k_base + cols[None, :] * stride_ks + offs_d[:, None] * stride_kd,
+                mask=col_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
+    qk = tl.dot(q, k, input_precision=DOT)
+    return tl.where(col_ok[None, :], qk * qk_scale, float("-inf"))
+
+
+@triton.jit
+def online_softmax(qk, m_i):
+    """One step of the online softmax over scores qk [BLOCK_M, N] (log2 units): the new running max,
+    p = 2^(qk - max) and the factor alpha that rescales what was summed before. Rows that have seen no
+    finite score yet keep max -inf and get p = 0, alpha = 1."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    return m_new, p, alpha
+
+
+@triton.jit
+def attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok, stride_ks, stride_kd, stride_vs, stride_vd,
+                qk_scale, m_i, l_i, acc, DOT: tl.constexpr):
+    """One key tile of FlashAttention-2: scores, online softmax, acc += p . v. Returns (m_i, l_i, acc)."""
+    qk = tile_scores(q, k_base, cols, kv_len, offs_d, dim_ok, stride_ks, stride_kd, qk_scale, DOT)
+    m_new, p, alpha = online_softmax(qk, m_i)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + cols[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+                mask=(cols < kv_len)[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK_N, HEAD_DIM_PAD]
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def finish(acc, l_i, m_i):
+    """Normalise: (out fp32 [BLOCK_M, D], row log-sum-exp in natural log); a row that saw no key gets 0
+    and -inf."""
+    has_keys = l_i > 0.0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, (m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0))) * LN2, float("-inf"))
+    return out, lse
