@@ -24,11 +24,14 @@ from torch.nn.attention.flex_attention import BlockMask, noop_mask
 BlockSize = int | tuple[int, int]
 
 
+BLOCK_SIZES = (16, 32, 64, 128)  # what the kernels tile by (and what tests/test_triton_compile.py builds)
+
+
 def block_sizes(block_size: BlockSize) -> tuple[int, int]:
-    """(query block, key block) from an int or a pair; each a power of two >= 16 (what the kernels tile by)."""
+    """(query block, key block) from an int or a pair; each one of BLOCK_SIZES."""
     sizes = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
-    if len(sizes) != 2 or any(not isinstance(s, int) or s < 16 or s & (s - 1) for s in sizes):
-        raise ValueError(f"block_size must be a power of two >= 16, or a pair of them; got {block_size!r}")
+    if len(sizes) != 2 or any(isinstance(s, bool) or s not in BLOCK_SIZES for s in sizes):
+        raise ValueError(f"block_size must be one of {BLOCK_SIZES}, or a pair of them; got {block_size!r}")
     return sizes[0], sizes[1]
 
 

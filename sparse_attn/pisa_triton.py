@@ -141,6 +141,11 @@ CANDIDATES = {
 }
 
 
+def launch_configs(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
+    """The one tile config a launch runs (a list, like the other kernels')."""
+    return [tiles(q_block, kv_block, dim_pad, dtype, dot)]
+
+
 def tiles(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str,
           limit: int = SHARED_MEMORY_LIMIT) -> triton.Config:
     """The fixed tiles for these block sizes, head dim and precision: the first candidate, clamped to the

@@ -70,7 +70,7 @@ def _torch_precision(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else f"{str(dtype).removeprefix('torch.')} inputs, fp32 compute"
 
 
-def choose_search_path(q: torch.Tensor, backend: str) -> AttentionPath:
+def choose_search_path(q: torch.Tensor, backend: str, block_size: BlockSize = 64) -> AttentionPath:
     """The path for these inputs. An explicitly requested backend that cannot run raises; "auto" on CUDA
     falls back to torch only with a recorded reason (logged as a warning)."""
     if backend not in BACKENDS:
@@ -86,7 +86,7 @@ def choose_search_path(q: torch.Tensor, backend: str) -> AttentionPath:
         if device != "cuda":
             return AttentionPath(TORCH, _torch_precision(q.dtype), device)
         try:
-            return choose_search_path(q, TRITON)
+            return choose_search_path(q, TRITON, block_size)
         except RuntimeError as exc:
             return AttentionPath(TORCH, _torch_precision(q.dtype), device, str(exc))
     if backend == TRITON:
@@ -96,9 +96,16 @@ def choose_search_path(q: torch.Tensor, backend: str) -> AttentionPath:
             raise RuntimeError(f"triton is not importable: {exc}") from exc
         if device != "cuda" and not (device == "cpu" and triton_common.INTERPRETED):
             raise RuntimeError(f"the Triton search kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
-        if q.shape[-1] > triton_common.MAX_HEAD_DIM:
-            raise RuntimeError(f"the Triton search kernel takes head dims up to {triton_common.MAX_HEAD_DIM}, "
-                               f"got {q.shape[-1]}")
+        from .search_triton import launch_configs
+
+        q_block, kv_block = block_sizes(block_size)
+        dot, dim = triton_common.dot_precision(q.dtype), q.shape[-1]
+        if dim > triton_common.MAX_HEAD_DIM or not launch_configs(q_block, kv_block, triton_common.head_dim_pad(dim),
+                                                                  q.dtype, dot):
+            raise RuntimeError(f"the Triton search kernel has no tiles for query blocks of {q_block} at head dim "
+                               f"{dim} and {triton_common.precision(q.dtype)} (head dims up to "
+                               f"{triton_common.MAX_HEAD_DIM}, within {triton_common.SHARED_MEMORY_LIMIT} bytes "
+                               "of shared memory)")
         if q.dtype == torch.float32:
             triton_common.warn_fp32_once()
         return AttentionPath(TRITON, triton_common.precision(q.dtype), device)
@@ -232,7 +239,7 @@ def _search(
     q_block, kv_block = block_sizes(block_size)
     B, H, Sq, D = q.shape
     scale = D**-0.5 if scale is None else float(scale)
-    path = choose_search_path(q, backend)
+    path = choose_search_path(q, backend, block_size)
     _forward_only(path, q, k, *(() if v is None else (v,)))
     nq, nk = num_blocks(Sq, q_block), num_blocks(k.shape[2], kv_block)
     if Sq == 0 or k.shape[2] == 0:

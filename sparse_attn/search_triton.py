@@ -104,19 +104,25 @@ def _search_fwd(
             total = tl.zeros([BLOCK_M], dtype=tl.float32)
 
 
-def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Key tiles of this call's dot precision, fitted to the key block and shared memory (the query tile
-    is the whole query block)."""
-    dot = kwargs["DOT"]
-    no_m = [triton.Config({"BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=c.num_warps, num_stages=c.num_stages)
+def _key_tiles(dot: str | None = None) -> list[triton.Config]:
+    """Candidate key tiles: the engine's, without BLOCK_M (the query tile is the whole query block)."""
+    return [triton.Config({"BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=c.num_warps, num_stages=c.num_stages)
             for c in configs(dot)]
-    return fit_configs(no_m, kwargs["BLOCK_M"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"],
-                       operand_bytes(named_args["Q"].dtype, dot))
+
+
+def launch_configs(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
+    """The tile configs a launch may run; empty when even the smallest key tile leaves no room next to a
+    whole query block (then the search refuses the Triton path)."""
+    return fit_configs(_key_tiles(dot), q_block, kv_block, dim_pad, operand_bytes(dtype, dot))
+
+
+def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    return launch_configs(kwargs["BLOCK_M"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"], named_args["Q"].dtype,
+                          kwargs["DOT"])
 
 
 _search_fwd_tuned = triton.autotune(
-    configs=[triton.Config({"BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=c.num_warps, num_stages=c.num_stages)
-             for c in configs()],
+    configs=_key_tiles(),
     key=["BLOCK_M", "KV_BLOCK", "HEAD_DIM_PAD", "FUSED", "DOT"],  # and the dtypes of the tensor arguments
     prune_configs_by={"early_config_prune": _prune},
     cache_results=True,
@@ -149,8 +155,8 @@ def search(
     """(out or None, lse [B, H, Sq] fp32, block sums [B, H, Nq, Nk] fp32). With `v` (lse None) the fused
     mode; with `lse` (v None) the refresh. q, k, v may have any strides; head dim at most MAX_HEAD_DIM."""
     B, H, Sq, D = q.shape
-    if D > MAX_HEAD_DIM:
-        raise RuntimeError(f"the Triton search kernel takes head dims up to {MAX_HEAD_DIM}; got {D}")
+    if D > MAX_HEAD_DIM or not launch_configs(q_block, kv_block, head_dim_pad(D), q.dtype, dot_precision(q.dtype)):
+        raise RuntimeError(f"no search tiles for query blocks of {q_block} at head dim {D} ({precision(q.dtype)})")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x is not None:
             check_offsets(name, x)

@@ -149,10 +149,11 @@ def operand_bytes(dtype: torch.dtype, dot: str) -> int:
 
 
 def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, dim_pad: int, elem_bytes: int) -> int:
-    """An upper bound on the shared memory (bytes) of one program: the query tile, and per pipeline
-    stage a key and a value tile (what the software pipeliner buffers), plus 1 KiB of scratch. Checked
-    against the compiler's own figure for every config by tests/test_triton_compile.py."""
-    tiles = block_m * dim_pad + max(1, num_stages) * 2 * block_n * dim_pad
+    """An upper bound on the shared memory (bytes) of one program: the query tile, per pipeline stage a
+    key and a value tile (what the software pipeliner buffers), the probability tile (the first operand
+    of p . v, staged through shared memory for fp32 dots) and 1 KiB of scratch. tests/test_triton_compile.py
+    checks it against the compiler's own figure for every build."""
+    tiles = block_m * dim_pad + max(1, num_stages) * 2 * block_n * dim_pad + block_m * block_n
     return tiles * elem_bytes + 1024
 
 

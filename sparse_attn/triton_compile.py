@@ -19,8 +19,11 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
+
+from .blocks import BLOCK_SIZES
 
 HOPPER = GPUTarget("cuda", 90, 32)
 
@@ -85,3 +88,191 @@ def compile_for(
         return CompileReport(error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
     registers, spill = resource_usage(compiled.asm["cubin"]) if resources else (0, 0)
     return CompileReport(shared=int(compiled.metadata.shared), registers=registers, spill_bytes=spill)
+
+
+# -- every specialization the API can launch ------------------------------------------------------------
+
+# (input dtype, tl.dot precision for fp32 inputs): what `set_fp32_precision` and torch's TF32 switch allow
+PRECISIONS: tuple[tuple[torch.dtype, str], ...] = (
+    (torch.float16, "tf32"), (torch.bfloat16, "tf32"),
+    (torch.float32, "tf32"), (torch.float32, "tf32x3"), (torch.float32, "ieee"),
+)
+HEAD_DIM_PADS = (16, 32, 64, 128, 256)  # head dims are tiled by these (triton_common.head_dim_pad)
+KERNELS = ("block-sparse", "pisa-hybrid", "pisa-zeroth", "search-fused", "search-refresh")
+WAN_14B_720P = (2, 40, 75_600)  # batch, heads, tokens of a Wan2.1-14B 720p call: real strides and sizes
+
+
+@dataclass(frozen=True)
+class Specialization:
+    """One kernel build: which kernel, input dtype and fp32 dot precision, head dim, block sizes and tile
+    config. `compile()` builds it for sm_90 on meta tensors shaped like a Wan-14B 720p call ([B, S, H, D]
+    storage seen as [B, H, S, D], as diffusers passes it)."""
+
+    kernel: str
+    dtype: torch.dtype
+    dot: str
+    head_dim: int
+    q_block: int
+    kv_block: int
+    config: triton.Config
+
+    @property
+    def tiles(self) -> tuple[int, ...]:
+        c = self.config
+        bm = c.kwargs.get("BLOCK_M", self.q_block)
+        return bm, c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_G", 0), c.num_warps, c.num_stages
+
+    @property
+    def key(self) -> tuple:
+        """What the compiled code depends on (block sizes only through tile counts, which decide whether
+        a tile loop divides): builds with equal keys are the same build up to integer constants."""
+        bm, bn = self.tiles[:2]
+        return (self.kernel, self.dtype, self.dot, self.head_dim, self.tiles, self.q_block > bm, self.kv_block > bn)
+
+    @property
+    def shared_estimate(self) -> int:
+        from .triton_common import operand_bytes, shared_memory_estimate
+
+        bm, bn, bg, _, stages = self.tiles
+        dim_pad = max(16, triton.next_power_of_2(self.head_dim))
+        need = shared_memory_estimate(bm, bn, stages, dim_pad, operand_bytes(self.dtype, self.dot))
+        if bg:
+            from .pisa_triton import pooled_dot
+
+            need += shared_memory_estimate(bm, bg, stages, dim_pad, operand_bytes(torch.float32,
+                                                                                   pooled_dot(self.dtype, self.dot)))
+        return need
+
+    def __str__(self) -> str:
+        name = str(self.dtype).removeprefix("torch.")
+        dot = f"/{self.dot}" if self.dtype == torch.float32 else ""
+        bm, bn, bg, w, s = self.tiles
+        g = f" G{bg}" if bg else ""
+        return (f"{self.kernel} {name}{dot} D{self.head_dim} blocks {self.q_block}x{self.kv_block} "
+                f"tile {bm}x{bn}{g} w{w} s{s}")
+
+    def compile(self, target: GPUTarget = HOPPER, resources: bool = True) -> CompileReport:
+        kernel, args, constexprs = self._launch()
+        constexprs = {k: v for k, v in constexprs.items() if k not in self.config.kwargs}
+        return compile_for(kernel, args, constexprs, self.config, target, resources)
+
+    def _launch(self) -> tuple[triton.runtime.JITFunction, tuple, dict]:
+        from . import pisa_triton, search_triton, triton_kernel
+
+        B, H, S = WAN_14B_720P
+        D = self.head_dim
+        q = torch.empty(B, S, H, D, dtype=self.dtype, device="meta").transpose(1, 2)
+        lse = torch.empty(B, H, S, device="meta")
+        nq, nk = -(-S // self.q_block), -(-S // self.kv_block)
+        scale = D**-0.5
+        if self.kernel == "block-sparse":
+            num = torch.empty(B, H, nq, dtype=torch.int32, device="meta")
+            idx = torch.empty(B, H, nq, nk, dtype=torch.int32, device="meta")
+            args, constexprs = triton_kernel.kernel_args(q, q, q, torch.empty_like(q), lse, num, idx, self.q_block,
+                                                         self.kv_block, scale)
+            constexprs["DOT"] = self.dot
+            return triton_kernel._block_sparse_fwd, args, constexprs
+        if self.kernel.startswith("pisa"):
+            num = torch.empty(1, 1, nq, dtype=torch.int32, device="meta").expand(B, H, nq)
+            idx = torch.empty(1, 1, nq, nk, dtype=torch.int32, device="meta").expand(B, H, nq, nk)
+            stat = torch.empty(B, H, nk, D, device="meta")
+            first = torch.empty(B, H, S, D, device="meta")
+            args, constexprs = pisa_triton.kernel_args(
+                q, q, q, torch.empty_like(q), lse, num, idx, torch.empty(B, H, nq, nk, dtype=torch.int8, device="meta"),
+                stat, stat, torch.empty(nk, device="meta"), first, self.q_block, self.kv_block, scale,
+                self.kernel == "pisa-hybrid")
+            constexprs["DOT"], constexprs["POOLED_DOT"] = self.dot, pisa_triton.pooled_dot(self.dtype, self.dot)
+            return pisa_triton._pisa_fwd, args, constexprs
+        sums = torch.empty(B, H, nq, nk, device="meta")
+        args, constexprs = search_triton.kernel_args(q, q, q, torch.empty_like(q), lse, sums, self.q_block,
+                                                     self.kv_block, scale, self.kernel == "search-fused")
+        constexprs["DOT"] = self.dot
+        return search_triton._search_fwd, args, constexprs
+
+
+def launch_configs(kernel: str, q_block: int, kv_block: int, head_dim: int, dtype: torch.dtype,
+                   dot: str) -> list[triton.Config]:
+    """The configs a launch of `kernel` may run for these inputs (what its autotuner or tile rule gives)."""
+    from . import pisa_triton, search_triton, triton_kernel
+
+    module = {"block": triton_kernel, "pisa": pisa_triton, "search": search_triton}[kernel.split("-")[0]]
+    return module.launch_configs(q_block, kv_block, max(16, triton.next_power_of_2(head_dim)), dtype, dot)
+
+
+def specializations(head_dims: tuple[int, ...] = HEAD_DIM_PADS) -> list[Specialization]:
+    """Every distinct build the API can launch at these head dims (one per `Specialization.key`, with the
+    block sizes of its first occurrence), in a stable order."""
+    seen: dict[tuple, Specialization] = {}
+    for kernel in KERNELS:
+        for dtype, dot in PRECISIONS:
+            for head_dim in head_dims:
+                for q_block in BLOCK_SIZES:
+                    for kv_block in BLOCK_SIZES:
+                        for config in launch_configs(kernel, q_block, kv_block, head_dim, dtype, dot):
+                            spec = Specialization(kernel, dtype, dot, head_dim, q_block, kv_block, config)
+                            seen.setdefault(spec.key, spec)
+    return list(seen.values())
+
+
+def covering(specs: list[Specialization]) -> list[Specialization]:
+    """A subset that exercises every axis in about two minutes on 2 cores: per (kernel, dtype, precision,
+    head dim) the build with the most shared memory (the limit's worst case; every compiled build also
+    checks the estimate that prunes the rest); per (kernel, dtype, precision) at head dim 64 the one with
+    the smallest tiles (the non-wgmma MMA path); and per kernel, at fp16 and head dim 64, one build of each
+    loop form (several query tiles per block or one, several key tiles per block or one)."""
+    chosen: dict[tuple, Specialization] = {}
+    groups: dict[tuple, list[Specialization]] = {}
+    for s in specs:
+        groups.setdefault(("most shared", s.kernel, s.dtype, s.dot, s.head_dim), []).append(s)
+        if s.head_dim == 64:
+            groups.setdefault(("smallest tiles", s.kernel, s.dtype, s.dot), []).append(s)
+            if s.dtype == torch.float16:
+                groups.setdefault(("loop form", s.kernel, s.key[-2:]), []).append(s)
+    for name, group in groups.items():
+        if name[0] == "smallest tiles":
+            pick = min(group, key=lambda s: (s.tiles[0] * s.tiles[1], -s.tiles[3]))
+        else:
+            pick = max(group, key=lambda s: s.shared_estimate)
+        chosen[pick.key] = pick
+    return list(chosen.values())
+
+
+def _compile_one(spec: Specialization) -> CompileReport:
+    return spec.compile()
+
+
+def check(specs: list[Specialization], workers: int | None = None) -> list[tuple[Specialization, CompileReport]]:
+    """Compile every spec for sm_90 in `workers` processes (default: the CPU count, at most 4)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(zip(specs, pool.map(_compile_one, specs, chunksize=4), strict=True))
+
+
+def problems(results: list[tuple[Specialization, CompileReport]], limit: int | None = None) -> list[str]:
+    """What would fail at launch, or break the estimate the configs are pruned by: one line each."""
+    from .triton_common import SHARED_MEMORY_LIMIT
+
+    limit = SHARED_MEMORY_LIMIT if limit is None else limit
+    out = []
+    for spec, r in results:
+        if not r.ok:
+            out.append(f"{spec}: {r.error}")
+        elif r.shared > limit:
+            out.append(f"{spec}: {r.shared} bytes of shared memory, over the limit of {limit}")
+        elif r.shared > spec.shared_estimate:
+            out.append(f"{spec}: {r.shared} bytes of shared memory, over its estimate of {spec.shared_estimate}")
+    return out
+
+
+def report(results: list[tuple[Specialization, CompileReport]]) -> str:
+    """A markdown table: every build with its shared memory, registers and spills."""
+    lines = ["| build | shared (B) | estimate (B) | registers | spilled (B/thread) |", "|---|---:|---:|---:|---:|"]
+    for spec, r in results:
+        if r.ok:
+            lines.append(f"| {spec} | {r.shared} | {spec.shared_estimate} | {r.registers} | {r.spill_bytes} |")
+        else:
+            lines.append(f"| {spec} | error: {r.error.splitlines()[0][:80] if r.error else ''} | | | |")
+    return "\n".join(lines)

@@ -97,11 +97,14 @@ def _block_sparse_fwd(
     tl.store(Lse + pid_bh.to(tl.int64) * q_len + offs_m, lse, mask=row_ok)
 
 
+def launch_configs(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
+    """The tile configs a launch may run (the autotuner times them; the sm_90 compile test builds them)."""
+    return fit_configs(configs(dot), q_block, kv_block, dim_pad, operand_bytes(dtype, dot))
+
+
 def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The candidates of this call's dot precision, fitted to its blocks, head dim and shared memory."""
-    dot = kwargs["DOT"]
-    return fit_configs(configs(dot), kwargs["Q_BLOCK"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"],
-                       operand_bytes(named_args["Q"].dtype, dot))
+    return launch_configs(kwargs["Q_BLOCK"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"], named_args["Q"].dtype,
+                          kwargs["DOT"])
 
 
 # On the GPU the tile sizes are tuned per (block sizes, head dim, dtypes, precision), and the timings are
