@@ -55,7 +55,7 @@ def choose_path(q: torch.Tensor, backend: str) -> paths.AttentionPath:
             raise RuntimeError(f"the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
         if q.shape[-1] > triton_common.MAX_HEAD_DIM:
             raise RuntimeError(f"the Triton kernel takes head dims up to {triton_common.MAX_HEAD_DIM}, got {q.shape[-1]}")
-        if q.dtype == torch.float32:
+        if q.dtype == torch.float32 and device == "cuda":
             triton_common.warn_fp32_once()
         return paths.AttentionPath(paths.TRITON, triton_common.precision(q.dtype), device)
     if backend == paths.CPU_KERNEL:

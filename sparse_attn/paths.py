@@ -33,19 +33,19 @@ class AttentionPath:
 
 
 class PathLog:
-    """The last path one kind of call took, in this process; each (kernel, precision, device) is logged
-    once, fallbacks (a `note`) as warnings. The engine and the search each keep one."""
+    """The last path one kind of call took, in this process; each (kernel, precision, device, reason) is
+    logged once, fallbacks (a `note`: the reason) as warnings. The engine and the search each keep one."""
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.last: AttentionPath | None = None
-        self._logged: set[tuple[str, str, str]] = set()
+        self._logged: set[tuple[str, str, str, str]] = set()
         self._lock = threading.Lock()
 
     def record(self, path: AttentionPath) -> None:
         with self._lock:
             self.last = path
-            key = (path.kernel, path.precision, path.device)
+            key = (path.kernel, path.precision, path.device, path.note)
             if key in self._logged:
                 return
             self._logged.add(key)

@@ -106,7 +106,7 @@ def choose_search_path(q: torch.Tensor, backend: str, block_size: BlockSize = 64
                                f"{dim} and {triton_common.precision(q.dtype)} (head dims up to "
                                f"{triton_common.MAX_HEAD_DIM}, within {triton_common.SHARED_MEMORY_LIMIT} bytes "
                                "of shared memory)")
-        if q.dtype == torch.float32:
+        if q.dtype == torch.float32 and device == "cuda":
             triton_common.warn_fp32_once()
         return AttentionPath(TRITON, triton_common.precision(q.dtype), device)
     if backend == CPU_KERNEL:

@@ -121,9 +121,9 @@ _warned_fp32 = False
 
 
 def warn_fp32_once() -> None:
-    """fp32 inputs on the GPU kernels are slow (exact fp32 dots spill registers); say so once."""
+    """fp32 inputs on the GPU kernels are slow (exact fp32 dots need small tiles); say so once."""
     global _warned_fp32
-    if not _warned_fp32 and not INTERPRETED:
+    if not _warned_fp32:
         _warned_fp32 = True
         logger.warning(
             "accel: fp32 inputs reach the Triton kernels (%s); run the model in bf16/fp16 for speed, or allow "

@@ -11,7 +11,9 @@ first layers dense, as both papers do.
 A boolean key-padding mask over the text (HunyuanVideo's padded prompt) is honoured by leaving the
 padded keys out, one batch element at a time. Calls the kernels cannot serve (another kind of mask, a
 sequence that does not match the token layout) run dense, are counted in `stats()["fallbacks"]` with
-the reason, and are logged once.
+the reason, and are logged once. `stats()["kernel"]` names the kernel and precision of the last sparse
+call; where "auto" could not use the kernel it wanted (a Triton build error), `stats()["kernel_fallback"]`
+gives the reason.
 """
 
 from __future__ import annotations
@@ -190,6 +192,8 @@ class SparseAttentionMethod(Method):
         last = paths.last_path()
         if last is not None:
             self.counters["kernel"] = f"{last.kernel} ({last.precision})"
+            if last.note:  # a fallback from the kernel "auto" wanted, with its reason
+                self.counters["kernel_fallback"] = last.note
         return order.order.restore(out, dim=2).to(call.query.dtype)
 
     def _attend_kept(
@@ -234,8 +238,9 @@ class SparseAttentionMethod(Method):
         self.counters[name] = self.counters.get(name, 0) + n
 
     def record_blocks(self, kv_num_blocks: torch.Tensor, kv_blocks: int) -> None:
-        """Count the key blocks kept (for the mean density in `stats()`)."""
-        self.count("kept_blocks", int(kv_num_blocks.sum()))
+        """Count the key blocks kept (for the mean density in `stats()`). The count stays a tensor on the
+        index's device until `stats()` reads it: no host sync per call."""
+        self.counters["kept_blocks"] = self.counters.get("kept_blocks", 0) + kv_num_blocks.sum(dtype=torch.int64)
         self.count("total_blocks", kv_num_blocks.numel() * kv_blocks)
 
     def stats(self) -> dict[str, Any]:
@@ -243,7 +248,7 @@ class SparseAttentionMethod(Method):
         for key in ("sparse_calls", "dense_calls"):
             out.setdefault(key, 0)
         total = out.pop("total_blocks", 0)
-        kept = out.pop("kept_blocks", 0)
+        kept = int(out.pop("kept_blocks", 0))  # the one host sync, when stats are read
         out["density"] = kept / total if total else None
         if self.first_frame_sink:
             out["sink"] = "first-frame"

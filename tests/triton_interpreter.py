@@ -1,0 +1,49 @@
+"""The one way tests run the Triton kernels on CPU: a child process under TRITON_INTERPRET=1.
+
+Triton reads TRITON_INTERPRET when a kernel is decorated, that is when sparse_attn's Triton modules are
+first imported; setting it in the pytest process would switch every later import to the interpreter.
+So a test file runs itself as a script in a child with the flag set (`run_child`), the child prints
+one JSON line, and the test checks it.
+
+`fix_bf16_dot` works around a gap of Triton's interpreter: it stores bfloat16 as uint16 and its `tl.dot`
+multiplies those bit patterns (triton-lang/triton#11584, "we just don't support it yet"). The child
+converts bfloat16 dot operands to float32 first, which is what the GPU's bf16 MMA computes (exact
+products, fp32 accumulation), so the kernels' own bf16 handling (loads, casts, stores) is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+
+def run_child(script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> Any:
+    """Run `script` (a test file's __file__) under TRITON_INTERPRET=1; return its last stdout line as JSON."""
+    done = subprocess.run([sys.executable, script, *args], env={**os.environ, **(env or {}), "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"child exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fix_bf16_dot() -> None:
+    """In the child: let the interpreter's tl.dot read bfloat16 operands as values, not bit patterns."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    original = builder.create_dot
+
+    def as_float32(handle: Any) -> Any:
+        if handle.dtype == tl.bfloat16:
+            bits = handle.data.astype(np.uint32) << 16
+            return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+        return handle
+
+    def create_dot(self: Any, a: Any, b: Any, d: Any, input_precision: Any, max_num_imprecise_acc: Any) -> Any:
+        return original(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
+
+    builder.create_dot = create_dot
