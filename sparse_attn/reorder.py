@@ -27,9 +27,19 @@ class TokenOrder:
     perm: torch.Tensor
     inverse: torch.Tensor
 
-    def apply(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """Reorder x along its sequence axis `dim` (1 for [B, S, H, D] and [B, S, C]; 2 for [B, H, S, D])."""
-        return x.index_select(dim, self.perm.to(x.device))
+    def apply(self, x: torch.Tensor, dim: int = 1, align: int = 1) -> torch.Tensor:
+        """Reorder x along its sequence axis `dim` (1 for [B, S, H, D] and [B, S, C]; 2 for [B, H, S, D]).
+
+        With `align` > 1 the copy is written into storage whose last dim is padded to a multiple of
+        `align` elements, and a view of x's shape is returned: every row then starts `align`-aligned,
+        which lets the Triton kernels load K/V rows with vector loads at head dims like 72 or 40 (their
+        JIT specializes on strides divisible by 16). Same values, same cost: the copy happens anyway."""
+        perm = self.perm.to(x.device)
+        last = x.shape[-1]
+        if align <= 1 or last % align == 0 or dim in (-1, x.dim() - 1):
+            return x.index_select(dim, perm)
+        out = x.new_empty(*x.shape[:-1], -(-last // align) * align)[..., :last]
+        return torch.index_select(x, dim, perm, out=out)
 
     def restore(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Undo `apply`: exactly the original order."""

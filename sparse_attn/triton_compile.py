@@ -13,6 +13,7 @@ config) the API accepts; `accel gpu-check` repeats a subset on a real GPU.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -276,3 +277,29 @@ def report(results: list[tuple[Specialization, CompileReport]]) -> str:
         else:
             lines.append(f"| {spec} | error: {r.error.splitlines()[0][:80] if r.error else ''} | | | |")
     return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile-check", help="compile the Triton kernels for sm_90 on this machine (no GPU needed)")
+    p.add_argument("--all", action="store_true", help="every distinct build (about half an hour on 2 cores); "
+                   "default: the covering subset the tests build")
+    p.add_argument("--workers", type=int, default=None, help="compiler processes (default: CPUs, at most 4)")
+    p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    specs = specializations()
+    if not args.all:
+        specs = covering(specs)
+    results = check(specs, args.workers)
+    table = report(results)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+    found = problems(results)
+    spilling = sum(1 for _, r in results if r.spill_bytes)
+    print(f"{len(results)} builds for sm_90: {len(found)} problems, {spilling} spill registers")
+    print("\n".join(found))
+    return 1 if found else 0

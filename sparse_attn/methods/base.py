@@ -178,7 +178,9 @@ class SparseAttentionMethod(Method):
                 )
         if reason is not None:
             return self._fallback(reason, call)
-        q, k, v = (order.order.apply(x, dim=2) for x in (call.query, call.key, call.value))
+        # on CUDA the reorder's copy also pads rows to 16 elements, for the Triton kernels' vector loads
+        align = 16 if call.query.is_cuda else 1
+        q, k, v = (order.order.apply(x, dim=2, align=align) for x in (call.query, call.key, call.value))
         kept = call.kept_keys()
         slot = (id(hook), self.tracker.branch)
         if kept is None:

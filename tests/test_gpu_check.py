@@ -1,0 +1,50 @@
+"""`accel gpu-check` runs end to end on CPU under the Triton interpreter (`--tiny`), so the command a GPU
+session runs is known to work before it gets the device: every step passes and the JSON is complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+HERE = os.path.dirname(__file__)
+
+
+def test_gpu_check_runs_every_step_on_cpu_under_the_interpreter(tmp_path):
+    out = tmp_path / "gpu-check.json"
+    code = (
+        f"import sys; sys.path.insert(0, {HERE!r})\n"
+        "from triton_interpreter import fix_bf16_dot; fix_bf16_dot()\n"
+        "from accel.cli import main\n"
+        f"sys.exit(main(['gpu-check', '--tiny', '--device', 'cpu', '--repeats', '1', '--json', {str(out)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    steps = {s["step"]: s for s in result["steps"]}
+    assert result["passed"] and all(s["status"] == "PASS" for s in steps.values()), done.stdout[-4000:]
+    assert any(name.startswith("correctness: bfloat16 head dim 128, strided") for name in steps)
+    assert len(steps["compile: first launch of every kernel (JIT + autotune)"]["first_launch_s"]) == 4 * 9
+    timings = steps["timings: Wan-14B 720p, bf16, density 0.15"]["rows"]
+    assert set(timings) == {"dense SDPA", "block-sparse (triton)", "PISA hybrid (triton)", "search fused (triton)",
+                            "search refresh (triton)"}
+    assert result["command"].startswith("accel gpu-check") and result["device"]["interpreted"]
+    assert "PASS" in done.stdout and "FAIL " not in done.stdout
+
+
+def test_gpu_check_refuses_without_a_gpu_or_the_interpreter(tmp_path):
+    import torch
+
+    from accel.cli import main
+
+    if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available():
+        pytest.skip("this process can run the kernels")
+    assert main(["gpu-check", "--json", str(tmp_path / "x.json")]) == 2  # no CUDA here
+    assert main(["gpu-check", "--device", "cpu", "--json", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
