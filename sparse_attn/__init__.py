@@ -6,6 +6,9 @@ batch, head and query block, which key blocks to attend), in `blocks`.
     blocks       the index format; conversion to/from FlexAttention's BlockMask; dense masks for references
     attention    block_sparse_attention(q, k, v, kv_num_blocks, kv_indices, ...): picks the path below
     triton_kernel   the GPU kernel (Triton, FlashAttention-2 style; also runs under TRITON_INTERPRET=1)
+    triton_common   what the Triton kernels share: the inner loop, tiles that fit, fp32 precision, fallbacks
+    triton_compile  builds the Triton kernels for sm_90 on any machine (`accel compile-check`)
+    gpu_check    `accel gpu-check`: compile, correctness, fallbacks and timings on a real GPU
     cpu_kernel   the CPU kernel (C++ built on first use, run on all cores through ctypes)
     torch_path   plain PyTorch fallback (gather + matmul)
     paths        which path ran, at what precision: last_path(), logged once per path on "accel"
@@ -31,6 +34,7 @@ from .blocks import (
 from .merge import merge_attention
 from .paths import AttentionPath, last_path
 from .pisa import PisaConfig, pisa_attention, pisa_attention_bshd, pisa_reference
+from .precision import set_fp32_precision
 from .reorder import TokenOrder, tile_order
 from .search import (
     block_mass,
@@ -81,6 +85,7 @@ __all__ = [
     "pool_blocks",
     "random_blocks",
     "select_blocks",
+    "set_fp32_precision",
     "text_blocks",
     "tile_order",
     "to_block_mask",

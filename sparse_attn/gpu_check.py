@@ -319,7 +319,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="small sizes: the same code on CPU under TRITON_INTERPRET=1")
     p.add_argument("--budget-s", type=float, default=450.0, help="skip the steps that would start after this")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per row (median)")
+    p.add_argument("--doc", default=None, help="also write the results into this markdown file (docs/benchmarks.md)")
     p.set_defaults(func=_cmd)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as docs/benchmarks.md shows them: the device, one line per step, the timing table."""
+    dev = result["device"]
+    where = dev.get("gpu", "CPU under the Triton interpreter") + (f" (sm_{''.join(map(str, dev['capability']))})"
+                                                                   if "capability" in dev else "")
+    lines = [f"### Triton kernels on a GPU (accel gpu-check)\n\n`{result['command']}` on {where}, torch "
+             f"{dev['torch']}, Triton {dev['triton']}: {'PASS' if result['passed'] else 'FAIL'} in "
+             f"{result['seconds']} s.\n", "| step | result | detail |", "|---|---|---|"]
+    for s in result["steps"]:
+        detail = s.get("errors") or s.get("checks") or s.get("max_error_per_batch") or s.get("error") or s.get("why", "")
+        if "first_launch_s" in s:
+            detail = f"slowest first launch {max(s['first_launch_s'].values())} s"
+        if "rows" in s:
+            detail = f"{s['shape']} {s['dtype']}, density {s['density']}"
+        text = json.dumps(detail, default=str) if not isinstance(detail, str) else detail
+        lines.append(f"| {s['step']} | {s['status']} | {text[:300]} |")
+    timing = next((s for s in result["steps"] if "rows" in s), None)
+    if timing:
+        lines += ["", "| row | first call (s) | median (s) | speedup vs dense SDPA |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {r['first_s']} | {r['median_s']} | {r['speedup_vs_dense']} |"
+                  for name, r in timing["rows"].items()]
+    return "\n".join(lines)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -333,6 +358,12 @@ def _cmd(args: argparse.Namespace) -> int:
     result["command"] = "accel " + " ".join(args.argv)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2, default=str)
+    if args.doc:
+        from pathlib import Path
+
+        from accel.bench.report import update_doc
+
+        update_doc(Path(args.doc), "gpu-check", markdown(result))
     print(f"{'PASS' if result['passed'] else 'FAIL'}: {sum(s['status'] == 'PASS' for s in result['steps'])} of "
           f"{len(result['steps'])} steps passed in {result['seconds']} s; results in {args.json}")
     return 0 if result["passed"] else 1

@@ -8,9 +8,7 @@ once here (`attend_tile`, on top of `tile_scores` and `online_softmax`) and ever
 Also here, so that every kernel behaves alike on a GPU:
 
 - `LOG2E`, `LN2`: `tl.constexpr` globals (a plain Python float cannot be read inside `@triton.jit`);
-- `dot_precision(dtype)`: how fp32 inputs are multiplied. It follows torch's TF32 switch, read through
-  torch's new `fp32_precision` API when that is set (reading the legacy `allow_tf32` then raises), and
-  `set_fp32_precision("tf32x3")` opts in to three-pass TF32 (near-fp32 accuracy at tensor-core speed);
+- `dot_precision(dtype)` (precision.py): how fp32 inputs are multiplied, following torch's TF32 switch;
 - `configs` and `fit_configs`: autotune candidates, clamped to the block sizes and pruned by an estimate
   of their shared memory against the device's limit (Hopper: 232,448 bytes per block), so no candidate
   fails with OutOfResources; `tests/test_triton_compile.py` compiles every one for sm_90 on CPU and
@@ -39,6 +37,8 @@ import triton.language as tl
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources, PTXASError
 
+from .precision import dot_precision, precision, set_fp32_precision  # noqa: F401 (the kernels' API)
+
 logger = logging.getLogger("accel")
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -63,58 +63,6 @@ INTERPRETED = _interpreted()
 # Under the interpreter the kernels run with one query tile and one key tile per block unless this asks
 # for smaller tiles (BLOCK_M, BLOCK_N): the tests set it to run the GPU's sub-tiling on CPU.
 interpreter_tiles: tuple[int, int] | None = None
-
-
-# -- fp32 precision -------------------------------------------------------------------------------------
-
-FP32_PRECISIONS = ("auto", "ieee", "tf32", "tf32x3")
-_fp32_precision = "auto"
-
-
-def set_fp32_precision(precision: str) -> None:
-    """How the Triton kernels multiply fp32 inputs: "auto" (default) follows torch's TF32 setting for
-    matmuls ("tf32" when TF32 is allowed, else "ieee"); "ieee" is exact fp32 (slow: it spills registers);
-    "tf32" is one TF32 pass (10-bit mantissa); "tf32x3" three TF32 passes, close to fp32 at about a third
-    of TF32's speed. fp16/bf16 inputs are not affected. Raises ValueError for another value."""
-    global _fp32_precision
-    if precision not in FP32_PRECISIONS:
-        raise ValueError(f"precision must be one of {FP32_PRECISIONS}; got {precision!r}")
-    _fp32_precision = precision
-
-
-def torch_allows_tf32() -> bool:
-    """Whether torch lets fp32 matmuls on CUDA use TF32. Reads the `fp32_precision` API (torch >= 2.9;
-    the matmul setting, else the global one, "none" meaning inherit), and the legacy `allow_tf32` only
-    when neither is set: reading it after the new API was used raises in torch."""
-    for node in (torch.backends.cuda.matmul, torch.backends):
-        value = getattr(node, "fp32_precision", None)
-        if value is None:
-            break
-        if value != "none":
-            return value == "tf32"
-    try:
-        return bool(torch.backends.cuda.matmul.allow_tf32)
-    except RuntimeError:  # a torch that raises on a mix of APIs we did not foresee: exact is safe
-        return False
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """`input_precision` of the kernels' tl.dot for inputs of `dtype`: "ieee", "tf32" or "tf32x3" for
-    fp32; "tf32" for fp16/bf16, where Triton ignores it."""
-    if dtype != torch.float32:
-        return "tf32"
-    if _fp32_precision == "auto":
-        return "tf32" if torch_allows_tf32() else "ieee"
-    return _fp32_precision
-
-
-def precision(dtype: torch.dtype) -> str:
-    """How the kernels compute for inputs of `dtype` (recorded with the path taken)."""
-    if dtype == torch.float32:
-        dot = dot_precision(dtype)
-        return "fp32" if dot == "ieee" else f"fp32 ({dot} dot)"
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
-    return f"{name} dot, fp32 accumulate"
 
 
 _warned_fp32 = False

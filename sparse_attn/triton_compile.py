@@ -279,12 +279,31 @@ def report(results: list[tuple[Specialization, CompileReport]]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[tuple[Specialization, CompileReport]]) -> str:
+    """One markdown row per (kernel, dtype, precision): builds, the most shared memory and registers, and
+    how many builds spill (with the largest spill), over every head dim, block size and config built."""
+    groups: dict[tuple[str, str], list[CompileReport]] = {}
+    for spec, r in results:
+        dtype = str(spec.dtype).removeprefix("torch.") + (f" / {spec.dot}" if spec.dtype == torch.float32 else "")
+        groups.setdefault((spec.kernel, dtype), []).append(r)
+    lines = ["| kernel | inputs / fp32 dot | builds | errors | most shared (B) | most registers | builds that spill "
+             "| largest spill (B/thread) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (kernel, dtype), reports in groups.items():
+        ok = [r for r in reports if r.ok]
+        lines.append(
+            f"| {kernel} | {dtype} | {len(reports)} | {len(reports) - len(ok)} | {max((r.shared for r in ok), default=0)} "
+            f"| {max((r.registers for r in ok), default=0)} | {sum(1 for r in ok if r.spill_bytes)} "
+            f"| {max((r.spill_bytes for r in ok), default=0)} |")
+    return "\n".join(lines)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile-check", help="compile the Triton kernels for sm_90 on this machine (no GPU needed)")
     p.add_argument("--all", action="store_true", help="every distinct build (about half an hour on 2 cores); "
                    "default: the covering subset the tests build")
     p.add_argument("--workers", type=int, default=None, help="compiler processes (default: CPUs, at most 4)")
-    p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--out", default=None, help="also write the markdown table of every build here")
+    p.add_argument("--doc", default=None, help="also write the summary into this markdown file (docs/benchmarks.md)")
     p.set_defaults(func=_cmd)
 
 
@@ -302,4 +321,16 @@ def _cmd(args: argparse.Namespace) -> int:
     spilling = sum(1 for _, r in results if r.spill_bytes)
     print(f"{len(results)} builds for sm_90: {len(found)} problems, {spilling} spill registers")
     print("\n".join(found))
+    if args.doc:
+        import platform
+        from pathlib import Path
+
+        from accel.bench.report import update_doc
+
+        command = "accel " + " ".join(getattr(args, "argv", ["compile-check"]))
+        body = (f"### Triton kernels compiled for sm_90 on CPU (accel compile-check)\n\n`{command}`: target "
+                f"{HOPPER.backend} sm_{HOPPER.arch}, Triton {triton.__version__}, compiled on {platform.machine()} "
+                f"(no GPU). {len(results)} builds, {len(found)} problems (compile errors, or shared memory over "
+                "232,448 bytes or over its estimate).\n\n" + summary(results))
+        update_doc(Path(args.doc), "compile-check", body)
     return 1 if found else 0

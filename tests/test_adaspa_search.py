@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -302,10 +299,9 @@ def _child() -> None:
 
 def test_triton_search_kernel_under_the_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    from triton_interpreter import run_child
+
+    results = run_child(__file__)
     for case, r in zip(TRITON_CASES, results, strict=True):
         dtype = case[6]
         assert r["interpreted"], "TRITON_INTERPRET=1 did not reach the kernel"

@@ -16,12 +16,13 @@ HERE = os.path.dirname(__file__)
 
 
 def test_gpu_check_runs_every_step_on_cpu_under_the_interpreter(tmp_path):
-    out = tmp_path / "gpu-check.json"
+    out, doc = tmp_path / "gpu-check.json", tmp_path / "benchmarks.md"
     code = (
         f"import sys; sys.path.insert(0, {HERE!r})\n"
         "from triton_interpreter import fix_bf16_dot; fix_bf16_dot()\n"
         "from accel.cli import main\n"
-        f"sys.exit(main(['gpu-check', '--tiny', '--device', 'cpu', '--repeats', '1', '--json', {str(out)!r}]))\n"
+        f"sys.exit(main(['gpu-check', '--tiny', '--device', 'cpu', '--repeats', '1', '--json', {str(out)!r}, "
+        f"'--doc', {str(doc)!r}]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
                           capture_output=True, text=True, timeout=600)
@@ -36,6 +37,9 @@ def test_gpu_check_runs_every_step_on_cpu_under_the_interpreter(tmp_path):
                             "search refresh (triton)"}
     assert result["command"].startswith("accel gpu-check") and result["device"]["interpreted"]
     assert "PASS" in done.stdout and "FAIL " not in done.stdout
+    text = doc.read_text()
+    assert "accel gpu-check --tiny" in text and "CPU under the Triton interpreter" in text
+    assert "| block-sparse (triton) |" in text and text.count("| PASS |") == len(steps)
 
 
 def test_gpu_check_refuses_without_a_gpu_or_the_interpreter(tmp_path):

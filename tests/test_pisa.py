@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -296,10 +293,9 @@ def _triton_child() -> None:
 
 def test_triton_kernel_under_the_interpreter():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    from triton_interpreter import run_child
+
+    results = run_child(__file__)
     assert len(results) == 2 * len(TRITON_CASES) + 1
     for r in results:
         assert r["interpreted"] and r["path"] == "pisa+triton", r
