@@ -2,9 +2,10 @@
 
 Paths (sparse_attn/paths.py): the Triton kernel on CUDA, the C++ kernel on CPU, plain PyTorch ops where
 neither can run (logged as a warning). In "auto", a Triton kernel that does not build for the inputs (a
-compile or resource error at its first launch) is such a case too: the reason is recorded and logged. All compute softmax in fp32; the chosen path and its precision
-are recorded (`last_path()`), and the call runs inside the profiler range
-"accel::attention.block_sparse", which the project's bench counts as attention time.
+compile or resource error at its first launch) is such a case too: the reason is recorded and logged.
+All compute softmax in fp32; the chosen path and its precision are recorded (`last_path()`), and the
+call runs inside the profiler range "accel::attention.block_sparse", which the project's bench counts
+as attention time.
 
 Semantics. Query row i of query block `qb` attends exactly the real key tokens of the key blocks
 `kv_indices[b, h, qb, :kv_num_blocks[b, h, qb]]`: softmax(scale * q k^T) over those keys, times v. A row
@@ -51,12 +52,7 @@ def choose_path(q: torch.Tensor, backend: str) -> paths.AttentionPath:
             from . import triton_common
         except ImportError as exc:
             raise RuntimeError(f"triton is not importable: {exc}") from exc
-        if device != "cuda" and not (device == "cpu" and triton_common.INTERPRETED):
-            raise RuntimeError(f"the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
-        if q.shape[-1] > triton_common.MAX_HEAD_DIM:
-            raise RuntimeError(f"the Triton kernel takes head dims up to {triton_common.MAX_HEAD_DIM}, got {q.shape[-1]}")
-        if q.dtype == torch.float32 and device == "cuda":
-            triton_common.warn_fp32_once()
+        triton_common.check_inputs(q, "block-sparse")
         return paths.AttentionPath(paths.TRITON, triton_common.precision(q.dtype), device)
     if backend == paths.CPU_KERNEL:
         from . import cpu_kernel

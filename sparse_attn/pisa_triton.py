@@ -29,7 +29,6 @@ import triton.language as tl
 from . import triton_common
 from .triton_common import (
     INTERPRETED,
-    MAX_HEAD_DIM,
     SHARED_MEMORY_LIMIT,
     attend_tile,
     base_offset,
@@ -200,10 +199,7 @@ def attention(
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). `selected`: int8 [B|1, H|1, Nq, Nk], 1 where
     the block is in the exact part (it must agree with the index); stats from pisa.key_block_stats."""
     B, H, Sq, D = q.shape
-    if D > MAX_HEAD_DIM:
-        raise RuntimeError(f"the Triton kernel takes head dims up to {MAX_HEAD_DIM}; got {D}")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_offsets(name, x)
+    check_offsets(q=q, k=k, v=v)
     out = torch.empty_like(q)
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
     num, idx = kv_num_blocks.expand(B, H, -1), kv_indices.expand(B, H, -1, -1)

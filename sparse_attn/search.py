@@ -94,20 +94,16 @@ def choose_search_path(q: torch.Tensor, backend: str, block_size: BlockSize = 64
             from . import triton_common
         except ImportError as exc:
             raise RuntimeError(f"triton is not importable: {exc}") from exc
-        if device != "cuda" and not (device == "cpu" and triton_common.INTERPRETED):
-            raise RuntimeError(f"the Triton search kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
+        triton_common.check_inputs(q, "search")
         from .search_triton import launch_configs
 
         q_block, kv_block = block_sizes(block_size)
-        dot, dim = triton_common.dot_precision(q.dtype), q.shape[-1]
-        if dim > triton_common.MAX_HEAD_DIM or not launch_configs(q_block, kv_block, triton_common.head_dim_pad(dim),
-                                                                  q.dtype, dot):
+        dim = q.shape[-1]
+        if not launch_configs(q_block, kv_block, triton_common.head_dim_pad(dim), q.dtype,
+                              triton_common.dot_precision(q.dtype)):
             raise RuntimeError(f"the Triton search kernel has no tiles for query blocks of {q_block} at head dim "
-                               f"{dim} and {triton_common.precision(q.dtype)} (head dims up to "
-                               f"{triton_common.MAX_HEAD_DIM}, within {triton_common.SHARED_MEMORY_LIMIT} bytes "
-                               "of shared memory)")
-        if q.dtype == torch.float32 and device == "cuda":
-            triton_common.warn_fp32_once()
+                               f"{dim} and {triton_common.precision(q.dtype)} within "
+                               f"{triton_common.SHARED_MEMORY_LIMIT} bytes of shared memory")
         return AttentionPath(TRITON, triton_common.precision(q.dtype), device)
     if backend == CPU_KERNEL:
         from . import cpu_kernel

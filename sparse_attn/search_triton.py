@@ -25,7 +25,6 @@ from .triton_common import (
     INTERPRETED,
     LN2,
     LOG2E,
-    MAX_HEAD_DIM,
     attend_tile,
     base_offset,
     check_offsets,
@@ -153,13 +152,11 @@ def search(
     scale: float,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(out or None, lse [B, H, Sq] fp32, block sums [B, H, Nq, Nk] fp32). With `v` (lse None) the fused
-    mode; with `lse` (v None) the refresh. q, k, v may have any strides; head dim at most MAX_HEAD_DIM."""
+    mode; with `lse` (v None) the refresh. q, k, v may have any strides; head dim at most MAX_HEAD_DIM (`check_inputs`)."""
     B, H, Sq, D = q.shape
-    if D > MAX_HEAD_DIM or not launch_configs(q_block, kv_block, head_dim_pad(D), q.dtype, dot_precision(q.dtype)):
+    if not launch_configs(q_block, kv_block, head_dim_pad(D), q.dtype, dot_precision(q.dtype)):
         raise RuntimeError(f"no search tiles for query blocks of {q_block} at head dim {D} ({precision(q.dtype)})")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x is not None:
-            check_offsets(name, x)
+    check_offsets(q=q, k=k, v=v)
     Skv = k.shape[2]
     nq, nk = triton.cdiv(Sq, q_block), triton.cdiv(Skv, kv_block)
     fused = v is not None

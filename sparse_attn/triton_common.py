@@ -187,15 +187,32 @@ def on_device(tensor: torch.Tensor) -> Iterator[None]:
         yield
 
 
-def check_offsets(name: str, x: torch.Tensor) -> None:
+def check_inputs(q: torch.Tensor, what: str) -> None:
+    """Raise RuntimeError when the Triton `what` kernel cannot take queries `q`: not on CUDA (or on CPU
+    under the interpreter), a head dim over MAX_HEAD_DIM, or rows past int32 offsets (`check_offsets`).
+    fp32 on CUDA is logged once as slow."""
+    device = q.device.type
+    if device != "cuda" and not (device == "cpu" and INTERPRETED):
+        raise RuntimeError(f"the Triton {what} kernel needs CUDA tensors (or TRITON_INTERPRET=1 on CPU), got {device}")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise RuntimeError(f"the Triton {what} kernel takes head dims up to {MAX_HEAD_DIM}, got {q.shape[-1]}")
+    check_offsets(q=q)
+    if q.dtype == torch.float32 and device == "cuda":
+        warn_fp32_once()
+
+
+def check_offsets(**tensors: torch.Tensor | None) -> None:
     """The kernels index within one (batch, head) in int32: refuse a tensor whose slice spans 2^31
-    elements or more (batch and head offsets are int64 and have no such limit)."""
-    span = sum((n - 1) * abs(s) for n, s in zip(x.shape[2:], x.stride()[2:], strict=True)) if x.numel() else 0
-    if span >= 2**31:
-        raise RuntimeError(
-            f"{name} spans {span} elements within one (batch, head); the Triton kernels index rows in int32 "
-            "(up to 2^31 - 1): split the sequence"
-        )
+    elements or more (batch and head offsets are int64 and have no such limit). None is skipped."""
+    for name, x in tensors.items():
+        if x is None or not x.numel():
+            continue
+        span = sum((n - 1) * abs(s) for n, s in zip(x.shape[2:], x.stride()[2:], strict=True))
+        if span >= 2**31:
+            raise RuntimeError(
+                f"{name} spans {span} elements within one (batch, head); the Triton kernels index rows in int32 "
+                "(up to 2^31 - 1): split the sequence"
+            )
 
 
 # -- the inner loop -------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import triton.language as tl
 from . import triton_common
 from .triton_common import (
     INTERPRETED,
-    MAX_HEAD_DIM,
     attend_tile,
     base_offset,
     check_offsets,
@@ -144,12 +143,9 @@ def attention(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). Any strides; the index may broadcast
-    (size-1 batch/head dims are read with stride 0). Head dim at most MAX_HEAD_DIM."""
+    (size-1 batch/head dims are read with stride 0). Head dim at most MAX_HEAD_DIM (`check_inputs`)."""
     B, H, Sq, D = q.shape
-    if D > MAX_HEAD_DIM:
-        raise RuntimeError(f"the Triton kernel takes head dims up to {MAX_HEAD_DIM}; got {D}")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        check_offsets(name, x)
+    check_offsets(q=q, k=k, v=v)
     out = torch.empty_like(q)  # same memory layout as q: [B, S, H, D] storage stays so for diffusers
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
     num, idx = kv_num_blocks.expand(B, H, -1), kv_indices.expand(B, H, -1, -1)

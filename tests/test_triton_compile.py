@@ -66,3 +66,22 @@ def test_kernels_compile_for_sm90(record_property):
     spills = [f"{s}: {r.spill_bytes}" for s, r in results
               if s.kernel == "block-sparse" and s.dot == "ieee" and s.dtype == torch.float32 and r.spill_bytes]
     assert not spills, spills
+
+
+@pytest.mark.parametrize("kernel", ["block-sparse", "search-fused", "search-refresh"])
+@pytest.mark.parametrize("dtype,dot", [(torch.bfloat16, "tf32"), (torch.float32, "ieee"), (torch.float32, "tf32x3")])
+def test_autotuners_prune_to_the_launch_configs(kernel, dtype, dot):
+    """What Triton's autotuner runs on a GPU (its early_config_prune on the launch's arguments) is exactly
+    what the compile test builds."""
+    from sparse_attn import search_triton, triton_kernel
+
+    spec = tc.Specialization(kernel, dtype, dot, 128, 64, 128, triton.Config({"BLOCK_N": 16}))
+    _, args, constexprs = spec._launch()
+    tuner = triton_kernel._block_sparse_fwd_tuned if kernel == "block-sparse" else search_triton._search_fwd_tuned
+    tuner.nargs = dict(zip(tuner.arg_names, args, strict=False))
+    try:
+        pruned = tuner.prune_configs(constexprs)
+    finally:
+        tuner.nargs = None
+    want = tc.launch_configs(kernel, 64, 128, 128, dtype, dot)
+    assert [c.all_kwargs() for c in pruned] == [c.all_kwargs() for c in want] and want

@@ -248,5 +248,5 @@ def test_every_allocation_follows_the_inputs_device(backend):
 def test_offsets_within_one_head_must_fit_int32():
     big = torch.empty(1, 1, 2, 16, device="meta").as_strided((1, 1, 2, 16), (0, 0, 2**31, 1))
     with pytest.raises(RuntimeError, match="int32"):
-        triton_common.check_offsets("q", big)
-    triton_common.check_offsets("q", torch.empty(2, 40, 75_600, 128, device="meta"))  # Wan-14B 720p is fine
+        triton_common.check_offsets(q=big)
+    triton_common.check_offsets(q=torch.empty(2, 40, 75_600, 128, device="meta"), v=None)  # Wan-14B 720p is fine
