@@ -1,9 +1,9 @@
 """`accel bench-attn`: block-sparse attention against dense SDPA, FlexAttention and xformers, one run.
 
 For every (sequence length, head dim): dense SDPA (the baseline), dense xformers (when installed, CUDA),
-and for every density the sparse rows on one shared block index: each accel path that can run here (the
+and for every density the sparse rows on one shared tile index: each accel path that can run here (the
 one `block_sparse_attention` picks by default is marked), PISA (`pisa_attention` on the same index, its
-default path: the same exact blocks plus the approximated rest, so its time next to the block-sparse
+default path: the same exact tiles plus the approximated rest, so its time next to the block-sparse
 row is PISA's overhead) and compiled FlexAttention with the same blocks as a `BlockMask`. PISA rows note
 their relative L2 error against dense SDPA next to the plain block-sparse one. Repeats are interleaved (row after row, then again) so drifting clocks or a busy
 neighbour hit all rows alike; the table reports medians and speedup = dense SDPA median / row median.
@@ -25,11 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import paths
 from .attention import block_sparse_attention, choose_path
-from .blocks import num_blocks, to_block_mask
+from .paths import Kernel
 from .pisa import ORDERS, pisa_attention
-from .selection import random_blocks, select_blocks
+from .selection import random_tiles, select_tiles
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -86,8 +85,7 @@ def _xformers(device: torch.device) -> Callable[..., torch.Tensor] | str:
 def _accel_paths(q: torch.Tensor) -> tuple[str, list[str]]:
     """The default path here and every path worth timing on this device."""
     default = choose_path(q, "auto")
-    candidates = [paths.TRITON] if q.device.type == "cuda" else [paths.CPU_KERNEL]
-    candidates.append(paths.TORCH)
+    candidates = [Kernel.TRITON if q.device.type == "cuda" else Kernel.CPU, Kernel.TORCH]
     runnable = []
     for name in candidates:
         try:
@@ -95,7 +93,7 @@ def _accel_paths(q: torch.Tensor) -> tuple[str, list[str]]:
             runnable.append(name)
         except RuntimeError:
             pass
-    return default.kernel, runnable
+    return str(default.kernel), [str(k) for k in runnable]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,24 +118,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             elif xformers is not None:
                 calls.append((Row(seq_len, head_dim, None, "dense xformers"), lambda q=q, k=k, v=v: xformers(q, k, v)))
             default, accel_paths = _accel_paths(q)
-            n = num_blocks(seq_len, args.block_size)
             for density in args.densities:
                 if args.selection == "topk":
-                    num, idx = select_blocks(q, k, density, args.block_size, diagonal=False)
+                    index = select_tiles(q, k, density, args.tile_size, diagonal=False)
                 else:
-                    num, idx = random_blocks(args.batch, args.heads, n, n, density, generator=gen, device=device)
+                    index = random_tiles(args.batch, args.heads, seq_len, seq_len, args.tile_size, density,
+                                         generator=gen, device=device)
                 for name in accel_paths:
                     label = f"accel {name}" + (" (default)" if name == default else "")
-                    calls.append((Row(seq_len, head_dim, density, label), lambda num=num, idx=idx, name=name, q=q, k=k, v=v:
-                                  block_sparse_attention(q, k, v, num, idx, args.block_size, backend=name)))
+                    calls.append((Row(seq_len, head_dim, density, label), lambda index=index, name=name, q=q, k=k, v=v:
+                                  block_sparse_attention(q, k, v, index, backend=name)))
                 for order in args.pisa:
-                    calls.append((Row(seq_len, head_dim, density, f"pisa {order}"), lambda num=num, idx=idx, order=order,
-                                  q=q, k=k, v=v: pisa_attention(q, k, v, block_size=args.block_size, order=order,
-                                                                kv_num_blocks=num, kv_indices=idx)))
+                    calls.append((Row(seq_len, head_dim, density, f"pisa {order}"), lambda index=index, order=order,
+                                  q=q, k=k, v=v: pisa_attention(q, k, v, order=order, index=index)))
                 if isinstance(flex, str):
                     rows.append(Row(seq_len, head_dim, density, "flex_attention (compiled)", note=flex))
                 elif flex is not None:
-                    mask = to_block_mask(num, idx, seq_len, seq_len, args.block_size)
+                    mask = index.to_block_mask()
                     calls.append((Row(seq_len, head_dim, density, "flex_attention (compiled)"),
                                   lambda mask=mask, q=q, k=k, v=v: flex(q, k, v, block_mask=mask)))
             rows += _measure(calls, device, args, default)
@@ -147,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": _device_name(device),
         "torch": torch.__version__,
         "config": {key: getattr(args, key) for key in (
-            "batch", "heads", "block_size", "dtype", "selection", "repeat", "warmup", "seed")},
+            "batch", "heads", "tile_size", "dtype", "selection", "repeat", "warmup", "seed")},
         "cpu_kernel": _cpu_kernel_info(device),
         "rows": [dict(asdict(r), median_s=r.median_s) for r in rows],
     }
@@ -226,7 +223,7 @@ def markdown(result: dict[str, Any]) -> str:
     head = (
         f"Command: `{result['command']}`\n\n"
         f"device: {result['device']}; torch {result['torch']}; {c['dtype']}, B={c['batch']}, H={c['heads']}, "
-        f"block {c['block_size']}, {c['selection']} blocks; median of {c['repeat']} interleaved repeats\n\n"
+        f"tile {c['tile_size']}, {c['selection']} tiles; median of {c['repeat']} interleaved repeats\n\n"
     )
     cols = ["S", "D", "density", "row", "median ms", "min-max ms", "speedup vs dense SDPA", "first call s",
             "max abs diff vs default", "note"]
@@ -284,12 +281,12 @@ def add_bench_attn_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
     p.add_argument("--doc-key", default=None, help="section name in --doc (default bench-attn)")
     p.add_argument("--head-dims", type=_ints, default=[64], help="comma-separated (default 64)")
-    p.add_argument("--densities", type=_floats, default=[0.125, 0.5], help="kept fraction of key blocks")
+    p.add_argument("--densities", type=_floats, default=[0.125, 0.5], help="kept fraction of key tiles")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=2)
-    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--tile-size", type=int, default=64, choices=(16, 32, 64, 128))
     p.add_argument("--selection", choices=("random", "topk"), default="random",
-                   help="random blocks, or top-k of pooled q.k scores (same index for every sparse row)")
+                   help="random tiles, or top-k of pooled q.k scores (same index for every sparse row)")
     p.add_argument("--backends", type=_names, default=["flex", "xformers"],
                    help="peers besides dense SDPA: flex, xformers (default both)")
     p.add_argument("--pisa", type=_names, default=["hybrid"],

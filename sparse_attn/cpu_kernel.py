@@ -1,6 +1,6 @@
 """The CPU path: our C++ kernel (csrc/block_sparse_attn.cpp), built once per machine and run on all cores.
 
-Why C++ rather than PyTorch ops: per query block the work is a few 64x64 tiles, too small for one
+Why C++ rather than PyTorch ops: per query tile the work is a few 64x64 tiles, too small for one
 framework call each, and gathering the selected keys into a dense tensor first moves as many bytes as
 the sparsity saves. Measured at 16k tokens on 2 cores the kernel beats both that gather + matmul path
 and compiled FlexAttention (see `accel bench-attn`).
@@ -28,9 +28,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .tiles import TileIndex
 
 logger = logging.getLogger("accel")
 
@@ -159,49 +163,49 @@ def _library_or_raise() -> ctypes.CDLL:
     return lib
 
 
-def _queries_and_key_blocks(
-    q: torch.Tensor, k: torch.Tensor, q_block: int, kv_block: int, scale: float
+def _queries_and_key_tiles(
+    q: torch.Tensor, k: torch.Tensor, q_tile: int, kv_tile: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The kernel's layouts: queries pre-scaled so that exp2 of the scores is the softmax numerator,
     [B, H, Nq*BQ, dim]; keys as transposed blocks [B, H, Nk, dim, BK]; dim = D rounded up to 16 (the
     kernel works on whole 16-float vectors); padding is zero."""
     B, H, Sq, D = q.shape
-    nq, nk = -(-Sq // q_block), -(-k.shape[2] // kv_block)
+    nq, nk = -(-Sq // q_tile), -(-k.shape[2] // kv_tile)
     dim = -(-D // 16) * 16
-    qs = torch.empty(B, H, nq * q_block, dim, device="cpu")
-    if nq * q_block != Sq or dim != D:
+    qs = torch.empty(B, H, nq * q_tile, dim, device="cpu")
+    if nq * q_tile != Sq or dim != D:
         qs.zero_()
     torch.mul(q.float(), scale * LOG2E, out=qs[:, :, :Sq, :D])
-    kp = _padded(k, nk * kv_block, dim).view(B, H, nk, kv_block, dim)
-    kt = torch.empty(B, H, nk, dim, kv_block, device="cpu")
+    kp = _padded(k, nk * kv_tile, dim).view(B, H, nk, kv_tile, dim)
+    kt = torch.empty(B, H, nk, dim, kv_tile, device="cpu")
     kt.permute(0, 1, 2, 4, 3).copy_(kp)
     return qs, kt, dim
 
 
-def block_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, q_block: int, kv_block: int,
+def tile_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, q_tile: int, kv_tile: int,
                scale: float) -> torch.Tensor:
-    """AdaSpa's block mass before the division by the query block sizes: [B, H, Nq, Nk] fp32, the sum over
-    each (query block, key block) of exp(scale q.k - lse) (sparse_attn/search.py). Rows with lse = -inf
+    """AdaSpa's tile mass before the division by the query tile sizes: [B, H, Nq, Nk] fp32, the sum over
+    each (query tile, key tile) of exp(scale q.k - lse) (sparse_attn/search.py). Rows with lse = -inf
     count 0."""
     lib = _library_or_raise()
     B, H, Sq, D = q.shape
     Skv = k.shape[2]
-    nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
-    qs, kt, dim = _queries_and_key_blocks(q, k, q_block, kv_block, scale)
-    lse2 = torch.full((B, H, nq * q_block), float("inf"), device="cpu")  # padding rows count 0
+    nq, nk = -(-Sq // q_tile), -(-Skv // kv_tile)
+    qs, kt, dim = _queries_and_key_tiles(q, k, q_tile, kv_tile, scale)
+    lse2 = torch.full((B, H, nq * q_tile), float("inf"), device="cpu")  # padding rows count 0
     lse2[:, :, :Sq] = torch.where(lse == float("-inf"), float("inf"), lse.float() * LOG2E)
     sums = torch.empty(B, H, nq, nk, device="cpu")
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
-    if lib.accel_block_mass(qs.data_ptr(), kt.data_ptr(), lse2.data_ptr(), sums.data_ptr(), B * H, nq, nk, q_block,
-                            kv_block, dim, Skv, threads):
+    if lib.accel_block_mass(qs.data_ptr(), kt.data_ptr(), lse2.data_ptr(), sums.data_ptr(), B * H, nq, nk, q_tile,
+                            kv_tile, dim, Skv, threads):
         raise MemoryError("the CPU kernel could not allocate its scratch memory")
     return sums
 
 
 @dataclass(frozen=True)
 class PisaTail:
-    """PISA's approximated key blocks, for the kernel's tail step (fp32): the block means
-    `key_means` [B, H, Nk, D] and mean values `value_means` [B, H, Nk, D], each block's real key count
+    """PISA's approximated key tiles, for the kernel's tail step (fp32): the tile means
+    `key_means` [B, H, Nk, D] and mean values `value_means` [B, H, Nk, D], each tile's real key count
     `counts` [Nk], and for the first order `first_order` = s q.h-bar per query row [B, H, Sq, D]."""
 
     key_means: torch.Tensor
@@ -214,27 +218,25 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    kv_num_blocks: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_block: int,
-    kv_block: int,
+    index: TileIndex,
     scale: float,
     tail: PisaTail | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). q/k/v [B, H, S, D] on the CPU; the index
-    is already broadcast to [B, H, ...], int32, contiguous and range-checked. With `tail`, every key block
-    a query block does not select also enters its softmax through its mean (PISA, sparse_attn/pisa.py)."""
+    is already broadcast to [B, H, ...], int32, contiguous and range-checked. With `tail`, every key tile
+    a query tile does not select also enters its softmax through its mean (PISA, sparse_attn/pisa.py)."""
     lib = _library_or_raise()
+    counts, indices, q_tile, kv_tile = index.counts, index.indices, index.q_tile, index.kv_tile
     B, H, Sq, D = q.shape
     Skv = k.shape[2]
-    nq, nk = -(-Sq // q_block), -(-Skv // kv_block)
-    qs, kt, dim = _queries_and_key_blocks(q, k, q_block, kv_block, scale)
-    vp = _padded(v, nk * kv_block, dim)
+    nq, nk = -(-Sq // q_tile), -(-Skv // kv_tile)
+    qs, kt, dim = _queries_and_key_tiles(q, k, q_tile, kv_tile, scale)
+    vp = _padded(v, nk * kv_tile, dim)
 
-    out = torch.empty(B, H, nq * q_block, dim, device="cpu")
-    lse = torch.empty(B, H, nq * q_block, device="cpu")
-    tensors = (qs, kt, vp, kv_num_blocks, kv_indices, out, lse)
-    sizes = (B * H, nq, nk, kv_indices.shape[-1], q_block, kv_block, dim, Skv)
+    out = torch.empty(B, H, nq * q_tile, dim, device="cpu")
+    lse = torch.empty(B, H, nq * q_tile, device="cpu")
+    tensors = (qs, kt, vp, counts, indices, out, lse)
+    sizes = (B * H, nq, nk, indices.shape[-1], q_tile, kv_tile, dim, Skv)
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
     if tail is None:
         failed = lib.accel_block_sparse_attention(*[t.data_ptr() for t in tensors], *sizes, threads)
@@ -246,7 +248,7 @@ def attention(
         vbar[:, :, :nk, :D] = tail.value_means
         bias = torch.full((nkp,), float("-inf"), device="cpu")
         bias[:nk] = torch.log2(tail.counts.float())
-        qh = None if tail.first_order is None else _padded(tail.first_order, nq * q_block, dim)
+        qh = None if tail.first_order is None else _padded(tail.first_order, nq * q_tile, dim)
         extra = (kbt, vbar, bias)
         failed = lib.accel_pisa_attention(
             *[t.data_ptr() for t in (*tensors, *extra)], None if qh is None else qh.data_ptr(), *sizes, nkp, threads

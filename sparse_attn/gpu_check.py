@@ -6,8 +6,8 @@ Run it in any session that has a GPU; it prints PASS/FAIL per step and writes ev
 1. compile: the JIT build of every kernel (block-sparse, PISA hybrid, search fused and refresh) for fp16,
    bf16 and fp32 (TF32, exact, 3xTF32) at head dims 64, 72 and 128, timed (first launches autotune);
 2. correctness against float64: the block-sparse kernel against masked SDPA, PISA against
-   `pisa_reference`, the search's output against SDPA and its block mass against the PyTorch path; with
-   partial tiles, query blocks with no key block (empty rows), strided ([B, S, H, D] storage) inputs;
+   `pisa_reference`, the search's output against SDPA and its tile mass against the PyTorch path; with
+   partial tiles, query tiles with no key tile (empty rows), strided ([B, S, H, D] storage) inputs;
 3. fallbacks: "auto" with a head dim the kernels refuse, and with a kernel that raises a build error,
    runs the PyTorch path with the reason recorded; an explicit backend="triton" raises;
 4. int32 overflow: batch strides past 2^31 elements, in a subprocess (a bad address would poison the
@@ -92,30 +92,26 @@ def _fp32_mode(mode: str) -> None:
 
 def _correctness(dtype: torch.dtype, D: int, device: torch.device, tiny: bool, bshd: bool, fp32: str,
                  seed: int) -> dict[str, Any]:
-    """Every kernel against float64 on one case: partial blocks, an empty query block."""
+    """Every kernel against float64 on one case: partial tiles, a query tile with no key tile."""
     import sparse_attn as sa
-    from sparse_attn.blocks import num_blocks
-    from sparse_attn.selection import random_blocks
 
     _fp32_mode(fp32 if dtype == torch.float32 else "auto")
     try:
-        B, H, S, block = (1, 2, 200, 64) if tiny else (2, 4, 1000, 64)
+        B, H, S, tile = (1, 2, 200, 64) if tiny else (2, 4, 1000, 64)
         q, k, v = _inputs(B, H, S, D, dtype, device, seed, bshd)
-        nb = num_blocks(S, block)
-        num, idx = random_blocks(B, H, nb, nb, 0.4, generator=torch.Generator().manual_seed(seed))
-        num, idx = num.to(device), idx.to(device)
-        num[..., 1] = 0  # a query block with no key block: rows of 0, lse -inf
-        out, lse = sa.block_sparse_attention(q, k, v, num, idx, block, return_lse=True, backend="triton")
-        engine = sa.last_path()
-        mask = sa.token_mask(num, idx, S, S, block)
+        index = sa.random_tiles(B, H, S, S, tile, 0.4, generator=torch.Generator().manual_seed(seed), device=device)
+        index.counts[..., 1] = 0  # a query tile with no key tile: rows of 0, lse -inf
+        with sa.capture() as seen:
+            out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True, backend="triton")
+        mask = index.token_mask()
         qd, kd, vd = q.double(), k.double(), v.double()
         ref = torch.where(mask.any(-1, keepdim=True), F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), 0)
-        num[..., 1] = 1
-        pisa = sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num, kv_indices=idx, backend="triton")
-        pisa_ref = sa.pisa_reference(q.cpu(), k.cpu(), v.cpu(), num.cpu(), idx.cpu(), block, "hybrid").to(device)
-        s_out, s_lse, mass = sa.dense_attention_with_block_mass(q, k, v, block, backend="triton")
-        _, t_lse, t_mass = sa.dense_attention_with_block_mass(q, k, v, block, backend="torch")
-        refreshed = sa.block_mass(q, k, t_lse, block, backend="triton")
+        index.counts[..., 1] = 1
+        pisa = sa.pisa_attention(q, k, v, index=index, backend="triton")
+        pisa_ref = sa.pisa_reference(q.cpu(), k.cpu(), v.cpu(), index.to("cpu"), "hybrid").to(device)
+        s_out, s_lse, mass = sa.dense_attention_with_tile_mass(q, k, v, tile, backend="triton")
+        _, t_lse, t_mass = sa.dense_attention_with_tile_mass(q, k, v, tile, backend="torch")
+        refreshed = sa.tile_mass(q, k, t_lse, tile, backend="triton")
         dense = F.scaled_dot_product_attention(qd, kd, vd)
         errors = {
             "block_sparse": float((out.double() - ref).abs().max()),
@@ -124,10 +120,11 @@ def _correctness(dtype: torch.dtype, D: int, device: torch.device, tiny: bool, b
             "mass_vs_torch": float((mass - t_mass).abs().max()),
             "refresh_vs_torch": float((refreshed - t_mass).abs().max()),
         }
-        empty_rows_ok = bool((out[:, :, block:2 * block] == 0).all()) and bool(torch.isinf(lse[:, :, block:2 * block]).all())
+        empty = slice(tile, 2 * tile)
+        empty_rows_ok = bool((out[:, :, empty] == 0).all()) and bool(torch.isinf(lse[:, :, empty]).all())
         tol = TOL[dtype] if not (dtype == torch.float32 and fp32 == "tf32") else 5e-3
         failed = any(e > (1e-4 if "mass" in n or "refresh" in n else tol) for n, e in errors.items()) or not empty_rows_ok
-        return {"kernel": str(engine), "errors": errors, "empty_rows_ok": empty_rows_ok, "tolerance": tol,
+        return {"kernel": str(seen[-1]), "errors": errors, "empty_rows_ok": empty_rows_ok, "tolerance": tol,
                 "failed": failed}
     finally:
         _fp32_mode("auto")
@@ -136,8 +133,6 @@ def _correctness(dtype: torch.dtype, D: int, device: torch.device, tiny: bool, b
 def _compile_smoke(device: torch.device, tiny: bool) -> dict[str, Any]:
     """First launches (JIT build + autotune) of every kernel at each dtype and head dim, timed."""
     import sparse_attn as sa
-    from sparse_attn.blocks import num_blocks
-    from sparse_attn.selection import random_blocks
 
     S = 100 if tiny else 700
     cases = [(dt, D, mode) for dt in (torch.float16, torch.bfloat16) for D in (64, 72, 128) for mode in ("auto",)]
@@ -147,15 +142,14 @@ def _compile_smoke(device: torch.device, tiny: bool) -> dict[str, Any]:
         _fp32_mode(mode if dtype == torch.float32 else "auto")
         try:
             q, k, v = _inputs(1, 2, S, D, dtype, device, 0)
-            nb = num_blocks(S, 64)
-            num, idx = (t.to(device) for t in random_blocks(1, 2, nb, nb, 0.5, generator=torch.Generator().manual_seed(0)))
+            index = sa.random_tiles(1, 2, S, S, 64, 0.5, generator=torch.Generator().manual_seed(0), device=device)
             name = f"{str(dtype).removeprefix('torch.')}{'/' + mode if dtype == torch.float32 else ''} D{D}"
             zero_lse = torch.zeros(q.shape[:3], device=device)
             for kernel, fn, args in (
-                ("block-sparse", sa.block_sparse_attention, (q, k, v, num, idx, 64)),
-                ("pisa", sa.pisa_attention, (q, k, v, 0.125, 64, "hybrid", "pooled", (), num, idx)),
-                ("search-fused", sa.dense_attention_with_block_mass, (q, k, v, 64)),
-                ("search-refresh", sa.block_mass, (q, k, zero_lse, 64)),
+                ("block-sparse", sa.block_sparse_attention, (q, k, v, index)),
+                ("pisa", sa.pisa_attention, (q, k, v, 0.125, 64, "hybrid", "pooled", (), index)),
+                ("search-fused", sa.dense_attention_with_tile_mass, (q, k, v, 64)),
+                ("search-refresh", sa.tile_mass, (q, k, zero_lse, 64)),
             ):
                 t0 = time.perf_counter()
                 fn(*args, backend="triton")
@@ -177,14 +171,14 @@ def _fallbacks(device: torch.device) -> dict[str, Any]:
     checks: dict[str, bool] = {}
     on_cuda = device.type == "cuda"
     q, k, v = _inputs(1, 1, 128, 512, torch.float16, device, 0)  # head dim 512: no Triton tile fits
-    num = torch.full((1, 1, 2), 2, dtype=torch.int32, device=device)
-    idx = torch.arange(2, dtype=torch.int32, device=device).expand(1, 1, 2, 2)
+    every = sa.TileIndex(torch.full((1, 1, 2), 2, dtype=torch.int32, device=device),
+                         torch.arange(2, dtype=torch.int32, device=device).expand(1, 1, 2, 2), 64, 64, 128, 128)
     if on_cuda:
-        sa.block_sparse_attention(q, k, v, num, idx, 64)
-        path = sa.last_path()
-        checks["head dim 512: auto falls back, with the reason"] = path.kernel == "torch-gather" and "head dim" in path.note
+        with sa.capture() as seen:
+            sa.block_sparse_attention(q, k, v, every)
+        checks["head dim 512: auto falls back, with the reason"] = seen[-1].kernel == "torch" and "head dim" in seen[-1].note
     try:
-        sa.block_sparse_attention(q, k, v, num, idx, 64, backend="triton")
+        sa.block_sparse_attention(q, k, v, every, backend="triton")
         checks["head dim 512: explicit triton raises"] = False
     except RuntimeError:
         checks["head dim 512: explicit triton raises"] = True
@@ -198,13 +192,13 @@ def _fallbacks(device: torch.device) -> dict[str, Any]:
     triton_kernel.attention = failing
     try:
         if on_cuda:
-            out = sa.block_sparse_attention(q, k, v, num, idx, 64)
-            path = sa.last_path()
-            checks["build error: auto falls back, with the reason"] = (path.kernel == "torch-gather"
-                                                                       and "OutOfResources" in path.note)
+            with sa.capture() as seen:
+                out = sa.block_sparse_attention(q, k, v, every)
+            checks["build error: auto falls back, with the reason"] = (seen[-1].kernel == "torch"
+                                                                       and "OutOfResources" in seen[-1].note)
             checks["build error: the fallback is right"] = bool((out.double() - dense).abs().max() < 4e-3)
         try:
-            sa.block_sparse_attention(q, k, v, num, idx, 64, backend="triton")
+            sa.block_sparse_attention(q, k, v, every, backend="triton")
             checks["build error: explicit triton raises"] = False
         except OutOfResources:
             checks["build error: explicit triton raises"] = True
@@ -226,10 +220,10 @@ def _overflow_probe(tiny: bool) -> dict[str, Any]:
         "g = torch.Generator().manual_seed(0)\n"
         "for b in range(B): q[b] = torch.randn(H, S, D, generator=g).to(dev, torch.float16)\n"
         "nb = S // 64\n"
-        "num = torch.full((1, 1, nb), nb, dtype=torch.int32, device=dev)\n"
-        "idx = torch.arange(nb, dtype=torch.int32, device=dev).expand(1, 1, nb, nb)\n"
-        "out = sa.block_sparse_attention(q, q, q, num, idx, 64, backend='triton')\n"
-        "s_out, _, _ = sa.dense_attention_with_block_mass(q, q, q, 64, backend='triton')\n"
+        "every = sa.TileIndex(torch.full((1, 1, nb), nb, dtype=torch.int32, device=dev),\n"
+        "                     torch.arange(nb, dtype=torch.int32, device=dev).expand(1, 1, nb, nb), 64, 64, S, S)\n"
+        "out = sa.block_sparse_attention(q, q, q, every, backend='triton')\n"
+        "s_out, _, _ = sa.dense_attention_with_tile_mass(q, q, q, 64, backend='triton')\n"
         "err = []\n"
         "for b in range(B):\n"
         "    ref = F.scaled_dot_product_attention(*(q[b].double(),) * 3)\n"
@@ -246,24 +240,20 @@ def _overflow_probe(tiny: bool) -> dict[str, Any]:
 def _timings(device: torch.device, tiny: bool, repeats: int) -> dict[str, Any]:
     """Wan-14B 720p: first call and median of `repeats` for dense SDPA and each sparse kernel."""
     import sparse_attn as sa
-    from sparse_attn.blocks import num_blocks
-    from sparse_attn.selection import random_blocks
 
     B, H, S, D = (1, 2, 300, 64) if tiny else (2, 40, 75_600, 128)
-    density, block = 0.15, 64
+    density, tile = 0.15, 64
     q, k, v = _inputs(B, H, S, D, torch.bfloat16, device, 0, bshd=True)
-    nb = num_blocks(S, block)
-    num, idx = (t.to(device) for t in random_blocks(B, H, nb, nb, density, generator=torch.Generator().manual_seed(0)))
+    index = sa.random_tiles(B, H, S, S, tile, density, generator=torch.Generator().manual_seed(0), device=device)
     lse = torch.zeros(B, H, S, device=device)  # a cached LSE: its values do not change the work
     rows: dict[str, Callable[[], Any]] = {
         "dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-        "block-sparse (triton)": lambda: sa.block_sparse_attention(q, k, v, num, idx, block, backend="triton"),
-        "PISA hybrid (triton)": lambda: sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num,
-                                                          kv_indices=idx, backend="triton"),
-        "search fused (triton)": lambda: sa.dense_attention_with_block_mass(q, k, v, block, backend="triton"),
-        "search refresh (triton)": lambda: sa.block_mass(q, k, lse, block, backend="triton"),
+        "block-sparse (triton)": lambda: sa.block_sparse_attention(q, k, v, index, backend="triton"),
+        "PISA hybrid (triton)": lambda: sa.pisa_attention(q, k, v, index=index, backend="triton"),
+        "search fused (triton)": lambda: sa.dense_attention_with_tile_mass(q, k, v, tile, backend="triton"),
+        "search refresh (triton)": lambda: sa.tile_mass(q, k, lse, tile, backend="triton"),
     }
-    result: dict[str, Any] = {"shape": [B, H, S, D], "dtype": "bf16", "density": density, "block": block, "rows": {}}
+    result: dict[str, Any] = {"shape": [B, H, S, D], "dtype": "bf16", "density": density, "tile": tile, "rows": {}}
     for name, fn in rows.items():
         t0 = time.perf_counter()
         fn()

@@ -1,19 +1,19 @@
-"""PISA's GPU path: one fused Triton kernel, exact and pooled key blocks on one online-softmax state.
+"""PISA's GPU path: one fused Triton kernel, exact and pooled key tiles on one online-softmax state.
 
-One program computes BLOCK_M query rows of one query block for one (batch, head), in three phases that
+One program computes BLOCK_M query rows of one query tile for one (batch, head), in three phases that
 share the running max `m_i`, the running denominator `l_i` and the accumulator `acc` (fp32, log2 units):
 
-1. exact: the selected key blocks (`kv_indices`), tile by tile, with the engine's `attend_tile`
+1. exact: the selected key tiles (`kv_indices`), tile by tile, with the engine's `attend_tile`
    (triton_common.py);
-2. pooled: all Nk block means k̄_j in chunks of BLOCK_G, the selected ones masked out (a dense int8
+2. pooled: all Nk tile means k̄_j in chunks of BLOCK_G, the selected ones masked out (a dense int8
    [Nq, Nk] map); `online_softmax` on q.k̄_j, `l += p B_j`, `acc += p V̂_j`, and the tail mass G += p B_j;
 3. hybrid only: `acc += G * c` with c = s q @ h̄ computed beforehand for all rows (one [S, D] x [D, D]
    product in PyTorch: a D x D tile in the kernel would crowd the registers at D = 128), then out = acc / l.
 
 G is rescaled by alpha whenever the running max moves, like `l` and `acc` (the public kernel forgot it,
-which is wrong whenever a later pooled chunk raises the max). The block statistics arrive in fp32 from
+which is wrong whenever a later pooled chunk raises the max). The tile statistics arrive in fp32 from
 sparse_attn/pisa.py; the pooled-phase dots run in fp32 at the precision fp32 inputs get (TF32 for
-fp16/bf16 inputs). The tiles are fixed per (block sizes, head dim, precision), chosen by `tiles` to fit
+fp16/bf16 inputs). The tiles are fixed per (tile sizes, head dim, precision), chosen by `tiles` to fit
 shared memory. Plain pointer loads (no TMA): the kernel runs under TRITON_INTERPRET=1, which is how it
 is tested on CPU, and tests/test_triton_compile.py compiles it for sm_90.
 """
@@ -43,7 +43,8 @@ from .triton_common import (
 )
 
 if TYPE_CHECKING:
-    from .pisa import KeyBlockStats
+    from .pisa import KeyTileStats
+    from .tiles import TileIndex
 
 BLOCK_G = 64  # pooled keys per step of phase 2, at most (smaller where shared memory asks)
 
@@ -58,9 +59,9 @@ def _pisa_fwd(
     stride_nb, stride_nh, stride_nq,
     stride_ib, stride_ih, stride_iq, stride_ik,
     stride_sb, stride_sh, stride_sq, stride_sk,
-    H, q_len, kv_len, n_kv_blocks, qk_scale,  # qk_scale = softmax scale * log2(e)
+    H, q_len, kv_len, n_kv_tiles, qk_scale,  # qk_scale = softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+    Q_TILE: tl.constexpr, KV_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
     HYBRID: tl.constexpr, DOT: tl.constexpr, POOLED_DOT: tl.constexpr,
 ):
@@ -68,7 +69,7 @@ def _pisa_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_blk = pid_m * BLOCK_M // Q_BLOCK
+    q_blk = pid_m * BLOCK_M // Q_TILE
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -85,25 +86,25 @@ def _pisa_fwd(
     g_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # tail mass G, same units as l_i
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
-    # -- phase 1: the selected key blocks, exactly (one flat loop over blocks and their tiles) ----------
-    n_blocks = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
+    # -- phase 1: the selected key tiles, exactly (one flat loop over blocks and their tiles) ----------
+    n_tiles = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
     idx_ptr = KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_blk * stride_iq
     k_base = K + base_offset(b, h, stride_kb, stride_kh)
     v_base = V + base_offset(b, h, stride_vb, stride_vh)
-    TILES: tl.constexpr = KV_BLOCK // BLOCK_N
-    for t in range(0, n_blocks * TILES):
+    TILES: tl.constexpr = KV_TILE // BLOCK_N
+    for t in range(0, n_tiles * TILES):
         kv_blk = tl.load(idx_ptr + (t // TILES) * stride_ik)
-        cols = kv_blk * KV_BLOCK + (t % TILES) * BLOCK_N + offs_n
+        cols = kv_blk * KV_TILE + (t % TILES) * BLOCK_N + offs_n
         m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
                                     stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
 
-    # -- phase 2: every other key block through its mean key (zeroth order) -------------------------
+    # -- phase 2: every other key tile through its mean key (zeroth order) -------------------------
     q32 = q.to(tl.float32)  # the statistics are fp32, so are these dots
-    stat_base = pid_bh.to(tl.int64) * n_kv_blocks * HEAD_DIM  # KMEAN / VSUM: contiguous [B*H, Nk, HEAD_DIM] fp32
+    stat_base = pid_bh.to(tl.int64) * n_kv_tiles * HEAD_DIM  # KMEAN / VSUM: contiguous [B*H, Nk, HEAD_DIM] fp32
     sel_base = SEL + base_offset(b, h, stride_sb, stride_sh) + q_blk * stride_sq
-    for g0 in range(0, n_kv_blocks, BLOCK_G):
+    for g0 in range(0, n_kv_tiles, BLOCK_G):
         blk = g0 + offs_g
-        in_range = blk < n_kv_blocks
+        in_range = blk < n_kv_tiles
         chosen = tl.load(sel_base + blk * stride_sk, mask=in_range, other=1)
         use = in_range & (chosen == 0)
         kbar = tl.load(KMEAN + stat_base + blk[None, :] * HEAD_DIM + offs_d[:, None],
@@ -140,20 +141,20 @@ CANDIDATES = {
 }
 
 
-def launch_configs(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
+def launch_configs(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
     """The one tile config a launch runs (a list, like the other kernels')."""
-    return [tiles(q_block, kv_block, dim_pad, dtype, dot)]
+    return [tiles(q_tile, kv_tile, dim_pad, dtype, dot)]
 
 
-def tiles(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str,
+def tiles(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str,
           limit: int = SHARED_MEMORY_LIMIT) -> triton.Config:
-    """The fixed tiles for these block sizes, head dim and precision: the first candidate, clamped to the
+    """The fixed tiles for these tile sizes, head dim and precision: the first candidate, clamped to the
     blocks, whose exact phase and pooled phase together fit `limit` bytes of shared memory."""
     exact_bytes = operand_bytes(dtype, dot)
     pooled_bytes = operand_bytes(torch.float32, pooled_dot(dtype, dot))
     exact_fp32 = dtype == torch.float32 and dot in ("ieee", "tf32x3")
     for bm, bn, bg, warps, stages in CANDIDATES["exact" if exact_fp32 else "fast"]:
-        bm, bn, bg = min(bm, q_block), min(bn, kv_block), min(bg, BLOCK_G)
+        bm, bn, bg = min(bm, q_tile), min(bn, kv_tile), min(bg, BLOCK_G)
         need = (shared_memory_estimate(bm, bn, stages, dim_pad, exact_bytes)
                 + shared_memory_estimate(bm, bg, stages, dim_pad, pooled_bytes))
         if need <= limit:
@@ -169,7 +170,7 @@ def pooled_dot(dtype: torch.dtype, dot: str) -> str:
 def kernel_args(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     num: torch.Tensor, idx: torch.Tensor, sel: torch.Tensor, kmean: torch.Tensor, vsum: torch.Tensor,
-    counts: torch.Tensor, first: torch.Tensor, q_block: int, kv_block: int, scale: float, hybrid: bool,
+    counts: torch.Tensor, first: torch.Tensor, q_tile: int, kv_tile: int, scale: float, hybrid: bool,
 ) -> tuple[tuple, dict]:
     """The kernel's positional arguments and constexprs (also what the sm_90 compile test specializes)."""
     B, H, Sq, D = q.shape
@@ -179,7 +180,7 @@ def kernel_args(
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *num.stride(), *idx.stride(), *sel.stride(),
         H, Sq, k.shape[2], counts.shape[0], scale * 1.4426950408889634,
     )
-    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_BLOCK": q_block, "KV_BLOCK": kv_block,
+    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_TILE": q_tile, "KV_TILE": kv_tile,
                   "HYBRID": hybrid, "DOT": dot, "POOLED_DOT": pooled_dot(q.dtype, dot)}
 
 
@@ -187,35 +188,32 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    kv_num_blocks: torch.Tensor,
-    kv_indices: torch.Tensor,
-    selected: torch.Tensor,
-    stats: KeyBlockStats,
-    q_block: int,
-    kv_block: int,
+    index: TileIndex,
+    stats: KeyTileStats,
     scale: float,
     hybrid: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). `selected`: int8 [B|1, H|1, Nq, Nk], 1 where
-    the block is in the exact part (it must agree with the index); stats from pisa.key_block_stats."""
+    """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32): the index's tiles exactly, the others
+    pooled; stats from pisa.key_tile_stats."""
     B, H, Sq, D = q.shape
+    q_tile, kv_tile = index.tile_size
     check_offsets(q=q, k=k, v=v)
     out = torch.empty_like(q)
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
-    num, idx = kv_num_blocks.expand(B, H, -1), kv_indices.expand(B, H, -1, -1)
-    sel = selected.expand(B, H, -1, -1)
+    num, idx = index.counts.expand(B, H, -1), index.indices.expand(B, H, -1, -1)
+    sel = index.to_dense().to(torch.int8).expand(B, H, -1, -1)  # 1 where a key tile is in the exact part
     kmean = stats.key_means.contiguous()
     vsum = stats.value_sums.contiguous()
     # s q @ h̄ for every row (fp32); a placeholder pointer for the zeroth order
     first = torch.matmul(q.float(), stats.moment * scale).contiguous() if hybrid else kmean
     args, constexprs = kernel_args(q, k, v, out, lse, num, idx, sel, kmean, vsum, stats.counts, first,
-                                   q_block, kv_block, scale, hybrid)
-    config = tiles(q_block, kv_block, head_dim_pad(D), q.dtype, constexprs["DOT"])
+                                   q_tile, kv_tile, scale, hybrid)
+    config = tiles(q_tile, kv_tile, head_dim_pad(D), q.dtype, constexprs["DOT"])
     launch = {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
     if INTERPRETED:
-        bm, bn = triton_common.interpreter_tiles or (q_block, kv_block)
-        launch = {"BLOCK_M": min(bm, q_block), "BLOCK_N": min(bn, kv_block), "BLOCK_G": BLOCK_G}
-    grid = (triton.cdiv(Sq, q_block) * (q_block // launch["BLOCK_M"]), B * H)
+        bm, bn = triton_common.interpreter_tiles or (q_tile, kv_tile)
+        launch = {"BLOCK_M": min(bm, q_tile), "BLOCK_N": min(bn, kv_tile), "BLOCK_G": BLOCK_G}
+    grid = (triton.cdiv(Sq, q_tile) * (q_tile // launch["BLOCK_M"]), B * H)
     with on_device(q):
         _pisa_fwd[grid](*args, **constexprs, **launch)
     return out, lse

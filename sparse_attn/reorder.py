@@ -1,15 +1,15 @@
-"""Token reordering for locality: make every block of consecutive tokens a compact tile of the latent grid.
+"""Token reordering for locality: make every tile of consecutive tokens a compact tile of the latent grid.
 
 Image and video tokens arrive in raster order (frame, row, column), so a block of 64 consecutive tokens
 is a thin strip of one row, and its neighbours above and below sit in far-away blocks. Reordering the
-tokens tile by tile (8x8 for images; 1x8x8, 2x4x8 or 4x4x4 for video) makes each block a compact
+tokens tile by tile (8x8 for images; 1x8x8, 2x4x8 or 4x4x4 for video) makes each tile a compact
 patch, which is what block selection wants: nearby tokens attend similarly. Apply the permutation to
 q, k and v (after RoPE), run attention, and restore the output with the inverse.
 
 Layout produced: text tokens stay at their end of the sequence (first or last) untouched; the image
 tokens of every full tile come first, tile after tile in raster order of tiles; then the tokens of the
 partial tiles at the grid's edges (when the grid is not a multiple of the tile), again tile by tile.
-Blocks line up with full tiles when the text is last or its length is a multiple of the block size.
+Blocks line up with full tiles when the text is last or its length is a multiple of the tile size.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""The GPU path of AdaSpa's block search (sparse_attn/search.py): one Triton kernel, two modes.
+"""The GPU path of AdaSpa's tile search (sparse_attn/search.py): one Triton kernel, two modes.
 
-One program owns one query block (all its rows, BLOCK_M = the query block size) of one (batch, head), so
-the block sums need no atomics:
+One program owns one query tile (all its rows, BLOCK_M = the query tile size) of one (batch, head), so
+the tile sums need no atomics:
 
 - fused (AdaSpa's Alg. 1): pass 1 is dense FlashAttention-2 over every key tile (`attend_tile`, shared
   with the other kernels in triton_common.py), writing the output and the row log-sum-exp; pass 2
-  re-reads every key tile and adds exp(scale q.k - LSE) per key block with that fresh LSE;
+  re-reads every key tile and adds exp(scale q.k - LSE) per key tile with that fresh LSE;
 - refresh (Alg. 2): the LSE is loaded (cached from an earlier step) and only pass 2 runs.
 
-The kernel writes block *sums* [B, H, Nq, Nk]; the caller divides by the rows of each query block.
+The kernel writes block *sums* [B, H, Nq, Nk]; the caller divides by the rows of each query tile.
 Plain pointer loads, as in sparse_attn/triton_kernel.py, so it also runs under TRITON_INTERPRET=1 (read
 when this module is first imported), which is how the tests check it on CPU; tests/test_triton_compile.py
 compiles it for sm_90.
@@ -48,9 +48,9 @@ def _search_fwd(
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     stride_ob, stride_oh, stride_os, stride_od,
-    H, q_len, kv_len, n_kv_blocks, qk_scale,  # qk_scale = softmax scale * log2(e)
+    H, q_len, kv_len, n_kv_tiles, qk_scale,  # qk_scale = softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, KV_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
     FUSED: tl.constexpr,  # compute out and LSE first (else: load the cached LSE)
     DOT: tl.constexpr,
 ):
@@ -88,14 +88,14 @@ def _search_fwd(
     # rows without keys (lse = -inf) and padding rows contribute nothing: exp2(qk - inf) = 0
     lse2 = tl.where(row_ok & (lse2 > float("-inf")), lse2, float("inf"))
 
-    # -- pass 2: sum_{i in the query block, j in key block} exp(scale q_i.k_j - LSE_i) ------------------
-    # one flat loop over (key block, tile inside it), so the pipeliner buffers one tile per stage
-    sums_ptr = Sums + (pid_bh.to(tl.int64) * tl.num_programs(0) + q_blk) * n_kv_blocks
-    TILES: tl.constexpr = KV_BLOCK // BLOCK_N
+    # -- pass 2: sum_{i in the query tile, j in key tile} exp(scale q_i.k_j - LSE_i) ------------------
+    # one flat loop over (key tile, tile inside it), so the pipeliner buffers one tile per stage
+    sums_ptr = Sums + (pid_bh.to(tl.int64) * tl.num_programs(0) + q_blk) * n_kv_tiles
+    TILES: tl.constexpr = KV_TILE // BLOCK_N
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for t in range(0, n_kv_blocks * TILES):
+    for t in range(0, n_kv_tiles * TILES):
         kv_blk = t // TILES
-        qk = tile_scores(q, k_base, kv_blk * KV_BLOCK + (t % TILES) * BLOCK_N + offs_n, kv_len, offs_d, dim_ok,
+        qk = tile_scores(q, k_base, kv_blk * KV_TILE + (t % TILES) * BLOCK_N + offs_n, kv_len, offs_d, dim_ok,
                          stride_ks, stride_kd, qk_scale, DOT)
         total += tl.sum(tl.math.exp2(qk - lse2[:, None]), 1)  # -inf scores (missing keys) give 0
         if t % TILES == TILES - 1:
@@ -104,25 +104,25 @@ def _search_fwd(
 
 
 def _key_tiles(dot: str | None = None) -> list[triton.Config]:
-    """Candidate key tiles: the engine's, without BLOCK_M (the query tile is the whole query block)."""
+    """Candidate key tiles: the engine's, without BLOCK_M (the query tile is the whole query tile)."""
     return [triton.Config({"BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=c.num_warps, num_stages=c.num_stages)
             for c in configs(dot)]
 
 
-def launch_configs(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
+def launch_configs(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
     """The tile configs a launch may run; empty when even the smallest key tile leaves no room next to a
-    whole query block (then the search refuses the Triton path)."""
-    return fit_configs(_key_tiles(dot), q_block, kv_block, dim_pad, operand_bytes(dtype, dot))
+    whole query tile (then the search refuses the Triton path)."""
+    return fit_configs(_key_tiles(dot), q_tile, kv_tile, dim_pad, operand_bytes(dtype, dot))
 
 
 def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    return launch_configs(kwargs["BLOCK_M"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"], named_args["Q"].dtype,
+    return launch_configs(kwargs["BLOCK_M"], kwargs["KV_TILE"], kwargs["HEAD_DIM_PAD"], named_args["Q"].dtype,
                           kwargs["DOT"])
 
 
 _search_fwd_tuned = triton.autotune(
     configs=_key_tiles(),
-    key=["BLOCK_M", "KV_BLOCK", "HEAD_DIM_PAD", "FUSED", "DOT"],  # and the dtypes of the tensor arguments
+    key=["BLOCK_M", "KV_TILE", "HEAD_DIM_PAD", "FUSED", "DOT"],  # and the dtypes of the tensor arguments
     prune_configs_by={"early_config_prune": _prune},
     cache_results=True,
 )(_search_fwd)
@@ -130,7 +130,7 @@ _search_fwd_tuned = triton.autotune(
 
 def kernel_args(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, sums: torch.Tensor,
-    q_block: int, kv_block: int, scale: float, fused: bool,
+    q_tile: int, kv_tile: int, scale: float, fused: bool,
 ) -> tuple[tuple, dict]:
     """The kernel's positional arguments and constexprs (also what the sm_90 compile test specializes)."""
     B, H, Sq, D = q.shape
@@ -138,7 +138,7 @@ def kernel_args(
         q, k, v, out, lse, sums, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         H, Sq, k.shape[2], sums.shape[-1], scale * 1.4426950408889634,
     )
-    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "BLOCK_M": q_block, "KV_BLOCK": kv_block,
+    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "BLOCK_M": q_tile, "KV_TILE": kv_tile,
                   "FUSED": fused, "DOT": dot_precision(q.dtype)}
 
 
@@ -147,29 +147,29 @@ def search(
     k: torch.Tensor,
     v: torch.Tensor | None,
     lse: torch.Tensor | None,
-    q_block: int,
-    kv_block: int,
+    q_tile: int,
+    kv_tile: int,
     scale: float,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(out or None, lse [B, H, Sq] fp32, block sums [B, H, Nq, Nk] fp32). With `v` (lse None) the fused
+    """(out or None, lse [B, H, Sq] fp32, tile sums [B, H, Nq, Nk] fp32). With `v` (lse None) the fused
     mode; with `lse` (v None) the refresh. q, k, v may have any strides; head dim at most MAX_HEAD_DIM (`check_inputs`)."""
     B, H, Sq, D = q.shape
-    if not launch_configs(q_block, kv_block, head_dim_pad(D), q.dtype, dot_precision(q.dtype)):
-        raise RuntimeError(f"no search tiles for query blocks of {q_block} at head dim {D} ({precision(q.dtype)})")
+    if not launch_configs(q_tile, kv_tile, head_dim_pad(D), q.dtype, dot_precision(q.dtype)):
+        raise RuntimeError(f"no search tiles for query tiles of {q_tile} at head dim {D} ({precision(q.dtype)})")
     check_offsets(q=q, k=k, v=v)
     Skv = k.shape[2]
-    nq, nk = triton.cdiv(Sq, q_block), triton.cdiv(Skv, kv_block)
+    nq, nk = triton.cdiv(Sq, q_tile), triton.cdiv(Skv, kv_tile)
     fused = v is not None
     out = torch.empty_like(q) if fused else None
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32) if fused else lse.float().contiguous()
     sums = torch.empty(B, H, nq, nk, device=q.device, dtype=torch.float32)
     # unused operands of the refresh point at q (never read)
     v_arg, out_arg = (v, out) if fused else (q, q)
-    args, constexprs = kernel_args(q, k, v_arg, out_arg, lse, sums, q_block, kv_block, scale, fused)
+    args, constexprs = kernel_args(q, k, v_arg, out_arg, lse, sums, q_tile, kv_tile, scale, fused)
     kernel, tiles = _search_fwd_tuned, {}
     if INTERPRETED:
-        _, bn = triton_common.interpreter_tiles or (q_block, kv_block)
-        kernel, tiles = _search_fwd, {"BLOCK_N": min(bn, kv_block)}
+        _, bn = triton_common.interpreter_tiles or (q_tile, kv_tile)
+        kernel, tiles = _search_fwd, {"BLOCK_N": min(bn, kv_tile)}
     with on_device(q):
         kernel[(nq, B * H)](*args, **constexprs, **tiles)
     return out, lse, sums

@@ -9,8 +9,8 @@ Also here, so that every kernel behaves alike on a GPU:
 
 - `LOG2E`, `LN2`: `tl.constexpr` globals (a plain Python float cannot be read inside `@triton.jit`);
 - `dot_precision(dtype)` (precision.py): how fp32 inputs are multiplied, following torch's TF32 switch;
-- `configs` and `fit_configs`: autotune candidates, clamped to the block sizes and pruned by an estimate
-  of their shared memory against the device's limit (Hopper: 232,448 bytes per block), so no candidate
+- `configs` and `fit_configs`: autotune candidates, clamped to the tile sizes and pruned by an estimate
+  of their shared memory against the device's limit (Hopper: 232,448 bytes per tile), so no candidate
   fails with OutOfResources; `tests/test_triton_compile.py` compiles every one for sm_90 on CPU and
   checks the estimate against what the compiler allocates;
 - `on_device`: launches run on the tensors' GPU, not the current one (a second GPU, `device_map`);
@@ -60,7 +60,7 @@ def _interpreted() -> bool:
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when these modules are first imported.
 INTERPRETED = _interpreted()
 
-# Under the interpreter the kernels run with one query tile and one key tile per block unless this asks
+# Under the interpreter the kernels run with one query tile and one key tile per tile unless this asks
 # for smaller tiles (BLOCK_M, BLOCK_N): the tests set it to run the GPU's sub-tiling on CPU.
 interpreter_tiles: tuple[int, int] | None = None
 
@@ -123,17 +123,17 @@ def configs(dot: str | None = None) -> list[triton.Config]:
 
 
 def fit_configs(
-    candidates: list[triton.Config], q_block: int, kv_block: int, dim_pad: int, elem_bytes: int,
+    candidates: list[triton.Config], q_tile: int, kv_tile: int, dim_pad: int, elem_bytes: int,
     limit: int = SHARED_MEMORY_LIMIT,
 ) -> list[triton.Config]:
-    """The candidates with BLOCK_M clamped to the query block and BLOCK_N to the key block (a candidate
+    """The candidates with BLOCK_M clamped to the query tile and BLOCK_N to the key tile (a candidate
     without BLOCK_M has query tiles of a whole block), minus what would not fit in `limit` bytes of
     shared memory: a stage fewer, then a smaller BLOCK_N, then a smaller BLOCK_M are tried before a
     candidate is dropped. At head dims up to MAX_HEAD_DIM at least one candidate always remains."""
     fitted: dict[tuple, triton.Config] = {}
     for c in candidates:
         tile_m = "BLOCK_M" in c.kwargs
-        bm, bn = min(c.kwargs.get("BLOCK_M", q_block), q_block), min(c.kwargs["BLOCK_N"], kv_block)
+        bm, bn = min(c.kwargs.get("BLOCK_M", q_tile), q_tile), min(c.kwargs["BLOCK_N"], kv_tile)
         stages = c.num_stages
         while shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes) > limit:
             if stages > 1:

@@ -7,7 +7,7 @@ are 16-divisible. Meta tensors stand in for the inputs, so Wan-sized shapes cost
 reports what a launch would meet: compile errors, shared memory, registers and spills (from the
 `cuobjdump` that ships with Triton).
 
-tests/test_triton_compile.py compiles every kernel this way over every (dtype, head dim, block size,
+tests/test_triton_compile.py compiles every kernel this way over every (dtype, head dim, tile size,
 config) the API accepts; `accel gpu-check` repeats a subset on a real GPU.
 """
 
@@ -24,7 +24,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from .blocks import BLOCK_SIZES
+from .tiles import TILE_SIZES
 
 HOPPER = GPUTarget("cuda", 90, 32)
 
@@ -105,7 +105,7 @@ WAN_14B_720P = (2, 40, 75_600)  # batch, heads, tokens of a Wan2.1-14B 720p call
 
 @dataclass(frozen=True)
 class Specialization:
-    """One kernel build: which kernel, input dtype and fp32 dot precision, head dim, block sizes and tile
+    """One kernel build: which kernel, input dtype and fp32 dot precision, head dim, tile sizes and tile
     config. `compile()` builds it for sm_90 on meta tensors shaped like a Wan-14B 720p call ([B, S, H, D]
     storage seen as [B, H, S, D], as diffusers passes it)."""
 
@@ -113,22 +113,22 @@ class Specialization:
     dtype: torch.dtype
     dot: str
     head_dim: int
-    q_block: int
-    kv_block: int
+    q_tile: int
+    kv_tile: int
     config: triton.Config
 
     @property
     def tiles(self) -> tuple[int, ...]:
         c = self.config
-        bm = c.kwargs.get("BLOCK_M", self.q_block)
+        bm = c.kwargs.get("BLOCK_M", self.q_tile)
         return bm, c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_G", 0), c.num_warps, c.num_stages
 
     @property
     def key(self) -> tuple:
-        """What the compiled code depends on (block sizes only through tile counts, which decide whether
+        """What the compiled code depends on (tile sizes only through tile counts, which decide whether
         a tile loop divides): builds with equal keys are the same build up to integer constants."""
         bm, bn = self.tiles[:2]
-        return (self.kernel, self.dtype, self.dot, self.head_dim, self.tiles, self.q_block > bm, self.kv_block > bn)
+        return (self.kernel, self.dtype, self.dot, self.head_dim, self.tiles, self.q_tile > bm, self.kv_tile > bn)
 
     @property
     def shared_estimate(self) -> int:
@@ -149,7 +149,7 @@ class Specialization:
         dot = f"/{self.dot}" if self.dtype == torch.float32 else ""
         bm, bn, bg, w, s = self.tiles
         g = f" G{bg}" if bg else ""
-        return (f"{self.kernel} {name}{dot} D{self.head_dim} blocks {self.q_block}x{self.kv_block} "
+        return (f"{self.kernel} {name}{dot} D{self.head_dim} blocks {self.q_tile}x{self.kv_tile} "
                 f"tile {bm}x{bn}{g} w{w} s{s}")
 
     def compile(self, target: GPUTarget = HOPPER, resources: bool = True) -> CompileReport:
@@ -164,13 +164,13 @@ class Specialization:
         D = self.head_dim
         q = torch.empty(B, S, H, D, dtype=self.dtype, device="meta").transpose(1, 2)
         lse = torch.empty(B, H, S, device="meta")
-        nq, nk = -(-S // self.q_block), -(-S // self.kv_block)
+        nq, nk = -(-S // self.q_tile), -(-S // self.kv_tile)
         scale = D**-0.5
         if self.kernel == "block-sparse":
             num = torch.empty(B, H, nq, dtype=torch.int32, device="meta")
             idx = torch.empty(B, H, nq, nk, dtype=torch.int32, device="meta")
-            args, constexprs = triton_kernel.kernel_args(q, q, q, torch.empty_like(q), lse, num, idx, self.q_block,
-                                                         self.kv_block, scale)
+            args, constexprs = triton_kernel.kernel_args(q, q, q, torch.empty_like(q), lse, num, idx, self.q_tile,
+                                                         self.kv_tile, scale)
             constexprs["DOT"] = self.dot
             return triton_kernel._block_sparse_fwd, args, constexprs
         if self.kernel.startswith("pisa"):
@@ -180,37 +180,37 @@ class Specialization:
             first = torch.empty(B, H, S, D, device="meta")
             args, constexprs = pisa_triton.kernel_args(
                 q, q, q, torch.empty_like(q), lse, num, idx, torch.empty(B, H, nq, nk, dtype=torch.int8, device="meta"),
-                stat, stat, torch.empty(nk, device="meta"), first, self.q_block, self.kv_block, scale,
+                stat, stat, torch.empty(nk, device="meta"), first, self.q_tile, self.kv_tile, scale,
                 self.kernel == "pisa-hybrid")
             constexprs["DOT"], constexprs["POOLED_DOT"] = self.dot, pisa_triton.pooled_dot(self.dtype, self.dot)
             return pisa_triton._pisa_fwd, args, constexprs
         sums = torch.empty(B, H, nq, nk, device="meta")
-        args, constexprs = search_triton.kernel_args(q, q, q, torch.empty_like(q), lse, sums, self.q_block,
-                                                     self.kv_block, scale, self.kernel == "search-fused")
+        args, constexprs = search_triton.kernel_args(q, q, q, torch.empty_like(q), lse, sums, self.q_tile,
+                                                     self.kv_tile, scale, self.kernel == "search-fused")
         constexprs["DOT"] = self.dot
         return search_triton._search_fwd, args, constexprs
 
 
-def launch_configs(kernel: str, q_block: int, kv_block: int, head_dim: int, dtype: torch.dtype,
+def launch_configs(kernel: str, q_tile: int, kv_tile: int, head_dim: int, dtype: torch.dtype,
                    dot: str) -> list[triton.Config]:
     """The configs a launch of `kernel` may run for these inputs (what its autotuner or tile rule gives)."""
     from . import pisa_triton, search_triton, triton_kernel
 
     module = {"block": triton_kernel, "pisa": pisa_triton, "search": search_triton}[kernel.split("-")[0]]
-    return module.launch_configs(q_block, kv_block, max(16, triton.next_power_of_2(head_dim)), dtype, dot)
+    return module.launch_configs(q_tile, kv_tile, max(16, triton.next_power_of_2(head_dim)), dtype, dot)
 
 
 def specializations(head_dims: tuple[int, ...] = HEAD_DIM_PADS) -> list[Specialization]:
     """Every distinct build the API can launch at these head dims (one per `Specialization.key`, with the
-    block sizes of its first occurrence), in a stable order."""
+    tile sizes of its first occurrence), in a stable order."""
     seen: dict[tuple, Specialization] = {}
     for kernel in KERNELS:
         for dtype, dot in PRECISIONS:
             for head_dim in head_dims:
-                for q_block in BLOCK_SIZES:
-                    for kv_block in BLOCK_SIZES:
-                        for config in launch_configs(kernel, q_block, kv_block, head_dim, dtype, dot):
-                            spec = Specialization(kernel, dtype, dot, head_dim, q_block, kv_block, config)
+                for q_tile in TILE_SIZES:
+                    for kv_tile in TILE_SIZES:
+                        for config in launch_configs(kernel, q_tile, kv_tile, head_dim, dtype, dot):
+                            spec = Specialization(kernel, dtype, dot, head_dim, q_tile, kv_tile, config)
                             seen.setdefault(spec.key, spec)
     return list(seen.values())
 
@@ -220,7 +220,7 @@ def covering(specs: list[Specialization]) -> list[Specialization]:
     head dim) the build with the most shared memory (the limit's worst case; every compiled build also
     checks the estimate that prunes the rest); per (kernel, dtype, precision) at head dim 64 the one with
     the smallest tiles (the non-wgmma MMA path); and per kernel, at fp16 and head dim 64, one build of each
-    loop form (several query tiles per block or one, several key tiles per block or one)."""
+    loop form (several query tiles per tile or one, several key tiles per tile or one)."""
     chosen: dict[tuple, Specialization] = {}
     groups: dict[tuple, list[Specialization]] = {}
     for s in specs:
@@ -281,7 +281,7 @@ def report(results: list[tuple[Specialization, CompileReport]]) -> str:
 
 def summary(results: list[tuple[Specialization, CompileReport]]) -> str:
     """One markdown row per (kernel, dtype, precision): builds, the most shared memory and registers, and
-    how many builds spill (with the largest spill), over every head dim, block size and config built."""
+    how many builds spill (with the largest spill), over every head dim, tile size and config built."""
     groups: dict[tuple[str, str], list[CompileReport]] = {}
     for spec, r in results:
         dtype = str(spec.dtype).removeprefix("torch.") + (f" / {spec.dot}" if spec.dtype == torch.float32 else "")

@@ -1,11 +1,11 @@
-"""The GPU path: a Triton block-sparse attention kernel (FlashAttention-2 forward, block index loop).
+"""The GPU path: a Triton block-sparse attention kernel (FlashAttention-2 forward, tile index loop).
 
 It reads like Triton's fused-attention tutorial with one change: instead of walking every key tile,
-the inner loop walks the key blocks listed for its query block in `kv_indices` (sparse_attn/blocks.py).
-One program computes BLOCK_M query rows (a query block, or a slice of one) for one (batch, head):
+the inner loop walks the key tiles listed for its query tile in `kv_indices` (sparse_attn/blocks.py).
+One program computes BLOCK_M query rows (a query tile, or a slice of one) for one (batch, head):
 
 1. load the query tile once;
-2. for each listed key block, and each BLOCK_N-wide tile inside it (one flat loop): `attend_tile`
+2. for each listed key tile, and each BLOCK_N-wide tile inside it (one flat loop): `attend_tile`
    (triton_common.py, shared with the PISA and search kernels): scores in fp32 (log2 units), online
    softmax, acc += p . v;
 3. write acc / l_i, and the row log-sum-exp (natural log).
@@ -17,6 +17,8 @@ imported, so set it before (tests do so in a subprocess).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import triton
@@ -37,6 +39,9 @@ from .triton_common import (
     operand_bytes,
 )
 
+if TYPE_CHECKING:
+    from .tiles import TileIndex
+
 
 @triton.jit
 def _block_sparse_fwd(
@@ -49,7 +54,7 @@ def _block_sparse_fwd(
     stride_ib, stride_ih, stride_iq, stride_ik,
     H, q_len, kv_len, qk_scale,  # qk_scale = softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+    Q_TILE: tl.constexpr, KV_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr,  # tl.dot input_precision for fp32 inputs: "ieee", "tf32" or "tf32x3"
 ):
@@ -58,7 +63,7 @@ def _block_sparse_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_blk = pid_m * BLOCK_M // Q_BLOCK  # the query block this tile belongs to
+    q_blk = pid_m * BLOCK_M // Q_TILE  # the query tile this tile belongs to
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -74,17 +79,17 @@ def _block_sparse_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
-    # -- the key blocks this query block attends ----------------------------------------------------
-    n_blocks = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
+    # -- the key tiles this query tile attends ----------------------------------------------------
+    n_tiles = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
     idx_ptr = KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_blk * stride_iq
     k_base = K + base_offset(b, h, stride_kb, stride_kh)
     v_base = V + base_offset(b, h, stride_vb, stride_vh)
     # one flat loop over (listed block, key tile inside it): the software pipeliner then buffers one
     # BLOCK_N tile per stage (a nested loop over the tiles of a block would buffer a whole block)
-    TILES: tl.constexpr = KV_BLOCK // BLOCK_N
-    for t in range(0, n_blocks * TILES):
+    TILES: tl.constexpr = KV_TILE // BLOCK_N
+    for t in range(0, n_tiles * TILES):
         kv_blk = tl.load(idx_ptr + (t // TILES) * stride_ik)
-        cols = kv_blk * KV_BLOCK + (t % TILES) * BLOCK_N + offs_n
+        cols = kv_blk * KV_TILE + (t % TILES) * BLOCK_N + offs_n
         m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
                                     stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
 
@@ -96,22 +101,22 @@ def _block_sparse_fwd(
     tl.store(Lse + pid_bh.to(tl.int64) * q_len + offs_m, lse, mask=row_ok)
 
 
-def launch_configs(q_block: int, kv_block: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
+def launch_configs(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
     """The tile configs a launch may run (the autotuner times them; the sm_90 compile test builds them)."""
-    return fit_configs(configs(dot), q_block, kv_block, dim_pad, operand_bytes(dtype, dot))
+    return fit_configs(configs(dot), q_tile, kv_tile, dim_pad, operand_bytes(dtype, dot))
 
 
 def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    return launch_configs(kwargs["Q_BLOCK"], kwargs["KV_BLOCK"], kwargs["HEAD_DIM_PAD"], named_args["Q"].dtype,
+    return launch_configs(kwargs["Q_TILE"], kwargs["KV_TILE"], kwargs["HEAD_DIM_PAD"], named_args["Q"].dtype,
                           kwargs["DOT"])
 
 
-# On the GPU the tile sizes are tuned per (block sizes, head dim, dtypes, precision), and the timings are
+# On the GPU the program tiles are tuned per (index tiles, head dim, dtypes, precision), and the timings are
 # kept on disk (Triton's cache dir), so a new process does not tune again; the interpreter runs the plain
 # kernel, since its timings mean nothing.
 _block_sparse_fwd_tuned = triton.autotune(
     configs=configs(),
-    key=["Q_BLOCK", "KV_BLOCK", "HEAD_DIM_PAD", "DOT"],  # and the dtypes of the tensor arguments
+    key=["Q_TILE", "KV_TILE", "HEAD_DIM_PAD", "DOT"],  # and the dtypes of the tensor arguments
     prune_configs_by={"early_config_prune": _prune},
     cache_results=True,
 )(_block_sparse_fwd)
@@ -119,7 +124,7 @@ _block_sparse_fwd_tuned = triton.autotune(
 
 def kernel_args(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    num: torch.Tensor, idx: torch.Tensor, q_block: int, kv_block: int, scale: float,
+    num: torch.Tensor, idx: torch.Tensor, q_tile: int, kv_tile: int, scale: float,
 ) -> tuple[tuple, dict]:
     """The kernel's positional arguments and constexprs (also what the sm_90 compile test specializes)."""
     B, H, Sq, D = q.shape
@@ -128,7 +133,7 @@ def kernel_args(
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *num.stride(), *idx.stride(),
         H, Sq, k.shape[2], scale * 1.4426950408889634,
     )
-    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_BLOCK": q_block, "KV_BLOCK": kv_block,
+    return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_TILE": q_tile, "KV_TILE": kv_tile,
                   "DOT": dot_precision(q.dtype)}
 
 
@@ -136,28 +141,26 @@ def attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    kv_num_blocks: torch.Tensor,
-    kv_indices: torch.Tensor,
-    q_block: int,
-    kv_block: int,
+    index: TileIndex,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). Any strides; the index may broadcast
+    """(out [B, H, Sq, D] in q's dtype, lse [B, H, Sq] fp32). Any strides; the index (int32) may broadcast
     (size-1 batch/head dims are read with stride 0). Head dim at most MAX_HEAD_DIM (`check_inputs`)."""
     B, H, Sq, D = q.shape
+    q_tile, kv_tile = index.tile_size
     check_offsets(q=q, k=k, v=v)
     out = torch.empty_like(q)  # same memory layout as q: [B, S, H, D] storage stays so for diffusers
     lse = torch.empty(B, H, Sq, device=q.device, dtype=torch.float32)
-    num, idx = kv_num_blocks.expand(B, H, -1), kv_indices.expand(B, H, -1, -1)
-    args, constexprs = kernel_args(q, k, v, out, lse, num, idx, q_block, kv_block, scale)
+    num, idx = index.counts.expand(B, H, -1), index.indices.expand(B, H, -1, -1)
+    args, constexprs = kernel_args(q, k, v, out, lse, num, idx, q_tile, kv_tile, scale)
 
     def grid(meta: dict) -> tuple[int, int]:
-        return (triton.cdiv(Sq, q_block) * (q_block // meta["BLOCK_M"]), B * H)
+        return (triton.cdiv(Sq, q_tile) * (q_tile // meta["BLOCK_M"]), B * H)
 
     kernel, tiles = _block_sparse_fwd_tuned, {}
     if INTERPRETED:
-        bm, bn = triton_common.interpreter_tiles or (q_block, kv_block)
-        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": min(bm, q_block), "BLOCK_N": min(bn, kv_block)}
+        bm, bn = triton_common.interpreter_tiles or (q_tile, kv_tile)
+        kernel, tiles = _block_sparse_fwd, {"BLOCK_M": min(bm, q_tile), "BLOCK_N": min(bn, kv_tile)}
     with on_device(q):
         kernel[grid](*args, **constexprs, **tiles)
     return out, lse

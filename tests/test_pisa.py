@@ -17,10 +17,9 @@ import torch.nn.functional as F
 
 import sparse_attn as sa
 from sparse_attn import pisa
-from sparse_attn.blocks import num_blocks
-from sparse_attn.selection import random_blocks
+from sparse_attn.tiles import num_tiles
 
-CPU_BACKENDS = ["cpu-kernel", "torch-gather"]
+CPU_BACKENDS = ["cpu-kernel", "torch"]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 
@@ -60,38 +59,37 @@ def _dense(q, k, v, scale=None):
 )
 def test_cpu_paths_match_reference(order, backend, B, H, Sq, Skv, D, block, dtype):
     q, k, v = _inputs(B, H, Sq, Skv, D, dtype)
-    num, idx = pisa.route(q, k, v, 0.3, block)
-    out = sa.pisa_attention(q, k, v, block_size=block, order=order, kv_num_blocks=num, kv_indices=idx,
-                            backend=backend)
-    ref = sa.pisa_reference(q, k, v, num, idx, block, order)
+    index = pisa.route(q, k, v, 0.3, block)
+    with sa.capture() as seen:
+        out = sa.pisa_attention(q, k, v, order=order, index=index, backend=backend)
+    ref = sa.pisa_reference(q, k, v, index, order)
     assert out.dtype == dtype and out.shape == q.shape
     torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=0)
-    assert sa.last_path().kernel == f"pisa+{backend}"
+    assert seen[-1].kernel == f"pisa+{backend}"
 
 
 def test_routed_call_uses_sinks_and_matches_reference():
     q, k, v = _inputs(1, 2, 320, 320, 32, seed=3)
-    out, lse = sa.pisa_attention(q, k, v, density=0.2, block_size=32, sink_blocks=(-1,), return_lse=True)
-    num, idx = pisa.route(q, k, v, 0.2, 32, sink_blocks=(-1,))
-    dense = sa.blocks_to_dense(num, idx, 10)
+    out, lse = sa.pisa_attention(q, k, v, density=0.2, tile_size=32, sink_tiles=(-1,), return_lse=True)
+    index = pisa.route(q, k, v, 0.2, 32, sink_tiles=(-1,))
+    dense = index.to_dense()
     assert dense[..., 9].all() and dense.diagonal(dim1=-2, dim2=-1).all()  # sink and diagonal are exact
-    torch.testing.assert_close(out.double(), sa.pisa_reference(q, k, v, num, idx, 32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.double(), sa.pisa_reference(q, k, v, index), atol=1e-5, rtol=0)
     assert lse.shape == (1, 2, 320) and lse.dtype == torch.float32 and torch.isfinite(lse).all()
 
 
 def test_bshd_wrapper():
     q, k, v = _inputs(2, 3, 96, 80, 16, seed=4)
-    num, idx = pisa.route(q, k, v, 0.5, 16)
-    out = sa.pisa_attention(q, k, v, block_size=16, kv_num_blocks=num, kv_indices=idx)
-    out_bshd = sa.pisa_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_size=16,
-                                      kv_num_blocks=num, kv_indices=idx)
+    index = pisa.route(q, k, v, 0.5, 16)
+    out = sa.pisa_attention(q, k, v, index=index)
+    out_bshd = sa.pisa_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), index=index)
     torch.testing.assert_close(out_bshd.transpose(1, 2), out, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("order", pisa.ORDERS)
 def test_density_one_is_dense_attention(order):
     q, k, v = _inputs(1, 2, 150, 150, 32, seed=1)
-    out = sa.pisa_attention(q, k, v, density=1.0, block_size=32, order=order)
+    out = sa.pisa_attention(q, k, v, density=1.0, tile_size=32, order=order)
     torch.testing.assert_close(out.double(), _dense(q, k, v), atol=1e-5, rtol=0)
 
 
@@ -101,15 +99,13 @@ def test_taylor_is_exact_when_keys_equal_their_block_mean(order):
     sums reproduce the block exactly, whatever is selected."""
     B, H, S, D, block = 1, 2, 200, 16, 16
     q, _, v = _inputs(B, H, S, S, D, seed=2)
-    k_blocks = torch.randn(B, H, num_blocks(S, block), D, generator=torch.Generator().manual_seed(5))
+    k_blocks = torch.randn(B, H, num_tiles(S, block), D, generator=torch.Generator().manual_seed(5))
     k = k_blocks.repeat_interleave(block, dim=2)[:, :, :S]
-    num, idx = random_blocks(B, H, num_blocks(S, block), num_blocks(S, block), 0.2,
-                             generator=torch.Generator().manual_seed(6))
+    index = sa.random_tiles(B, H, S, S, block, 0.2, generator=torch.Generator().manual_seed(6))
     for backend in CPU_BACKENDS:
-        out = sa.pisa_attention(q, k, v, block_size=block, order=order, kv_num_blocks=num, kv_indices=idx,
-                                backend=backend)
+        out = sa.pisa_attention(q, k, v, order=order, index=index, backend=backend)
         torch.testing.assert_close(out.double(), _dense(q, k, v), atol=1e-5, rtol=0)
-    ref = sa.pisa_reference(q, k, v, num, idx, block, order)
+    ref = sa.pisa_reference(q, k, v, index, order)
     torch.testing.assert_close(ref, _dense(q, k, v), atol=1e-12, rtol=0)
 
 
@@ -118,8 +114,7 @@ def test_reference_first_order_term_is_the_taylor_term():
     by hand (zeroth order e^{s q.k̄} V̂, first order G s q.h̄ with h̄ the per-token mean moment over BOTH
     blocks, denominator with B_j e^{s q.k̄})."""
     q, k, v = _inputs(1, 1, 32, 64, 8, seed=7, spread=0.3)
-    num = torch.tensor([[[1, 1]]], dtype=torch.int32)
-    idx = torch.tensor([[[[0], [0]]]], dtype=torch.int32)  # block 1 of the keys is approximated
+    index = sa.TileIndex(torch.tensor([[[1]]]), torch.tensor([[[[0]]]]), 32, 32, 32, 64)  # key tile 1: approximated
     s = 8**-0.5
     qd, kd, vd = q.double()[0, 0], k.double()[0, 0], v.double()[0, 0]
     kbar = kd[32:].mean(0)
@@ -131,14 +126,14 @@ def test_reference_first_order_term_is_the_taylor_term():
     num_h = exact_num + w[:, None] * vd[32:].sum(0) + (w * 32)[:, None] * (s * qd @ h_bar)
     den = exact_den + 32 * w
     expected = num_h / den[:, None]
-    got = sa.pisa_reference(q, k, v, num, idx, 32, "hybrid")[0, 0]
+    got = sa.pisa_reference(q, k, v, index, "hybrid")[0, 0]
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 
 def test_hybrid_beats_zeroth_beats_keep_or_drop_on_smooth_inputs():
     for seed in range(2):
         q, k, v = _smooth(1, 2, 1024, 32, seed=seed)
-        err = pisa.relative_errors(q, k, v, 0.125, block_size=32)
+        err = pisa.relative_errors(q, k, v, 0.125, tile_size=32)
         assert err["hybrid"] < 0.5 * err["zeroth"], err
         assert err["zeroth"] < 0.2 * err["keep_or_drop"], err
 
@@ -157,34 +152,33 @@ def _late_max_case(dtype=torch.float32, boost=2.0):
     k[:, :, -block:] += boost * direction  # block 79: high pooled score for query block 0
     k[:, :, -block:] += 0.3 * torch.randn(block, D, generator=g)  # and a first-order moment of its own
     v[:, :, -block:] += 3.0
-    nq = num_blocks(S, block)
-    num = torch.ones(B, H, nq, dtype=torch.int32)
-    idx = torch.arange(nq, dtype=torch.int32).view(1, 1, nq, 1).clone()
-    idx[:, :, 0] = 0  # query block 0 -> key block 0 only; the others: the diagonal
-    return q.to(dtype), k.to(dtype), v.to(dtype), num, idx, block
+    nq = num_tiles(S, block)
+    idx = torch.arange(nq, dtype=torch.int32).view(1, 1, nq, 1)  # query tile 0 -> key tile 0; the diagonal
+    index = sa.TileIndex(torch.ones(B, H, nq, dtype=torch.int32), idx, block, block, S, S)
+    return q.to(dtype), k.to(dtype), v.to(dtype), index
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_running_max_that_rises_late(backend):
-    q, k, v, num, idx, block = _late_max_case()
-    ref = sa.pisa_reference(q, k, v, num, idx, block, "hybrid")
-    out = sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num, kv_indices=idx, backend=backend)
+    q, k, v, index = _late_max_case()
+    ref = sa.pisa_reference(q, k, v, index, "hybrid")
+    out = sa.pisa_attention(q, k, v, index=index, backend=backend)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
-    # the late block dominates query block 0: a kernel dropping or mis-scaling it is far off
-    assert (ref[0, 0, :block].mean() - ref[0, 0, block:].mean()).abs() > 1.0
+    # the late tile dominates query tile 0: a kernel dropping or mis-scaling it is far off
+    assert (ref[0, 0, :16].mean() - ref[0, 0, 16:].mean()).abs() > 1.0
 
 
 def test_cpu_path_far_beyond_the_exact_lse(monkeypatch):
     """An approximated block scoring far above the exact part's LSE (e^{z - lse} would overflow fp32): the
     fused C++ kernel's running max covers it; the PyTorch split path must take the exact running max as its
     reference for those rows."""
-    q, k, v, num, idx, block = _late_max_case(boost=6.0)
-    ref = sa.pisa_reference(q, k, v, num, idx, block, "hybrid")
+    q, k, v, index = _late_max_case(boost=6.0)
+    ref = sa.pisa_reference(q, k, v, index, "hybrid")
     for backend in CPU_BACKENDS:
-        out = sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num, kv_indices=idx, backend=backend)
+        out = sa.pisa_attention(q, k, v, index=index, backend=backend)
         torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
     monkeypatch.setattr(pisa, "EXP_HEADROOM", float("inf"))  # without the guard: the LSE as reference
-    out = sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num, kv_indices=idx, backend="torch-gather")
+    out = sa.pisa_attention(q, k, v, index=index, backend="torch")
     assert not torch.isfinite(out).all()
 
 
@@ -192,7 +186,7 @@ def test_statistics_are_streamed_and_fp32():
     """h̄ from one product over the sequence equals the mean of the per-block moments; fp16 inputs give
     fp32 statistics; the covariance deviation matches a direct per-block computation (chunked)."""
     q, k, v = _inputs(2, 1, 70, 70, 8, torch.float16, seed=10)
-    stats = pisa.key_block_stats(k, v, 16)
+    stats = pisa.key_tile_stats(k, v, 16)
     kd, vd = k.double(), v.double()
     per_block = []
     for j in range(5):
@@ -210,24 +204,23 @@ def test_statistics_are_streamed_and_fp32():
 def test_covariance_routing_prefers_blocks_the_shared_moment_misses():
     q, k, v = _inputs(1, 1, 256, 256, 16, seed=11)
     v[:, :, 128:144] = 40 * (k[:, :, 128:144] - k[:, :, 128:144].mean(2, keepdim=True))  # block 8: huge H_8
-    pooled, _ = pisa.route(q, k, v, 1 / 16, 16, "pooled")
-    num, idx = pisa.route(q, k, v, 1 / 16, 16, "covariance")
-    dense = sa.blocks_to_dense(num, idx, 16)
-    assert dense[..., 8].all() and torch.equal(num, pooled)  # same counts, block 8 everywhere
-    out = sa.pisa_attention(q, k, v, density=1 / 16, block_size=16, routing="covariance")
-    torch.testing.assert_close(out.double(), sa.pisa_reference(q, k, v, num, idx, 16), atol=1e-5, rtol=0)
+    pooled = pisa.route(q, k, v, 1 / 16, 16, "pooled")
+    index = pisa.route(q, k, v, 1 / 16, 16, "covariance")
+    assert index.to_dense()[..., 8].all() and torch.equal(index.counts, pooled.counts)  # same counts, tile 8 everywhere
+    out = sa.pisa_attention(q, k, v, density=1 / 16, tile_size=16, routing="covariance")
+    torch.testing.assert_close(out.double(), sa.pisa_reference(q, k, v, index), atol=1e-5, rtol=0)
 
 
 def test_path_profiler_range_and_forward_only():
     q, k, v = _inputs(1, 1, 64, 64, 16)
-    with torch.profiler.profile() as prof:
-        sa.pisa_attention(q, k, v, block_size=16)
+    with torch.profiler.profile() as prof, sa.capture() as seen:
+        sa.pisa_attention(q, k, v, tile_size=16)
     names = {e.name for e in prof.events()}
     assert pisa.PROFILER_RANGE in names and pisa.PROFILER_RANGE.startswith("accel::attention")
-    path = sa.last_path()
+    path = seen[-1]
     assert path.kernel == "pisa+cpu-kernel" and path.precision == "fp32" and path.device == "cpu"
     with pytest.raises(NotImplementedError, match="forward-only"):
-        sa.pisa_attention(q.requires_grad_(), k, v, block_size=16)
+        sa.pisa_attention(q.requires_grad_(), k, v, tile_size=16)
 
 
 @pytest.mark.parametrize(
@@ -238,20 +231,19 @@ def test_path_profiler_range_and_forward_only():
         ({"order": "first"}, "order"),
         ({"routing": "topp"}, "routing"),
         ({"backend": "cuda"}, "backend"),
-        ({"block_size": 48}, "block_size"),
-        ({"sink_blocks": ("text",)}, "sink_blocks"),
+        ({"tile_size": 48}, "tile_size"),
+        ({"sink_tiles": ("text",)}, "sink_tiles"),
         ({"scale": -1.0}, "scale"),
-        ({"kv_num_blocks": torch.ones(1, 1, 4, dtype=torch.int32)}, "kv_num_blocks and kv_indices"),
+        ({"index": sa.random_tiles(1, 1, 64, 128, 16, 0.5)}, "index is for 64 query / 128 key tokens"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
     q, k, v = _inputs(1, 1, 64, 64, 16)
-    kwargs = {"block_size": 16, **kwargs}
+    kwargs = {"tile_size": 16, **kwargs}
     with pytest.raises(ValueError, match=match):
         sa.pisa_attention(q, k, v, **kwargs)
     with pytest.raises(ValueError, match="order"):
-        sa.pisa_reference(q, k, v, torch.ones(1, 1, 4, dtype=torch.int32),
-                          torch.zeros(1, 1, 4, 1, dtype=torch.int32), 16, "second")
+        sa.pisa_reference(q, k, v, sa.random_tiles(1, 1, 64, 64, 16, 0.5), "second")
 
 
 # -- the fused Triton kernel, under the interpreter ----------------------------------------------------
@@ -275,18 +267,19 @@ def _triton_child() -> None:
     for i, ((B, H, Sq, Skv, D, block, dtype, density), order) in enumerate(cases):
         block = block if isinstance(block, int) else tuple(block)
         q, k, v = _inputs(B, H, Sq, Skv, D, getattr(torch, dtype), seed=i)
-        num, idx = pisa.route(q, k, v, density, block)
-        out = sa.pisa_attention(q, k, v, block_size=block, order=order, kv_num_blocks=num, kv_indices=idx,
-                                backend="triton")
-        ref = sa.pisa_reference(q, k, v, num, idx, block, order)
-        path = sa.last_path()
+        index = pisa.route(q, k, v, density, block)
+        with sa.capture() as seen:
+            out = sa.pisa_attention(q, k, v, order=order, index=index, backend="triton")
+        ref = sa.pisa_reference(q, k, v, index, order)
+        path = seen[-1]
         results.append({"err": float((out.double() - ref).abs().max()), "dtype": dtype, "path": path.kernel,
                         "out_dtype": str(out.dtype).removeprefix("torch."),
                         "interpreted": triton_kernel.INTERPRETED})
-    q, k, v, num, idx, block = _late_max_case()
-    out = sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num, kv_indices=idx, backend="triton")
-    ref = sa.pisa_reference(q, k, v, num, idx, block, "hybrid")
-    results.append({"err": float((out.double() - ref).abs().max()), "dtype": "float32", "path": sa.last_path().kernel,
+    q, k, v, index = _late_max_case()
+    with sa.capture() as seen:
+        out = sa.pisa_attention(q, k, v, index=index, backend="triton")
+    ref = sa.pisa_reference(q, k, v, index, "hybrid")
+    results.append({"err": float((out.double() - ref).abs().max()), "dtype": "float32", "path": seen[-1].kernel,
                     "out_dtype": "float32", "interpreted": triton_kernel.INTERPRETED})
     print(json.dumps(results))
 

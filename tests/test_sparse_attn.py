@@ -12,10 +12,8 @@ from hypothesis import strategies as st
 
 import sparse_attn as sa
 from sparse_attn import paths
-from sparse_attn.blocks import block_sizes, num_blocks
-from sparse_attn.selection import random_blocks
 
-CPU_BACKENDS = ["cpu-kernel", "torch-gather"]
+CPU_BACKENDS = ["cpu-kernel", "torch"]
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
@@ -25,9 +23,9 @@ def _inputs(B, H, Sq, Skv, D, dtype=torch.float32, seed=0, spread=1.0):
     return (q * spread).to(dtype), (k * spread).to(dtype), v.to(dtype)
 
 
-def reference(q, k, v, num, idx, block_size, scale=None):
+def reference(q, k, v, index, scale=None):
     """(out, lse) in float64 from the dense token mask; rows without keys: 0 and -inf."""
-    mask = sa.token_mask(num, idx, q.shape[2], k.shape[2], block_size).expand(q.shape[0], q.shape[1], -1, -1)
+    mask = index.token_mask().expand(q.shape[0], q.shape[1], -1, -1)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v = q.double(), k.double(), v.double()
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -43,56 +41,63 @@ def _assert_lse(lse, ref):
     torch.testing.assert_close(lse[finite].double(), ref[finite], atol=1e-5, rtol=1e-5)
 
 
+def _one_path(fn):
+    """(fn's result, the one path it recorded)."""
+    with sa.capture() as seen:
+        result = fn()
+    assert len(seen) == 1, seen
+    return result, seen[0]
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize(
-    "B,H,Sq,Skv,D,block",
+    "B,H,Sq,Skv,D,tile",
     [
-        (1, 2, 256, 256, 64, 64),  # whole blocks
-        (2, 1, 200, 137, 64, 64),  # partial last blocks, Sq != Skv
-        (1, 3, 100, 300, 40, (32, 16)),  # head dim not a multiple of 16, separate block sizes
+        (1, 2, 256, 256, 64, 64),  # whole tiles
+        (2, 1, 200, 137, 64, 64),  # partial last tiles, Sq != Skv
+        (1, 3, 100, 300, 40, (32, 16)),  # head dim not a multiple of 16, separate tile sizes
         (1, 1, 64, 64, 128, 16),
     ],
 )
-def test_matches_masked_sdpa(backend, B, H, Sq, Skv, D, block):
-    q_block, kv_block = block_sizes(block)
+def test_matches_masked_sdpa(backend, B, H, Sq, Skv, D, tile):
     q, k, v = _inputs(B, H, Sq, Skv, D)
-    num, idx = random_blocks(B, H, num_blocks(Sq, q_block), num_blocks(Skv, kv_block), 0.4,
-                             generator=torch.Generator().manual_seed(1))
-    out, lse = sa.block_sparse_attention(q, k, v, num, idx, block, return_lse=True, backend=backend)
-    ref_out, ref_lse = reference(q, k, v, num, idx, block)
+    index = sa.random_tiles(B, H, Sq, Skv, tile, 0.4, generator=torch.Generator().manual_seed(1))
+    (out, lse), path = _one_path(lambda: sa.block_sparse_attention(q, k, v, index, return_lse=True, backend=backend))
+    ref_out, ref_lse = reference(q, k, v, index)
     assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == q.shape[:3]
     torch.testing.assert_close(out.double(), ref_out, atol=TOL[torch.float32], rtol=0)
     _assert_lse(lse, ref_lse)
-    assert sa.last_path().kernel == backend
+    assert path.kernel == backend
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(backend, dtype):
     q, k, v = _inputs(1, 2, 160, 160, 64, dtype)
-    num, idx = random_blocks(1, 2, 3, 3, 0.5, generator=torch.Generator().manual_seed(2))
-    out = sa.block_sparse_attention(q, k, v, num, idx, 64, backend=backend)
-    ref_out, _ = reference(q, k, v, num, idx, 64)
+    index = sa.random_tiles(1, 2, 160, 160, 64, 0.5, generator=torch.Generator().manual_seed(2))
+    out, path = _one_path(lambda: sa.block_sparse_attention(q, k, v, index, backend=backend))
+    ref_out, _ = reference(q, k, v, index)
     assert out.dtype == dtype
     torch.testing.assert_close(out.double(), ref_out, atol=TOL[dtype], rtol=0)
-    assert sa.last_path().precision == f"{'fp16' if dtype == torch.float16 else 'bf16'} inputs, fp32 compute"
+    assert path.precision == f"{'fp16' if dtype == torch.float16 else 'bf16'} inputs, fp32 compute"
 
 
 @settings(max_examples=25, deadline=None)
 @given(
     B=st.integers(1, 2), H=st.integers(1, 3), Sq=st.integers(1, 300), Skv=st.integers(1, 300),
-    D=st.sampled_from([16, 24, 64, 80]), q_block=st.sampled_from([16, 32, 64]),
-    kv_block=st.sampled_from([16, 32, 64]), density=st.floats(0.05, 1.0), seed=st.integers(0, 1000),
+    D=st.sampled_from([16, 24, 64, 80]), q_tile=st.sampled_from([16, 32, 64]),
+    kv_tile=st.sampled_from([16, 32, 64]), density=st.floats(0.05, 1.0), seed=st.integers(0, 1000),
     backend=st.sampled_from(CPU_BACKENDS),
 )
-def test_random_shapes(B, H, Sq, Skv, D, q_block, kv_block, density, seed, backend):
+def test_random_shapes(B, H, Sq, Skv, D, q_tile, kv_tile, density, seed, backend):
     q, k, v = _inputs(B, H, Sq, Skv, D, seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    num, idx = random_blocks(B, H, num_blocks(Sq, q_block), num_blocks(Skv, kv_block), density, generator=gen)
-    # some query blocks attend nothing
-    num = torch.where(torch.rand(num.shape, generator=gen) < 0.2, 0, num).to(torch.int32)
-    out, lse = sa.block_sparse_attention(q, k, v, num, idx, (q_block, kv_block), return_lse=True, backend=backend)
-    ref_out, ref_lse = reference(q, k, v, num, idx, (q_block, kv_block))
+    index = sa.random_tiles(B, H, Sq, Skv, (q_tile, kv_tile), density, generator=gen)
+    # some query tiles attend nothing
+    counts = torch.where(torch.rand(index.counts.shape, generator=gen) < 0.2, 0, index.counts)
+    index = sa.TileIndex(counts, index.indices, q_tile, kv_tile, Sq, Skv)
+    out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True, backend=backend)
+    ref_out, ref_lse = reference(q, k, v, index)
     torch.testing.assert_close(out.double(), ref_out, atol=TOL[torch.float32], rtol=0)
     _assert_lse(lse, ref_lse)
 
@@ -100,19 +105,17 @@ def test_random_shapes(B, H, Sq, Skv, D, q_block, kv_block, density, seed, backe
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_density_one_equals_dense(backend):
     q, k, v = _inputs(2, 2, 333, 333, 64, spread=2.0)
-    n = num_blocks(333, 64)
-    num, idx = random_blocks(2, 2, n, n, 1.0)
-    assert bool((num == n).all())
-    out = sa.block_sparse_attention(q, k, v, num, idx, 64, scale=0.2, backend=backend)
+    index = sa.random_tiles(2, 2, 333, 333, 64, 1.0)
+    assert bool((index.counts == index.num_kv_tiles).all()) and index.density() == 1.0
+    out = sa.block_sparse_attention(q, k, v, index, scale=0.2, backend=backend)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.2), atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_rows_without_keys_give_zero_and_minus_inf(backend):
     q, k, v = _inputs(1, 1, 128, 128, 32)
-    num = torch.tensor([[[0, 1]]], dtype=torch.int32)
-    idx = torch.tensor([[[[1, 0], [1, 0]]]], dtype=torch.int32)
-    out, lse = sa.block_sparse_attention(q, k, v, num, idx, 64, return_lse=True, backend=backend)
+    index = sa.TileIndex(torch.tensor([[[0, 1]]]), torch.tensor([[[[1, 0], [1, 0]]]]), 64, 64, 128, 128)
+    out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True, backend=backend)
     assert torch.equal(out[:, :, :64], torch.zeros_like(out[:, :, :64]))
     assert bool(torch.isneginf(lse[:, :, :64]).all()) and bool(torch.isfinite(lse[:, :, 64:]).all())
 
@@ -121,15 +124,16 @@ def test_rows_without_keys_give_zero_and_minus_inf(backend):
 def test_merge_of_disjoint_key_sets_equals_their_union(backend):
     B, H, S, D = 1, 2, 256, 32
     q, k, v = _inputs(B, H, S, S, D, spread=1.5)
-    n = num_blocks(S, 64)
-    dense = sa.blocks_to_dense(*random_blocks(B, H, n, n, 0.75, generator=torch.Generator().manual_seed(3)), n)
+    dense = sa.random_tiles(B, H, S, S, 64, 0.75, generator=torch.Generator().manual_seed(3)).to_dense()
     split = torch.rand(dense.shape, generator=torch.Generator().manual_seed(4)) < 0.5
     first, second = dense & split, dense & ~split  # disjoint; some rows empty on one side
-    o1, l1 = sa.block_sparse_attention(q, k, v, *sa.blocks_from_dense(first), 64, return_lse=True, backend=backend)
-    o2, l2 = sa.block_sparse_attention(q, k, v, *sa.blocks_from_dense(second), 64, return_lse=True, backend=backend)
-    o, lse = sa.merge_attention(o1, l1, o2, l2)
-    ref_o, ref_l = sa.block_sparse_attention(q, k, v, *sa.blocks_from_dense(dense), 64, return_lse=True,
-                                             backend=backend)
+
+    def attend(tiles):
+        index = sa.TileIndex.from_dense(tiles, 64, S, S)
+        return sa.block_sparse_attention(q, k, v, index, return_lse=True, backend=backend)
+
+    o, lse = sa.merge_attention(*attend(first), *attend(second))
+    ref_o, ref_l = attend(dense)
     torch.testing.assert_close(o, ref_o, atol=2e-6, rtol=0)
     torch.testing.assert_close(lse, ref_l, atol=2e-6, rtol=0)
 
@@ -148,14 +152,14 @@ def test_merge_handles_rows_without_keys():
 
 def test_bshd_wrapper_and_broadcast_index():
     q, k, v = _inputs(2, 3, 150, 150, 32)
-    num, idx = random_blocks(1, 1, 3, 3, 0.5, generator=torch.Generator().manual_seed(5))
-    out, lse = sa.block_sparse_attention(q, k, v, num, idx, 64, return_lse=True)
-    out2, lse2 = sa.block_sparse_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), num, idx,
-                                                64, return_lse=True)
+    index = sa.random_tiles(1, 1, 150, 150, 64, 0.5, generator=torch.Generator().manual_seed(5))
+    out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True)
+    out2, lse2 = sa.block_sparse_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), index,
+                                                return_lse=True)
     assert out2.shape == (2, 150, 3, 32) and lse2.shape == (2, 150, 3)
     torch.testing.assert_close(out2, out.transpose(1, 2), atol=0, rtol=0)
     torch.testing.assert_close(lse2, lse.transpose(1, 2), atol=0, rtol=0)
-    ref_out, _ = reference(q, k, v, num.expand(2, 3, 3), idx.expand(2, 3, 3, -1), 64)
+    ref_out, _ = reference(q, k, v, index.expand(2, 3))
     torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=0)
     # merge works on the bshd layout too: lse is shaped like out without its last axis
     merged, _ = sa.merge_attention(out2, lse2, torch.zeros_like(out2), torch.full_like(lse2, float("-inf")))
@@ -164,30 +168,33 @@ def test_bshd_wrapper_and_broadcast_index():
 
 def test_invalid_inputs_raise():
     q, k, v = _inputs(1, 1, 128, 128, 32)
-    num = torch.ones(1, 1, 2, dtype=torch.int32)
-    with pytest.raises(ValueError, match="lie in"):
-        sa.block_sparse_attention(q, k, v, num, torch.full((1, 1, 2, 1), 2, dtype=torch.int32), 64)
-    with pytest.raises(ValueError, match="repeats"):
-        sa.block_sparse_attention(q, k, v, num * 2, torch.zeros(1, 1, 2, 2, dtype=torch.int32), 64)
-    with pytest.raises(ValueError, match="query blocks"):
-        sa.block_sparse_attention(q, k, v, num, torch.zeros(1, 1, 2, 1, dtype=torch.int32), 32)
-    with pytest.raises(ValueError, match="block_size must be one of"):
-        sa.block_sparse_attention(q, k, v, num, torch.zeros(1, 1, 2, 1, dtype=torch.int32), 48)
+    index = sa.TileIndex(torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 1, dtype=torch.int32), 64,
+                         64, 128, 128)
+    with pytest.raises(ValueError, match="index is for 128 query / 128 key tokens; the inputs have 64"):
+        sa.block_sparse_attention(q[:, :, :64], k, v, sa.TileIndex.from_dense(torch.ones(1, 1, 2, 2, dtype=torch.bool),
+                                                                              64, 128, 128))
+    with pytest.raises(TypeError, match="TileIndex"):
+        sa.block_sparse_attention(q, k, v, (index.counts, index.indices))
     with pytest.raises(TypeError):
-        sa.block_sparse_attention(q.double(), k.double(), v.double(), num, torch.zeros(1, 1, 2, 1, dtype=torch.int32))
+        sa.block_sparse_attention(q.double(), k.double(), v.double(), index)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sa.block_sparse_attention(q, k, v, index, backend="torch-gather")
     with pytest.raises(RuntimeError, match="CUDA"):
-        sa.block_sparse_attention(q, k, v, num, torch.zeros(1, 1, 2, 1, dtype=torch.int32), backend="triton")
+        sa.block_sparse_attention(q, k, v, index, backend="triton")
 
 
-def test_path_is_recorded_logged_once_and_profiled(caplog):
+def test_path_is_recorded_per_call_logged_once_and_profiled(caplog):
     q, k, v = _inputs(1, 1, 64, 64, 16)
-    num, idx = torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32)
-    paths._logged.clear()
-    with caplog.at_level(logging.INFO, logger="accel"):
+    index = sa.TileIndex(torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32), 64,
+                         64, 64, 64)
+    paths.engine._logged.clear()
+    with caplog.at_level(logging.INFO, logger="accel"), sa.capture() as seen:
         with torch.profiler.profile() as prof:
-            sa.block_sparse_attention(q, k, v, num, idx, 64)
-        sa.block_sparse_attention(q, k, v, num, idx, 64)
-    assert str(sa.last_path()) == "cpu-kernel (fp32) on cpu"
+            sa.block_sparse_attention(q, k, v, index)
+        with sa.capture() as inner:
+            sa.block_sparse_attention(q, k, v, index, backend="torch")
+    assert [str(p) for p in seen] == ["cpu-kernel (fp32) on cpu", "torch (fp32) on cpu"]
+    assert [p.kernel for p in inner] == ["torch"]  # nested captures each see their own calls
     assert sum("block-sparse attention runs on cpu-kernel" in r.message for r in caplog.records) == 1
     assert any(e.name == "accel::attention.block_sparse" for e in prof.events())
 
@@ -197,27 +204,27 @@ def test_auto_falls_back_with_a_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     monkeypatch.setattr(cpu_kernel, "_build", {"error": "no C++ compiler found"})
-    paths._logged.clear()
+    paths.engine._logged.clear()
     q, k, v = _inputs(1, 1, 64, 64, 16)
+    index = sa.TileIndex(torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32), 64,
+                         64, 64, 64)
     with caplog.at_level(logging.WARNING, logger="accel"):
-        sa.block_sparse_attention(q, k, v, torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1,
-                                  dtype=torch.int32), 64)
-    path = sa.last_path()
-    assert path.kernel == "torch-gather" and "no C++ compiler" in path.note
-    assert any("falls back to torch-gather" in r.message for r in caplog.records)
+        _, path = _one_path(lambda: sa.block_sparse_attention(q, k, v, index))
+    assert path.kernel == "torch" and "no C++ compiler" in path.note
+    assert any("falls back to torch" in r.message for r in caplog.records)
     with pytest.raises(RuntimeError, match="unavailable"):
-        sa.block_sparse_attention(q, k, v, torch.ones(1, 1, 1, dtype=torch.int32),
-                                  torch.zeros(1, 1, 1, 1, dtype=torch.int32), 64, backend="cpu-kernel")
-    paths._logged.clear()
+        sa.block_sparse_attention(q, k, v, index, backend="cpu-kernel")
+    paths.engine._logged.clear()
 
 
 def test_kernels_refuse_gradients_the_torch_path_gives_them():
     q, k, v = (t.requires_grad_() for t in _inputs(1, 1, 64, 64, 16))
-    num, idx = torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32)
+    index = sa.TileIndex(torch.ones(1, 1, 1, dtype=torch.int32), torch.zeros(1, 1, 1, 1, dtype=torch.int32), 64,
+                         64, 64, 64)
     with pytest.raises(NotImplementedError, match="forward-only"):
-        sa.block_sparse_attention(q, k, v, num, idx, 64)
+        sa.block_sparse_attention(q, k, v, index)
     with torch.no_grad():
-        sa.block_sparse_attention(q, k, v, num, idx, 64)
-    out = sa.block_sparse_attention(q, k, v, num, idx, 64, backend="torch-gather")
+        sa.block_sparse_attention(q, k, v, index)
+    out = sa.block_sparse_attention(q, k, v, index, backend="torch")
     out.sum().backward()
     assert q.grad is not None and v.grad is not None

@@ -20,13 +20,13 @@ def test_bench_attn_writes_table_and_json(tmp_path, capsys):
     names = [(r["density"], r["name"]) for r in data["rows"]]
     assert names == [
         (None, "dense sdpa"),
-        (0.25, "accel cpu-kernel (default)"), (0.25, "accel torch-gather"), (0.25, "pisa hybrid"),
-        (1.0, "accel cpu-kernel (default)"), (1.0, "accel torch-gather"), (1.0, "pisa hybrid"),
+        (0.25, "accel cpu-kernel (default)"), (0.25, "accel torch"), (0.25, "pisa hybrid"),
+        (1.0, "accel cpu-kernel (default)"), (1.0, "accel torch"), (1.0, "pisa hybrid"),
     ]
     for row in data["rows"]:
         assert len(row["times_s"]) == 2 and row["median_s"] > 0
         assert bool(row["note"]) == row["name"].startswith("pisa"), row
-    gather = [r for r in data["rows"] if r["name"] == "accel torch-gather"]
+    gather = [r for r in data["rows"] if r["name"] == "accel torch"]
     assert all(r["max_diff"] < 1e-5 for r in gather)
     # PISA rows: error vs dense next to the block-sparse one; at density 1 both are exact
     pisa_dense = next(r for r in data["rows"] if r["name"] == "pisa hybrid" and r["density"] == 1.0)

@@ -1,4 +1,4 @@
-"""Block selection helpers and token reordering."""
+"""Tile selection helpers and token reordering."""
 
 from __future__ import annotations
 
@@ -8,61 +8,59 @@ import pytest
 import torch
 
 import sparse_attn as sa
-from sparse_attn.selection import block_scores
+from sparse_attn.selection import pooled_scores
 
 
-def test_pool_blocks_averages_real_tokens_of_the_partial_block():
+def test_pool_tiles_averages_real_tokens_of_the_partial_tile():
     x = torch.arange(10, dtype=torch.float32).view(1, 1, 10, 1)
-    pooled = sa.pool_blocks(x, 4)
-    assert pooled.flatten().tolist() == [1.5, 5.5, 8.5]  # the last block holds tokens 8 and 9 only
+    pooled = sa.pool_tiles(x, 4)
+    assert pooled.flatten().tolist() == [1.5, 5.5, 8.5]  # the last tile holds tokens 8 and 9 only
 
 
-def test_topk_count_rule_forced_blocks_and_order():
+def test_topk_count_rule_forced_tiles_and_order():
     nq, nk = 6, 10
     scores = torch.randn(2, 3, nq, nk, generator=torch.Generator().manual_seed(0))
-    forced = sa.forced_blocks(nq, nk, sink_blocks=[0, -1], diagonal=True)
-    num, idx = sa.topk_blocks(scores, 0.25, forced)
+    forced = sa.forced_tiles(nq, nk, sink_tiles=[0, -1], diagonal=True)
+    index = sa.topk_tiles(scores, 0.25, 16, nq * 16, nk * 16 - 5, forced)
     k = math.ceil(0.25 * nk)
-    sa.check_blocks(num, idx, nq, nk, 2, 3)
-    dense = sa.blocks_to_dense(num, idx, nk)
-    assert torch.equal(num, (forced.sum(-1) + k).clamp(max=nk).to(torch.int32).expand(2, 3, nq))
-    assert bool((dense | ~forced).all())  # every forced block kept
+    dense = index.to_dense()
+    assert torch.equal(index.counts, (forced.sum(-1) + k).clamp(max=nk).to(torch.int32).expand(2, 3, nq))
+    assert bool((dense | ~forced).all())  # every forced tile kept
     # the others are the best-scoring ones
     others = scores.masked_fill(forced, float("-inf"))
     best = others.topk(k, dim=-1).indices
     assert bool(dense.gather(-1, best).all())
-    for row_num, row in zip(num.flatten(), idx.flatten(0, 2), strict=True):
+    for row_num, row in zip(index.counts.flatten(), index.indices.flatten(0, 2), strict=True):
         valid = row[: int(row_num)]
         assert torch.equal(valid, valid.sort().values)
 
 
 def test_topk_keeps_at_least_one_and_at_most_all():
     scores = torch.randn(1, 1, 4, 8)
-    num, _ = sa.topk_blocks(scores, 1e-6)
-    assert bool((num == 1).all())
-    num, _ = sa.topk_blocks(scores, 1.0, sa.forced_blocks(4, 8, [0, 1], diagonal=True))
-    assert bool((num == 8).all())
+    assert bool((sa.topk_tiles(scores, 1e-6, 16, 64, 128).counts == 1).all())
+    index = sa.topk_tiles(scores, 1.0, 16, 64, 128, sa.forced_tiles(4, 8, [0, 1], diagonal=True))
+    assert bool((index.counts == 8).all())
     with pytest.raises(ValueError):
-        sa.topk_blocks(scores, 0.0)
+        sa.topk_tiles(scores, 0.0, 16, 64, 128)
 
 
-def test_forced_diagonal_for_unequal_lengths_and_text_blocks():
-    forced = sa.forced_blocks(2, 4, diagonal=True)
+def test_forced_diagonal_for_unequal_lengths_and_text_tiles():
+    forced = sa.forced_tiles(2, 4, diagonal=True)
     assert forced.nonzero().tolist() == [[0, 0], [1, 2]]
-    assert sa.text_blocks(100, 1000, 64, text_first=True) == [0, 1]
-    assert sa.text_blocks(100, 1000, 64, text_first=False) == [14, 15]  # tokens 900..999
-    assert sa.text_blocks(0, 1000, 64, text_first=True) == []
+    assert sa.text_tiles(100, 1000, 64, text_first=True) == [0, 1]
+    assert sa.text_tiles(100, 1000, 64, text_first=False) == [14, 15]  # tokens 900..999
+    assert sa.text_tiles(0, 1000, 64, text_first=True) == []
 
 
-def test_select_blocks_prefers_the_aligned_keys():
+def test_select_tiles_prefers_the_aligned_keys():
     # keys equal to queries: the pooled score is largest on the diagonal
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(1, 1, 8, 16, generator=g) * 4
     q = centers.repeat_interleave(32, dim=2) + 0.1 * torch.randn(1, 1, 256, 16, generator=g)
-    num, idx = sa.select_blocks(q, q.clone(), density=0.125, block_size=32, diagonal=False)
-    assert bool((num == 1).all())
-    assert idx[..., 0].flatten().tolist() == list(range(8))
-    assert block_scores(q, q, 32).shape == (1, 1, 8, 8)
+    index = sa.select_tiles(q, q.clone(), density=0.125, tile_size=32, diagonal=False)
+    assert bool((index.counts == 1).all()) and (index.q_len, index.kv_len, index.tile_size) == (256, 256, (32, 32))
+    assert index.indices[..., 0].flatten().tolist() == list(range(8))
+    assert pooled_scores(q, q, 32).shape == (1, 1, 8, 8)
 
 
 # ---- reordering ---------------------------------------------------------------------------------------

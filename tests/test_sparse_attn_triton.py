@@ -29,23 +29,20 @@ def _child() -> None:
 
     import sparse_attn as sa
     from sparse_attn import triton_kernel
-    from sparse_attn.blocks import block_sizes, num_blocks
-    from sparse_attn.selection import random_blocks
 
     results = []
-    for i, (B, H, Sq, Skv, D, block, dtype, density) in enumerate(CASES):
-        q_block, kv_block = block_sizes(block if isinstance(block, int) else tuple(block))
+    for i, (B, H, Sq, Skv, D, tile, dtype, density) in enumerate(CASES):
         g = torch.Generator().manual_seed(i)
         q, k, v = (torch.randn(B, H, s, D, generator=g).to(getattr(torch, dtype)) for s in (Sq, Skv, Skv))
-        num, idx = random_blocks(B, H, num_blocks(Sq, q_block), num_blocks(Skv, kv_block), density, generator=g)
-        num[..., 0] = 0  # the first query block attends nothing
-        out, lse = sa.block_sparse_attention(q, k, v, num, idx, (q_block, kv_block), return_lse=True,
-                                             backend="triton")
-        path = sa.last_path()
+        index = sa.random_tiles(B, H, Sq, Skv, tile if isinstance(tile, int) else tuple(tile), density, generator=g)
+        index.counts[..., 0] = 0  # the first query tile attends nothing
+        with sa.capture() as seen:
+            out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True, backend="triton")
+        path = seen[-1]
         # the bshd wrapper hands the kernel strided (transposed) views
-        out_bshd = sa.block_sparse_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), num,
-                                                  idx, (q_block, kv_block), backend="triton")
-        mask = sa.token_mask(num, idx, Sq, Skv, (q_block, kv_block))
+        out_bshd = sa.block_sparse_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), index,
+                                                  backend="triton")
+        mask = index.token_mask()
         qd, kd, vd = q.double(), k.double(), v.double()
         ref = torch.where(mask.any(-1, keepdim=True), F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), 0)
         ref_lse = torch.logsumexp((qd @ kd.transpose(-1, -2) * D**-0.5).masked_fill(~mask, float("-inf")), -1)

@@ -10,11 +10,11 @@ import accel
 from accel.adapters import TokenLayout
 from accel.errors import InvalidOptionError
 from accel.zoo import generate
-from sparse_attn.methods.base import block_order
+from sparse_attn.methods.base import tiled_sequence
 from sparse_attn.methods.sdpa_route import SDPACall
 
 FAMILIES = ["flux", "wan", "hunyuan-video", "pixart-alpha", "dit", "sd3", "cogvideox"]
-ALL_SPARSE = {"dense_steps": 0.0, "dense_layers": 0, "block_size": 16}
+ALL_SPARSE = {"dense_steps": 0.0, "dense_layers": 0, "tile_size": 16}
 
 
 def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -51,7 +51,7 @@ def test_sparse_attention_changes_the_output_a_little_and_unpatches_exactly(tiny
 
 def test_first_steps_and_first_layers_stay_dense(tiny):
     pipe = tiny("pixart-alpha")  # 2 blocks, batched CFG: one call per step
-    with accel.patch(pipe, method="pisa", density=0.5, block_size=16, dense_steps=0.3, dense_layers=1) as handle:
+    with accel.patch(pipe, method="pisa", density=0.5, tile_size=16, dense_steps=0.3, dense_layers=1) as handle:
         generate(pipe, steps=10)
         stats = handle.stats()["pisa"]
     assert stats["sparse_calls"] == 7  # steps 3..9, block 1 only
@@ -71,7 +71,7 @@ def test_pisa_beats_keep_or_drop_on_the_trained_model():
 
 def test_adaspa_searches_once_per_branch_and_refreshes_from_the_cached_lse(tiny):
     pipe = tiny("wan")  # 2 blocks, separate cond/uncond calls
-    handle = accel.patch(pipe, method="adaspa", sparsity=0.5, block_size=16, dense_steps=0.2, dense_layers=0,
+    handle = accel.patch(pipe, method="adaspa", sparsity=0.5, tile_size=16, dense_steps=0.2, dense_layers=0,
                          refresh_at=0.6)
     for _ in range(2):  # every run starts from nothing
         generate(pipe, steps=10)
@@ -120,15 +120,15 @@ def test_other_masks_run_dense_and_say_so():
 def test_first_frame_sink_keeps_the_blocks_of_the_given_frame():
     layout = TokenLayout(grid=(4, 16, 16), text_tokens=0, text_position="none")
     cpu = torch.device("cpu")
-    assert block_order(layout, "self", "none", 16, cpu).sink_blocks == ()
-    order = block_order(layout, "self", "none", 16, cpu, first_frame_sink=True)
-    assert order.sink_blocks == tuple(range(16))  # (1, 4, 4) tiles: frame 0 fills exactly the first 16 blocks
+    assert tiled_sequence(layout, "self", "none", 16, cpu).sink_tiles == ()
+    order = tiled_sequence(layout, "self", "none", 16, cpu, first_frame_sink=True)
+    assert order.sink_tiles == tuple(range(16))  # (1, 4, 4) tiles: frame 0 fills exactly the first 16 blocks
     held = set((order.order.inverse[:256] // 16).tolist())  # blocks holding frame 0's tokens
-    assert held == set(order.sink_blocks)
+    assert held == set(order.sink_tiles)
     # (4, 4, 4) tiles would span all four frames; with the sink, frame 0 gets (8, 8) tiles of its own
-    assert set((block_order(layout, "self", "none", 64, cpu).order.inverse[:256] // 64).tolist()) == set(range(16))
-    order = block_order(layout, "self", "none", 64, cpu, first_frame_sink=True)
-    assert order.sink_blocks == (0, 1, 2, 3)
+    assert set((tiled_sequence(layout, "self", "none", 64, cpu).order.inverse[:256] // 64).tolist()) == set(range(16))
+    order = tiled_sequence(layout, "self", "none", 64, cpu, first_frame_sink=True)
+    assert order.sink_tiles == (0, 1, 2, 3)
     assert sorted(order.order.perm.tolist()) == list(range(1024))
     assert set((order.order.inverse[256:] // 64).tolist()) == set(range(4, 16))  # the other frames: (4, 4, 4)
     rows = order.order.perm[:64] // 16
@@ -152,14 +152,14 @@ def test_first_frame_sink_is_on_by_default_only_where_the_image_is_the_first_lat
 
 def test_block_order_tiles_the_grid_and_puts_text_last():
     layout = TokenLayout(grid=(1, 16, 16), text_tokens=10, text_position="first")
-    order = block_order(layout, "joint", "first", 64, torch.device("cpu"))
+    order = tiled_sequence(layout, "joint", "first", 64, torch.device("cpu"))
     perm = order.order.perm
     assert sorted(perm.tolist()) == list(range(266))
     assert perm[-10:].tolist() == list(range(10))  # the text, moved to the end
     first_block = perm[:64] - 10  # raster positions of the first block's image tokens
     rows, cols = first_block // 16, first_block % 16
     assert rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7  # an 8x8 tile
-    assert order.sink_blocks == (4,)  # tokens 256..265 sit in block 4
+    assert order.sink_tiles == (4,)  # tokens 256..265 sit in block 4
     x = torch.randn(1, 2, 266, 4)
     assert torch.equal(order.order.restore(order.order.apply(x, dim=2), dim=2), x)
 
@@ -168,7 +168,7 @@ def test_block_order_tiles_the_grid_and_puts_text_last():
     "method,options,pattern",
     [
         ("pisa", {"density": 1.5}, r"pisa: option density=1.5 is out of range"),
-        ("pisa", {"block_size": 48}, r"block_size=48 is not allowed; expected one of 16, 32, 64, 128"),
+        ("pisa", {"tile_size": 48}, r"tile_size=48 is not allowed; expected one of 16, 32, 64, 128"),
         ("pisa", {"order": "first"}, r"order='first' is not allowed"),
         ("adaspa", {"sparsity": 1.0}, r"adaspa: option sparsity=1.0 is out of range"),
         ("adaspa", {"dense_steps": 1.0}, r"dense_steps=1.0 is out of range"),
@@ -187,7 +187,7 @@ def test_attention_quality_bench_captures_block_ordered_calls(tmp_path):
     from accel.cli import main
 
     pipe = accel.zoo.load("digits-image")  # 4 blocks, batched CFG: one call per block and step
-    calls = attention_quality.capture(pipe, steps=4, at=(0.5,), block_size=16)
+    calls = attention_quality.capture(pipe, steps=4, at=(0.5,), tile_size=16)
     assert [(c.step, c.layer) for c in calls] == [(2, 0), (2, 1), (2, 2), (2, 3)]
     assert calls[0].q.shape == (2, 3, 256, 32) and calls[0].sinks == ()
     assert main(["bench-attn-quality", "--model", "digits-image", "--steps", "4", "--at", "0.5",

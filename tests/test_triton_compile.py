@@ -35,17 +35,17 @@ def test_every_accepted_input_has_a_launch_config(monkeypatch):
     for kernel in tc.KERNELS:
         for dtype, dot in tc.PRECISIONS:
             for head_dim in (*tc.HEAD_DIM_PADS, 40, 72, 200):
-                for q_block in tc.BLOCK_SIZES:
-                    for kv_block in tc.BLOCK_SIZES:
-                        if tc.launch_configs(kernel, q_block, kv_block, head_dim, dtype, dot):
+                for q_tile in tc.TILE_SIZES:
+                    for kv_tile in tc.TILE_SIZES:
+                        if tc.launch_configs(kernel, q_tile, kv_tile, head_dim, dtype, dot):
                             continue
-                        assert kernel.startswith("search"), (kernel, dtype, dot, head_dim, q_block, kv_block)
+                        assert kernel.startswith("search"), (kernel, dtype, dot, head_dim, q_tile, kv_tile)
                         refused += 1
                         sa.set_fp32_precision(dot if dtype == torch.float32 else "auto")
                         try:
                             with pytest.raises(RuntimeError, match="no tiles"):
                                 choose_search_path(torch.empty(1, 1, 8, head_dim, dtype=dtype), "triton",
-                                                   (q_block, kv_block))
+                                                   (q_tile, kv_tile))
                         finally:
                             sa.set_fp32_precision("auto")
     assert refused  # fp32 at head dim 256 with 128-row query blocks, for one

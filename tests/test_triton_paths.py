@@ -15,8 +15,6 @@ import torch
 
 import sparse_attn as sa
 from sparse_attn import paths, pisa
-from sparse_attn.blocks import num_blocks
-from sparse_attn.selection import random_blocks
 
 triton = pytest.importorskip("triton")
 
@@ -31,9 +29,9 @@ def _inputs(B=1, H=2, S=96, D=32, dtype=torch.float32, seed=0):
     return tuple(torch.randn(B, H, S, D, generator=g).to(dtype) for _ in range(3))
 
 
-def _index(q, k, block=32, density=0.5):
-    return random_blocks(q.shape[0], q.shape[1], num_blocks(q.shape[2], block), num_blocks(k.shape[2], block),
-                         density, generator=torch.Generator().manual_seed(1))
+def _index(q, k, tile=32, density=0.5):
+    return sa.random_tiles(q.shape[0], q.shape[1], q.shape[2], k.shape[2], tile, density,
+                           generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture
@@ -51,11 +49,11 @@ def as_if_cuda(monkeypatch):
     monkeypatch.setattr(sa.attention, "choose_path", pick_triton(sa.attention.choose_path))
     monkeypatch.setattr(pisa, "choose_path", pick_triton(pisa.choose_path))
     monkeypatch.setattr(sa.search, "choose_search_path", pick_triton(sa.search.choose_search_path))
-    paths._logged.clear()
-    sa.search._paths._logged.clear()
+    paths.engine._logged.clear()
+    paths.search._logged.clear()
     yield
-    paths._logged.clear()
-    sa.search._paths._logged.clear()
+    paths.engine._logged.clear()
+    paths.search._logged.clear()
 
 
 def _failing(error: Exception, calls: list):
@@ -75,18 +73,18 @@ def test_auto_falls_back_once_with_the_reason_and_explicit_triton_raises(as_if_c
     calls: list = []
     monkeypatch.setattr(triton_kernel, "attention", _failing(error, calls))
     q, k, v = _inputs()
-    num, idx = _index(q, k)
-    want = sa.block_sparse_attention(q, k, v, num, idx, 32, backend="torch-gather")
-    with caplog.at_level(logging.WARNING, logger="accel"):
-        out = sa.block_sparse_attention(q, k, v, num, idx, 32)
-        again = sa.block_sparse_attention(q, k, v, num, idx, 32)
+    index = _index(q, k)
+    want = sa.block_sparse_attention(q, k, v, index, backend="torch")
+    with caplog.at_level(logging.WARNING, logger="accel"), sa.capture() as seen:
+        out = sa.block_sparse_attention(q, k, v, index)
+        again = sa.block_sparse_attention(q, k, v, index)
     assert torch.equal(out, want) and torch.equal(again, want)
-    path = sa.last_path()
-    assert path.kernel == "torch-gather" and type(error).__name__ in path.note and "block-sparse" in path.note
+    path = seen[-1]
+    assert path.kernel == "torch" and type(error).__name__ in path.note and "block-sparse" in path.note
     assert len(calls) == 1, "a failed build is remembered: later calls go straight to the fallback"
-    assert sum("falls back to torch-gather" in r.message for r in caplog.records) == 1
+    assert sum("falls back to torch" in r.message for r in caplog.records) == 1
     with pytest.raises(type(error)):
-        sa.block_sparse_attention(q, k, v, num, idx, 32, backend="triton")
+        sa.block_sparse_attention(q, k, v, index, backend="triton")
 
 
 def test_pisa_and_search_fall_back_too(as_if_cuda, monkeypatch):
@@ -95,19 +93,20 @@ def test_pisa_and_search_fall_back_too(as_if_cuda, monkeypatch):
     monkeypatch.setattr(triton_kernel, "attention", _failing(OutOfResources(1, 0, "shared memory"), calls))
     monkeypatch.setattr(search_triton, "search", _failing(PTXASError("ptxas"), calls))
     q, k, v = _inputs()
-    num, idx = _index(q, k)
-    want = sa.pisa_attention(q, k, v, block_size=32, kv_num_blocks=num, kv_indices=idx, backend="torch-gather")
-    out = sa.pisa_attention(q, k, v, block_size=32, kv_num_blocks=num, kv_indices=idx)
+    index = _index(q, k)
+    want = sa.pisa_attention(q, k, v, index=index, backend="torch")
+    with sa.capture() as seen:
+        out = sa.pisa_attention(q, k, v, index=index)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
-    assert sa.last_path().kernel == "pisa+torch-gather"  # PISA's own and the engine's kernels both failed
-    assert sa.last_path().note.count("OutOfResources") == 2
-    want_out, want_lse, want_mass = sa.dense_attention_with_block_mass(q, k, v, 32, backend="torch")
-    out, lse, mass = sa.dense_attention_with_block_mass(q, k, v, 32)
-    assert torch.equal(mass, want_mass) and "PTXASError" in sa.last_search_path().note
-    assert sa.last_search_path().kernel == "torch"
+    assert seen[-1].kernel == "pisa+torch"  # PISA's own and the engine's kernels both failed
+    assert seen[-1].note.count("OutOfResources") == 2
+    want_out, want_lse, want_mass = sa.dense_attention_with_tile_mass(q, k, v, 32, backend="torch")
+    with sa.capture() as seen:
+        out, lse, mass = sa.dense_attention_with_tile_mass(q, k, v, 32)
+    assert torch.equal(mass, want_mass) and "PTXASError" in seen[-1].note and seen[-1].kernel == "torch"
     assert len(calls) == 3
     with pytest.raises(PTXASError):
-        sa.block_mass(q, k, lse, 32, backend="triton")
+        sa.tile_mass(q, k, lse, 32, backend="triton")
 
 
 def test_method_stats_name_the_fallback(as_if_cuda, monkeypatch, tiny):
@@ -116,7 +115,7 @@ def test_method_stats_name_the_fallback(as_if_cuda, monkeypatch, tiny):
     monkeypatch.setattr(pisa_triton, "attention", _failing(OutOfResources(1, 0, "shared memory"), []))
     monkeypatch.setattr(triton_kernel, "attention", _failing(OutOfResources(1, 0, "shared memory"), []))
     pipe = tiny("pixart-alpha")
-    handle = accel.patch(pipe, method="pisa", block_size=16, dense_steps=0.0, dense_layers=0)
+    handle = accel.patch(pipe, method="pisa", tile_size=16, dense_steps=0.0, dense_layers=0)
     try:
         latents = accel.zoo.generate(pipe, steps=2, seed=0)
         stats = handle.stats()["pisa"]
@@ -149,18 +148,20 @@ def test_launches_run_on_the_tensors_gpu(monkeypatch):
             return lambda *args, **kwargs: launched.append(entered[-1] if entered else None)
 
     monkeypatch.setattr(torch.cuda, "device", Device)
+    # fake CUDA tensors cannot be sliced on a CPU-only build: PISA's dense tile map, made directly
+    monkeypatch.setattr(sa.TileIndex, "to_dense", lambda self: torch.zeros(
+        *self.counts.shape, self.num_kv_tiles, dtype=torch.bool, device=self.device))
     for module, name in ((triton_kernel, "_block_sparse_fwd_tuned"), (pisa_triton, "_pisa_fwd"),
                          (search_triton, "_search_fwd_tuned")):
         monkeypatch.setattr(module, name, Kernel())
     with FakeTensorMode(allow_non_fake_inputs=True):
         q, k, v = (torch.empty(1, 2, 64, 32, device="cuda:1", dtype=torch.float16) for _ in range(3))
-        num = torch.ones(1, 1, 2, dtype=torch.int32, device="cuda:1")
-        idx = torch.zeros(1, 1, 2, 1, dtype=torch.int32, device="cuda:1")
-        triton_kernel.attention(q, k, v, num, idx, 32, 32, 0.1)
-        stats = pisa.KeyBlockStats(*(torch.empty(1, 2, 2, 32, device="cuda:1") for _ in range(2)),
-                                   torch.ones(2, device="cuda:1"), torch.empty(1, 2, 32, 32, device="cuda:1"))
-        pisa_triton.attention(q, k, v, num, idx, torch.empty(1, 1, 2, 2, dtype=torch.int8, device="cuda:1"), stats,
-                              32, 32, 0.1, True)
+        index = sa.TileIndex(torch.ones(1, 1, 2, dtype=torch.int32, device="cuda:1"),
+                             torch.zeros(1, 1, 2, 1, dtype=torch.int32, device="cuda:1"), 32, 32, 64, 64)
+        triton_kernel.attention(q, k, v, index, 0.1)
+        stats = pisa.KeyTileStats(*(torch.empty(1, 2, 2, 32, device="cuda:1") for _ in range(2)),
+                                  torch.ones(2, device="cuda:1"), torch.empty(1, 2, 32, 32, device="cuda:1"))
+        pisa_triton.attention(q, k, v, index, stats, 0.1, True)
         search_triton.search(q, k, v, None, 32, 32, 0.1)
     assert launched == [torch.device("cuda:1")] * 3
 
@@ -214,29 +215,28 @@ def test_fp32_on_triton_warns_once(monkeypatch, caplog):
     assert sum("fp32 inputs reach the Triton kernels" in r.message for r in caplog.records) == 1
 
 
-@pytest.mark.parametrize("backend", ["cpu-kernel", "torch-gather"])
+@pytest.mark.parametrize("backend", ["cpu-kernel", "torch"])
 def test_every_allocation_follows_the_inputs_device(backend):
     """With another default device, every path still allocates on the inputs' device (a factory call
     without device= would make a meta tensor and the next op would fail, as CPU tensors mixed with CUDA
     ones would)."""
     q, k, v = _inputs(S=100, D=24)
-    num, idx = _index(q, k)
-    search_backend = "torch" if backend == "torch-gather" else backend
+    index = _index(q, k)
     want = [
-        sa.block_sparse_attention(q, k, v, num, idx, 32, backend=backend),
-        sa.pisa_attention(q, k, v, density=0.3, block_size=32, backend=backend),
-        sa.pisa_attention(q, k, v, density=0.3, block_size=32, routing="covariance", order="zeroth", backend=backend),
-        *sa.dense_attention_with_block_mass(q, k, v, 32, backend=search_backend),
+        sa.block_sparse_attention(q, k, v, index, backend=backend),
+        sa.pisa_attention(q, k, v, density=0.3, tile_size=32, backend=backend),
+        sa.pisa_attention(q, k, v, density=0.3, tile_size=32, routing="covariance", order="zeroth", backend=backend),
+        *sa.dense_attention_with_tile_mass(q, k, v, 32, backend=backend),
     ]
     with torch.device("meta"):
         got = [
-            sa.block_sparse_attention(q, k, v, num, idx, 32, backend=backend),
-            sa.pisa_attention(q, k, v, density=0.3, block_size=32, backend=backend),
-            sa.pisa_attention(q, k, v, density=0.3, block_size=32, routing="covariance", order="zeroth",
+            sa.block_sparse_attention(q, k, v, index, backend=backend),
+            sa.pisa_attention(q, k, v, density=0.3, tile_size=32, backend=backend),
+            sa.pisa_attention(q, k, v, density=0.3, tile_size=32, routing="covariance", order="zeroth",
                               backend=backend),
-            *sa.dense_attention_with_block_mass(q, k, v, 32, backend=search_backend),
+            *sa.dense_attention_with_tile_mass(q, k, v, 32, backend=backend),
         ]
-        got.append(sa.block_mass(q, k, got[-2], 32, backend=search_backend))
+        got.append(sa.tile_mass(q, k, got[-2], 32, backend=backend))
         got.append(sa.tile_order((4, 6, 6), (2, 2, 2), text_len=3).perm)
     want.append(want[-1])
     want.append(sa.tile_order((4, 6, 6), (2, 2, 2), text_len=3).perm)

@@ -1,10 +1,11 @@
-"""The three Triton kernels with the GPU's tiling, under the interpreter: sub-tiles, bf16, head dim 128.
+"""The three Triton kernels with the GPU's sub-tiling, under the interpreter: bf16, head dim 128.
 
-Under the interpreter the kernels normally run one query tile and one key tile per block; on a GPU the
-autotuned tiles are smaller than the blocks (several query tiles per query block, several key tiles per
-key block, through the flat tile loop). `triton_common.interpreter_tiles` makes the interpreter tile like
-the GPU, and each case is checked against float64: the block-sparse kernel against masked attention,
-PISA against `pisa_reference`, the search's block mass against the torch path. A second child probes
+Under the interpreter a program normally covers one whole query tile and steps through key tiles whole;
+on a GPU the autotuned program tiles (BLOCK_M rows, BLOCK_N keys) are smaller than the index's tiles
+(several programs per query tile, several steps per key tile, through the flat loop).
+`triton_common.interpreter_tiles` makes the interpreter split them like the GPU, and each case is checked
+against float64: the block-sparse kernel against masked attention, PISA against `pisa_reference`, the
+search's tile mass against the torch path. A second child probes
 int32 overflow: batch strides past 2^31 elements on lazily allocated memory (only the touched pages
 are real), where an int32 `program id x batch stride` would read another batch's (or no) memory.
 """
@@ -21,12 +22,12 @@ pytest.importorskip("triton")
 from triton_interpreter import fix_bf16_dot, run_child  # noqa: E402
 
 CASES = [
-    # dtype, head dim, block, interpreter tiles (BLOCK_M, BLOCK_N), B, H, Sq, Skv
-    ("float16", 64, 64, (32, 16), 1, 2, 200, 150),  # 2 query tiles and 4 key tiles per block, partial blocks
-    ("float32", 40, 32, (16, 16), 2, 1, 96, 100),  # odd head dim, 2 x 2 tiles per block
-    ("bfloat16", 128, 64, (64, 64), 1, 2, 160, 160),  # the GPU's bf16 config at block 64
-    ("bfloat16", 128, 128, (128, 64), 1, 1, 200, 256),  # and at block 128: 2 key tiles per block
-    ("bfloat16", 128, 128, (64, 32), 1, 1, 130, 130),  # 2 query tiles, 4 key tiles
+    # dtype, head dim, tile, program tiles (BLOCK_M, BLOCK_N), B, H, Sq, Skv
+    ("float16", 64, 64, (32, 16), 1, 2, 200, 150),  # 2 programs per query tile, 4 steps per key tile, partial
+    ("float32", 40, 32, (16, 16), 2, 1, 96, 100),  # odd head dim, 2 x 2
+    ("bfloat16", 128, 64, (64, 64), 1, 2, 160, 160),  # the GPU's bf16 config at tile 64
+    ("bfloat16", 128, 128, (128, 64), 1, 1, 200, 256),  # and at tile 128: 2 steps per key tile
+    ("bfloat16", 128, 128, (64, 32), 1, 1, 130, 130),  # 2 programs, 4 steps
 ]
 TOL = {"float32": 2e-5, "float16": 2e-3, "bfloat16": 2e-2}
 
@@ -38,29 +39,28 @@ def _child() -> None:
 
     import sparse_attn as sa
     from sparse_attn import triton_common
-    from sparse_attn.blocks import num_blocks
-    from sparse_attn.selection import random_blocks
 
     fix_bf16_dot()
     results = []
-    for i, (dtype, D, block, tiles, B, H, Sq, Skv) in enumerate(CASES):
+    for i, (dtype, D, tile, tiles, B, H, Sq, Skv) in enumerate(CASES):
         triton_common.interpreter_tiles = tiles
         g = torch.Generator().manual_seed(i)
         q, k, v = (torch.randn(B, H, s, D, generator=g).to(getattr(torch, dtype)) for s in (Sq, Skv, Skv))
-        num, idx = random_blocks(B, H, num_blocks(Sq, block), num_blocks(Skv, block), 0.5, generator=g)
-        num[..., -1] = 0  # a query block that attends nothing
-        out, lse = sa.block_sparse_attention(q, k, v, num, idx, block, return_lse=True, backend="triton")
-        mask = sa.token_mask(num, idx, Sq, Skv, block)
+        index = sa.random_tiles(B, H, Sq, Skv, tile, 0.5, generator=g)
+        index.counts[..., -1] = 0  # a query tile that attends nothing
+        with sa.capture() as seen:
+            out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True, backend="triton")
+        mask = index.token_mask()
         qd, kd, vd = q.double(), k.double(), v.double()
         ref = torch.where(mask.any(-1, keepdim=True), F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask), 0)
-        num[..., -1] = 1  # PISA: every query block keeps at least its first listed block
-        pisa = sa.pisa_attention(q, k, v, block_size=block, kv_num_blocks=num, kv_indices=idx, backend="triton")
-        pisa_ref = sa.pisa_reference(q, k, v, num, idx, block, "hybrid")
-        s_out, s_lse, mass = sa.dense_attention_with_block_mass(q, k, v, block, backend="triton")
-        _, t_lse, t_mass = sa.dense_attention_with_block_mass(q, k, v, block, backend="torch")
-        refreshed = sa.block_mass(q, k, t_lse, block, backend="triton")
+        index.counts[..., -1] = 1  # PISA: every query tile keeps at least its first listed tile
+        pisa = sa.pisa_attention(q, k, v, index=index, backend="triton")
+        pisa_ref = sa.pisa_reference(q, k, v, index, "hybrid")
+        s_out, s_lse, mass = sa.dense_attention_with_tile_mass(q, k, v, tile, backend="triton")
+        _, t_lse, t_mass = sa.dense_attention_with_tile_mass(q, k, v, tile, backend="torch")
+        refreshed = sa.tile_mass(q, k, t_lse, tile, backend="triton")
         results.append({
-            "path": sa.last_path().precision,
+            "path": seen[-1].precision,
             "out": float((out.double() - ref).abs().max()),
             "lse_inf": bool(torch.equal(torch.isinf(lse), ~mask.any(-1))),
             "pisa": float((pisa.double() - pisa_ref).abs().max()),
@@ -87,9 +87,9 @@ def _overflow_child() -> None:
     g = torch.Generator().manual_seed(0)
     for b in range(B):
         q[b] = torch.randn(H, S, D, generator=g).to(torch.float16)
-    every = torch.ones(1, 1, 2, dtype=torch.int32) * 2, torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32)
-    out = sa.block_sparse_attention(q, q, q, *every, 32, backend="triton")
-    s_out, _, _ = sa.dense_attention_with_block_mass(q, q, q, 32, backend="triton")
+    every = sa.TileIndex(torch.full((1, 1, 2), 2), torch.tensor([[[[0, 1], [0, 1]]]]), 32, 32, S, S)
+    out = sa.block_sparse_attention(q, q, q, every, backend="triton")
+    s_out, _, _ = sa.dense_attention_with_tile_mass(q, q, q, 32, backend="triton")
     errors = []
     for b in range(B):
         qb = q[b].double()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import accel
 from sparse_attn import block_sparse_attention
 from sparse_attn.pisa import relative_errors
-from sparse_attn.search import blocks_from_mass, dense_attention_with_block_mass
+from sparse_attn.search import dense_attention_with_tile_mass, tiles_from_mass
 
 ROWS = ("keep_or_drop", "zeroth", "hybrid", "mass_top_k")
 LABELS = {
@@ -52,11 +52,11 @@ class CapturedCall:
     sinks: tuple[int, ...]
 
 
-def capture(pipe: Any, steps: int, at: tuple[float, ...], block_size: int, seed: int = 0) -> list[CapturedCall]:
+def capture(pipe: Any, steps: int, at: tuple[float, ...], tile_size: int, seed: int = 0) -> list[CapturedCall]:
     """q, k, v of every sparse-eligible attention call at the steps `round(f * steps)` for f in `at`."""
     wanted = {min(steps - 1, round(f * steps)) for f in at}
     calls: list[CapturedCall] = []
-    with accel.patch(pipe, method="pisa", density=1.0, dense_steps=0.0, dense_layers=0, block_size=block_size) as h:
+    with accel.patch(pipe, method="pisa", density=1.0, dense_steps=0.0, dense_layers=0, tile_size=tile_size) as h:
         method = h.methods[0]
         layers = {id(hook): hook.layer for hook in method.hooks}
         exact = method.attend
@@ -72,10 +72,10 @@ def capture(pipe: Any, steps: int, at: tuple[float, ...], block_size: int, seed:
     return calls
 
 
-def mass_top_k_error(call: CapturedCall, density: float, block_size: int) -> float:
-    dense, _, mass = dense_attention_with_block_mass(call.q, call.k, call.v, block_size)
-    num, idx = blocks_from_mass(mass, density, sink_blocks=call.sinks)
-    out = block_sparse_attention(call.q, call.k, call.v, num, idx, block_size=block_size)
+def mass_top_k_error(call: CapturedCall, density: float, tile_size: int) -> float:
+    dense, _, mass = dense_attention_with_tile_mass(call.q, call.k, call.v, tile_size)
+    index = tiles_from_mass(mass, density, tile_size, call.q.shape[2], call.k.shape[2], sink_tiles=call.sinks)
+    out = block_sparse_attention(call.q, call.k, call.v, index)
     reference = F.scaled_dot_product_attention(call.q.double(), call.k.double(), call.v.double())
     return float((out.double() - reference).norm() / reference.norm())
 
@@ -84,15 +84,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     pipe = accel.zoo.load(args.model)
     start = time.perf_counter()
-    calls = capture(pipe, args.steps, tuple(args.at), args.block_size, args.seed)
+    calls = capture(pipe, args.steps, tuple(args.at), args.tile_size, args.seed)
     errors: dict[float, dict[str, list[float]]] = {}
     for density in args.density:
         per_row: dict[str, list[float]] = {name: [] for name in ROWS}
         for call in calls:
-            errs = relative_errors(call.q, call.k, call.v, density, args.block_size, call.sinks, args.routing)
+            errs = relative_errors(call.q, call.k, call.v, density, args.tile_size, call.sinks, args.routing)
             for name, err in errs.items():
                 per_row[name].append(err)
-            per_row["mass_top_k"].append(mass_top_k_error(call, density, args.block_size))
+            per_row["mass_top_k"].append(mass_top_k_error(call, density, args.tile_size))
         errors[density] = per_row
     first = calls[0] if calls else None
     return {
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "captured_steps": sorted({c.step for c in calls}),
         "calls": len(calls),
         "shape": None if first is None else list(first.q.shape),
-        "block_size": args.block_size,
+        "tile_size": args.tile_size,
         "routing": args.routing,
         "seconds": time.perf_counter() - start,
         "errors": {str(d): rows for d, rows in errors.items()},
@@ -114,7 +114,7 @@ def markdown(result: dict[str, Any]) -> str:
     head = (
         f"Command: `{result['command']}`\n\n"
         f"{result['model']}, {result['steps']} steps; {result['calls']} attention calls captured at steps "
-        f"{result['captured_steps']}, q/k/v {result['shape']} (B, H, S, D), block {result['block_size']}, {result['routing']} routing. "
+        f"{result['captured_steps']}, q/k/v {result['shape']} (B, H, S, D), block {result['tile_size']}, {result['routing']} routing. "
         "Relative L2 error against dense attention (float64), mean (and max) over the calls.\n\n"
     )
     lines = ["| density | approximation | mean rel. L2 error | max | vs keep-or-drop |", "|---|---|---|---|---|"]
@@ -153,7 +153,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="fractions of the run at which calls are captured (default 0.3,0.6,0.9)")
     p.add_argument("--density", type=lambda s: [float(x) for x in s.split(",")], default=[0.125],
                    help="densities, comma-separated (default 0.125)")
-    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--tile-size", type=int, default=64, choices=(16, 32, 64, 128))
     p.add_argument("--routing", choices=("pooled", "covariance"), default="pooled",
                    help="how the exact blocks are chosen (PISA's option; keep-or-drop uses the same blocks)")
     p.add_argument("--seed", type=int, default=0)

@@ -5,9 +5,9 @@ denoising steps, so it is searched online, twice per run, and reused in between:
 
 - steps before the warm-up fraction (`dense_steps`) run dense;
 - the first sparse step runs the fused search: one dense pass (so that step's output is exact) that
-  also returns each row's log-sum-exp and the attention mass of every (query block, key block);
+  also returns each row's log-sum-exp and the attention mass of every (query tile, key tile);
   the LSE is cached, the heads' densities are set by their recall (`head_adaptive`), and the mask of
-  the top blocks per query block (text blocks always kept) is stored as bits (`PackedBlocks`);
+  the top tiles per query tile (text tiles always kept) is stored as bits (`PackedTiles`);
 - at `refresh_at` the mass is recomputed from the current q, k and the cached LSE in one pass (no
   softmax normaliser pass) and the index replaced;
 - every other step runs the block-sparse kernel on the stored index.
@@ -26,9 +26,9 @@ from accel.config import option
 from accel.method import register_method
 
 from ..attention import block_sparse_attention
-from ..blocks import PackedBlocks
-from ..search import block_mass, blocks_from_mass, dense_attention_with_block_mass, head_adaptive_density
-from ..selection import select_blocks
+from ..search import dense_attention_with_tile_mass, head_adaptive_density, tile_mass, tiles_from_mass
+from ..selection import select_tiles
+from ..tiles import PackedTiles, TileIndex
 from .base import SparseAttentionConfig, SparseAttentionMethod
 
 
@@ -37,7 +37,7 @@ class AdaSpaConfig(SparseAttentionConfig):
     method = "adaspa"
     dense_layers: int = option(0, "first transformer blocks whose attention is always dense (the paper: none)",
                                low=0)
-    sparsity: float = option(0.8, "mean fraction of key blocks skipped per query block", low=0.0, high=1.0,
+    sparsity: float = option(0.8, "mean fraction of key tiles skipped per query tile", low=0.0, high=1.0,
                              high_open=True)
     refresh_at: float = option(
         0.6, "fraction of the steps at which the mask is searched again with the cached LSE (0 = never)",
@@ -56,7 +56,7 @@ class SiteState:
 
     shape: tuple[int, ...] = ()  # q's shape at the search: a new shape searches afresh
     lse: torch.Tensor | None = None
-    blocks: PackedBlocks | None = None  # the mask, 1 bit per block pair
+    tiles: PackedTiles | None = None  # the mask, 1 bit per (query tile, key tile)
     searched_at: int = -1
 
 
@@ -78,53 +78,51 @@ class AdaSpa(SparseAttentionMethod):
         cfg = self.config
         step = self.tracker.step
         state = self.states.setdefault(slot, SiteState())
-        kv_blocks = -(-k.shape[2] // cfg.block_size)
-        if state.blocks is None or state.shape != tuple(q.shape):
+        if state.tiles is None or state.shape != tuple(q.shape):
             state.shape = tuple(q.shape)
-            return self._search(state, q, k, v, scale, sinks, kv_blocks, step)
+            return self._search(state, q, k, v, scale, sinks, step)
         refresh = round(cfg.refresh_at * self.tracker.num_steps) if cfg.refresh_at else -1
         if step >= refresh > state.searched_at:
-            self._refresh(state, q, k, scale, sinks, kv_blocks, step)
-        num, idx = state.blocks.unpack()
-        self.record_blocks(num, kv_blocks)
-        return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
+            self._refresh(state, q, k, scale, sinks, step)
+        index = state.tiles.unpack()
+        self.record_tiles(index)
+        return block_sparse_attention(q, k, v, index, scale=scale)
 
-    def _search(self, state: SiteState, q, k, v, scale, sinks, kv_blocks: int, step: int) -> torch.Tensor:  # noqa: ANN001
-        """The first sparse step: dense output, LSE and block mass in one pass; store the index."""
+    def _search(self, state: SiteState, q, k, v, scale, sinks, step: int) -> torch.Tensor:  # noqa: ANN001
+        """The first sparse step: dense output, LSE and tile mass in one pass; store the index."""
         cfg = self.config
         self.count("searches")
         if cfg.search == "pooled":
-            num, idx = select_blocks(q, k, 1.0 - cfg.sparsity, cfg.block_size, sink_blocks=sinks, scale=scale)
-            self._store(state, num, idx, kv_blocks, step)
-            self.record_blocks(num, kv_blocks)
-            return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
-        out, state.lse, mass = dense_attention_with_block_mass(q, k, v, cfg.block_size, scale)
-        self._select(state, mass, sinks, kv_blocks, step)
+            index = select_tiles(q, k, 1.0 - cfg.sparsity, cfg.tile_size, sink_tiles=sinks, scale=scale)
+            self._store(state, index, step)
+            self.record_tiles(index)
+            return block_sparse_attention(q, k, v, index, scale=scale)
+        out, state.lse, mass = dense_attention_with_tile_mass(q, k, v, cfg.tile_size, scale)
+        self._select(state, mass, sinks, q.shape[2], k.shape[2], step)
         return out
 
-    def _refresh(self, state: SiteState, q, k, scale, sinks, kv_blocks: int, step: int) -> None:  # noqa: ANN001
+    def _refresh(self, state: SiteState, q, k, scale, sinks, step: int) -> None:  # noqa: ANN001
         """A later search step: the mass from the current q, k and the cached LSE, one pass."""
         self.count("refreshes")
-        if self.config.search == "pooled":
-            num, idx = select_blocks(q, k, 1.0 - self.config.sparsity, self.config.block_size, sink_blocks=sinks,
-                                     scale=scale)
-            self._store(state, num, idx, kv_blocks, step)
+        cfg = self.config
+        if cfg.search == "pooled":
+            self._store(state, select_tiles(q, k, 1.0 - cfg.sparsity, cfg.tile_size, sink_tiles=sinks, scale=scale),
+                        step)
             return
-        self._select(state, block_mass(q, k, state.lse, self.config.block_size, scale), sinks, kv_blocks, step)
+        self._select(state, tile_mass(q, k, state.lse, cfg.tile_size, scale), sinks, q.shape[2], k.shape[2], step)
 
-    def _select(self, state: SiteState, mass: torch.Tensor, sinks, kv_blocks: int, step: int) -> None:  # noqa: ANN001
+    def _select(self, state: SiteState, mass: torch.Tensor, sinks, q_len: int, kv_len: int, step: int) -> None:  # noqa: ANN001
         cfg = self.config
         density: float | torch.Tensor = 1.0 - cfg.sparsity
         if cfg.head_adaptive:
-            density = head_adaptive_density(mass, density, cfg.recall_threshold, sink_blocks=sinks)
-        num, idx = blocks_from_mass(mass, density, sink_blocks=sinks)
-        self._store(state, num, idx, kv_blocks, step)
+            density = head_adaptive_density(mass, density, cfg.recall_threshold, sink_tiles=sinks)
+        self._store(state, tiles_from_mass(mass, density, cfg.tile_size, q_len, kv_len, sink_tiles=sinks), step)
 
-    def _store(self, state: SiteState, num: torch.Tensor, idx: torch.Tensor, kv_blocks: int, step: int) -> None:
-        state.blocks = PackedBlocks.pack(num, idx, kv_blocks)
+    def _store(self, state: SiteState, index: TileIndex, step: int) -> None:
+        state.tiles = index.pack()
         state.searched_at = step
-        self.count("mask_bytes", state.blocks.nbytes)
-        self.count("byte_mask_bytes", num.numel() * kv_blocks)  # one byte per (query block, key block)
+        self.count("mask_bytes", state.tiles.nbytes)
+        self.count("byte_mask_bytes", index.counts.numel() * index.num_kv_tiles)  # one byte per tile pair
 
     def stats(self) -> dict:
         out = super().stats()

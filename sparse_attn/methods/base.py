@@ -2,9 +2,9 @@
 
 One hook per attention module over image/video tokens (self-attention, or joint attention with the
 text); cross-attention to text is left alone. The hook lets the module's own processor run and routes
-its SDPA call (sdpa_route.py) here, where the sequence is put in block order: image/video tokens
+its SDPA call (sdpa_route.py) here, where the sequence is put in tile order: image/video tokens
 reordered into 2-D/3-D tiles of the latent grid (sparse_attn/reorder.py) and the text tokens moved
-to the end, where their blocks are always kept ("sink" blocks). The method computes attention on
+to the end, where their tiles are always kept ("sink" tiles). The method computes attention on
 that order; the output is put back in the model's order. A schedule keeps the first steps and the
 first layers dense, as both papers do.
 
@@ -34,13 +34,13 @@ from accel.target import PatchTarget
 
 from .. import paths
 from ..reorder import TokenOrder, tile_order
-from ..selection import text_blocks
+from ..selection import text_tiles
+from ..tiles import TILE_SIZES, TileIndex
 from .sdpa_route import SDPACall, SDPARoute
 
 logger = logging.getLogger("accel")
 
-BLOCK_SIZES = (16, 32, 64, 128)
-# Tiles of exactly `block_size` tokens: (height, width) for images, (frames, height, width) for video.
+# Tiles of exactly `tile_size` tokens: (height, width) for images, (frames, height, width) for video.
 IMAGE_TILES = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16)}
 VIDEO_TILES = {16: (1, 4, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8)}
 FAMILIES = ("flux", "wan", "hunyuan-video", "pixart", "dit", "sd3", "cogvideox")
@@ -50,54 +50,55 @@ FAMILIES = ("flux", "wan", "hunyuan-video", "pixart", "dit", "sd3", "cogvideox")
 class SparseAttentionConfig(MethodConfig):
     """Options every sparse-attention method has. Subclasses add their own after these."""
 
-    block_size: int = option(64, "tokens per query and key block (the kernels' tile)", choices=BLOCK_SIZES)
+    tile_size: int = option(64, "tokens per query and key tile (the kernels' unit of sparsity)", choices=TILE_SIZES)
     dense_steps: float = option(
         0.2, "fraction of each run's first steps computed with dense attention", low=0.0, high=1.0, high_open=True
     )
     dense_layers: int = option(1, "first transformer blocks whose attention is always dense", low=0)
     first_frame_sink: bool | str = option(
-        "auto", "every query block also keeps the key blocks of the first latent frame, laid out in tiles of its "
+        "auto", "every query tile also keeps the key tiles of the first latent frame, laid out in tiles of its "
         "own; 'auto': on for image-to-video pipelines that give the image as a clean first latent frame "
         "(expand_timesteps, the Wan 2.2 TI2V layout), whose frames copy it", choices=("auto", True, False),
     )
 
 
 @dataclass(frozen=True)
-class BlockOrder:
+class TiledSequence:
     """How one attention call's sequence is laid out for the kernels: the token permutation (tiles,
-    text last) and the key blocks every query block keeps (text; with `first_frame_sink`, the first
+    text last) and the key tiles every query tile keeps (text; with `first_frame_sink`, the first
     latent frame)."""
 
     order: TokenOrder
-    sink_blocks: tuple[int, ...]
+    sink_tiles: tuple[int, ...]
     tokens: int
     text_tokens: int
 
 
-def block_order(layout: TokenLayout, kind: str, text_position: str, block: int, device: torch.device,
-                first_frame_sink: bool = False) -> BlockOrder:
-    """The block order of a self-attention ("self": image tokens only) or joint-attention sequence."""
+def tiled_sequence(layout: TokenLayout, kind: str, text_position: str, tile: int, device: torch.device,
+                   first_frame_sink: bool = False) -> TiledSequence:
+    """The tile order of a self-attention ("self": image tokens only) or joint-attention sequence."""
     text = layout.text_tokens if kind == "joint" and text_position != "none" else 0
     frames, height, width = layout.grid
     frame = height * width
     if frames == 1:
-        image = tile_order((height, width), IMAGE_TILES[block]).perm
-    elif first_frame_sink and VIDEO_TILES[block][0] > 1:  # frame 0 in image tiles, so its blocks hold it alone
-        rest = tile_order((frames - 1, height, width), VIDEO_TILES[block]).perm + frame
-        image = torch.cat([tile_order((height, width), IMAGE_TILES[block]).perm, rest])
+        image = tile_order((height, width), IMAGE_TILES[tile]).perm
+    elif first_frame_sink and VIDEO_TILES[tile][0] > 1:  # frame 0 in image tiles, so its tiles hold it alone
+        rest = tile_order((frames - 1, height, width), VIDEO_TILES[tile]).perm + frame
+        image = torch.cat([tile_order((height, width), IMAGE_TILES[tile]).perm, rest])
     else:
-        image = tile_order(layout.grid, VIDEO_TILES[block]).perm
-    # text goes last, so that image blocks stay tile-aligned
+        image = tile_order(layout.grid, VIDEO_TILES[tile]).perm
+    # text goes last, so that image tiles stay aligned
     text_first = text_position == "first"
-    perm = torch.cat([image + (text if text_first else 0), torch.arange(text, device="cpu") + (0 if text_first else image.numel())])
+    perm = torch.cat([image + (text if text_first else 0),
+                      torch.arange(text, device="cpu") + (0 if text_first else image.numel())])
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel(), device="cpu")
     tokens = perm.numel()
-    sinks = tuple(text_blocks(text, tokens, block, text_first=False))
+    sinks = tuple(text_tiles(text, tokens, tile, text_first=False))
     if first_frame_sink and frames > 1:  # video tokens are frame-major: frame 0 is the first height * width
         first = torch.arange(frame, device="cpu") + (text if text_first else 0)
-        sinks += tuple(sorted(set((inverse[first] // block).tolist()) - set(sinks)))
-    return BlockOrder(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
+        sinks += tuple(sorted(set((inverse[first] // tile).tolist()) - set(sinks)))
+    return TiledSequence(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
 
 
 def gives_first_frame(pipeline: Any) -> bool:
@@ -127,8 +128,8 @@ class SparseSiteHook(ModelHook):
 class SparseAttentionMethod(Method):
     """Base of PISA and AdaSpa: hooks, schedule, token order, fallbacks, stats.
 
-    Subclasses implement `attend(slot, q, k, v, scale, sinks)` on block-ordered `[B, H, S, D]` inputs
-    and report the blocks they kept with `record_blocks`.
+    Subclasses implement `attend(slot, q, k, v, scale, sinks)` on tile-ordered `[B, H, S, D]` inputs
+    and report the tiles they kept with `record_tiles`.
     """
 
     families = FAMILIES
@@ -140,7 +141,7 @@ class SparseAttentionMethod(Method):
         self.tracker = tracker
         sink = self.config.first_frame_sink
         self.first_frame_sink = gives_first_frame(target.pipeline) if sink == "auto" else sink
-        self._orders: dict[tuple, BlockOrder] = {}
+        self._orders: dict[tuple, TiledSequence] = {}
         self._warned: set[str] = set()
         self.hooks: list[SparseSiteHook] = []
         for d in target.denoisers:
@@ -170,7 +171,7 @@ class SparseAttentionMethod(Method):
         reason = call.unsupported()
         layout = self.tracker.layout
         if reason is None:
-            order = self._block_order(layout, hook.site, call.query.device)
+            order = self._tiled_sequence(layout, hook.site, call.query.device)
             if call.query.shape[2] != order.tokens or call.key.shape[2] != order.tokens:
                 reason = (
                     f"a sequence of {call.query.shape[2]} query / {call.key.shape[2]} key tokens where the "
@@ -183,30 +184,31 @@ class SparseAttentionMethod(Method):
         q, k, v = (order.order.apply(x, dim=2, align=align) for x in (call.query, call.key, call.value))
         kept = call.kept_keys()
         slot = (id(hook), self.tracker.branch)
-        if kept is None:
-            out = self.attend(slot, q, k, v, call.scale, order.sink_blocks)
-        else:
-            kept = order.order.apply(kept, dim=1)
-            if not kept[:, : order.tokens - order.text_tokens].all():
-                return self._fallback("a key-padding mask over image tokens", call)
-            out = torch.cat([self._attend_kept(slot, b, q, k, v, call.scale, kept[b], order) for b in range(len(q))])
+        with paths.capture() as seen:
+            if kept is None:
+                out = self.attend(slot, q, k, v, call.scale, order.sink_tiles)
+            else:
+                kept = order.order.apply(kept, dim=1)
+                if not kept[:, : order.tokens - order.text_tokens].all():
+                    return self._fallback("a key-padding mask over image tokens", call)
+                out = torch.cat([self._attend_kept(slot, b, q, k, v, call.scale, kept[b], order)
+                                 for b in range(len(q))])
         self.count("sparse_calls")
-        last = paths.last_path()
-        if last is not None:
-            self.counters["kernel"] = f"{last.kernel} ({last.precision})"
-            if last.note:  # a fallback from the kernel "auto" wanted, with its reason
-                self.counters["kernel_fallback"] = last.note
+        if seen:  # the path of this call's attention (the last, if a search ran before it)
+            self.counters["kernel"] = f"{seen[-1].kernel} ({seen[-1].precision})"
+            if seen[-1].note:  # a fallback from the kernel "auto" wanted, with its reason
+                self.counters["kernel_fallback"] = seen[-1].note
         return order.order.restore(out, dim=2).to(call.query.dtype)
 
     def _attend_kept(
         self, slot: tuple, b: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
-        kept: torch.Tensor, order: BlockOrder,
+        kept: torch.Tensor, order: TiledSequence,
     ) -> torch.Tensor:
         """Batch element b without its padded text tokens (they sit at the end, in the text). Their own
         query rows, which nothing ever attends, are left at zero."""
         keys = kept.nonzero().squeeze(1)
         text = order.text_tokens - (order.tokens - keys.numel())
-        sinks = tuple(text_blocks(text, keys.numel(), self.config.block_size, text_first=False))
+        sinks = tuple(text_tiles(text, keys.numel(), self.config.tile_size, text_first=False))
         q_b, k_b, v_b = (x[b : b + 1].index_select(2, keys) for x in (q, k, v))
         out = q.new_zeros(1, *q.shape[1:])
         out[:, :, keys] = self.attend((*slot, b), q_b, k_b, v_b, scale, sinks).to(q.dtype)
@@ -216,15 +218,16 @@ class SparseAttentionMethod(Method):
         self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
         sinks: tuple[int, ...],
     ) -> torch.Tensor:
-        """Attention on block-ordered q, k, v `[B, H, S, D]`; `slot` names the (module, CFG branch[, batch element]) for state kept across steps."""
+        """Attention on tile-ordered q, k, v `[B, H, S, D]`; `slot` names the (module, CFG branch[, batch
+        element]) for state kept across steps."""
         raise NotImplementedError
 
-    def _block_order(self, layout: TokenLayout, site: AttentionSite, device: torch.device) -> BlockOrder:
+    def _tiled_sequence(self, layout: TokenLayout, site: AttentionSite, device: torch.device) -> TiledSequence:
         cfg = self.config
-        key = (layout, site.kind, site.text_position, cfg.block_size, device)
+        key = (layout, site.kind, site.text_position, cfg.tile_size, device)
         if key not in self._orders:
-            self._orders[key] = block_order(layout, site.kind, site.text_position, cfg.block_size, device,
-                                            self.first_frame_sink)
+            self._orders[key] = tiled_sequence(layout, site.kind, site.text_position, cfg.tile_size, device,
+                                               self.first_frame_sink)
         return self._orders[key]
 
     def _fallback(self, reason: str, call: SDPACall) -> torch.Tensor:
@@ -239,18 +242,18 @@ class SparseAttentionMethod(Method):
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
-    def record_blocks(self, kv_num_blocks: torch.Tensor, kv_blocks: int) -> None:
-        """Count the key blocks kept (for the mean density in `stats()`). The count stays a tensor on the
+    def record_tiles(self, index: TileIndex) -> None:
+        """Count the key tiles kept (for the mean density in `stats()`). The count stays a tensor on the
         index's device until `stats()` reads it: no host sync per call."""
-        self.counters["kept_blocks"] = self.counters.get("kept_blocks", 0) + kv_num_blocks.sum(dtype=torch.int64)
-        self.count("total_blocks", kv_num_blocks.numel() * kv_blocks)
+        self.counters["kept_tiles"] = self.counters.get("kept_tiles", 0) + index.counts.sum(dtype=torch.int64)
+        self.count("total_tiles", index.counts.numel() * index.num_kv_tiles)
 
     def stats(self) -> dict[str, Any]:
         out = dict(self.counters)
         for key in ("sparse_calls", "dense_calls"):
             out.setdefault(key, 0)
-        total = out.pop("total_blocks", 0)
-        kept = int(out.pop("kept_blocks", 0))  # the one host sync, when stats are read
+        total = out.pop("total_tiles", 0)
+        kept = int(out.pop("kept_tiles", 0))  # the one host sync, when stats are read
         out["density"] = kept / total if total else None
         if self.first_frame_sink:
             out["sink"] = "first-frame"

@@ -1,7 +1,7 @@
 """`method="pisa"`: piecewise sparse attention (PISA, arXiv 2602.01077) on diffusers DiTs.
 
-Per query block, the critical key blocks (top-k of the pooled scores at `density`, the text blocks and
-the diagonal) are computed exactly; every other key block still enters the same softmax through a
+Per query tile, the critical key tiles (top-k of the pooled scores at `density`, the text tiles and
+the diagonal) are computed exactly; every other key tile still enters the same softmax through a
 Taylor expansion around its mean key (`order`): nothing is dropped, which is what separates PISA from
 keep-or-drop block sparsity (`order="none"`, kept as the comparison baseline). The kernel is
 `sparse_attn.pisa_attention`; this module is the schedule and the plumbing (methods/base.py).
@@ -28,18 +28,18 @@ class PISAConfig(SparseAttentionConfig):
     method = "pisa"
     density: float = option(
         0.0,
-        "fraction of key blocks computed exactly per query block; 0 = the paper's: 0.125 video, 0.15 images",
+        "fraction of key tiles computed exactly per query tile; 0 = the paper's: 0.125 video, 0.15 images",
         low=0.0,
         high=1.0,
     )
     order: str = option(
         "hybrid",
-        "approximation of the other blocks: first-order 'hybrid', 'zeroth' order, or 'none' (dropped: "
+        "approximation of the other tiles: first-order 'hybrid', 'zeroth' order, or 'none' (dropped: "
         "plain keep-or-drop block sparsity, for comparison)",
         choices=("hybrid", "zeroth", "none"),
     )
     routing: str = option(
-        "pooled", "how critical blocks are chosen: pooled q.k scores, or 'covariance' (images)",
+        "pooled", "how critical tiles are chosen: pooled q.k scores, or 'covariance' (images)",
         choices=("pooled", "covariance"),
     )
 
@@ -47,7 +47,7 @@ class PISAConfig(SparseAttentionConfig):
 @register_method
 class PISA(SparseAttentionMethod):
     name = "pisa"
-    summary = "Piecewise sparse attention: exact critical blocks, Taylor-approximated rest, one softmax."
+    summary = "Piecewise sparse attention: exact critical tiles, Taylor-approximated rest, one softmax."
     paper = "PISA, arXiv 2602.01077"
     Config = PISAConfig
 
@@ -61,10 +61,8 @@ class PISA(SparseAttentionMethod):
         sinks: tuple[int, ...],
     ) -> torch.Tensor:
         cfg = self.config
-        num, idx = route(q, k, v, self.density(), cfg.block_size, cfg.routing, sink_blocks=sinks, scale=scale)
-        self.record_blocks(num, -(-k.shape[2] // cfg.block_size))
+        index = route(q, k, v, self.density(), cfg.tile_size, cfg.routing, sink_tiles=sinks, scale=scale)
+        self.record_tiles(index)
         if cfg.order == "none":
-            return block_sparse_attention(q, k, v, num, idx, block_size=cfg.block_size, scale=scale)
-        return pisa_attention(
-            q, k, v, block_size=cfg.block_size, order=cfg.order, kv_num_blocks=num, kv_indices=idx, scale=scale
-        )
+            return block_sparse_attention(q, k, v, index, scale=scale)
+        return pisa_attention(q, k, v, order=cfg.order, index=index, scale=scale)
