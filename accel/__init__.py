@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from . import zoo
+from typing import Any
+
 from .config import MethodConfig, option
 from .errors import (
     AccelError,
@@ -20,9 +21,21 @@ from .errors import (
 )
 from .method import Method, MethodInfo, methods, register_method
 from .patching import Patch, patch, patch_of, unpatch
-from .zoo.local import load
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """`accel.zoo` and `accel.load` are imported on first use: `import accel` loads no model code."""
+    if name == "zoo":
+        import importlib
+
+        return importlib.import_module(".zoo", __name__)
+    if name == "load":
+        from .zoo.local import load
+
+        return load
+    raise AttributeError(f"module 'accel' has no attribute {name!r}")
 
 __all__ = [
     "AccelError",

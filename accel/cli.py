@@ -161,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
     p.set_defaults(func=_cmd_bench)
 
-    from sparse_attn.bench import add_bench_attn_parser
+    from accel.sparse_attn.bench import add_bench_attn_parser
     add_bench_attn_parser(sub)
     from .bench.attention_quality import add_parser as add_attention_quality_parser
     add_attention_quality_parser(sub)
-    from sparse_attn.gpu_check import add_parser as add_gpu_check_parser
+    from accel.sparse_attn.gpu_check import add_parser as add_gpu_check_parser
     add_gpu_check_parser(sub)
-    from sparse_attn.triton_compile import add_parser as add_compile_check_parser
+    from accel.sparse_attn.triton_compile import add_parser as add_compile_check_parser
     add_compile_check_parser(sub)
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs accel[demo])")

@@ -1,8 +1,14 @@
-"""The base class of every acceleration method and the registry that names them."""
+"""The base class of every acceleration method and the registry that names them.
+
+The registry never imports its plug-ins: every method, built-in or third-party, is an entry point in the
+"accel.methods" group (pyproject.toml), loaded by name when first asked for, so `accel.patch(pipe,
+method="pisa")` imports PISA and nothing else. `register_method` adds one in-process (tests, notebooks).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
 
 from .config import MethodConfig
@@ -66,11 +72,13 @@ class MethodInfo:
     options: list[dict[str, Any]]
 
 
-_REGISTRY: dict[str, type[Method]] = {}
+ENTRY_POINT_GROUP = "accel.methods"  # in pyproject.toml: name = "package.module:MethodClass"
+_REGISTRY: dict[str, type[Method]] = {}  # methods loaded so far, and those registered at run time
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available under `cls.name`."""
+    """Make a method available under `cls.name` in this process (a class decorator). Installed packages
+    declare theirs as an entry point in the "accel.methods" group instead, loaded on first use."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"accel: a method named {cls.name!r} is already registered")
     if cls.Config.method != cls.name:
@@ -79,27 +87,39 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load(ep: EntryPoint) -> type[Method]:
+    """Import one entry point's method class and register it; a wrong one raises naming its package."""
+    cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or getattr(cls, "name", None) != ep.name:
+        where = ep.dist.name if ep.dist else ep.value
+        raise TypeError(f"accel: the entry point {ep.name!r} = {ep.value!r} ({where}) must name a Method subclass "
+                        f"whose name is {ep.name!r}")
+    return register_method(cls)
+
+
 def method_class(name: str) -> type[Method]:
-    _load_builtin_methods()
-    if not isinstance(name, str) or name not in _REGISTRY:
-        names = sorted(_REGISTRY)
-        hint = closest(name, names) if isinstance(name, str) else ""
-        raise UnknownMethodError(f"accel: unknown method {name!r}.{hint} Valid methods: {', '.join(names)}.")
-    return _REGISTRY[name]
+    """The method registered as `name`, importing its module on first use (only that one)."""
+    if isinstance(name, str) and name in _REGISTRY:
+        return _REGISTRY[name]
+    found = _entry_points()
+    if isinstance(name, str) and name in found:
+        return _load(found[name])
+    names = sorted({*_REGISTRY, *found})
+    hint = closest(name, names) if isinstance(name, str) else ""
+    raise UnknownMethodError(f"accel: unknown method {name!r}.{hint} Valid methods: {', '.join(names)}.")
 
 
 def methods() -> list[MethodInfo]:
-    """Every registered method: name, one-line summary, model families, paper, options."""
-    _load_builtin_methods()
+    """Every method, installed or registered: name, one-line summary, model families, paper, options
+    (this imports them all)."""
+    for name, ep in _entry_points().items():
+        if name not in _REGISTRY:
+            _load(ep)
     return [
         MethodInfo(c.name, c.summary, c.families, c.paper, c.Config.describe())
         for c in sorted(_REGISTRY.values(), key=lambda c: c.name)
     ]
-
-
-def _load_builtin_methods() -> None:
-    """Import the modules whose import registers the built-in methods."""
-    import caches  # noqa: F401
-    import sparse_attn.methods  # noqa: F401
-
-    from . import noop  # noqa: F401

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .config import MethodConfig
 from .journal import Journal
-from .method import Method, register_method
+from .method import Method
 from .steps import StepTracker
 from .target import PatchTarget
 
@@ -20,7 +20,6 @@ class NoneConfig(MethodConfig):
     method = "none"
 
 
-@register_method
 class NoOp(Method):
     name = "none"
     summary = "No acceleration: the patch machinery alone (step tracking, hooks), for tests and overhead."

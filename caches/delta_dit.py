@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from accel.adapters import BlockRef
 from accel.config import MethodConfig, option
 from accel.errors import InvalidOptionError
-from accel.method import register_method
 from accel.steps import StepTracker
 from accel.target import PatchTarget
 
@@ -51,7 +50,6 @@ def default_cached_blocks(blocks: int) -> int:
     return max(1, min(blocks - 1, (3 * blocks) // 4))
 
 
-@register_method
 class DeltaDiT(SpanCacheMethod):
     name = "delta-dit"
     summary = "Stage-adaptive block-span residual cache: rear blocks cached early, front blocks late."

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from accel.adapters import BlockRef
 from accel.config import MethodConfig, option
 from accel.errors import InvalidOptionError
-from accel.method import register_method
 from accel.steps import StepTracker
 from accel.target import PatchTarget
 
@@ -54,7 +53,6 @@ def default_protected_blocks(blocks: int) -> int:
     return blocks // 10
 
 
-@register_method
 class TDC(SpanCacheMethod):
     name = "tdc"
     summary = "Temporal delta cache: skip single blocks whose input-to-output residual is stable over steps."

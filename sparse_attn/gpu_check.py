@@ -93,7 +93,7 @@ def _fp32_mode(mode: str) -> None:
 def _correctness(dtype: torch.dtype, D: int, device: torch.device, tiny: bool, bshd: bool, fp32: str,
                  seed: int) -> dict[str, Any]:
     """Every kernel against float64 on one case: partial tiles, a query tile with no key tile."""
-    import sparse_attn as sa
+    import accel.sparse_attn as sa
 
     _fp32_mode(fp32 if dtype == torch.float32 else "auto")
     try:
@@ -132,7 +132,7 @@ def _correctness(dtype: torch.dtype, D: int, device: torch.device, tiny: bool, b
 
 def _compile_smoke(device: torch.device, tiny: bool) -> dict[str, Any]:
     """First launches (JIT build + autotune) of every kernel at each dtype and head dim, timed."""
-    import sparse_attn as sa
+    import accel.sparse_attn as sa
 
     S = 100 if tiny else 700
     cases = [(dt, D, mode) for dt in (torch.float16, torch.bfloat16) for D in (64, 72, 128) for mode in ("auto",)]
@@ -165,8 +165,8 @@ def _fallbacks(device: torch.device) -> dict[str, Any]:
     with the reason; everywhere an explicit backend="triton" must raise instead."""
     from triton.runtime.errors import OutOfResources
 
-    import sparse_attn as sa
-    from sparse_attn import triton_common, triton_kernel
+    import accel.sparse_attn as sa
+    from accel.sparse_attn import triton_common, triton_kernel
 
     checks: dict[str, bool] = {}
     on_cuda = device.type == "cuda"
@@ -211,7 +211,7 @@ def _fallbacks(device: torch.device) -> dict[str, Any]:
 def _overflow_probe(tiny: bool) -> dict[str, Any]:
     """Batch element 2 starts 2^31 + 128 elements into q's storage (k, v are q), in a subprocess."""
     code = (
-        "import json, torch, torch.nn.functional as F, sparse_attn as sa\n"
+        "import json, torch, torch.nn.functional as F, accel.sparse_attn as sa\n"
         f"dev = torch.device({'cpu' if tiny else 'cuda'!r})\n"
         "B, H, S, D = 3, 2, 256, 64\n"
         "stride = 2**30 + 64\n"
@@ -239,7 +239,7 @@ def _overflow_probe(tiny: bool) -> dict[str, Any]:
 
 def _timings(device: torch.device, tiny: bool, repeats: int) -> dict[str, Any]:
     """Wan-14B 720p: first call and median of `repeats` for dense SDPA and each sparse kernel."""
-    import sparse_attn as sa
+    import accel.sparse_attn as sa
 
     B, H, S, D = (1, 2, 300, 64) if tiny else (2, 40, 75_600, 128)
     density, tile = 0.15, 64

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sparse_attn as sa
-from sparse_attn import search
-from sparse_attn.tiles import tile_sizes, num_tiles
+import accel.sparse_attn as sa
+from accel.sparse_attn import search
+from accel.sparse_attn.tiles import num_tiles, tile_sizes
 
 
 def reference(q, k, v, tile_size, scale=None):
@@ -244,7 +244,7 @@ def test_bad_options_raise_value_errors_naming_them():
 
 def test_explicit_triton_backend_on_cpu_refuses_without_the_interpreter():
     pytest.importorskip("triton")
-    from sparse_attn import search_triton
+    from accel.sparse_attn import search_triton
 
     if search_triton.INTERPRETED:
         pytest.skip("this process runs Triton interpreted")
@@ -254,7 +254,7 @@ def test_explicit_triton_backend_on_cpu_refuses_without_the_interpreter():
 
 
 def test_search_bench_reports_every_row_against_dense_sdpa():
-    from sparse_attn.search_bench import bench_search
+    from accel.sparse_attn.search_bench import bench_search
 
     rows = bench_search([128], head_dim=16, tile_size=32, repeats=1)
     assert [r["row"] for r in rows][0] == "dense SDPA" and len(rows) == 4
@@ -276,7 +276,7 @@ TRITON_TOL = {"float32": 1e-5, "float16": 2e-3}
 
 def _child() -> None:
     """Runs under TRITON_INTERPRET=1: the Triton search against the torch path and float64."""
-    from sparse_attn import search_triton
+    from accel.sparse_attn import search_triton
 
     results = []
     for i, (B, H, Sq, Skv, D, block, dtype) in enumerate(TRITON_CASES):

@@ -202,7 +202,7 @@ def test_overlapping_spans_with_interval_one_are_exact():
 
 
 def test_residuals_are_stored_only_where_a_later_step_can_use_them(tiny, monkeypatch):
-    from caches.span_cache import Span
+    from accel.caches.span_cache import Span
 
     stored = []
     original = Span.store
@@ -226,8 +226,8 @@ def test_residuals_are_stored_only_where_a_later_step_can_use_them(tiny, monkeyp
 
 
 def test_size_aware_defaults():
-    from caches.delta_dit import default_cached_blocks
-    from caches.tdc import default_protected_blocks
+    from accel.caches.delta_dit import default_cached_blocks
+    from accel.caches.tdc import default_protected_blocks
 
     assert [default_cached_blocks(n) for n in (1, 2, 4, 28, 57)] == [1, 1, 3, 21, 42]
     assert [default_protected_blocks(n) for n in (2, 4, 9, 10, 28, 40)] == [0, 0, 0, 1, 2, 4]

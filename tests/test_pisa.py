@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sparse_attn as sa
-from sparse_attn import pisa
-from sparse_attn.tiles import num_tiles
+import accel.sparse_attn as sa
+from accel.sparse_attn import pisa
+from accel.sparse_attn.tiles import num_tiles
 
 CPU_BACKENDS = ["cpu-kernel", "torch"]
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -259,7 +259,7 @@ TRITON_TOL = {"float32": 1e-5, "float16": 2e-3}
 
 def _triton_child() -> None:
     """Runs under TRITON_INTERPRET=1: the fused kernel against pisa_reference."""
-    from sparse_attn import pisa_triton, triton_kernel
+    from accel.sparse_attn import pisa_triton, triton_kernel
 
     pisa_triton.BLOCK_G = 16  # several pooled chunks even at these sizes (the late-max case needs 5)
     results = []

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sparse_attn as sa
-from sparse_attn import paths
+import accel.sparse_attn as sa
+from accel.sparse_attn import paths
 
 CPU_BACKENDS = ["cpu-kernel", "torch"]
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -200,7 +200,7 @@ def test_path_is_recorded_per_call_logged_once_and_profiled(caplog):
 
 
 def test_auto_falls_back_with_a_warning(monkeypatch, caplog):
-    from sparse_attn import cpu_kernel
+    from accel.sparse_attn import cpu_kernel
 
     monkeypatch.setattr(cpu_kernel, "available", lambda: False)
     monkeypatch.setattr(cpu_kernel, "_build", {"error": "no C++ compiler found"})

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-import sparse_attn as sa
-from sparse_attn.selection import pooled_scores
+import accel.sparse_attn as sa
+from accel.sparse_attn.selection import pooled_scores
 
 
 def test_pool_tiles_averages_real_tokens_of_the_partial_tile():

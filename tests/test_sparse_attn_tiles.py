@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-import sparse_attn as sa
+import accel.sparse_attn as sa
 
 
 def test_dense_round_trip_sorts_and_counts():

@@ -27,8 +27,8 @@ def _child() -> None:
     import torch
     import torch.nn.functional as F
 
-    import sparse_attn as sa
-    from sparse_attn import triton_kernel
+    import accel.sparse_attn as sa
+    from accel.sparse_attn import triton_kernel
 
     results = []
     for i, (B, H, Sq, Skv, D, tile, dtype, density) in enumerate(CASES):

@@ -9,9 +9,9 @@ from conftest import snapshot
 import accel
 from accel.adapters import TokenLayout
 from accel.errors import InvalidOptionError
+from accel.sparse_attn.methods.base import tiled_sequence
+from accel.sparse_attn.methods.sdpa_route import SDPACall
 from accel.zoo import generate
-from sparse_attn.methods.base import tiled_sequence
-from sparse_attn.methods.sdpa_route import SDPACall
 
 FAMILIES = ["flux", "wan", "hunyuan-video", "pixart-alpha", "dit", "sd3", "cogvideox"]
 ALL_SPARSE = {"dense_steps": 0.0, "dense_layers": 0, "tile_size": 16}
@@ -191,7 +191,7 @@ def test_attention_quality_bench_captures_block_ordered_calls(tmp_path):
     assert [(c.step, c.layer) for c in calls] == [(2, 0), (2, 1), (2, 2), (2, 3)]
     assert calls[0].q.shape == (2, 3, 256, 32) and calls[0].sinks == ()
     assert main(["bench-attn-quality", "--model", "digits-image", "--steps", "4", "--at", "0.5",
-                 "--block-size", "16", "--density", "0.25", "--out", str(tmp_path)]) == 0
+                 "--tile-size", "16", "--density", "0.25", "--out", str(tmp_path)]) == 0
     errors = __import__("json").loads((tmp_path / "attention_quality.json").read_text())["errors"]["0.25"]
     assert all(h < k for h, k in zip(errors["hybrid"], errors["keep_or_drop"], strict=True))
 

@@ -20,15 +20,15 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-import sparse_attn as sa  # noqa: E402
-from sparse_attn import triton_common  # noqa: E402
-from sparse_attn import triton_compile as tc  # noqa: E402
+import accel.sparse_attn as sa  # noqa: E402
+from accel.sparse_attn import triton_common  # noqa: E402
+from accel.sparse_attn import triton_compile as tc  # noqa: E402
 
 
 def test_every_accepted_input_has_a_launch_config(monkeypatch):
     """Every (kernel, dtype, precision, head dim, block sizes) has configs, except the search's whole-block
     query tiles that cannot fit, which its path refuses before launching (and "auto" falls back)."""
-    from sparse_attn.search import choose_search_path
+    from accel.sparse_attn.search import choose_search_path
 
     monkeypatch.setattr(triton_common, "INTERPRETED", True)  # let CPU tensors reach the tile check
     refused = 0
@@ -73,7 +73,7 @@ def test_kernels_compile_for_sm90(record_property):
 def test_autotuners_prune_to_the_launch_configs(kernel, dtype, dot):
     """What Triton's autotuner runs on a GPU (its early_config_prune on the launch's arguments) is exactly
     what the compile test builds."""
-    from sparse_attn import search_triton, triton_kernel
+    from accel.sparse_attn import search_triton, triton_kernel
 
     spec = tc.Specialization(kernel, dtype, dot, 128, 64, 128, triton.Config({"BLOCK_N": 16}))
     _, args, constexprs = spec._launch()

@@ -13,15 +13,15 @@ import logging
 import pytest
 import torch
 
-import sparse_attn as sa
-from sparse_attn import paths, pisa
+import accel.sparse_attn as sa
+from accel.sparse_attn import paths, pisa
 
 triton = pytest.importorskip("triton")
 
 from triton.compiler.errors import CompilationError  # noqa: E402
 from triton.runtime.errors import OutOfResources, PTXASError  # noqa: E402
 
-from sparse_attn import pisa_triton, search_triton, triton_common, triton_kernel  # noqa: E402
+from accel.sparse_attn import pisa_triton, search_triton, triton_common, triton_kernel  # noqa: E402
 
 
 def _inputs(B=1, H=2, S=96, D=32, dtype=torch.float32, seed=0):

@@ -37,8 +37,8 @@ def _child() -> None:
 
     import torch.nn.functional as F
 
-    import sparse_attn as sa
-    from sparse_attn import triton_common
+    import accel.sparse_attn as sa
+    from accel.sparse_attn import triton_common
 
     fix_bf16_dot()
     results = []
@@ -78,7 +78,7 @@ def _overflow_child() -> None:
 
     import torch.nn.functional as F
 
-    import sparse_attn as sa
+    import accel.sparse_attn as sa
 
     B, H, S, D = 3, 2, 64, 32
     batch_stride = 2**30 + 64

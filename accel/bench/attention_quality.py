@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 import accel
-from sparse_attn import block_sparse_attention
-from sparse_attn.pisa import relative_errors
-from sparse_attn.search import dense_attention_with_tile_mass, tiles_from_mass
+from accel.sparse_attn import block_sparse_attention
+from accel.sparse_attn.pisa import relative_errors
+from accel.sparse_attn.search import dense_attention_with_tile_mass, tiles_from_mass
 
 ROWS = ("keep_or_drop", "zeroth", "hybrid", "mass_top_k")
 LABELS = {

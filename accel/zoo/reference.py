@@ -11,13 +11,12 @@ module (model, sampling, task-accuracy evaluation, training) and registers here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from . import digits_image, digits_video, digits_vqa
 
 
 @dataclass(frozen=True)
@@ -33,16 +32,27 @@ class TrainedEntry:
     steps: int | None  # the sampling steps its figures use (None: not a diffusion model)
 
 
-TRAINED: dict[str, TrainedEntry] = {
-    entry.name: entry
-    for entry in (
-        TrainedEntry(digits_image.NAME, digits_image.load, digits_image.evaluate, digits_image.reproduce,
-                     digits_image.STEPS),
-        TrainedEntry(digits_video.NAME, digits_video.load, digits_video.evaluate, digits_video.reproduce,
-                     digits_video.STEPS),
-        TrainedEntry(digits_vqa.NAME, digits_vqa.load, digits_vqa.evaluate, digits_vqa.reproduce, None),
-    )
-}
+class _Trained(Mapping[str, TrainedEntry]):
+    """name -> TrainedEntry; an entry's module (model, sampling, evaluation, training) is imported only
+    when that entry is used, so `import accel.zoo` stays light."""
+
+    MODULES = {"digits-image": "digits_image", "digits-video": "digits_video", "digits-vqa": "digits_vqa"}
+
+    def __getitem__(self, name: str) -> TrainedEntry:
+        module = importlib.import_module(f"{__package__}.{self.MODULES[name]}")
+        return TrainedEntry(module.NAME, module.load, module.evaluate, module.reproduce, getattr(module, "STEPS", None))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.MODULES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.MODULES)
+
+    def __len__(self) -> int:
+        return len(self.MODULES)
+
+
+TRAINED = _Trained()
 
 
 def _entry(name: str) -> TrainedEntry:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from accel.config import option
-from accel.method import register_method
 
 from ..attention import block_sparse_attention
 from ..search import dense_attention_with_tile_mass, head_adaptive_density, tile_mass, tiles_from_mass
@@ -60,7 +59,6 @@ class SiteState:
     searched_at: int = -1
 
 
-@register_method
 class AdaSpa(SparseAttentionMethod):
     name = "adaspa"
     summary = "Adaptive block-sparse attention: exact block-mass search, LSE cached, head-adaptive density."

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 
 from accel.config import option
-from accel.method import register_method
 
 from ..attention import block_sparse_attention
 from ..pisa import pisa_attention, route
@@ -44,7 +43,6 @@ class PISAConfig(SparseAttentionConfig):
     )
 
 
-@register_method
 class PISA(SparseAttentionMethod):
     name = "pisa"
     summary = "Piecewise sparse attention: exact critical tiles, Taylor-approximated rest, one softmax."
