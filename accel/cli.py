@@ -100,6 +100,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:
+    """A subcommand that cannot run here: it says why and exits 2."""
+
+    def refuse(args: argparse.Namespace) -> int:
+        print(f"accel {name}: {why}", file=sys.stderr)
+        return 2
+
+    p = sub.add_parser(name, help=f"(unavailable: {why})", prefix_chars="\0", add_help=False)
+    p.add_argument("rest", nargs="*")  # whatever was asked, the answer is the same
+    p.set_defaults(func=refuse)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="accel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_attention_quality_parser(sub)
     from accel.sparse_attn.gpu_check import add_parser as add_gpu_check_parser
     add_gpu_check_parser(sub)
-    from accel.sparse_attn.triton_compile import add_parser as add_compile_check_parser
-    add_compile_check_parser(sub)
+    try:  # triton is a Linux-only dependency; every other command works without it
+        from accel.sparse_attn.triton_compile import add_parser as add_compile_check_parser
+        add_compile_check_parser(sub)
+    except ImportError as exc:
+        _unavailable(sub, "compile-check", f"needs triton, which is not importable here ({exc})")
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs accel[demo])")
     p.add_argument("--host", default="127.0.0.1")

@@ -15,6 +15,8 @@ whose query tile lists no key tile has no keys at all: its output is 0 and its l
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -122,6 +124,17 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise TypeError(f"q, k, v must share one of fp32/fp16/bf16; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError("q, k, v must be on one device")
+    if q.shape[3] == 0:
+        raise ValueError("q, k, v have head dim 0; it must be >= 1")
+
+
+def check_scale(scale: float | None, head_dim: int) -> float:
+    """The softmax scale: 1/sqrt(head_dim) for None, else a positive finite number (ValueError)."""
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number or None; got {scale!r}")
+    return float(scale)
 
 
 def check_index(index: TileIndex, q: torch.Tensor, k: torch.Tensor) -> TileIndex:
@@ -132,7 +145,10 @@ def check_index(index: TileIndex, q: torch.Tensor, k: torch.Tensor) -> TileIndex
         raise ValueError(f"the index is for {index.q_len} query / {index.kv_len} key tokens; the inputs have "
                          f"{q.shape[2]} / {k.shape[2]}")
     index.check_batch(q.shape[0], q.shape[1])
-    return index.to(q.device, torch.int32)
+    index = index.to(q.device, torch.int32)
+    if index.device.type == "cpu":  # the CPU kernels read memory through the ids
+        index.validate()
+    return index
 
 
 def forward_only(kernel: str, *tensors: torch.Tensor) -> None:
@@ -169,12 +185,12 @@ def block_sparse_attention(
         check_qkv(q, k, v)
         index = check_index(index, q, k)
         B, H, Sq, D = q.shape
-        scale = D**-0.5 if scale is None else float(scale)
+        scale = check_scale(scale, D)
         path = choose_path(q, backend)
         if path.kernel != Kernel.TORCH:
             forward_only(path.kernel, q, k, v)
-        if Sq == 0 or k.shape[2] == 0:  # nothing to compute: every row has no keys
-            out, lse = torch.zeros_like(q), torch.full((B, H, Sq), float("-inf"), device=q.device)
+        if Sq == 0 or k.shape[2] == 0 or index.indices.shape[-1] == 0:  # every row has no keys
+            out, lse = torch.zeros_like(q), torch.full((B, H, Sq), float("-inf"), dtype=torch.float32, device=q.device)
         elif path.kernel == Kernel.TRITON:
             path, (out, lse) = _run_triton(path, backend, q, k, v, index, scale)
         else:  # the CPU paths read the index as dense [B, H, ...] arrays

@@ -172,12 +172,12 @@ def _queries_and_key_tiles(
     B, H, Sq, D = q.shape
     nq, nk = -(-Sq // q_tile), -(-k.shape[2] // kv_tile)
     dim = -(-D // 16) * 16
-    qs = torch.empty(B, H, nq * q_tile, dim, device="cpu")
+    qs = torch.empty(B, H, nq * q_tile, dim, dtype=torch.float32, device="cpu")
     if nq * q_tile != Sq or dim != D:
         qs.zero_()
     torch.mul(q.float(), scale * LOG2E, out=qs[:, :, :Sq, :D])
     kp = _padded(k, nk * kv_tile, dim).view(B, H, nk, kv_tile, dim)
-    kt = torch.empty(B, H, nk, dim, kv_tile, device="cpu")
+    kt = torch.empty(B, H, nk, dim, kv_tile, dtype=torch.float32, device="cpu")
     kt.permute(0, 1, 2, 4, 3).copy_(kp)
     return qs, kt, dim
 
@@ -192,9 +192,9 @@ def tile_sums(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, q_tile: int, 
     Skv = k.shape[2]
     nq, nk = -(-Sq // q_tile), -(-Skv // kv_tile)
     qs, kt, dim = _queries_and_key_tiles(q, k, q_tile, kv_tile, scale)
-    lse2 = torch.full((B, H, nq * q_tile), float("inf"), device="cpu")  # padding rows count 0
+    lse2 = torch.full((B, H, nq * q_tile), float("inf"), dtype=torch.float32, device="cpu")  # padding rows count 0
     lse2[:, :, :Sq] = torch.where(lse == float("-inf"), float("inf"), lse.float() * LOG2E)
-    sums = torch.empty(B, H, nq, nk, device="cpu")
+    sums = torch.empty(B, H, nq, nk, dtype=torch.float32, device="cpu")
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
     if lib.accel_block_mass(qs.data_ptr(), kt.data_ptr(), lse2.data_ptr(), sums.data_ptr(), B * H, nq, nk, q_tile,
                             kv_tile, dim, Skv, threads):
@@ -233,8 +233,8 @@ def attention(
     qs, kt, dim = _queries_and_key_tiles(q, k, q_tile, kv_tile, scale)
     vp = _padded(v, nk * kv_tile, dim)
 
-    out = torch.empty(B, H, nq * q_tile, dim, device="cpu")
-    lse = torch.empty(B, H, nq * q_tile, device="cpu")
+    out = torch.empty(B, H, nq * q_tile, dim, dtype=torch.float32, device="cpu")
+    lse = torch.empty(B, H, nq * q_tile, dtype=torch.float32, device="cpu")
     tensors = (qs, kt, vp, counts, indices, out, lse)
     sizes = (B * H, nq, nk, indices.shape[-1], q_tile, kv_tile, dim, Skv)
     threads = max(1, min(torch.get_num_threads(), B * H * nq))
@@ -242,11 +242,11 @@ def attention(
         failed = lib.accel_block_sparse_attention(*[t.data_ptr() for t in tensors], *sizes, threads)
     else:
         nkp = -(-nk // 64) * 64  # whole 64-column tiles
-        kbt = torch.zeros(B, H, dim, nkp, device="cpu")
+        kbt = torch.zeros(B, H, dim, nkp, dtype=torch.float32, device="cpu")
         kbt[:, :, :D, :nk] = tail.key_means.transpose(-1, -2)
-        vbar = torch.zeros(B, H, nkp, dim, device="cpu")
+        vbar = torch.zeros(B, H, nkp, dim, dtype=torch.float32, device="cpu")
         vbar[:, :, :nk, :D] = tail.value_means
-        bias = torch.full((nkp,), float("-inf"), device="cpu")
+        bias = torch.full((nkp,), float("-inf"), dtype=torch.float32, device="cpu")
         bias[:nk] = torch.log2(tail.counts.float())
         qh = None if tail.first_order is None else _padded(tail.first_order, nq * q_tile, dim)
         extra = (kbt, vbar, bias)

@@ -17,7 +17,8 @@ Run it in any session that has a GPU; it prints PASS/FAIL per step and writes ev
 
 `--tiny` shrinks every size so the same code runs on CPU under TRITON_INTERPRET=1 (how CI tests this
 command); timings there mean nothing. Steps past `--budget-s` are skipped (recorded), so the command
-always finishes and writes its JSON.
+always finishes and writes its JSON. The verdict is PASS (exit 0) only when every step ran and passed,
+FAIL (exit 1) when one failed, INCOMPLETE (exit 3) when none failed but some were skipped.
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ class Check:
         print(f"{result['status']:4s}  {name}  {json.dumps(shown, default=str)[:400]}", flush=True)
 
     @property
-    def passed(self) -> bool:
-        return all(s["status"] != "FAIL" for s in self.steps)
+    def verdict(self) -> str:
+        """PASS only when every step ran and passed; INCOMPLETE when none failed but some were skipped."""
+        statuses = {s["status"] for s in self.steps}
+        return "FAIL" if "FAIL" in statuses else "INCOMPLETE" if "SKIP" in statuses or not statuses else "PASS"
 
 
 def _sync(device: torch.device) -> None:
@@ -208,11 +211,12 @@ def _fallbacks(device: torch.device) -> dict[str, Any]:
     return {"checks": checks, "failed": not all(checks.values())}
 
 
-def _overflow_probe(tiny: bool) -> dict[str, Any]:
-    """Batch element 2 starts 2^31 + 128 elements into q's storage (k, v are q), in a subprocess."""
+def _overflow_probe(device: torch.device) -> dict[str, Any]:
+    """Batch element 2 starts 2^31 + 128 elements into q's storage (k, v are q), in a subprocess on
+    `device` (CPU: under the interpreter, storage mapped lazily)."""
     code = (
         "import json, torch, torch.nn.functional as F, accel.sparse_attn as sa\n"
-        f"dev = torch.device({'cpu' if tiny else 'cuda'!r})\n"
+        f"dev = torch.device({str(device)!r})\n"
         "B, H, S, D = 3, 2, 256, 64\n"
         "stride = 2**30 + 64\n"
         "storage = torch.empty((B - 1) * stride + H * S * D, dtype=torch.float16, device=dev)\n"
@@ -276,6 +280,8 @@ def run(device_name: str, tiny: bool, budget_s: float, repeats: int) -> dict[str
     from . import triton_common
 
     device = torch.device(device_name)
+    if triton_common.INTERPRETED:  # the interpreter cannot multiply bf16 by itself (triton#11584)
+        triton_common.interpret_bf16_dot()
     check = Check(budget_s)
     check.step("compile: first launch of every kernel (JIT + autotune)", lambda: _compile_smoke(device, tiny))
     cases = [
@@ -289,7 +295,7 @@ def run(device_name: str, tiny: bool, budget_s: float, repeats: int) -> dict[str
                    lambda dtype=dtype, D=D, bshd=bshd, mode=mode, i=i: _correctness(dtype, D, device, tiny, bshd,
                                                                                      mode, i))
     check.step("fallbacks", lambda: _fallbacks(device))
-    check.step("int32 overflow probe (subprocess)", lambda: _overflow_probe(tiny))
+    check.step("int32 overflow probe (subprocess)", lambda: _overflow_probe(device))
     check.step("timings: Wan-14B 720p, bf16, density 0.15", lambda: _timings(device, tiny, repeats))
     info: dict[str, Any] = {"torch": torch.__version__, "interpreted": triton_common.INTERPRETED}
     import triton
@@ -298,7 +304,7 @@ def run(device_name: str, tiny: bool, budget_s: float, repeats: int) -> dict[str
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["capability"] = list(torch.cuda.get_device_capability(device))
-    return {"device": info, "passed": check.passed, "seconds": round(time.perf_counter() - check.start, 1),
+    return {"device": info, "verdict": check.verdict, "seconds": round(time.perf_counter() - check.start, 1),
             "steps": check.steps}
 
 
@@ -307,10 +313,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default="gpu-check.json", help="where to write the results (default gpu-check.json)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="small sizes: the same code on CPU under TRITON_INTERPRET=1")
-    p.add_argument("--budget-s", type=float, default=450.0, help="skip the steps that would start after this")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per row (median)")
+    p.add_argument("--budget-s", type=float, default=450.0,
+                   help="skip the steps that would start after this (the verdict is then INCOMPLETE)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per row (median)")
     p.add_argument("--doc", default=None, help="also write the results into this markdown file (docs/benchmarks.md)")
     p.set_defaults(func=_cmd)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -318,9 +332,9 @@ def markdown(result: dict[str, Any]) -> str:
     dev = result["device"]
     where = dev.get("gpu", "CPU under the Triton interpreter") + (f" (sm_{''.join(map(str, dev['capability']))})"
                                                                    if "capability" in dev else "")
-    lines = [f"### Triton kernels on a GPU (accel gpu-check)\n\n`{result['command']}` on {where}, torch "
-             f"{dev['torch']}, Triton {dev['triton']}: {'PASS' if result['passed'] else 'FAIL'} in "
-             f"{result['seconds']} s.\n", "| step | result | detail |", "|---|---|---|"]
+    lines = [f"### Triton kernels on {where} (accel gpu-check)\n\n`{result['command']}`: torch {dev['torch']}, "
+             f"Triton {dev['triton']}: {result['verdict']} in {result['seconds']} s.\n",
+             "| step | result | detail |", "|---|---|---|"]
     for s in result["steps"]:
         detail = s.get("errors") or s.get("checks") or s.get("max_error_per_batch") or s.get("error") or s.get("why", "")
         if "first_launch_s" in s:
@@ -344,6 +358,10 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print("accel gpu-check: on CPU the kernels run only under TRITON_INTERPRET=1")
         return 2
+    for path in (args.json, args.doc):  # fail now, not after the run, if the results cannot be written
+        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
+            print(f"accel gpu-check: cannot write {path}")
+            return 2
     result = run(args.device, args.tiny, args.budget_s, args.repeats)
     result["command"] = "accel " + " ".join(args.argv)
     with open(args.json, "w") as f:
@@ -354,6 +372,6 @@ def _cmd(args: argparse.Namespace) -> int:
         from accel.bench.report import update_doc
 
         update_doc(Path(args.doc), "gpu-check", markdown(result))
-    print(f"{'PASS' if result['passed'] else 'FAIL'}: {sum(s['status'] == 'PASS' for s in result['steps'])} of "
+    print(f"{result['verdict']}: {sum(s['status'] == 'PASS' for s in result['steps'])} of "
           f"{len(result['steps'])} steps passed in {result['seconds']} s; results in {args.json}")
-    return 0 if result["passed"] else 1
+    return {"PASS": 0, "FAIL": 1, "INCOMPLETE": 3}[result["verdict"]]

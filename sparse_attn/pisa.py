@@ -34,7 +34,6 @@ pooled keys for U, combined exactly through the log-sum-exp (merge algebra).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from . import paths
-from .attention import block_sparse_attention, check_index, check_qkv, choose_path, forward_only
+from .attention import block_sparse_attention, check_index, check_qkv, check_scale, choose_path, forward_only
 from .paths import AttentionPath, Kernel
 from .selection import forced_tiles, pool_tiles, select_tiles, topk_tiles
 from .tiles import TileIndex, TileSize, num_tiles, tile_sizes
@@ -75,9 +74,6 @@ class _PisaArgs:
             raise ValueError(f"routing must be one of {ROUTINGS}; got {self.routing!r}")
         if any(isinstance(s, bool) or not isinstance(s, int) for s in self.sink_tiles):
             raise ValueError(f"sink_tiles must be key tile ids (ints); got {self.sink_tiles!r}")
-        if self.scale is not None and not (isinstance(self.scale, int | float) and math.isfinite(self.scale)
-                                           and self.scale > 0):
-            raise ValueError(f"scale must be a positive finite number or None; got {self.scale!r}")
         paths.check_backend(self.backend)
 
 
@@ -106,7 +102,7 @@ def _tiled(x: torch.Tensor, block: int) -> torch.Tensor:
 
 def _counts(seq_len: int, block: int, device: torch.device) -> torch.Tensor:
     n = num_tiles(seq_len, block)
-    counts = torch.full((n,), float(block), device=device)
+    counts = torch.full((n,), float(block), dtype=torch.float32, device=device)
     counts[-1] = seq_len - (n - 1) * block
     return counts
 
@@ -198,15 +194,15 @@ def _split_attention(
     nk = stats.counts.shape[0]
     # 1.0 where key tile j is approximated for query tile i, 0.0 where it is in the exact part
     keep = (~index.to_dense()).float().expand(B, H, -1, -1).unsqueeze(3)
-    keys = torch.cat([stats.key_means.transpose(-1, -2) * scale, torch.ones(B, H, 1, nk, device=q.device)], dim=2)  # [s k̄ | 1]
+    keys = torch.cat([stats.key_means.transpose(-1, -2) * scale, torch.ones(B, H, 1, nk, dtype=torch.float32, device=q.device)], dim=2)  # [s k̄ | 1]
     key_bound = stats.key_means.norm(dim=-1).amax(dim=-1, keepdim=True) * scale  # [B, H, 1]
     # one product gives the value sums and the tail mass G: the counts ride along as a last column
     values = torch.cat([stats.value_sums, stats.counts.expand(B, H, nk).unsqueeze(-1)], dim=-1)
     # the whole-call pieces in one op each (on a busy machine every op waits for its worker threads)
     first = q.float() @ (stats.moment * scale) if order == "hybrid" else None  # s q.h̄ per row
     risky = q.float().norm(dim=-1) * key_bound > lse1 + EXP_HEADROOM  # [B, H, Sq]: the LSE may overflow
-    out = torch.empty(B, H, Sq, D, device=q.device)
-    lse = torch.empty(B, H, Sq, device=q.device)
+    out = torch.empty(B, H, Sq, D, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device)
     step = max(1, ROW_CHUNK_ELEMENTS // (B * H * nk * q_tile)) * q_tile  # whole query tiles per chunk
     for r0 in range(0, Sq, step):
         r1 = min(Sq, r0 + step)
@@ -278,13 +274,13 @@ def pisa_attention(
     with torch.profiler.record_function(PROFILER_RANGE):
         check_qkv(q, k, v)
         B, H, Sq, D = q.shape
-        scale = D**-0.5 if args.scale is None else float(args.scale)
+        scale = check_scale(args.scale, D)
         path = choose_path(q, args.backend)
         forward_only("pisa_attention", q, k, v)
         if index is not None:
             index = check_index(index, q, k)
         if Sq == 0 or k.shape[2] == 0:
-            out, lse = torch.zeros_like(q), torch.full((B, H, Sq), float("-inf"), device=q.device)
+            out, lse = torch.zeros_like(q), torch.full((B, H, Sq), float("-inf"), dtype=torch.float32, device=q.device)
         else:
             if index is None:
                 index = route(q, k, v, args.density, args.tile_size, args.routing, args.sink_tiles, scale)

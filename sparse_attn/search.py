@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from . import paths
-from .attention import check_qkv, forward_only, upcast_precision
+from .attention import check_qkv, check_scale, forward_only, upcast_precision
 from .paths import AttentionPath, Kernel
 from .selection import forced_tiles
 from .tiles import TileIndex, TileSize, num_tiles, tile_sizes
@@ -153,8 +153,8 @@ def _torch_search(
     kT = k.float().transpose(-1, -2)  # [B, H, D, Skv]
     vf = None if v is None else v.float()
     out = None if v is None else torch.empty_like(q)
-    lse_out = torch.empty(B, H, Sq, device=q.device) if lse is None else lse
-    sums = torch.empty(B, H, nq, nk, device=q.device)
+    lse_out = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device) if lse is None else lse
+    sums = torch.empty(B, H, nq, nk, dtype=torch.float32, device=q.device)
     step = _rows_per_chunk(q_tile, B * H, Skv)
     for r0 in range(0, Sq, step):
         r1 = min(r0 + step, Sq)
@@ -183,7 +183,7 @@ def _torch_search(
 def _query_tile_sizes(Sq: int, q_tile: int, device: torch.device) -> torch.Tensor:
     """Real rows per query tile, [Nq] fp32 (the last tile may be partial)."""
     n = num_tiles(Sq, q_tile)
-    sizes = torch.full((n,), float(q_tile), device=device)
+    sizes = torch.full((n,), float(q_tile), dtype=torch.float32, device=device)
     if n:
         sizes[-1] = Sq - (n - 1) * q_tile
     return sizes
@@ -201,15 +201,15 @@ def _search(
     """(out or None, lse, mass) on the chosen path: fused with `v`, a refresh from `lse` without."""
     q_tile, kv_tile = tile_sizes(tile_size)
     B, H, Sq, D = q.shape
-    scale = D**-0.5 if scale is None else float(scale)
+    scale = check_scale(scale, D)
     path = choose_search_path(q, backend, tile_size)
     forward_only(f"tile search ({path.kernel})", q, k, *(() if v is None else (v,)))
     nq, nk = num_tiles(Sq, q_tile), num_tiles(k.shape[2], kv_tile)
     if Sq == 0 or k.shape[2] == 0:
         out = None if v is None else torch.zeros_like(q)
-        lse = torch.full((B, H, Sq), float("-inf"), device=q.device) if lse is None else lse
+        lse = torch.full((B, H, Sq), float("-inf"), dtype=torch.float32, device=q.device) if lse is None else lse
         paths.search.record(path)
-        return out, lse, torch.zeros(B, H, nq, nk, device=q.device)
+        return out, lse, torch.zeros(B, H, nq, nk, dtype=torch.float32, device=q.device)
     if path.kernel == Kernel.TRITON:
         from . import triton_common
         from .search_triton import search
@@ -290,7 +290,7 @@ def _check_mass(mass: torch.Tensor) -> None:
 
 def _density_tensor(density_per_head: DensityPerHead, batch: int, heads: int, device: torch.device) -> torch.Tensor:
     """density_per_head as [B, H] fp32; a float, [H] or [B, H]. Each value must lie in (0, 1]."""
-    d = torch.as_tensor(density_per_head, dtype=torch.float32).to(device)
+    d = torch.as_tensor(density_per_head, dtype=torch.float32, device=device)
     if d.dim() == 0:
         d = d.expand(batch, heads)
     elif d.dim() == 1 and d.shape[0] == heads:
@@ -409,7 +409,7 @@ def head_adaptive_density(
                             dense_query_tiles=dense_query_tiles)
     recall = index_recall(mass, index)  # [B, H]
     delta = min(base_density / 2, max_density - base_density, base_density - min_density)
-    density = torch.full((B, H), float(base_density), device=mass.device)
+    density = torch.full((B, H), float(base_density), dtype=torch.float32, device=mass.device)
     n_high = (recall > recall_threshold).sum(dim=1).clamp(max=H // 2)  # [B]
     order = recall.sort(dim=1, descending=True, stable=True).indices  # best recall first
     rank = torch.empty_like(order)

@@ -24,7 +24,7 @@ def pool_tiles(x: torch.Tensor, tile: int) -> torch.Tensor:
     B, H, S, D = x.shape
     n = num_tiles(S, tile)
     sums = torch.nn.functional.pad(x.float(), (0, 0, 0, n * tile - S)).view(B, H, n, tile, D).sum(dim=3)
-    counts = torch.full((n,), float(tile), device=x.device)
+    counts = torch.full((n,), float(tile), dtype=torch.float32, device=x.device)
     counts[-1] = S - (n - 1) * tile
     return sums / counts.view(1, 1, n, 1)
 
@@ -127,5 +127,5 @@ def random_tiles(
     """A random index at `density` (same count rule as `topk_tiles`), for benchmarks and tests."""
     q_tile, kv_tile = tile_sizes(tile_size)
     scores = torch.rand(batch, heads, num_tiles(q_len, q_tile), num_tiles(kv_len, kv_tile), generator=generator,
-                        device="cpu").to(device)
+                        dtype=torch.float32, device="cpu").to(device)
     return topk_tiles(scores, density, tile_size, q_len, kv_len, None if forced is None else forced.to(device))

@@ -19,6 +19,7 @@ takes one. `PackedTiles` stores it at one bit per (query tile, key tile) between
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +30,14 @@ TILE_SIZES = (16, 32, 64, 128)  # what the kernels tile by (and what tests/test_
 
 
 def tile_sizes(tile_size: TileSize) -> tuple[int, int]:
-    """(query tile, key tile) from an int or a pair; each one of TILE_SIZES. Raises ValueError."""
-    sizes = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
-    if len(sizes) != 2 or any(isinstance(s, bool) or s not in TILE_SIZES for s in sizes):
+    """(query tile, key tile) from an int or a pair; each one of TILE_SIZES (any integer type, numpy's
+    included). Raises ValueError naming tile_size otherwise."""
+    def size(s: object) -> int | None:
+        return int(s) if isinstance(s, numbers.Integral) and not isinstance(s, bool) and s in TILE_SIZES else None
+
+    pair = tile_size if isinstance(tile_size, tuple | list) else (tile_size, tile_size)
+    sizes = [size(s) for s in pair]
+    if len(sizes) != 2 or None in sizes:
         raise ValueError(f"tile_size must be one of {TILE_SIZES}, or a pair of them; got {tile_size!r}")
     return sizes[0], sizes[1]
 
@@ -61,7 +67,9 @@ class TileIndex:
     kv_len: int
 
     def __post_init__(self) -> None:
-        tile_sizes((self.q_tile, self.kv_tile))
+        q_tile, kv_tile = tile_sizes((self.q_tile, self.kv_tile))
+        object.__setattr__(self, "q_tile", q_tile)
+        object.__setattr__(self, "kv_tile", kv_tile)
         if self.q_len < 0 or self.kv_len < 0:
             raise ValueError(f"q_len and kv_len must be >= 0; got {self.q_len}, {self.kv_len}")
         counts, indices = self.counts, self.indices
@@ -76,9 +84,12 @@ class TileIndex:
         if counts.device != indices.device:
             raise ValueError(f"counts on {counts.device} and indices on {indices.device}: one device")
         if counts.device.type == "cpu":
-            self._check_values()
+            self.validate()
 
-    def _check_values(self) -> None:
+    def validate(self) -> None:
+        """Check the values (counts within [0, W], ids within [0, Nk) and distinct per row); ValueError.
+        Reads the tensors (a device sync on GPU). Done at construction on CPU, and again by the CPU kernels
+        before they read memory through the ids: the tensors may have been changed in place since."""
         width, nk = self.indices.shape[-1], self.num_kv_tiles
         if self.counts.numel() == 0:
             return

@@ -47,8 +47,8 @@ def attention(
 
     # in-place softmax unless autograd has to see the steps
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    out = torch.empty(B * H * nq, q_tile, D, device=device)
-    lse = torch.empty(B * H * nq, q_tile, device=device)
+    out = torch.empty(B * H * nq, q_tile, D, dtype=torch.float32, device=device)
+    lse = torch.empty(B * H * nq, q_tile, dtype=torch.float32, device=device)
     chunk = max(1, CHUNK_ELEMENTS // (q_tile * width * kv_tile))
     for t0 in range(0, B * H * nq, chunk):
         t1 = min(t0 + chunk, B * H * nq)

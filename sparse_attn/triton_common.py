@@ -80,6 +80,31 @@ def warn_fp32_once() -> None:
         )
 
 
+def interpret_bf16_dot() -> None:
+    """Under TRITON_INTERPRET=1 only: make the interpreter's tl.dot read bfloat16 operands as values. It
+    stores bf16 as uint16 and multiplies the bit patterns (triton-lang/triton#11584, "we just don't
+    support it yet"); converting the operands to fp32 first is what the GPU's bf16 MMA computes (exact
+    products, fp32 accumulation), so the kernels' own bf16 handling is what runs. Idempotent."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "_accel_bf16", False):
+        return
+    original = builder.create_dot
+
+    def as_float32(handle):  # noqa: ANN001, ANN202
+        if handle.dtype == tl.bfloat16:
+            return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+        return handle
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # noqa: ANN001, ANN202
+        return original(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
+
+    create_dot._accel_bf16 = True
+    builder.create_dot = create_dot
+
+
 # -- tiles that fit -----------------------------------------------------------------------------------
 
 
@@ -106,8 +131,9 @@ def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, dim_pad:
 
 
 # (BLOCK_M, BLOCK_N, warps, stages): for tensor-core dots (fp16, bf16, TF32) as in Triton's fused-attention
-# tutorial; for exact fp32 dots ("ieee", "tf32x3") small tiles, which alone keep them from spilling
-# registers (measured with tests/test_triton_compile.py: 0 bytes for "ieee" at every head dim).
+# tutorial; for exact fp32 dots ("ieee", "tf32x3") small tiles, which keep the block-sparse kernel from
+# spilling registers ("ieee": 0 bytes at every head dim, checked by tests/test_triton_compile.py; PISA's
+# pooled phase and "tf32x3" at head dim 256 still spill a little: `accel compile-check` lists them).
 FAST_TILES = [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 8, 2)]
 EXACT_FP32_TILES = [(64, 16, 8, 2), (32, 16, 4, 2), (16, 16, 4, 2)]
 

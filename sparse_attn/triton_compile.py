@@ -297,11 +297,18 @@ def summary(results: list[tuple[Specialization, CompileReport]]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile-check", help="compile the Triton kernels for sm_90 on this machine (no GPU needed)")
     p.add_argument("--all", action="store_true", help="every distinct build (about half an hour on 2 cores); "
                    "default: the covering subset the tests build")
-    p.add_argument("--workers", type=int, default=None, help="compiler processes (default: CPUs, at most 4)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="compiler processes (default: CPUs, at most 4)")
     p.add_argument("--out", default=None, help="also write the markdown table of every build here")
     p.add_argument("--doc", default=None, help="also write the summary into this markdown file (docs/benchmarks.md)")
     p.set_defaults(func=_cmd)

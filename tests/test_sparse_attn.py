@@ -166,6 +166,58 @@ def test_bshd_wrapper_and_broadcast_index():
     torch.testing.assert_close(merged, out2)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_an_index_changed_in_place_is_checked_again_before_the_cpu_kernels_read_through_it(backend):
+    """The C++ kernel reads memory through the ids: an index made valid and then edited in place must be
+    refused, not read (an id far out of range crashed the process)."""
+    q, k, v = _inputs(1, 1, 128, 128, 64)
+    index = sa.TileIndex(torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 1, dtype=torch.int32), 64,
+                         64, 128, 128)
+    for edit, match in ((lambda: index.indices.fill_(1_000_000), "indices must lie"),
+                        (lambda: index.indices.fill_(-5), "indices must lie"),
+                        (lambda: index.counts.fill_(3), "counts must lie")):
+        index.counts.fill_(1)
+        index.indices.fill_(0)
+        edit()
+        with pytest.raises(ValueError, match=match):
+            sa.block_sparse_attention(q, k, v, index, backend=backend)
+        with pytest.raises(ValueError, match=match):
+            sa.pisa_attention(q, k, v, index=index, backend=backend)
+    with pytest.raises(ValueError, match="repeat"):
+        sa.pisa_attention(q, k, v, index=sa.TileIndex(torch.full((1, 1, 2), 2), torch.zeros(1, 1, 2, 2, dtype=torch.int32), 64, 64,
+                                                      128, 128))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_an_index_that_lists_no_tile_at_all(backend):
+    q, k, v = _inputs(1, 2, 100, 100, 32)
+    empty = sa.TileIndex(torch.zeros(1, 2, 2, dtype=torch.int32), torch.zeros(1, 2, 2, 0, dtype=torch.int32), 64,
+                         64, 100, 100)
+    out, lse = sa.block_sparse_attention(q, k, v, empty, return_lse=True, backend=backend)
+    assert torch.equal(out, torch.zeros_like(q)) and bool(torch.isneginf(lse).all())
+    # PISA then approximates every key tile: finite, and what its reference says
+    pisa = sa.pisa_attention(q, k, v, index=empty, backend=backend)
+    torch.testing.assert_close(pisa.double(), sa.pisa_reference(q, k, v, empty), atol=1e-5, rtol=0)
+
+
+def test_numbers_of_any_integer_type_and_bad_scales_and_head_dims():
+    import numpy as np
+
+    assert sa.tile_sizes(np.int64(64)) == (64, 64) and sa.tile_sizes((np.int32(16), 128)) == (16, 128)
+    for bad in (64.0, "64", 48, True, (16,), None):
+        with pytest.raises(ValueError, match="tile_size must be one of"):
+            sa.tile_sizes(bad)
+    q, k, v = _inputs(1, 1, 64, 64, 16)
+    index = sa.random_tiles(1, 1, 64, 64, 64, 1.0)
+    for scale in (float("inf"), 0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            sa.block_sparse_attention(q, k, v, index, scale=scale)
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            sa.dense_attention_with_tile_mass(q, k, v, 64, scale=scale)
+    with pytest.raises(ValueError, match="head dim 0"):
+        sa.block_sparse_attention(q[..., :0], k[..., :0], v[..., :0], index)
+
+
 def test_invalid_inputs_raise():
     q, k, v = _inputs(1, 1, 128, 128, 32)
     index = sa.TileIndex(torch.ones(1, 1, 2, dtype=torch.int32), torch.zeros(1, 1, 2, 1, dtype=torch.int32), 64,

@@ -216,33 +216,43 @@ def test_fp32_on_triton_warns_once(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("backend", ["cpu-kernel", "torch"])
-def test_every_allocation_follows_the_inputs_device(backend):
-    """With another default device, every path still allocates on the inputs' device (a factory call
-    without device= would make a meta tensor and the next op would fail, as CPU tensors mixed with CUDA
-    ones would)."""
+@pytest.mark.parametrize("default", ["device", "dtype"])
+def test_every_allocation_follows_the_inputs(backend, default):
+    """With another default device (meta) or default dtype (float64), every path still allocates on the
+    inputs' device and returns its documented dtypes: a factory call without device= or dtype= would make
+    a meta or float64 tensor, and the next op would fail or the output change type, as CPU tensors mixed
+    with CUDA ones would."""
     q, k, v = _inputs(S=100, D=24)
-    index = _index(q, k)
-    want = [
-        sa.block_sparse_attention(q, k, v, index, backend=backend),
-        sa.pisa_attention(q, k, v, density=0.3, tile_size=32, backend=backend),
-        sa.pisa_attention(q, k, v, density=0.3, tile_size=32, routing="covariance", order="zeroth", backend=backend),
-        *sa.dense_attention_with_tile_mass(q, k, v, 32, backend=backend),
-    ]
-    with torch.device("meta"):
-        got = [
+
+    def run():
+        index = _index(q, k)
+        out, lse, mass = sa.dense_attention_with_tile_mass(q, k, v, 32, backend=backend)
+        density = sa.head_adaptive_density(mass, 0.5, sink_tiles=(-1,))
+        return [
             sa.block_sparse_attention(q, k, v, index, backend=backend),
             sa.pisa_attention(q, k, v, density=0.3, tile_size=32, backend=backend),
             sa.pisa_attention(q, k, v, density=0.3, tile_size=32, routing="covariance", order="zeroth",
                               backend=backend),
-            *sa.dense_attention_with_tile_mass(q, k, v, 32, backend=backend),
+            out, lse, mass, sa.tile_mass(q, k, lse, 32, backend=backend), density,
+            sa.tiles_from_mass(mass, density, 32, 100, 100, sink_tiles=(-1,)).to_dense(),
+            sa.select_tiles(q, k, 0.3, 32).to_dense(),
+            sa.tile_order((4, 6, 6), (2, 2, 2), text_len=3).perm,
         ]
-        got.append(sa.tile_mass(q, k, got[-2], 32, backend=backend))
-        got.append(sa.tile_order((4, 6, 6), (2, 2, 2), text_len=3).perm)
-    want.append(want[-1])
-    want.append(sa.tile_order((4, 6, 6), (2, 2, 2), text_len=3).perm)
+
+    want = run()
+    if default == "device":
+        with torch.device("meta"):
+            got = run()
+    else:
+        torch.set_default_dtype(torch.float64)
+        try:
+            got = run()
+        finally:
+            torch.set_default_dtype(torch.float32)
     for a, b in zip(got, want, strict=True):
-        assert a.device.type == "cpu"
+        assert a.device.type == "cpu" and a.dtype == b.dtype
         torch.testing.assert_close(a, b)
+    assert want[0].dtype == torch.float32 and want[4].dtype == want[5].dtype == torch.float32
 
 
 def test_offsets_within_one_head_must_fit_int32():

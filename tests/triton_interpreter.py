@@ -5,10 +5,9 @@ first imported; setting it in the pytest process would switch every later import
 So a test file runs itself as a script in a child with the flag set (`run_child`), the child prints
 one JSON line, and the test checks it.
 
-`fix_bf16_dot` works around a gap of Triton's interpreter: it stores bfloat16 as uint16 and its `tl.dot`
-multiplies those bit patterns (triton-lang/triton#11584, "we just don't support it yet"). The child
-converts bfloat16 dot operands to float32 first, which is what the GPU's bf16 MMA computes (exact
-products, fp32 accumulation), so the kernels' own bf16 handling (loads, casts, stores) is what is tested.
+`fix_bf16_dot` works around a gap of Triton's interpreter (`triton_common.interpret_bf16_dot`: its
+`tl.dot` multiplies bfloat16 bit patterns, triton-lang/triton#11584), so the kernels' own bf16 handling
+(loads, casts, stores) is what is tested.
 """
 
 from __future__ import annotations
@@ -30,20 +29,6 @@ def run_child(script: str, *args: str, timeout: int = 600, env: dict[str, str] |
 
 def fix_bf16_dot() -> None:
     """In the child: let the interpreter's tl.dot read bfloat16 operands as values, not bit patterns."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
+    from accel.sparse_attn.triton_common import interpret_bf16_dot
 
-    builder = interpreter.InterpreterBuilder
-    original = builder.create_dot
-
-    def as_float32(handle: Any) -> Any:
-        if handle.dtype == tl.bfloat16:
-            bits = handle.data.astype(np.uint32) << 16
-            return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
-        return handle
-
-    def create_dot(self: Any, a: Any, b: Any, d: Any, input_precision: Any, max_num_imprecise_acc: Any) -> Any:
-        return original(self, as_float32(a), as_float32(b), d, input_precision, max_num_imprecise_acc)
-
-    builder.create_dot = create_dot
+    interpret_bf16_dot()
