@@ -16,6 +16,7 @@ from .errors import (
     AlreadyPatchedError,
     IncompatibleMethodsError,
     InvalidOptionError,
+    StepCountUnknownError,
     UnknownMethodError,
     UnsupportedModelError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "MethodConfig",
     "MethodInfo",
     "Patch",
+    "StepCountUnknownError",
     "UnknownMethodError",
     "UnsupportedModelError",
     "load",

@@ -30,6 +30,19 @@ class AlreadyPatchedError(AccelError):
     """The target (or one of its denoisers) already carries an accel patch."""
 
 
+class StepCountUnknownError(AccelError, RuntimeError):
+    """A method that keeps state across the steps of a run met a denoiser call whose run length nobody
+    told accel (a hand-written loop, or a patched denoiser inside a pipeline accel did not patch)."""
+
+    def __init__(self, methods: Iterable[str]) -> None:
+        names = ", ".join(methods)
+        super().__init__(
+            f"accel: {names} keeps state across the steps of a run and needs the run's step count, but the "
+            "denoiser was called outside a patched pipeline: call handle.reset(num_steps=N) (accel.Patch.reset) "
+            "before a hand-written loop of N steps; accel then starts a new run after every N steps."
+        )
+
+
 def closest(word: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix, or '' when nothing is close."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)

@@ -14,15 +14,9 @@ from typing import Any
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
+from . import compat
+
 _MISSING = object()
-
-
-def _invalidate_child_registries(module: torch.nn.Module) -> None:
-    """diffusers caches, per registry, the list of child registries; hooks added below stale it."""
-    for sub in module.modules():
-        registry = sub.__dict__.get("_diffusers_hook")
-        if registry is not None and hasattr(registry, "_child_registries_cache"):
-            registry._child_registries_cache = None
 
 
 class Journal:
@@ -61,14 +55,14 @@ class Journal:
         Undo removes the hook and, when the registry is left empty, also the registry and the instance
         `forward` attribute if accel was the one that introduced them.
         """
-        had_registry = "_diffusers_hook" in module.__dict__
+        had_registry = compat.registry_of(module) is not None
         previous_forward = module.__dict__.get("forward", _MISSING)
         registry = HookRegistry.check_if_exists_or_initialize(module)
         try:
             registry.register_hook(hook, name)
         except BaseException:
             if not had_registry and not registry.hooks:
-                del module._diffusers_hook
+                compat.drop_registry(module)
             raise
 
         def undo() -> None:
@@ -79,7 +73,7 @@ class Journal:
                 else:
                     module.__dict__["forward"] = previous_forward
                 if not had_registry:
-                    module.__dict__.pop("_diffusers_hook", None)
+                    compat.drop_registry(module)
 
         self._undo.append(undo)
 
@@ -93,8 +87,8 @@ class Journal:
 
     def invalidate_hook_caches(self, root: torch.nn.Module) -> None:
         """Mark diffusers' child-registry caches under `root` stale, now and again on undo."""
-        _invalidate_child_registries(root)
-        self._undo.append(lambda: _invalidate_child_registries(root))
+        compat.invalidate_child_registries(root)
+        self._undo.append(lambda: compat.invalidate_child_registries(root))
 
     def rollback(self) -> None:
         """Undo every change, newest first. Safe to call twice."""

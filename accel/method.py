@@ -32,6 +32,10 @@ class Method:
     needs_layout: ClassVar[bool] = False  # True: needs a real family adapter (token layout, attention kinds)
     claims: ClassVar[frozenset[str]] = frozenset()  # parts of the model it changes: "blocks", "attention"...
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # The contract every method meets (tests/test_method_contract.py checks it for each registered one):
+    exact_options: ClassVar[dict[str, Any]] = {}  # options under which the output equals the unpatched model's
+    exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents (0: bit-exact)
+    stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -54,6 +58,13 @@ class Method:
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         raise NotImplementedError
+
+    def needs_step_count(self) -> bool:
+        """Whether this method (as configured) keeps state across the steps of a run or schedules by the
+        step count. Then a denoiser call whose run length is unknown raises `StepCountUnknownError`
+        before anything runs (the tracker checks): one rule for every method, never a silent per-call
+        restart."""
+        return False
 
     def reset_run(self) -> None:
         """Forget per-run state; called at the start of every pipeline call."""

@@ -190,6 +190,7 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
         for m in methods:
             tracker.on_new_run(m.reset_run)
             m.apply(resolved, journal, tracker)
+        tracker.needs_step_count = [m.name for m in methods if m.needs_step_count()]
         for d in resolved.denoisers:
             # registered last, so it is the outermost hook and sees each call before any method does
             journal.add_model_hook(d.module, StepTrackerHook(tracker, d.adapter), TRACKER_HOOK)

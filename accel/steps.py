@@ -10,9 +10,11 @@ diffusers `ModelHook` and works out:
 - the step: the number of earlier calls of the same branch in this run, or the pipeline's own
   `step_index` when its context carries one.
 - a new run: started when the pipeline's scheduler sets its timesteps (the start of every pipeline call),
-  after diffusers resets stateful hooks (the end of a call), on `reset()`, or when a bare denoiser sees a
-  timestep larger than the last (denoising always runs the timesteps downwards). The reset is lazy: the
-  stats of the last call stay readable until the next call starts.
+  after diffusers resets stateful hooks (the end of a call), or on `reset()`. A bare denoiser (a
+  hand-written loop) starts a new run after the `num_steps` given to `reset(num_steps)`; without one, when
+  it sees a timestep larger than the last, and methods that keep state across steps refuse to run
+  (`StepCountUnknownError`, raised here before the call). The reset is lazy: the stats of the last call
+  stay readable until the next call starts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from . import compat
 from .adapters import ModelAdapter, TokenLayout
 
 
@@ -37,7 +40,7 @@ class _ContextReceiver(StateManager):
 
     @property
     def current(self) -> Any | None:
-        return self._context
+        return compat.current_context(self)
 
 
 def _timestep_value(t: Any) -> float | None:
@@ -60,11 +63,13 @@ class StepTracker:
         self.denoiser: torch.nn.Module | None = None
         self.adapter: ModelAdapter | None = None
         self.call: dict[str, Any] = {}  # the current denoiser call's arguments by name
+        self.needs_step_count: list[str] = []  # the methods that refuse to run without a step count
         self._on_new_run: list[Callable[[], None]] = []
         self._pending = True
         self._next_num_steps: int | None = None
         self._calls_by_branch: Counter[str] = Counter()
         self._calls_at_timestep = 0
+        self._bare_num_steps: int | None = None
         self._layout: TokenLayout | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -80,6 +85,7 @@ class StepTracker:
     def _start_run(self) -> None:
         self._pending = False
         self.num_steps, self._next_num_steps = self._next_num_steps, None
+        self._bare_num_steps = self.num_steps  # a bare loop's run length, from reset(num_steps)
         self.runs += 1
         self._calls_by_branch.clear()
         self._calls_at_timestep = 0
@@ -93,12 +99,21 @@ class StepTracker:
         """Account for one denoiser call (called before the denoiser runs)."""
         call = adapter.bind_call(denoiser, args, kwargs)
         t = _timestep_value(call.get(adapter.timestep_arg))
-        if not self._pending and context is None and t is not None and self.timestep is not None and t > self.timestep:
-            self._pending = True  # a bare denoiser started a new denoising loop
+        if not self._pending and context is None and t is not None and self.timestep is not None and t != self.timestep:
+            n = self._bare_num_steps
+            if n is not None and self._calls_by_branch["default"] >= n:
+                self._pending, self._next_num_steps = True, n  # a bare loop of n steps is over: the next
+            elif n is None and t > self.timestep:
+                self._pending = True  # a bare denoiser started a new denoising loop
         if self._pending:
             self._start_run()
         if context is not None and getattr(context, "num_inference_steps", None):
             self.num_steps = int(context.num_inference_steps)
+        if self.num_steps is None and self.needs_step_count:
+            from .errors import StepCountUnknownError
+
+            self._pending = True  # nothing of this call was counted
+            raise StepCountUnknownError(self.needs_step_count)
         if context is not None:
             branch = str(context.name)
         else:

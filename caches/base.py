@@ -16,6 +16,7 @@ from .span_cache import Span, attach_spans
 
 class SpanCacheMethod(Method):
     claims = frozenset({"blocks"})
+    stats_keys = frozenset({"block_calls", "blocks_skipped", "skip_rate"})
 
     def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
         raise NotImplementedError
@@ -26,6 +27,10 @@ class SpanCacheMethod(Method):
             spans = self.make_spans(d.adapter.blocks(d.module), tracker)
             attach_spans(spans, journal, f"accel.{self.name}")
             self.spans += spans
+
+    def needs_step_count(self) -> bool:
+        """Cached residuals live across the steps of a run (and Δ-DiT schedules by the step count)."""
+        return True
 
     def reset_run(self) -> None:
         super().reset_run()

@@ -55,6 +55,7 @@ class DeltaDiT(SpanCacheMethod):
     summary = "Stage-adaptive block-span residual cache: rear blocks cached early, front blocks late."
     paper = "Δ-DiT, arXiv 2406.01125"
     Config = DeltaDiTConfig
+    exact_options = {"interval": 1}  # every span recomputed at every step
 
     def check(self, target: PatchTarget) -> None:
         super().check(target)
@@ -78,17 +79,9 @@ class DeltaDiT(SpanCacheMethod):
     def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
         n = self.config.cached_blocks or default_cached_blocks(len(blocks))
 
-        def num_steps() -> int:
-            if tracker.num_steps is None:
-                raise RuntimeError(
-                    "delta-dit: the step count of this run is unknown (the denoiser was called outside a "
-                    "pipeline); call handle.reset(num_steps=N) before a hand-written loop."
-                )
-            return tracker.num_steps
-
         def policy(stage: str):
             def skip(span: Span, state: SpanState, step: int) -> bool:
-                return self.skips(stage, step, state.refreshed_at, num_steps())
+                return self.skips(stage, step, state.refreshed_at, tracker.num_steps)
 
             return skip
 
@@ -96,7 +89,7 @@ class DeltaDiT(SpanCacheMethod):
             # A residual is replayed only by the steps right after its compute, so it is worth storing
             # only when the next step skips (never with interval 1, after the span's stage or at the end).
             def keep(state: SpanState, step: int) -> bool:
-                return self.skips(stage, step + 1, step, num_steps())
+                return self.skips(stage, step + 1, step, tracker.num_steps)
 
             return keep
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
+from accel import compat
 from accel.adapters import BlockRef
 from accel.adapters.block_io import BlockIO, block_io
 from accel.journal import Journal
@@ -205,7 +206,7 @@ class SpanBlockHook(ModelHook):
                     if j == len(other) - 1 and other.storing:
                         other.store(None)  # drops the residual: the span did not really run
             return span.ios[i].pack(span.layouts[i], hidden, encoder)
-        output = self.fn_ref.original_forward(*args, **kwargs)
+        output = compat.original_forward(self)(*args, **kwargs)
         layout = BlockIO.layout(output)
         for span, i in self.spans:
             span.layouts[i] = layout

@@ -58,6 +58,7 @@ class TDC(SpanCacheMethod):
     summary = "Temporal delta cache: skip single blocks whose input-to-output residual is stable over steps."
     paper = "6Bit-Diffusion, arXiv 2603.18742"
     Config = TDCConfig
+    exact_options = {"threshold": 0.0}  # no residual is ever stable enough to skip
 
     def protected(self, blocks: int) -> int:
         p = self.config.protected_blocks

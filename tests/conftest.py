@@ -1,107 +1,45 @@
-"""Shared test helpers: object snapshots for exactness checks, and test-only methods."""
+"""Fixtures shared by every test folder (tests/ mirrors the source: accel/, caches/, sparse_attn/), the
+markers, and one way to run Triton kernels under the interpreter.
+
+Markers (pyproject.toml): `slow` (over ~20 s; CI runs them, `-m "not slow"` is a quick pass), `gpu`
+(needs CUDA: skipped without it), `browser` (drives Chromium: the demo).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import os
+import sys
 
 import pytest
 import torch
-from diffusers.hooks import ModelHook
 
 import accel
 from accel.method import _REGISTRY
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # support.py and triton_interpreter.py, from every folder
 
-def snapshot(obj: Any) -> dict[str, Any]:
-    """Everything a patch could leave behind: per module, the public instance attributes (name ->
-    identity), the attribute names, the torch hooks and the class; for other pipeline components (the
-    scheduler) the attribute names and any instance-level `set_timesteps`. Take it after one call of the
-    pipeline, which adds run-time attributes of its own."""
-    modules = obj.components.values() if hasattr(obj, "components") else [obj]
-    out: dict[str, Any] = {"class": type(obj), "dict": sorted(vars(obj))}
-    for i, comp in enumerate(modules):
-        if isinstance(comp, torch.nn.Module):
-            for name, module in comp.named_modules():
-                d = vars(module)
-                out[f"{i}:{name}"] = (
-                    type(module),
-                    {k: id(v) for k, v in d.items() if not k.startswith("_") or k == "_diffusers_hook"},
-                    sorted(k for k in d if k not in ("_parameters", "_buffers", "_modules")),
-                    len(module._forward_hooks),
-                    len(module._forward_pre_hooks),
-                )
-        elif comp is not None and hasattr(comp, "__dict__"):
-            out[f"{i}:attrs"] = (type(comp), sorted(vars(comp)), id(vars(comp).get("set_timesteps")))
-    return out
+from support import ClaimsBlocks, ScaleOutput, WanOnly  # noqa: E402
 
 
-class _ScaleHook(ModelHook):
-    def __init__(self, factor: float, counters: dict) -> None:
-        super().__init__()
-        self.factor = factor
-        self.counters = counters
-
-    def post_forward(self, module, output):
-        self.counters["scaled_calls"] = self.counters.get("scaled_calls", 0) + 1
-        if isinstance(output, tuple):
-            return (output[0] * self.factor, *output[1:])
-        output.sample = output.sample * self.factor
-        return output
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
-@dataclass(frozen=True)
-class ScaleConfig(accel.MethodConfig):
-    method = "test-scale"
-    factor: float = accel.option(0.5, "multiplies the denoiser output", low=0.0, high=2.0, low_open=True)
-    mode: str = accel.option("post", "where to scale", choices=("post", "pre"))
-    fail_after_hook: bool = accel.option(False, "raise after registering a hook (atomicity test)")
+@pytest.fixture
+def triton_interpreter(request):  # noqa: ANN001
+    """Runs the requesting test file as a script under TRITON_INTERPRET=1 (Triton reads the flag when a
+    kernel is decorated, so it cannot be switched on inside the pytest process) and returns the JSON its
+    last stdout line holds: `results = triton_interpreter()` or `triton_interpreter("overflow")`."""
+    pytest.importorskip("triton")
+    from triton_interpreter import run_child
 
-
-class ScaleOutput(accel.Method):
-    """Test-only: scales the denoiser output, so a leftover hook changes results visibly."""
-
-    name = "test-scale"
-    summary = "test only"
-    claims = frozenset({"blocks"})
-    Config = ScaleConfig
-
-    def apply(self, target, journal, tracker):
-        for d in target.denoisers:
-            journal.add_model_hook(d.module, _ScaleHook(self.config.factor, self.counters), "test.scale")
-            if self.config.fail_after_hook:
-                raise RuntimeError("deliberate failure")
-
-
-@dataclass(frozen=True)
-class ClaimConfig(accel.MethodConfig):
-    method = "test-claims-blocks"
-
-
-class ClaimsBlocks(accel.Method):
-    name = "test-claims-blocks"
-    summary = "test only: claims the blocks, does nothing"
-    claims = frozenset({"blocks"})
-    Config = ClaimConfig
-
-    def apply(self, target, journal, tracker):
-        pass
-
-
-@dataclass(frozen=True)
-class WanOnlyConfig(accel.MethodConfig):
-    method = "test-wan-only"
-
-
-class WanOnly(accel.Method):
-    name = "test-wan-only"
-    summary = "test only: supports the wan family alone and needs its token layout"
-    families = ("wan",)
-    needs_layout = True
-    Config = WanOnlyConfig
-
-    def apply(self, target, journal, tracker):
-        pass
+    return lambda *args, timeout=600: run_child(str(request.path), *args, timeout=timeout)
 
 
 @pytest.fixture

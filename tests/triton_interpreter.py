@@ -21,8 +21,10 @@ from typing import Any
 
 def run_child(script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None) -> Any:
     """Run `script` (a test file's __file__) under TRITON_INTERPRET=1; return its last stdout line as JSON."""
-    done = subprocess.run([sys.executable, script, *args], env={**os.environ, **(env or {}), "TRITON_INTERPRET": "1"},
-                          capture_output=True, text=True, timeout=timeout)
+    here = os.path.dirname(os.path.abspath(__file__))  # so the child imports support and this module too
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **(env or {}), "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    done = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"child exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -64,11 +64,10 @@ class BlockIO:
 
 def block_io(block: torch.nn.Module) -> BlockIO:
     """The I/O layout of `block`, from diffusers' registry when the class is registered there."""
-    from diffusers.hooks._helpers import TransformerBlockRegistry
+    from ..compat import transformer_block_metadata
 
-    TransformerBlockRegistry._register()
     for cls in type(block).__mro__:
-        meta = TransformerBlockRegistry._registry.get(cls)
+        meta = transformer_block_metadata(cls)
         if meta is not None:
             return BlockIO(
                 meta.return_hidden_states_index or 0,

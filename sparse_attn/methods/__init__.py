@@ -1,6 +1,5 @@
-"""The sparse-attention methods as accel methods: `method="pisa"` and `method="adaspa"`.
+"""The sparse-attention methods as accel methods: `method="pisa"` (pisa.py) and `method="adaspa"` (adaspa.py).
 
-Importing this package registers them (accel.method loads it); the kernels stay importable without accel.
+Each is an entry point of the "accel.methods" group, imported only when asked for by name; the kernels
+they use (accel.sparse_attn) stay importable without them.
 """
-
-from . import adaspa, pisa  # noqa: F401

@@ -64,6 +64,12 @@ class AdaSpa(SparseAttentionMethod):
     summary = "Adaptive block-sparse attention: exact block-mass search, LSE cached, head-adaptive density."
     paper = "AdaSpa, arXiv 2502.21079"
     Config = AdaSpaConfig
+    exact_options = {"sparsity": 0.0}  # every key tile kept
+    stats_keys = SparseAttentionMethod.stats_keys | {"searches", "refreshes", "mask_bytes", "mask_vs_byte_mask"}
+
+    def needs_step_count(self) -> bool:
+        """The searched mask lives across the steps of a run (and the refresh is a fraction of them)."""
+        return True
 
     def reset_run(self) -> None:
         super().reset_run()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
+from accel import compat
 from accel.adapters import AttentionSite, TokenLayout
 from accel.config import MethodConfig, option
 from accel.journal import Journal
@@ -120,9 +121,9 @@ class SparseSiteHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if not self.method.sparse_now(self.layer):
             self.method.count("dense_calls")
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return compat.original_forward(self)(*args, **kwargs)
         with SDPARoute(lambda call: self.method.route(self, call)):
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return compat.original_forward(self)(*args, **kwargs)
 
 
 class SparseAttentionMethod(Method):
@@ -136,6 +137,9 @@ class SparseAttentionMethod(Method):
     needs_layout = True
     claims = frozenset({"attention"})
     Config = SparseAttentionConfig
+    exact_atol = 1e-4  # every tile kept: the kernels' fp32 sums differ from SDPA's in the last bits
+    stats_keys = frozenset({"sparse_calls", "dense_calls", "density", "kernel", "kernel_fallback", "fallbacks",
+                            "sink"})
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         self.tracker = tracker
@@ -153,14 +157,13 @@ class SparseAttentionMethod(Method):
                     self.hooks.append(hook)
 
     # ---- schedule ----------------------------------------------------------------------------
+    def needs_step_count(self) -> bool:
+        """The dense warm-up is a fraction of the run's steps."""
+        return self.config.dense_steps > 0
+
     def dense_step_count(self) -> int:
         if self.config.dense_steps == 0:
             return 0
-        if self.tracker.num_steps is None:
-            raise RuntimeError(
-                f"{self.name}: the step count of this run is unknown (the denoiser was called outside a "
-                "pipeline); call handle.reset(num_steps=N) before a hand-written loop."
-            )
         return round(self.config.dense_steps * self.tracker.num_steps)
 
     def sparse_now(self, layer: int) -> bool:

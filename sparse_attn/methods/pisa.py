@@ -48,6 +48,7 @@ class PISA(SparseAttentionMethod):
     summary = "Piecewise sparse attention: exact critical tiles, Taylor-approximated rest, one softmax."
     paper = "PISA, arXiv 2602.01077"
     Config = PISAConfig
+    exact_options = {"density": 1.0}  # every key tile exact
 
     def density(self) -> float:
         if self.config.density:

@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from triton_interpreter import fix_bf16_dot, run_child  # noqa: E402
+from triton_interpreter import fix_bf16_dot  # noqa: E402
 
 CASES = [
     # dtype, head dim, tile, program tiles (BLOCK_M, BLOCK_N), B, H, Sq, Skv
@@ -98,8 +98,9 @@ def _overflow_child() -> None:
     print(json.dumps(errors))
 
 
-def test_gpu_tiling_bf16_and_head_dim_128_under_the_interpreter():
-    results = run_child(__file__)
+@pytest.mark.slow
+def test_gpu_tiling_bf16_and_head_dim_128_under_the_interpreter(triton_interpreter):
+    results = triton_interpreter()
     for case, r in zip(CASES, results, strict=True):
         dtype = case[0]
         assert r["dtypes"] == [f"torch.{dtype}"] * 3, (case, r)
@@ -109,9 +110,10 @@ def test_gpu_tiling_bf16_and_head_dim_128_under_the_interpreter():
         assert r["mass"] < 1e-4 and r["refresh"] < 1e-4, (case, r)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.maxsize < 2**40, reason="needs a 64-bit address space")
-def test_batch_offsets_past_int32_under_the_interpreter():
-    errors = run_child(__file__, "overflow")
+def test_batch_offsets_past_int32_under_the_interpreter(triton_interpreter):
+    errors = triton_interpreter("overflow")
     assert max(errors) < 2e-3, errors
 
 

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("triton")
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_step_on_cpu_under_the_interpreter(tmp_path):
     out, doc = tmp_path / "gpu-check.json", tmp_path / "benchmarks.md"
     code = (  # the command as documented: no test helper patches the interpreter

@@ -284,11 +284,9 @@ def _triton_child() -> None:
     print(json.dumps(results))
 
 
-def test_triton_kernel_under_the_interpreter():
-    pytest.importorskip("triton")
-    from triton_interpreter import run_child
-
-    results = run_child(__file__)
+@pytest.mark.slow
+def test_triton_kernel_under_the_interpreter(triton_interpreter):
+    results = triton_interpreter()
     assert len(results) == 2 * len(TRITON_CASES) + 1
     for r in results:
         assert r["interpreted"] and r["path"] == "pisa+triton", r

@@ -302,11 +302,9 @@ def _child() -> None:
     print(json.dumps(results))
 
 
-def test_triton_search_kernel_under_the_interpreter():
-    pytest.importorskip("triton")
-    from triton_interpreter import run_child
-
-    results = run_child(__file__)
+@pytest.mark.slow
+def test_triton_search_kernel_under_the_interpreter(triton_interpreter):
+    results = triton_interpreter()
     for case, r in zip(TRITON_CASES, results, strict=True):
         dtype = case[6]
         assert r["interpreted"], "TRITON_INTERPRET=1 did not reach the kernel"

@@ -51,6 +51,7 @@ def test_every_accepted_input_has_a_launch_config(monkeypatch):
     assert refused  # fp32 at head dim 256 with 128-row query blocks, for one
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_sm90(record_property):
     specs = tc.specializations()
     if not os.environ.get("ACCEL_COMPILE_ALL"):

@@ -79,6 +79,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.browser
 def test_end_to_end_in_headless_chromium(session, tmp_path):
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import snapshot
+from support import snapshot
 
 import accel
 from accel.zoo import generate
@@ -188,7 +188,7 @@ def test_incompatible_combination(tiny, test_methods):
 
 
 def test_composition_applies_every_method(tiny, test_methods):
-    from conftest import ScaleConfig
+    from support import ScaleConfig
 
     pipe = tiny("dit")
     handle = accel.patch(pipe, method=["none", ScaleConfig(factor=0.25)])
@@ -223,7 +223,7 @@ def test_failed_patch_leaves_nothing_half_applied(tiny, test_methods):
 
 
 def test_config_object_with_extra_options(tiny, test_methods):
-    from conftest import ScaleConfig
+    from support import ScaleConfig
 
     pipe = tiny("dit")
     handle = accel.patch(pipe, method=ScaleConfig(), factor=1.5)

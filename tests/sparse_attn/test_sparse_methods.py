@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import snapshot
+from support import snapshot
 
 import accel
 from accel.adapters import TokenLayout

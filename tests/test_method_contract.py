@@ -1,0 +1,140 @@
+"""The contract every registered method meets, on every model family it claims.
+
+Like diffusers' `CacheTesterMixin` for its caches: one suite, run for each method the registry knows (its
+"accel.methods" entry points) on tiny zoo pipelines of each family it claims (`Method.families`; a
+method for any model is run on an image and a video family). A new method gets all of it by
+registering, and declares on its class what the checks need: `exact_options` / `exact_atol` (options
+under which it equals the unpatched model), `stats_keys` (what `stats()` may return) and
+`needs_step_count()`.
+
+1. unpatch restores bit-identical behaviour and leaves no trace on the object;
+2. a refused option, or a refused model, changes nothing;
+3. a second patch is refused and the first one keeps working;
+4. the method's exact setting equals the baseline;
+5. state is per call: two calls with one seed give the same output and the same stats;
+6. `stats()` returns only the documented keys;
+7. an unknown step count (a hand-written loop) works as in a pipeline or raises StepCountUnknownError
+   naming `reset(num_steps=N)`; with the step count, runs restart every N steps.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import snapshot
+
+import accel
+from accel.method import _entry_points, method_class
+
+ANY_FAMILY = ("pixart-alpha", "wan")  # an image and a video model for methods that run on any family
+ZOO_NAME = {"pixart": "pixart-alpha"}  # adapter family -> zoo entry, where the names differ
+STEPS = 3
+
+
+def _cases() -> list[tuple[str, str]]:
+    cases = []
+    for name in sorted(_entry_points()):
+        families = method_class(name).families
+        for family in (ANY_FAMILY if families is None else families):
+            cases.append((name, ZOO_NAME.get(family, family)))
+    return cases
+
+
+CASES = _cases()
+pytestmark = pytest.mark.parametrize("method,model", CASES, ids=[f"{m}-{f}" for m, f in CASES])
+
+
+def _run(pipe):  # noqa: ANN001, ANN202
+    return accel.zoo.generate(pipe, steps=STEPS, seed=0)
+
+
+def test_unpatch_is_bit_identical_to_never_patched(method, model, tiny):
+    pipe = tiny(model)
+    baseline = _run(pipe)
+    before = snapshot(pipe)
+    handle = accel.patch(pipe, method=method)
+    _run(pipe)
+    handle.unpatch()
+    assert snapshot(pipe) == before
+    assert torch.equal(_run(pipe), baseline)
+
+
+def test_a_refused_option_or_model_changes_nothing(method, model, tiny):
+    pipe = tiny(model)
+    _run(pipe)
+    before = snapshot(pipe)
+    with pytest.raises(accel.InvalidOptionError, match="no_such_option"):
+        accel.patch(pipe, method=method, no_such_option=1)
+    assert snapshot(pipe) == before and accel.patch_of(pipe) is None
+    linear = torch.nn.Linear(4, 4)
+    with pytest.raises(accel.UnsupportedModelError):
+        accel.patch(linear, method=method)
+    assert not vars(linear).get("_diffusers_hook") and accel.patch_of(linear) is None
+
+
+def test_a_second_patch_is_refused_and_the_first_keeps_working(method, model, tiny):
+    pipe = tiny(model)
+    handle = accel.patch(pipe, method=method)
+    try:
+        with pytest.raises(accel.AlreadyPatchedError):
+            accel.patch(pipe, method=method)
+        assert accel.patch_of(pipe) is handle
+        _run(pipe)
+        assert handle.stats()["steps"]["runs"] == 1
+    finally:
+        handle.unpatch()
+
+
+def test_the_exact_setting_equals_the_baseline(method, model, tiny):
+    pipe = tiny(model)
+    baseline = _run(pipe)
+    cls = method_class(method)
+    handle = accel.patch(pipe, method=method, **cls.exact_options)
+    try:
+        out = _run(pipe)
+    finally:
+        handle.unpatch()
+    if cls.exact_atol == 0:
+        assert torch.equal(out, baseline)
+    else:
+        torch.testing.assert_close(out, baseline, atol=cls.exact_atol, rtol=0)
+
+
+def test_state_is_per_call_and_stats_are_the_documented_keys(method, model, tiny):
+    pipe = tiny(model)
+    handle = accel.patch(pipe, method=method)
+    try:
+        first, stats = _run(pipe), handle.stats()
+        second = _run(pipe)
+        assert torch.equal(first, second), "the second call saw state left by the first"
+        assert handle.stats()[method] == stats[method] and handle.stats()["steps"]["runs"] == 2
+    finally:
+        handle.unpatch()
+    undocumented = set(stats[method]) - method_class(method).stats_keys
+    assert not undocumented, f"{method}.stats() returned keys its class does not declare: {undocumented}"
+
+
+def test_an_unknown_step_count_works_or_names_the_fix(method, model, tiny):
+    pipe = tiny(model)
+    denoiser = pipe.transformer
+    calls = []
+    hook = denoiser.register_forward_pre_hook(lambda m, a, kw: calls.append((a, dict(kw))), with_kwargs=True)
+    _run(pipe)
+    hook.remove()
+    handle = accel.patch(denoiser, method=method)
+    try:
+        with torch.no_grad():
+            if method_class(method)(method_class(method).Config()).needs_step_count():
+                with pytest.raises(accel.StepCountUnknownError, match=r"reset\(num_steps=N\)"):
+                    denoiser(*calls[0][0], **calls[0][1])
+            else:
+                denoiser(*calls[0][0], **calls[0][1])
+            runs = handle.stats()["steps"]["runs"]
+            handle.reset(num_steps=STEPS)
+            for _ in range(2):  # two loops of the pipeline's own calls: two runs, whatever the timesteps
+                for args, kwargs in calls:
+                    denoiser(*args, **kwargs)
+        assert handle.stats()["steps"]["runs"] == runs + 2
+        assert handle.stats()["steps"]["num_steps"] == STEPS
+    finally:
+        handle.unpatch()
