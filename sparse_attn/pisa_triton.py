@@ -149,17 +149,23 @@ def launch_configs(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, 
 def tiles(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str,
           limit: int = SHARED_MEMORY_LIMIT) -> triton.Config:
     """The fixed tiles for these tile sizes, head dim and precision: the first candidate, clamped to the
-    blocks, whose exact phase and pooled phase together fit `limit` bytes of shared memory."""
-    exact_bytes = operand_bytes(dtype, dot)
-    pooled_bytes = operand_bytes(torch.float32, pooled_dot(dtype, dot))
+    index tiles, whose exact phase and pooled phase together fit `limit` bytes of shared memory."""
     exact_fp32 = dtype == torch.float32 and dot in ("ieee", "tf32x3")
     for bm, bn, bg, warps, stages in CANDIDATES["exact" if exact_fp32 else "fast"]:
-        bm, bn, bg = min(bm, q_tile), min(bn, kv_tile), min(bg, BLOCK_G)
-        need = (shared_memory_estimate(bm, bn, stages, dim_pad, exact_bytes)
-                + shared_memory_estimate(bm, bg, stages, dim_pad, pooled_bytes))
-        if need <= limit:
-            return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_G": bg}, num_warps=warps, num_stages=stages)
+        config = triton.Config({"BLOCK_M": min(bm, q_tile), "BLOCK_N": min(bn, kv_tile), "BLOCK_G": min(bg, BLOCK_G)},
+                               num_warps=warps, num_stages=stages)
+        if shared_memory(config, q_tile, dim_pad, dtype, dot) <= limit:
+            return config
     raise RuntimeError(f"no PISA tile fits {limit} bytes of shared memory at head dim {dim_pad}")
+
+
+def shared_memory(config: triton.Config, q_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> int:
+    """The shared memory estimate of one launch config (bytes): the exact phase's and the pooled
+    phase's, added."""
+    bm, bn, bg, stages = (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.kwargs["BLOCK_G"],
+                          config.num_stages)
+    return (shared_memory_estimate(bm, bn, stages, dim_pad, operand_bytes(dtype, dot))
+            + shared_memory_estimate(bm, bg, stages, dim_pad, operand_bytes(torch.float32, pooled_dot(dtype, dot))))
 
 
 def pooled_dot(dtype: torch.dtype, dot: str) -> str:

@@ -35,6 +35,7 @@ from .triton_common import (
     on_device,
     operand_bytes,
     precision,
+    shared_memory_estimate,
     tile_scores,
 )
 
@@ -109,10 +110,20 @@ def _key_tiles(dot: str | None = None) -> list[triton.Config]:
             for c in configs(dot)]
 
 
+QUERY_TILES = 2  # the fused kernel's two loops over the keys each keep the query tile in shared memory
+
+
 def launch_configs(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
     """The tile configs a launch may run; empty when even the smallest key tile leaves no room next to a
     whole query tile (then the search refuses the Triton path)."""
-    return fit_configs(_key_tiles(dot), q_tile, kv_tile, dim_pad, operand_bytes(dtype, dot))
+    return fit_configs(_key_tiles(dot), q_tile, kv_tile, dim_pad, operand_bytes(dtype, dot),
+                       query_tiles=QUERY_TILES)
+
+
+def shared_memory(config: triton.Config, q_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> int:
+    """The shared memory estimate of one launch config (bytes), as `launch_configs` fits it."""
+    return shared_memory_estimate(q_tile, config.kwargs["BLOCK_N"], config.num_stages, dim_pad,
+                                  operand_bytes(dtype, dot), QUERY_TILES)
 
 
 def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:

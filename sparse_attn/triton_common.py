@@ -121,12 +121,14 @@ def operand_bytes(dtype: torch.dtype, dot: str) -> int:
     return 8 if dot == "tf32x3" else 4
 
 
-def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, dim_pad: int, elem_bytes: int) -> int:
-    """An upper bound on the shared memory (bytes) of one program: the query tile, per pipeline stage a
-    key and a value tile (what the software pipeliner buffers), the probability tile (the first operand
-    of p . v, staged through shared memory for fp32 dots) and 1 KiB of scratch. tests/test_triton_compile.py
-    checks it against the compiler's own figure for every build."""
-    tiles = block_m * dim_pad + max(1, num_stages) * 2 * block_n * dim_pad + block_m * block_n
+def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, dim_pad: int, elem_bytes: int,
+                           query_tiles: int = 1) -> int:
+    """An upper bound on the shared memory (bytes) of one program: the query tile (`query_tiles` copies: a
+    kernel with two loops over the keys keeps one per loop), per pipeline stage a key and a value tile
+    (what the software pipeliner buffers), the probability tile (the first operand of p . v, staged
+    through shared memory for fp32 dots) and 1 KiB of scratch. `accel compile-check --all` checks it
+    against the compiler's own figure for every build."""
+    tiles = query_tiles * block_m * dim_pad + max(1, num_stages) * 2 * block_n * dim_pad + block_m * block_n
     return tiles * elem_bytes + 1024
 
 
@@ -150,7 +152,7 @@ def configs(dot: str | None = None) -> list[triton.Config]:
 
 def fit_configs(
     candidates: list[triton.Config], q_tile: int, kv_tile: int, dim_pad: int, elem_bytes: int,
-    limit: int = SHARED_MEMORY_LIMIT,
+    limit: int = SHARED_MEMORY_LIMIT, query_tiles: int = 1,
 ) -> list[triton.Config]:
     """The candidates with BLOCK_M clamped to the query tile and BLOCK_N to the key tile (a candidate
     without BLOCK_M has query tiles of a whole block), minus what would not fit in `limit` bytes of
@@ -161,7 +163,7 @@ def fit_configs(
         tile_m = "BLOCK_M" in c.kwargs
         bm, bn = min(c.kwargs.get("BLOCK_M", q_tile), q_tile), min(c.kwargs["BLOCK_N"], kv_tile)
         stages = c.num_stages
-        while shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes) > limit:
+        while shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes, query_tiles) > limit:
             if stages > 1:
                 stages -= 1
             elif bn > 16:
@@ -170,7 +172,7 @@ def fit_configs(
                 bm //= 2
             else:
                 break
-        if shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes) > limit:
+        if shared_memory_estimate(bm, bn, stages, dim_pad, elem_bytes, query_tiles) > limit:
             continue
         tiles = {"BLOCK_M": bm, "BLOCK_N": bn} if tile_m else {"BLOCK_N": bn}
         fitted.setdefault((bm, bn, c.num_warps, stages), triton.Config(tiles, num_warps=c.num_warps,

@@ -132,17 +132,9 @@ class Specialization:
 
     @property
     def shared_estimate(self) -> int:
-        from .triton_common import operand_bytes, shared_memory_estimate
-
-        bm, bn, bg, _, stages = self.tiles
+        """The kernel's own estimate of this build's shared memory (what its configs are fitted by)."""
         dim_pad = max(16, triton.next_power_of_2(self.head_dim))
-        need = shared_memory_estimate(bm, bn, stages, dim_pad, operand_bytes(self.dtype, self.dot))
-        if bg:
-            from .pisa_triton import pooled_dot
-
-            need += shared_memory_estimate(bm, bg, stages, dim_pad, operand_bytes(torch.float32,
-                                                                                   pooled_dot(self.dtype, self.dot)))
-        return need
+        return _module(self.kernel).shared_memory(self.config, self.q_tile, dim_pad, self.dtype, self.dot)
 
     def __str__(self) -> str:
         name = str(self.dtype).removeprefix("torch.")
@@ -191,13 +183,16 @@ class Specialization:
         return search_triton._search_fwd, args, constexprs
 
 
+def _module(kernel: str):  # noqa: ANN202
+    from . import pisa_triton, search_triton, triton_kernel
+
+    return {"block": triton_kernel, "pisa": pisa_triton, "search": search_triton}[kernel.split("-")[0]]
+
+
 def launch_configs(kernel: str, q_tile: int, kv_tile: int, head_dim: int, dtype: torch.dtype,
                    dot: str) -> list[triton.Config]:
     """The configs a launch of `kernel` may run for these inputs (what its autotuner or tile rule gives)."""
-    from . import pisa_triton, search_triton, triton_kernel
-
-    module = {"block": triton_kernel, "pisa": pisa_triton, "search": search_triton}[kernel.split("-")[0]]
-    return module.launch_configs(q_tile, kv_tile, max(16, triton.next_power_of_2(head_dim)), dtype, dot)
+    return _module(kernel).launch_configs(q_tile, kv_tile, max(16, triton.next_power_of_2(head_dim)), dtype, dot)
 
 
 def specializations(head_dims: tuple[int, ...] = HEAD_DIM_PADS) -> list[Specialization]:

@@ -37,6 +37,7 @@ from .triton_common import (
     head_dim_pad,
     on_device,
     operand_bytes,
+    shared_memory_estimate,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +105,13 @@ def _block_sparse_fwd(
 def launch_configs(q_tile: int, kv_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> list[triton.Config]:
     """The tile configs a launch may run (the autotuner times them; the sm_90 compile test builds them)."""
     return fit_configs(configs(dot), q_tile, kv_tile, dim_pad, operand_bytes(dtype, dot))
+
+
+def shared_memory(config: triton.Config, q_tile: int, dim_pad: int, dtype: torch.dtype, dot: str) -> int:
+    """The shared memory estimate of one launch config (bytes), as `launch_configs` fits it."""
+    c = config
+    return shared_memory_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages, dim_pad,
+                                  operand_bytes(dtype, dot))
 
 
 def _prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
