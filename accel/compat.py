@@ -9,7 +9,7 @@ release that renames one fails there, loudly, before anything else breaks.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -39,7 +39,7 @@ def invalidate_child_registries(root: torch.nn.Module) -> None:
 
 def original_forward(hook: ModelHook) -> Callable[..., Any]:
     """The forward a registered hook wraps (what `new_forward` calls to run the module itself)."""
-    return hook.fn_ref.original_forward
+    return cast(Callable[..., Any], hook.fn_ref.original_forward)
 
 
 def current_context(manager: StateManager) -> Any | None:

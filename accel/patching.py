@@ -168,7 +168,11 @@ def _wrap_set_timesteps(scheduler: Any, tracker: StepTracker, journal: Journal) 
 
 def _register(obj: Any, patch: Patch, journal: Journal) -> None:
     _PATCHES[obj] = patch
-    journal.call_on_undo(lambda: _PATCHES.pop(obj, None))
+
+    def forget() -> None:
+        _PATCHES.pop(obj, None)
+
+    journal.call_on_undo(forget)
 
 
 def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **options: Any) -> Patch:

@@ -36,7 +36,7 @@ class _ContextReceiver(StateManager):
     this one keeps nothing but the context itself."""
 
     def __init__(self) -> None:
-        super().__init__(BaseState)
+        super().__init__(BaseState)  # type: ignore[arg-type]  # diffusers annotates the class as an instance
 
     @property
     def current(self) -> Any | None:

@@ -105,6 +105,7 @@ def _cpu_search(
                           torch.arange(nk, dtype=torch.int32, device=q.device).expand(1, 1, nq, nk),
                           q_tile, kv_tile, Sq, Skv)
         out, lse = block_sparse_attention(q, k, v, every, scale, return_lse=True, backend="cpu-kernel")
+    assert lse is not None  # given for a refresh, computed above otherwise
     return out, lse, cpu_kernel.tile_sums(q, k, lse, q_tile, kv_tile, scale)
 
 
@@ -159,7 +160,8 @@ def _torch_search(
     for r0 in range(0, Sq, step):
         r1 = min(r0 + step, Sq)
         s = (q[:, :, r0:r1].float() * scale) @ kT  # [B, H, R, Skv] fp32
-        if v is None:
+        if vf is None or out is None:
+            assert lse is not None  # a refresh is given the LSE
             row_lse = lse[:, :, r0:r1, None].float()
             # a row with lse = -inf (it attended nothing) contributes nothing
             row_lse = torch.where(row_lse == float("-inf"), float("inf"), row_lse)
@@ -250,6 +252,7 @@ def dense_attention_with_tile_mass(
     with torch.profiler.record_function(RANGE):
         check_qkv(q, k, v)
         out, lse, mass = _search(q, k, v, None, tile_size, scale, backend)
+    assert out is not None  # the fused search computes it
     return out, lse, mass
 
 

@@ -32,14 +32,13 @@ TILE_SIZES = (16, 32, 64, 128)  # what the kernels tile by (and what tests/test_
 def tile_sizes(tile_size: TileSize) -> tuple[int, int]:
     """(query tile, key tile) from an int or a pair; each one of TILE_SIZES (any integer type, numpy's
     included). Raises ValueError naming tile_size otherwise."""
-    def size(s: object) -> int | None:
-        return int(s) if isinstance(s, numbers.Integral) and not isinstance(s, bool) and s in TILE_SIZES else None
+    def valid(s: object) -> bool:
+        return isinstance(s, numbers.Integral) and not isinstance(s, bool) and s in TILE_SIZES
 
     pair = tile_size if isinstance(tile_size, tuple | list) else (tile_size, tile_size)
-    sizes = [size(s) for s in pair]
-    if len(sizes) != 2 or None in sizes:
+    if len(pair) != 2 or not all(valid(s) for s in pair):
         raise ValueError(f"tile_size must be one of {TILE_SIZES}, or a pair of them; got {tile_size!r}")
-    return sizes[0], sizes[1]
+    return int(pair[0]), int(pair[1])
 
 
 def num_tiles(seq_len: int, tile: int) -> int:
@@ -226,7 +225,7 @@ class TileIndex:
                 "attends whole tiles. Build it so every tile is fully in or out (e.g. a block-aligned mask)."
             )
         dense = cls(block_mask.kv_num_blocks, block_mask.kv_indices, q_tile, kv_tile, q_len, kv_len).to_dense()
-        if block_mask.full_kv_num_blocks is not None:
+        if block_mask.full_kv_num_blocks is not None and block_mask.full_kv_indices is not None:
             dense |= cls(block_mask.full_kv_num_blocks, block_mask.full_kv_indices, q_tile, kv_tile, q_len,
                          kv_len).to_dense()
         return cls.from_dense(dense[..., :nk], (q_tile, kv_tile), q_len, kv_len)
@@ -249,7 +248,8 @@ class PackedTiles:
         flat = dense.flatten()
         flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8)).view(-1, 8).to(torch.uint8)
         weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
-        return cls((flat * weights).sum(dim=1, dtype=torch.uint8), tuple(dense.shape), index.tile_size,
+        B, H, nq, nk = dense.shape
+        return cls((flat * weights).sum(dim=1, dtype=torch.uint8), (B, H, nq, nk), index.tile_size,
                    (index.q_len, index.kv_len))
 
     def unpack(self) -> TileIndex:
