@@ -15,7 +15,7 @@ which is wrong whenever a later pooled chunk raises the max). The tile statistic
 sparse_attn/pisa.py; the pooled-phase dots run in fp32 at the precision fp32 inputs get (TF32 for
 fp16/bf16 inputs). The tiles are fixed per (tile sizes, head dim, precision), chosen by `tiles` to fit
 shared memory. Plain pointer loads (no TMA): the kernel runs under TRITON_INTERPRET=1, which is how it
-is tested on CPU, and tests/test_triton_compile.py compiles it for sm_90.
+is tested on CPU, and tests/sparse_attn/test_triton_compile.py compiles it for sm_90.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the tile sums need no atomics:
 
 The kernel writes block *sums* [B, H, Nq, Nk]; the caller divides by the rows of each query tile.
 Plain pointer loads, as in sparse_attn/triton_kernel.py, so it also runs under TRITON_INTERPRET=1 (read
-when this module is first imported), which is how the tests check it on CPU; tests/test_triton_compile.py
+when this module is first imported), which is how the tests check it on CPU; tests/sparse_attn/test_triton_compile.py
 compiles it for sm_90.
 """
 

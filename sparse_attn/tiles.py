@@ -26,7 +26,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
 TileSize = int | tuple[int, int]
-TILE_SIZES = (16, 32, 64, 128)  # what the kernels tile by (and what tests/test_triton_compile.py builds)
+TILE_SIZES = (16, 32, 64, 128)  # what the kernels tile by (and what tests/sparse_attn/test_triton_compile.py builds)
 
 
 def tile_sizes(tile_size: TileSize) -> tuple[int, int]:

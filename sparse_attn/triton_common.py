@@ -11,7 +11,7 @@ Also here, so that every kernel behaves alike on a GPU:
 - `dot_precision(dtype)` (precision.py): how fp32 inputs are multiplied, following torch's TF32 switch;
 - `configs` and `fit_configs`: autotune candidates, clamped to the tile sizes and pruned by an estimate
   of their shared memory against the device's limit (Hopper: 232,448 bytes per tile), so no candidate
-  fails with OutOfResources; `tests/test_triton_compile.py` compiles every one for sm_90 on CPU and
+  fails with OutOfResources; `tests/sparse_attn/test_triton_compile.py` compiles every one for sm_90 on CPU and
   checks the estimate against what the compiler allocates;
 - `on_device`: launches run on the tensors' GPU, not the current one (a second GPU, `device_map`);
 - `run_or_fall_back`: in "auto", a compile or resource error (`LAUNCH_ERRORS`) at a kernel's first
@@ -134,7 +134,7 @@ def shared_memory_estimate(block_m: int, block_n: int, num_stages: int, dim_pad:
 
 # (BLOCK_M, BLOCK_N, warps, stages): for tensor-core dots (fp16, bf16, TF32) as in Triton's fused-attention
 # tutorial; for exact fp32 dots ("ieee", "tf32x3") small tiles, which keep the block-sparse kernel from
-# spilling registers ("ieee": 0 bytes at every head dim, checked by tests/test_triton_compile.py; PISA's
+# spilling registers ("ieee": 0 bytes at every head dim, checked by tests/sparse_attn/test_triton_compile.py; PISA's
 # pooled phase and "tf32x3" at head dim 256 still spill a little: `accel compile-check` lists them).
 FAST_TILES = [(64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 8, 2)]
 EXACT_FP32_TILES = [(64, 16, 8, 2), (32, 16, 4, 2), (16, 16, 4, 2)]

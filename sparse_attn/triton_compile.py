@@ -7,7 +7,7 @@ are 16-divisible. Meta tensors stand in for the inputs, so Wan-sized shapes cost
 reports what a launch would meet: compile errors, shared memory, registers and spills (from the
 `cuobjdump` that ships with Triton).
 
-tests/test_triton_compile.py compiles every kernel this way over every (dtype, head dim, tile size,
+tests/sparse_attn/test_triton_compile.py compiles every kernel this way over every (dtype, head dim, tile size,
 config) the API accepts; `accel gpu-check` repeats a subset on a real GPU.
 """
 

@@ -11,7 +11,7 @@ One program computes BLOCK_M query rows (a query tile, or a slice of one) for on
 3. write acc / l_i, and the row log-sum-exp (natural log).
 
 Plain pointer arithmetic (no TMA, no block pointers) keeps it runnable under the Triton interpreter
-(`TRITON_INTERPRET=1`), which is how CI runs it on CPU; tests/test_triton_compile.py compiles it for
+(`TRITON_INTERPRET=1`), which is how CI runs it on CPU; tests/sparse_attn/test_triton_compile.py compiles it for
 sm_90 as well. Triton reads that flag when a kernel is decorated, i.e. when this module is first
 imported, so set it before (tests do so in a subprocess).
 """
