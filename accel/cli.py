@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as exc:
         _unavailable(sub, "compile-check", f"needs triton, which is not importable here ({exc})")
 
-    p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs accel[demo])")
+    p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.set_defaults(func=_cmd_demo)

@@ -41,7 +41,7 @@ def attention_paths() -> dict[str, str]:
     except ImportError:
         paths["flex_attention"] = "no: needs torch >= 2.5"
     if importlib.util.find_spec("xformers") is None:
-        paths["xformers"] = "no: not installed (pip install 'accel[gpu]')"
+        paths["xformers"] = "no: not installed (pip install 'hf-accel[gpu]')"
     else:
         paths["xformers"] = "yes" if cuda else "installed, but its kernels need CUDA"
     return paths

@@ -1,4 +1,4 @@
-"""The Gradio side-by-side demo (`pip install 'accel[demo]'`; `accel demo`)."""
+"""The Gradio side-by-side demo (`pip install 'hf-accel[demo]'`; `accel demo`)."""
 
 from .session import Comparison, DemoSession, Result, Settings
 

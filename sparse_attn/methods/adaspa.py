@@ -45,7 +45,7 @@ class AdaSpaConfig(SparseAttentionConfig):
     recall_threshold: float = option(0.8, "heads whose recall exceeds this get sparser, as many worst denser",
                                      low=0.0, high=1.0)
     head_adaptive: bool = option(True, "vary the sparsity per head by recall, keeping the mean")
-    search: str = option("lse", "block scores: exact attention mass ('lse') or pooled q.k ('pooled')",
+    search: str = option("lse", "tile scores: exact attention mass ('lse') or pooled q.k ('pooled')",
                          choices=("lse", "pooled"))
 
 
