@@ -30,7 +30,7 @@ from . import triton_common
 from .triton_common import (
     INTERPRETED,
     SHARED_MEMORY_LIMIT,
-    attend_tile,
+    attend_listed_tiles,
     base_offset,
     check_offsets,
     dot_precision,
@@ -69,7 +69,7 @@ def _pisa_fwd(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_blk = pid_m * BLOCK_M // Q_TILE
+    q_tile_id = pid_m * BLOCK_M // Q_TILE
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -86,22 +86,18 @@ def _pisa_fwd(
     g_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # tail mass G, same units as l_i
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
-    # -- phase 1: the selected key tiles, exactly (one flat loop over blocks and their tiles) ----------
-    n_tiles = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
-    idx_ptr = KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_blk * stride_iq
-    k_base = K + base_offset(b, h, stride_kb, stride_kh)
-    v_base = V + base_offset(b, h, stride_vb, stride_vh)
-    TILES: tl.constexpr = KV_TILE // BLOCK_N
-    for t in range(0, n_tiles * TILES):
-        kv_blk = tl.load(idx_ptr + (t // TILES) * stride_ik)
-        cols = kv_blk * KV_TILE + (t % TILES) * BLOCK_N + offs_n
-        m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
-                                    stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
+    # -- phase 1: the selected key tiles, exactly -------------------------------------------------------
+    m_i, l_i, acc = attend_listed_tiles(
+        q, K + base_offset(b, h, stride_kb, stride_kh), V + base_offset(b, h, stride_vb, stride_vh),
+        KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_tile_id * stride_nq,
+        KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_tile_id * stride_iq, stride_ik,
+        kv_len, offs_n, offs_d, dim_ok, stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc,
+        KV_TILE, BLOCK_N, DOT)
 
     # -- phase 2: every other key tile through its mean key (zeroth order) -------------------------
     q32 = q.to(tl.float32)  # the statistics are fp32, so are these dots
     stat_base = pid_bh.to(tl.int64) * n_kv_tiles * HEAD_DIM  # KMEAN / VSUM: contiguous [B*H, Nk, HEAD_DIM] fp32
-    sel_base = SEL + base_offset(b, h, stride_sb, stride_sh) + q_blk * stride_sq
+    sel_base = SEL + base_offset(b, h, stride_sb, stride_sh) + q_tile_id * stride_sq
     for g0 in range(0, n_kv_tiles, BLOCK_G):
         blk = g0 + offs_g
         in_range = blk < n_kv_tiles

@@ -55,12 +55,12 @@ def _search_fwd(
     FUSED: tl.constexpr,  # compute out and LSE first (else: load the cached LSE)
     DOT: tl.constexpr,
 ):
-    q_blk = tl.program_id(0)
+    q_tile_id = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
 
-    offs_m = q_blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = q_tile_id * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     offs_n = tl.arange(0, BLOCK_N)
     row_ok = offs_m < q_len
@@ -90,17 +90,17 @@ def _search_fwd(
     lse2 = tl.where(row_ok & (lse2 > float("-inf")), lse2, float("inf"))
 
     # -- pass 2: sum_{i in the query tile, j in key tile} exp(scale q_i.k_j - LSE_i) ------------------
-    # one flat loop over (key tile, tile inside it), so the pipeliner buffers one tile per stage
-    sums_ptr = Sums + (pid_bh.to(tl.int64) * tl.num_programs(0) + q_blk) * n_kv_tiles
-    TILES: tl.constexpr = KV_TILE // BLOCK_N
+    # one flat loop over (key tile, step inside it), so the pipeliner buffers one step per stage
+    sums_ptr = Sums + (pid_bh.to(tl.int64) * tl.num_programs(0) + q_tile_id) * n_kv_tiles
+    STEPS: tl.constexpr = KV_TILE // BLOCK_N
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for t in range(0, n_kv_tiles * TILES):
-        kv_blk = t // TILES
-        qk = tile_scores(q, k_base, kv_blk * KV_TILE + (t % TILES) * BLOCK_N + offs_n, kv_len, offs_d, dim_ok,
+    for t in range(0, n_kv_tiles * STEPS):
+        kv_tile_id = t // STEPS
+        qk = tile_scores(q, k_base, kv_tile_id * KV_TILE + (t % STEPS) * BLOCK_N + offs_n, kv_len, offs_d, dim_ok,
                          stride_ks, stride_kd, qk_scale, DOT)
         total += tl.sum(tl.math.exp2(qk - lse2[:, None]), 1)  # -inf scores (missing keys) give 0
-        if t % TILES == TILES - 1:
-            tl.store(sums_ptr + kv_blk, tl.sum(total, 0))
+        if t % STEPS == STEPS - 1:
+            tl.store(sums_ptr + kv_tile_id, tl.sum(total, 0))
             total = tl.zeros([BLOCK_M], dtype=tl.float32)
 
 

@@ -2,17 +2,18 @@
 
 The block-sparse kernel (triton_kernel.py), PISA's fused kernel (pisa_triton.py) and AdaSpa's search
 (search_triton.py) are FlashAttention-2 forward passes that differ in which key tiles they visit. Like
-`_attn_fwd_inner` in Triton's fused-attention tutorial, one key tile of the online softmax is written
-once here (`attend_tile`, on top of `tile_scores` and `online_softmax`) and every kernel calls it.
+`_attn_fwd_inner` in Triton's fused-attention tutorial, one step of the online softmax is written once
+here (`attend_tile`, on top of `tile_scores` and `online_softmax`) and every kernel calls it; the walk over
+the key tiles an index lists (`attend_listed_tiles`) is shared by the block-sparse and PISA kernels.
 
 Also here, so that every kernel behaves alike on a GPU:
 
 - `LOG2E`, `LN2`: `tl.constexpr` globals (a plain Python float cannot be read inside `@triton.jit`);
 - `dot_precision(dtype)` (precision.py): how fp32 inputs are multiplied, following torch's TF32 switch;
-- `configs` and `fit_configs`: autotune candidates, clamped to the tile sizes and pruned by an estimate
-  of their shared memory against the device's limit (Hopper: 232,448 bytes per tile), so no candidate
-  fails with OutOfResources; `tests/sparse_attn/test_triton_compile.py` compiles every one for sm_90 on CPU and
-  checks the estimate against what the compiler allocates;
+- `configs` and `fit_configs`: autotune candidates, clamped to the index's tiles and pruned by an estimate
+  of their shared memory against the device's limit (Hopper: 232,448 bytes per thread block), so no candidate
+  fails with OutOfResources; `accel compile-check` (and tests/sparse_attn/test_triton_compile.py) builds
+  them for sm_90 on CPU and checks the estimate against what the compiler allocates;
 - `on_device`: launches run on the tensors' GPU, not the current one (a second GPU, `device_map`);
 - `run_or_fall_back`: in "auto", a compile or resource error (`LAUNCH_ERRORS`) at a kernel's first
   launch for a specialization becomes a recorded fallback, remembered so later calls do not recompile.
@@ -60,8 +61,8 @@ def _interpreted() -> bool:
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when these modules are first imported.
 INTERPRETED = _interpreted()
 
-# Under the interpreter the kernels run with one query tile and one key tile per tile unless this asks
-# for smaller tiles (BLOCK_M, BLOCK_N): the tests set it to run the GPU's sub-tiling on CPU.
+# Under the interpreter a program covers a whole query tile and steps through key tiles whole, unless this
+# asks for smaller program tiles (BLOCK_M, BLOCK_N): the tests set it to run the GPU's sub-tiling on CPU.
 interpreter_tiles: tuple[int, int] | None = None
 
 
@@ -142,7 +143,7 @@ EXACT_FP32_TILES = [(64, 16, 8, 2), (32, 16, 4, 2), (16, 16, 4, 2)]
 
 def configs(dot: str | None = None) -> list[triton.Config]:
     """Autotune candidates for the dot precision `dot` (None: every candidate); `fit_configs` clamps
-    them to the blocks and shrinks them to fit the head dim."""
+    them to the index's tiles and shrinks them to fit the head dim."""
     shapes = {None: FAST_TILES + EXACT_FP32_TILES, "ieee": EXACT_FP32_TILES, "tf32x3": EXACT_FP32_TILES}
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -155,7 +156,7 @@ def fit_configs(
     limit: int = SHARED_MEMORY_LIMIT, query_tiles: int = 1,
 ) -> list[triton.Config]:
     """The candidates with BLOCK_M clamped to the query tile and BLOCK_N to the key tile (a candidate
-    without BLOCK_M has query tiles of a whole block), minus what would not fit in `limit` bytes of
+    without BLOCK_M covers a whole query tile), minus what would not fit in `limit` bytes of
     shared memory: a stage fewer, then a smaller BLOCK_N, then a smaller BLOCK_M are tried before a
     candidate is dropped. At head dims up to MAX_HEAD_DIM at least one candidate always remains."""
     fitted: dict[tuple, triton.Config] = {}
@@ -286,6 +287,23 @@ def attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok, stride_ks, stri
                 mask=(cols < kv_len)[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK_N, HEAD_DIM_PAD]
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT)
     return m_new, l_i, acc
+
+
+@triton.jit
+def attend_listed_tiles(q, k_base, v_base, num_ptr, ids_ptr, stride_ik, kv_len, offs_n, offs_d, dim_ok,
+                        stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc,
+                        KV_TILE: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr):
+    """The key tiles a query tile lists (count at `num_ptr`, ids from `ids_ptr`), each through
+    `attend_tile` in steps of BLOCK_N keys. One flat loop over (listed tile, step): the software pipeliner
+    then buffers one step per stage (a nested loop over the steps of a tile would buffer a whole tile).
+    Returns (m_i, l_i, acc)."""
+    STEPS: tl.constexpr = KV_TILE // BLOCK_N
+    for t in range(0, tl.load(num_ptr) * STEPS):
+        kv_tile_id = tl.load(ids_ptr + (t // STEPS) * stride_ik)
+        cols = kv_tile_id * KV_TILE + (t % STEPS) * BLOCK_N + offs_n
+        m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
+                                    stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
+    return m_i, l_i, acc
 
 
 @triton.jit

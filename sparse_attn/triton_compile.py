@@ -215,7 +215,7 @@ def covering(specs: list[Specialization]) -> list[Specialization]:
     head dim) the build with the most shared memory (the limit's worst case; every compiled build also
     checks the estimate that prunes the rest); per (kernel, dtype, precision) at head dim 64 the one with
     the smallest tiles (the non-wgmma MMA path); and per kernel, at fp16 and head dim 64, one build of each
-    loop form (several query tiles per tile or one, several key tiles per tile or one)."""
+    loop form (several programs per query tile or one, several steps per key tile or one)."""
     chosen: dict[tuple, Specialization] = {}
     groups: dict[tuple, list[Specialization]] = {}
     for s in specs:

@@ -1,18 +1,17 @@
 """The GPU path: a Triton block-sparse attention kernel (FlashAttention-2 forward, tile index loop).
 
 It reads like Triton's fused-attention tutorial with one change: instead of walking every key tile,
-the inner loop walks the key tiles listed for its query tile in `kv_indices` (sparse_attn/blocks.py).
+the inner loop walks the key tiles a `TileIndex` lists for its query tile (sparse_attn/tiles.py).
 One program computes BLOCK_M query rows (a query tile, or a slice of one) for one (batch, head):
 
-1. load the query tile once;
-2. for each listed key tile, and each BLOCK_N-wide tile inside it (one flat loop): `attend_tile`
-   (triton_common.py, shared with the PISA and search kernels): scores in fp32 (log2 units), online
-   softmax, acc += p . v;
+1. load the query rows once;
+2. `attend_listed_tiles` (triton_common.py, shared with PISA's kernel): for each listed key tile, in
+   steps of BLOCK_N keys, `attend_tile`: scores in fp32 (log2 units), online softmax, acc += p . v;
 3. write acc / l_i, and the row log-sum-exp (natural log).
 
 Plain pointer arithmetic (no TMA, no block pointers) keeps it runnable under the Triton interpreter
-(`TRITON_INTERPRET=1`), which is how CI runs it on CPU; tests/sparse_attn/test_triton_compile.py compiles it for
-sm_90 as well. Triton reads that flag when a kernel is decorated, i.e. when this module is first
+(`TRITON_INTERPRET=1`), which is how CI runs it on CPU; tests/sparse_attn/test_triton_compile.py
+compiles it for sm_90 as well. Triton reads that flag when a kernel is decorated, i.e. when this module is first
 imported, so set it before (tests do so in a subprocess).
 """
 
@@ -27,7 +26,7 @@ import triton.language as tl
 from . import triton_common
 from .triton_common import (
     INTERPRETED,
-    attend_tile,
+    attend_listed_tiles,
     base_offset,
     check_offsets,
     configs,
@@ -59,12 +58,12 @@ def _block_sparse_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT: tl.constexpr,  # tl.dot input_precision for fp32 inputs: "ieee", "tf32" or "tf32x3"
 ):
-    # -- which rows: program (tile of BLOCK_M query rows, batch*head) -------------------------------
+    # -- which rows: program (BLOCK_M query rows, batch*head) --------------------------------------------
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    q_blk = pid_m * BLOCK_M // Q_TILE  # the query tile this tile belongs to
+    q_tile_id = pid_m * BLOCK_M // Q_TILE  # the query tile these BLOCK_M rows belong to
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
@@ -81,18 +80,12 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
 
     # -- the key tiles this query tile attends ----------------------------------------------------
-    n_tiles = tl.load(KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_blk * stride_nq)
-    idx_ptr = KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_blk * stride_iq
-    k_base = K + base_offset(b, h, stride_kb, stride_kh)
-    v_base = V + base_offset(b, h, stride_vb, stride_vh)
-    # one flat loop over (listed block, key tile inside it): the software pipeliner then buffers one
-    # BLOCK_N tile per stage (a nested loop over the tiles of a block would buffer a whole block)
-    TILES: tl.constexpr = KV_TILE // BLOCK_N
-    for t in range(0, n_tiles * TILES):
-        kv_blk = tl.load(idx_ptr + (t // TILES) * stride_ik)
-        cols = kv_blk * KV_TILE + (t % TILES) * BLOCK_N + offs_n
-        m_i, l_i, acc = attend_tile(q, k_base, v_base, cols, kv_len, offs_d, dim_ok,
-                                    stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc, DOT)
+    m_i, l_i, acc = attend_listed_tiles(
+        q, K + base_offset(b, h, stride_kb, stride_kh), V + base_offset(b, h, stride_vb, stride_vh),
+        KV_NUM + base_offset(b, h, stride_nb, stride_nh) + q_tile_id * stride_nq,
+        KV_IDX + base_offset(b, h, stride_ib, stride_ih) + q_tile_id * stride_iq, stride_ik,
+        kv_len, offs_n, offs_d, dim_ok, stride_ks, stride_kd, stride_vs, stride_vd, qk_scale, m_i, l_i, acc,
+        KV_TILE, BLOCK_N, DOT)
 
     # -- epilogue: normalise; a row that attended nothing gets 0 and lse = -inf --------------------
     out, lse = finish(acc, l_i, m_i)
