@@ -29,6 +29,7 @@ import triton.language as tl
 from . import triton_common
 from .triton_common import (
     INTERPRETED,
+    LAUNCH_OPTIONS,
     SHARED_MEMORY_LIMIT,
     attend_listed_tiles,
     base_offset,
@@ -183,7 +184,7 @@ def kernel_args(
         H, Sq, k.shape[2], counts.shape[0], scale * 1.4426950408889634,
     )
     return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_TILE": q_tile, "KV_TILE": kv_tile,
-                  "HYBRID": hybrid, "DOT": dot, "POOLED_DOT": pooled_dot(q.dtype, dot)}
+                  "HYBRID": hybrid, "DOT": dot, "POOLED_DOT": pooled_dot(q.dtype, dot), **LAUNCH_OPTIONS}
 
 
 def attention(

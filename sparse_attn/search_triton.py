@@ -23,6 +23,7 @@ import triton.language as tl
 from . import triton_common
 from .triton_common import (
     INTERPRETED,
+    LAUNCH_OPTIONS,
     LN2,
     LOG2E,
     attend_tile,
@@ -150,7 +151,7 @@ def kernel_args(
         H, Sq, k.shape[2], sums.shape[-1], scale * 1.4426950408889634,
     )
     return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "BLOCK_M": q_tile, "KV_TILE": kv_tile,
-                  "FUSED": fused, "DOT": dot_precision(q.dtype)}
+                  "FUSED": fused, "DOT": dot_precision(q.dtype), **LAUNCH_OPTIONS}
 
 
 def search(

@@ -47,6 +47,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 MAX_HEAD_DIM = 256  # as FlashAttention: larger head dims leave no room for a K/V tile in shared memory
 SHARED_MEMORY_LIMIT = 232_448  # bytes per thread block on sm_90 (H100/H200); A100 (sm_80) has 166,912
 
+# Compile options every launch states: fused multiply-adds, Triton 3.9's default, which 3.10 turns off
+# (stating it keeps the kernels' rounding across versions and silences Triton's warning about it).
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
+
 # A Triton compile or resource error at a kernel's first launch: "auto" records it and falls back.
 LAUNCH_ERRORS: tuple[type[Exception], ...] = (CompilationError, OutOfResources, PTXASError)
 

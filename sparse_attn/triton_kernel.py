@@ -26,6 +26,7 @@ import triton.language as tl
 from . import triton_common
 from .triton_common import (
     INTERPRETED,
+    LAUNCH_OPTIONS,
     attend_listed_tiles,
     base_offset,
     check_offsets,
@@ -135,7 +136,7 @@ def kernel_args(
         H, Sq, k.shape[2], scale * 1.4426950408889634,
     )
     return args, {"HEAD_DIM": D, "HEAD_DIM_PAD": head_dim_pad(D), "Q_TILE": q_tile, "KV_TILE": kv_tile,
-                  "DOT": dot_precision(q.dtype)}
+                  "DOT": dot_precision(q.dtype), **LAUNCH_OPTIONS}
 
 
 def attention(
