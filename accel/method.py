@@ -36,6 +36,8 @@ class Method:
     exact_options: ClassVar[dict[str, Any]] = {}  # options under which the output equals the unpatched model's
     exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents (0: bit-exact)
     stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return
+    kept_between_calls: ClassVar[frozenset[str]] = frozenset()  # attributes that persist across calls
+    # (small caches such as token permutations per layout); everything else a call computes is released
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -69,6 +71,10 @@ class Method:
     def reset_run(self) -> None:
         """Forget per-run state; called at the start of every pipeline call."""
         self.counters.clear()
+
+    def end_branch(self, branch: str) -> None:
+        """Release what this method keeps for `branch` (a CFG branch) of the current run: called after the
+        branch's last step. Counters stay, for `stats()`."""
 
     def stats(self) -> dict[str, Any]:
         return dict(self.counters)

@@ -156,11 +156,10 @@ def _wrap_set_timesteps(scheduler: Any, tracker: StepTracker, journal: Journal) 
     @functools.wraps(original)
     def set_timesteps(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
-        steps = kwargs.get("num_inference_steps", args[0] if args else None)
-        if not isinstance(steps, int):
-            timesteps = getattr(scheduler, "timesteps", None)
-            steps = len(timesteps) if timesteps is not None else None
-        tracker.reset(steps)
+        timesteps = getattr(scheduler, "timesteps", None)  # the denoiser calls the run will make (Heun: 2N-1)
+        steps = len(timesteps) if timesteps is not None else kwargs.get("num_inference_steps",
+                                                                         args[0] if args else None)
+        tracker.reset(steps if isinstance(steps, int) else None)
         return result
 
     journal.set_attr(scheduler, "set_timesteps", set_timesteps)
@@ -193,6 +192,7 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
     with Journal() as journal:
         for m in methods:
             tracker.on_new_run(m.reset_run)
+            tracker.on_branch_end(m.end_branch)
             m.apply(resolved, journal, tracker)
         tracker.needs_step_count = [m.name for m in methods if m.needs_step_count()]
         for d in resolved.denoisers:

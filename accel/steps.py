@@ -65,6 +65,7 @@ class StepTracker:
         self.call: dict[str, Any] = {}  # the current denoiser call's arguments by name
         self.needs_step_count: list[str] = []  # the methods that refuse to run without a step count
         self._on_new_run: list[Callable[[], None]] = []
+        self._on_branch_end: list[Callable[[str], None]] = []
         self._pending = True
         self._next_num_steps: int | None = None
         self._calls_by_branch: Counter[str] = Counter()
@@ -76,6 +77,19 @@ class StepTracker:
     def on_new_run(self, callback: Callable[[], None]) -> None:
         """Register a method's state reset; it runs at the start of every run."""
         self._on_new_run.append(callback)
+
+    def on_branch_end(self, callback: Callable[[str], None]) -> None:
+        """Register a method's release of per-branch state; it runs after a branch's last step (when the
+        step count is known), so nothing a run computed is held after the run."""
+        self._on_branch_end.append(callback)
+
+    def finished_call(self) -> None:
+        """Called after each denoiser call: the call's arguments are let go, and the branch's last step
+        releases its state."""
+        self.call = {}
+        if self.num_steps is not None and self.step >= self.num_steps - 1:
+            for callback in self._on_branch_end:
+                callback(self.branch)
 
     def reset(self, num_steps: int | None = None) -> None:
         """Begin a new run at the next denoiser call."""
@@ -160,6 +174,10 @@ class StepTrackerHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         self.tracker.observe(module, self.adapter, args, kwargs, self.context.current)
         return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
+        self.tracker.finished_call()
+        return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # diffusers calls this at the end of every pipeline call (`maybe_free_model_hooks`).

@@ -32,6 +32,10 @@ class SpanCacheMethod(Method):
         """Cached residuals live across the steps of a run (and Δ-DiT schedules by the step count)."""
         return True
 
+    def end_branch(self, branch: str) -> None:
+        for span in self.spans:
+            span.end_branch(branch)
+
     def reset_run(self) -> None:
         super().reset_run()
         for span in self.spans:

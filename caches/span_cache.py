@@ -110,6 +110,11 @@ class Span:
         self.current = SpanState()
         self.skipping = self.storing = self.interrupted = False
 
+    def end_branch(self, branch: str) -> None:
+        """Drop the branch's cached residuals (its last step is done)."""
+        if self.states.pop(branch, None) is self.current:
+            self.current = SpanState()
+
     # ---- called by the hooks ---------------------------------------------------------------
     def begin(self, block: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """At the span's first block: decide whether this call skips the whole span."""

@@ -75,6 +75,11 @@ class AdaSpa(SparseAttentionMethod):
         super().reset_run()
         self.states: dict[tuple, SiteState] = {}
 
+    def end_branch(self, branch: str) -> None:
+        """The cached LSEs and masks of the branch (slots are (site, branch[, batch element]))."""
+        for slot in [slot for slot in self.states if slot[1] == branch]:
+            del self.states[slot]
+
     def attend(
         self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
         sinks: tuple[int, ...],

@@ -138,6 +138,7 @@ class SparseAttentionMethod(Method):
     claims = frozenset({"attention"})
     Config = SparseAttentionConfig
     exact_atol = 1e-4  # every tile kept: the kernels' fp32 sums differ from SDPA's in the last bits
+    kept_between_calls = frozenset({"_orders"})  # the token permutation per layout (O(S) int64 each)
     stats_keys = frozenset({"sparse_calls", "dense_calls", "density", "kernel", "kernel_fallback", "fallbacks",
                             "sink"})
 
