@@ -8,6 +8,8 @@ release that renames one fails there, loudly, before anything else breaks.
 
 from __future__ import annotations
 
+import logging
+import types
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -35,6 +37,21 @@ def invalidate_child_registries(root: torch.nn.Module) -> None:
         registry = registry_of(sub)
         if registry is not None:
             registry.invalidate_child_registries_cache()
+
+
+def keep_outer_wrapper(module: torch.nn.Module, outer: Any, ours: Any, below: Any) -> None:
+    """Undo for a diffusers hook that another library wrapped afterwards: `outer` (its wrapper) stays the
+    module's `forward` and is pointed at `below` instead of `ours`. accelerate's hooks (model, sequential
+    and disk offload; `add_hook_to_module`) call `module._old_forward`; a wrapper of an unknown kind cannot
+    be re-pointed, and is dropped with a warning rather than left calling the removed hook."""
+    if module.__dict__.get("_old_forward") is ours:
+        module.__dict__["forward"] = outer
+        module.__dict__["_old_forward"] = below if below is not None else types.MethodType(type(module).forward, module)
+        return
+    logging.getLogger("accel").warning(
+        "accel: %s.forward was wrapped by another library after accel's hook, in a way accel cannot re-point; "
+        "that wrapper was removed with the hook", type(module).__name__,
+    )
 
 
 def original_forward(hook: ModelHook) -> Callable[..., Any]:

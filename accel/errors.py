@@ -30,15 +30,19 @@ class AlreadyPatchedError(AccelError):
     """The target (or one of its denoisers) already carries an accel patch."""
 
 
+class PatchedCopyError(AccelError, TypeError):
+    """`copy.deepcopy` of a patched object: its hooks would still point at the original's state."""
+
+
 class StepCountUnknownError(AccelError, RuntimeError):
     """A method that keeps state across the steps of a run met a denoiser call whose run length nobody
-    told accel (a hand-written loop, or a patched denoiser inside a pipeline accel did not patch)."""
+    told accel (a hand-written loop: no diffusers pipeline call drives the denoiser)."""
 
     def __init__(self, methods: Iterable[str]) -> None:
         names = ", ".join(methods)
         super().__init__(
             f"accel: {names} keeps state across the steps of a run and needs the run's step count, but the "
-            "denoiser was called outside a patched pipeline: call handle.reset(num_steps=N) (accel.Patch.reset) "
+            "denoiser was called outside any diffusers pipeline: call handle.reset(num_steps=N) (accel.Patch.reset) "
             "before a hand-written loop of N steps; accel then starts a new run after every N steps."
         )
 

@@ -53,7 +53,9 @@ class Journal:
         """Register a diffusers `ModelHook` on `module` through its `HookRegistry`.
 
         Undo removes the hook and, when the registry is left empty, also the registry and the instance
-        `forward` attribute if accel was the one that introduced them.
+        `forward` attribute if accel was the one that introduced them. When another library wrapped the
+        module's `forward` after accel (accelerate's offload hooks, installed after patching), its wrapper
+        stays outermost and is pointed at what lies below accel's hook.
         """
         had_registry = compat.registry_of(module) is not None
         previous_forward = module.__dict__.get("forward", _MISSING)
@@ -64,16 +66,22 @@ class Journal:
             if not had_registry and not registry.hooks:
                 compat.drop_registry(module)
             raise
+        installed = module.__dict__.get("forward")
 
         def undo() -> None:
+            outer = module.__dict__.get("forward")
             registry.remove_hook(name, recurse=False)
-            if not registry.hooks:
+            below = module.__dict__.get("forward")
+            if outer is not installed and below is not outer:
+                # the registry put what was below accel's hook over another library's later wrapper
+                compat.keep_outer_wrapper(module, outer, installed, below)
+            elif not registry.hooks:
                 if previous_forward is _MISSING:
                     module.__dict__.pop("forward", None)
                 else:
                     module.__dict__["forward"] = previous_forward
-                if not had_registry:
-                    compat.drop_registry(module)
+            if not registry.hooks and not had_registry:
+                compat.drop_registry(module)
 
         self._undo.append(undo)
 

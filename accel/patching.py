@@ -20,12 +20,13 @@ from .errors import (
     AlreadyPatchedError,
     IncompatibleMethodsError,
     InvalidOptionError,
+    PatchedCopyError,
     UnknownMethodError,
     closest,
 )
 from .journal import Journal
 from .method import Method, method_class
-from .steps import StepTracker, StepTrackerHook
+from .steps import StepTracker, watch
 from .target import PatchTarget, resolve_target
 
 TRACKER_HOOK = "accel.step_tracker"
@@ -149,24 +150,17 @@ def _check_not_patched(target: PatchTarget) -> None:
             )
 
 
-def _wrap_set_timesteps(scheduler: Any, tracker: StepTracker, journal: Journal) -> None:
-    """Every pipeline call sets its scheduler's timesteps first: that marks the start of a run."""
-    original = scheduler.set_timesteps
-
-    @functools.wraps(original)
-    def set_timesteps(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        timesteps = getattr(scheduler, "timesteps", None)  # the denoiser calls the run will make (Heun: 2N-1)
-        steps = len(timesteps) if timesteps is not None else kwargs.get("num_inference_steps",
-                                                                         args[0] if args else None)
-        tracker.reset(steps if isinstance(steps, int) else None)
-        return result
-
-    journal.set_attr(scheduler, "set_timesteps", set_timesteps)
+def _refuse_copy(name: str, memo: dict) -> Any:
+    raise PatchedCopyError(
+        f"accel: copy.deepcopy of a patched {name} would share the patch's hooks and state with the original; "
+        "copy before patching (or unpatch, copy, and patch each copy): accel.patch(copy, method=...)."
+    )
 
 
 def _register(obj: Any, patch: Patch, journal: Journal) -> None:
+    """Record `obj`'s patch, and refuse deep copies of it while patched (per instance, undone with it)."""
     _PATCHES[obj] = patch
+    journal.set_attr(obj, "__deepcopy__", functools.partial(_refuse_copy, type(obj).__name__))
 
     def forget() -> None:
         _PATCHES.pop(obj, None)
@@ -196,12 +190,7 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
             m.apply(resolved, journal, tracker)
         tracker.needs_step_count = [m.name for m in methods if m.needs_step_count()]
         for d in resolved.denoisers:
-            # registered last, so it is the outermost hook and sees each call before any method does
-            journal.add_model_hook(d.module, StepTrackerHook(tracker, d.adapter), TRACKER_HOOK)
-            journal.invalidate_hook_caches(d.module)
-        scheduler = getattr(resolved.pipeline, "scheduler", None)
-        if scheduler is not None and callable(getattr(scheduler, "set_timesteps", None)):
-            _wrap_set_timesteps(scheduler, tracker, journal)
+            watch(tracker, d.module, d.adapter, journal, TRACKER_HOOK)
         handle = Patch(resolved, methods, tracker, journal)
         for obj in (resolved.obj, *(d.module for d in resolved.denoisers)):
             _register(obj, handle, journal)

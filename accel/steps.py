@@ -9,18 +9,32 @@ diffusers `ModelHook` and works out:
   timestep is the first branch of a new step. Batched CFG (PixArt, DiT, SD3) is one call per step.
 - the step: the number of earlier calls of the same branch in this run, or the pipeline's own
   `step_index` when its context carries one.
-- a new run: started when the pipeline's scheduler sets its timesteps (the start of every pipeline call),
-  after diffusers resets stateful hooks (the end of a call), or on `reset()`. A bare denoiser (a
+- a new run: whatever drives the denoiser is looked up on the call stack at each call: the innermost
+  diffusers pipeline call (any pipeline, whichever scheduler it holds right now). Its denoising loop's
+  `timesteps` is the run: a new `timesteps` object (every call sets its scheduler's timesteps anew) starts
+  a new run, and its length is the run's step count, the denoiser calls the loop really makes (img2img's
+  strength, Heun's 2N-1). Nothing is attached to the pipeline or its scheduler, so a second pipeline built
+  from the same components, a swapped scheduler or a copy needs nothing of the patch. A bare denoiser (a
   hand-written loop) starts a new run after the `num_steps` given to `reset(num_steps)`; without one, when
   it sees a timestep larger than the last, and methods that keep state across steps refuse to run
   (`StepCountUnknownError`, raised here before the call). The reset is lazy: the stats of the last call
   stay readable until the next call starts.
+
+The tracker watches the denoiser through torch's own forward (pre-)hooks rather than by wrapping its
+`forward`, so the offload hooks that diffusers re-installs after each call (`enable_model_cpu_offload`)
+cannot drop it, in whatever order patching and offloading happen. The pipeline's `cache_context` reaches
+it through a stateful diffusers hook on the denoiser's first block (diffusers hands the context to every
+stateful hook below the denoiser).
 """
 
 from __future__ import annotations
 
+import sys
+import weakref
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import torch
@@ -29,6 +43,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from . import compat
 from .adapters import ModelAdapter, TokenLayout
+from .journal import Journal
 
 
 class _ContextReceiver(StateManager):
@@ -51,6 +66,55 @@ def _timestep_value(t: Any) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class DenoisingLoop:
+    """The pipeline call running the denoiser: its scheduler's `timesteps` (a new object at every call,
+    since each call sets them anew) and the number of steps its loop runs."""
+
+    pipeline: Any
+    timesteps: Any
+    steps: int
+    index: int | None  # the loop's own counter `i` (`for i, t in enumerate(timesteps)`), when it has one
+
+
+def running_loop(max_depth: int = 64) -> DenoisingLoop | None:
+    """The innermost diffusers pipeline call on this thread's stack, or None when no pipeline drives the
+    denoiser. The step count is the pipeline's own `_num_timesteps` (the loop's length, which diffusers
+    pipelines record before their loop: img2img's strength shortens it, Heun's 2N-1 lengthens it), else
+    the length of its scheduler's timesteps."""
+    utils = sys.modules.get("diffusers.pipelines.pipeline_utils")
+    if utils is None:  # no diffusers pipeline was ever imported, so none is running
+        return None
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_argcount and code.co_varnames[0] == "self":
+            pipeline = frame.f_locals.get("self")
+            if isinstance(pipeline, utils.DiffusionPipeline):
+                timesteps = getattr(getattr(pipeline, "scheduler", None), "timesteps", None)
+                if timesteps is None or not hasattr(timesteps, "__len__") or not len(timesteps):
+                    return None
+                steps = getattr(pipeline, "_num_timesteps", None)
+                if not isinstance(steps, int) or steps <= 0:
+                    steps = len(timesteps)
+                index = frame.f_locals.get("i")
+                return DenoisingLoop(pipeline, timesteps, steps, index if isinstance(index, int) else None)
+        frame = frame.f_back
+    return None
+
+
+def _identity(obj: Any) -> Callable[[Any], bool]:
+    """A test for 'is this still `obj`' that does not keep `obj` alive (weakly, or by id for lists)."""
+    try:
+        ref = weakref.ref(obj)
+        return lambda other: ref() is other  # type: ignore[misc]
+    except TypeError:
+        key = id(obj)
+        return lambda other: id(other) == key  # type: ignore[misc]
+
+
 class StepTracker:
     """Per-call step and branch bookkeeping shared by every method of one patch."""
 
@@ -70,7 +134,9 @@ class StepTracker:
         self._next_num_steps: int | None = None
         self._calls_by_branch: Counter[str] = Counter()
         self._calls_at_timestep = 0
+        self._position: Any = None  # the loop counter (or timestep) of the last call
         self._bare_num_steps: int | None = None
+        self._is_run: Callable[[Any], bool] | None = None  # is this `timesteps` the current run's?
         self._layout: TokenLayout | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -103,6 +169,7 @@ class StepTracker:
         self.runs += 1
         self._calls_by_branch.clear()
         self._calls_at_timestep = 0
+        self._position = None
         self.timestep = None
         self.step = -1
         for callback in self._on_new_run:
@@ -113,10 +180,19 @@ class StepTracker:
         """Account for one denoiser call (called before the denoiser runs)."""
         call = adapter.bind_call(denoiser, args, kwargs)
         t = _timestep_value(call.get(adapter.timestep_arg))
+        loop = running_loop()
+        if loop is not None:
+            if self._is_run is None or not self._is_run(loop.timesteps):
+                self.reset(loop.steps)  # a pipeline call we have not seen yet
+                self._is_run = _identity(loop.timesteps)
+            elif self._pending and self._next_num_steps is None:
+                self._next_num_steps = loop.steps  # reset() inside the run (diffusers, or the user)
+        else:
+            self._is_run = None
         if not self._pending and context is None and t is not None and self.timestep is not None and t != self.timestep:
             n = self._bare_num_steps
             if n is not None and self._calls_by_branch["default"] >= n:
-                self._pending, self._next_num_steps = True, n  # a bare loop of n steps is over: the next
+                self._pending, self._next_num_steps = True, n  # a loop of n steps is over: the next
             elif n is None and t > self.timestep:
                 self._pending = True  # a bare denoiser started a new denoising loop
         if self._pending:
@@ -131,8 +207,13 @@ class StepTracker:
         if context is not None:
             branch = str(context.name)
         else:
-            self._calls_at_timestep = self._calls_at_timestep + 1 if t is not None and t == self.timestep else 0
+            # further calls in one iteration of the loop (or, without its counter, at one timestep) are
+            # further branches of one step; Heun's repeated timesteps are separate iterations
+            position = loop.index if loop is not None and loop.index is not None else t
+            same = position is not None and position == self._position
+            self._calls_at_timestep = self._calls_at_timestep + 1 if same else 0
             branch = "default" if self._calls_at_timestep == 0 else f"call{self._calls_at_timestep}"
+            self._position = position
         step_index = getattr(context, "step_index", None)
         self.step = int(step_index) if step_index is not None else self._calls_by_branch[branch]
         self._calls_by_branch[branch] += 1
@@ -159,28 +240,40 @@ class StepTracker:
         }
 
 
-class StepTrackerHook(ModelHook):
-    """Sits on a denoiser and tells the tracker about every call. Registered outermost, so that it runs
-    before any method's hook on the same module."""
+class ContextHook(ModelHook):
+    """A stateful diffusers hook on the denoiser's first block: diffusers hands the pipeline's
+    `cache_context` to every stateful hook under the denoiser, and resets them at the end of a call."""
 
     _is_stateful = True
 
-    def __init__(self, tracker: StepTracker, adapter: ModelAdapter) -> None:
+    def __init__(self, tracker: StepTracker) -> None:
         super().__init__()
         self.tracker = tracker
-        self.adapter = adapter
         self.context = _ContextReceiver()
 
-    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        self.tracker.observe(module, self.adapter, args, kwargs, self.context.current)
-        return args, kwargs
-
-    def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
-        self.tracker.finished_call()
-        return output
-
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        # diffusers calls this at the end of every pipeline call (`maybe_free_model_hooks`).
+        # diffusers calls this at the end of a pipeline call (`maybe_free_model_hooks`), for CacheMixin models
         self.tracker.reset()
         self.context.set_context(None)
         return module
+
+
+def watch(tracker: StepTracker, denoiser: torch.nn.Module, adapter: ModelAdapter, journal: Journal,
+          name: str) -> None:
+    """Tell `tracker` about every call of `denoiser`, before it runs (ahead of any hook on the denoiser or
+    below it) and after it returns or raises. torch forward hooks live on the module, not in its `forward`
+    attribute, so offloading libraries that replace `forward` (and re-install themselves after each call)
+    leave them in place."""
+    context = ContextHook(tracker)
+    blocks = adapter.blocks(denoiser)
+    journal.add_model_hook(blocks[0].module if blocks else denoiser, context, name)
+    journal.invalidate_hook_caches(denoiser)
+
+    def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        tracker.observe(module, adapter, args, kwargs, context.context.current)
+
+    def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
+        tracker.finished_call()
+
+    journal.add_torch_hook(denoiser.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
+    journal.add_torch_hook(denoiser.register_forward_hook(after, always_call=True))

@@ -1,0 +1,149 @@
+"""A patch under the pipeline features users combine it with: other pipelines and schedulers over the
+patched components, the run length the loop really has, copies, and offloading in any order.
+
+Δ-DiT at interval 2 keeps state across steps and skips by step index, so a wrong run boundary or step
+count changes the output: each right value is the output of a patch made on the final configuration.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import diffusers
+import pytest
+import torch
+from accelerate.hooks import attach_align_device_hook
+
+import accel
+from accel.zoo import default_resolution, inputs
+
+CACHE = {"method": "delta-dit", "interval": 2, "warmup": 1}
+RES = default_resolution("pixart-alpha")
+
+
+def run(pipe, steps: int) -> torch.Tensor:
+    return pipe(**inputs(pipe, steps=steps, **RES)).images
+
+
+def ddim(pipe) -> diffusers.DDIMScheduler:
+    return diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+
+
+def patched_run(pipe, steps: int, **method) -> torch.Tensor:
+    """The right value: a patch made on `pipe` as it is now, one call, removed again."""
+    with accel.patch(pipe, **(method or CACHE)):
+        return run(pipe, steps)
+
+
+def test_a_second_pipeline_over_the_patched_components_runs_its_own_steps(tiny):
+    a = tiny("pixart-alpha")
+    handle = accel.patch(a, **CACHE)
+    run(a, 4)
+    b = diffusers.PixArtAlphaPipeline(**{**a.components, "scheduler": ddim(a)})
+    out = run(b, 6)
+    assert handle.stats()["steps"] == {"runs": 2, "num_steps": 6, "denoiser_calls": 6,
+                                       "calls_by_branch": {"default": 6}}
+    handle.unpatch()
+    assert torch.equal(out, patched_run(b, 6))
+
+
+def test_a_scheduler_swapped_after_patching_is_followed(tiny):
+    a = tiny("pixart-alpha")
+    handle = accel.patch(a, **CACHE)
+    run(a, 4)
+    a.scheduler = ddim(a)
+    out = run(a, 3)
+    assert handle.stats()["steps"]["num_steps"] == 3
+    handle.unpatch()
+    assert torch.equal(out, patched_run(a, 3))
+    assert "set_timesteps" not in vars(a.scheduler)  # nothing of the patch sits on a scheduler
+
+
+def test_the_run_length_is_what_the_loop_runs(tiny):
+    # Heun runs 2N-1 denoiser calls, one loop iteration each (its repeated timesteps are not CFG branches)
+    a = tiny("pixart-alpha")
+    a.scheduler = diffusers.HeunDiscreteScheduler.from_config(a.scheduler.config)
+    with accel.patch(a, method="none") as handle:
+        run(a, 3)
+        assert handle.stats()["steps"] == {"runs": 1, "num_steps": 5, "denoiser_calls": 5,
+                                           "calls_by_branch": {"default": 5}}
+    # img2img at strength 0.5 runs half of the steps asked for
+    flux = tiny("flux")
+    params = inspect.signature(diffusers.FluxImg2ImgPipeline.__init__).parameters
+    img2img = diffusers.FluxImg2ImgPipeline(**{k: v for k, v in flux.components.items() if k in params})
+    res = default_resolution("flux")
+    kwargs = {k: v for k, v in inputs(flux, steps=6, **res).items() if k not in ("height", "width")}
+    with accel.patch(img2img, method="none") as handle:
+        img2img(**kwargs, image=torch.rand(1, 3, res["height"], res["width"]), strength=0.5, **res)
+        assert handle.stats()["steps"]["num_steps"] == handle.stats()["steps"]["denoiser_calls"] == 3
+
+
+def test_a_patched_object_refuses_deep_copies_until_unpatched(tiny):
+    a = tiny("pixart-alpha")
+    handle = accel.patch(a, **CACHE)
+    for obj in (a, a.transformer):
+        with pytest.raises(accel.PatchedCopyError, match="copy before patching"):
+            copy.deepcopy(obj)
+    handle.unpatch()
+    c = copy.deepcopy(a)
+    outs = []
+    for pipe in (a, c):
+        with accel.patch(pipe, **CACHE):
+            outs.append(pipe(**inputs(a, steps=4, **RES)).images)  # the zoo's inputs for both
+    assert torch.equal(*outs)
+
+
+def _model_offload(pipe):
+    pipe.enable_model_cpu_offload(device="cpu")
+
+
+def _group_offload(pipe):
+    pipe.transformer.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level",
+                                          num_blocks_per_group=1)
+
+
+def _module_hooks(pipe):
+    # accelerate's per-module device hooks, as sequential offload installs them (they wrap each
+    # parameter-holding module's forward); sequential offload itself needs an accelerator
+    attach_align_device_hook(pipe.transformer, execution_device=torch.device("cpu"))
+
+
+def _accelerate_hook_calls(pipe) -> list[int]:
+    calls = [0]
+    for module in pipe.transformer.modules():
+        hook = getattr(module, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward"):
+            inner = hook.pre_forward
+
+            def counted(*args, _inner=inner, **kwargs):
+                calls[0] += 1
+                return _inner(*args, **kwargs)
+
+            hook.pre_forward = counted
+    return calls
+
+
+@pytest.mark.parametrize("offload", [_model_offload, _group_offload, _module_hooks], ids=["model", "group", "module"])
+@pytest.mark.parametrize("method", [CACHE, {"method": "pisa", "density": 0.5, "dense_steps": 0.0, "dense_layers": 0}],
+                         ids=["delta-dit", "pisa"])
+@pytest.mark.parametrize("patch_first", [False, True], ids=["offload-then-patch", "patch-then-offload"])
+def test_offloading_in_either_order_then_unpatch(tiny, offload, method, patch_first):
+    pipe = tiny("pixart-alpha")
+    right = patched_run(pipe, 6, **method)
+    clean = tiny("pixart-alpha")
+    offload(clean)
+    calls = _accelerate_hook_calls(clean)
+    baseline, baseline_calls = run(clean, 2), calls[0]
+    if not patch_first:
+        offload(pipe)
+    handle = accel.patch(pipe, **method)
+    if patch_first:
+        offload(pipe)
+    for run_index in (1, 2):  # offloading hooks re-installed after a call must not drop the patch
+        assert torch.equal(run(pipe, 6), right)
+        assert handle.stats()["steps"]["runs"] == run_index
+    handle.unpatch()
+    calls = _accelerate_hook_calls(pipe)
+    assert torch.equal(run(pipe, 2), baseline)
+    assert calls[0] == baseline_calls  # every offloading hook still runs after unpatch
