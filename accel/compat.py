@@ -39,6 +39,21 @@ def invalidate_child_registries(root: torch.nn.Module) -> None:
             registry.invalidate_child_registries_cache()
 
 
+def attention_backend(module: torch.nn.Module) -> str | None:
+    """The diffusers attention-dispatcher backend `module`'s processor will use right now: the one set on
+    it (`set_attention_backend`), else the active one (the `attention_backend` context manager or the
+    DIFFUSERS_ATTN_BACKEND default); None for processors that call SDPA themselves (no dispatcher)."""
+    processor = getattr(module, "processor", None)
+    if processor is None or not hasattr(processor, "_attention_backend"):
+        return None
+    backend = processor._attention_backend
+    if backend is None:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        backend = _AttentionBackendRegistry.get_active_backend()[0]
+    return str(getattr(backend, "value", backend))
+
+
 def keep_outer_wrapper(module: torch.nn.Module, outer: Any, ours: Any, below: Any) -> None:
     """Undo for a diffusers hook that another library wrapped afterwards: `outer` (its wrapper) stays the
     module's `forward` and is pointed at `below` instead of `ours`. accelerate's hooks (model, sequential

@@ -269,9 +269,11 @@ def watch(tracker: StepTracker, denoiser: torch.nn.Module, adapter: ModelAdapter
     journal.add_model_hook(blocks[0].module if blocks else denoiser, context, name)
     journal.invalidate_hook_caches(denoiser)
 
+    @torch.compiler.disable  # bookkeeping in Python, outside any compiled graph
     def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         tracker.observe(module, adapter, args, kwargs, context.context.current)
 
+    @torch.compiler.disable
     def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
         tracker.finished_call()
 

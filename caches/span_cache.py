@@ -192,32 +192,48 @@ class SpanBlockHook(ModelHook):
         self.spans = spans  # (span, index of this block in the span)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        replayed = self.before(module, args, kwargs)
+        if replayed is not None:
+            return replayed
+        output = compat.original_forward(self)(*args, **kwargs)
+        self.after(output)
+        return output
+
+    # The decisions and the cache bookkeeping run eagerly, outside compiled graphs: under torch.compile the
+    # block itself is compiled once per path (computed or replayed), never once per step.
+    @torch.compiler.disable
+    def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any | None:
+        """Decide for every span that starts here; when one holding this block is skipped, the block's
+        output without running it (its input, plus the residual of each span that ends here)."""
         for span, i in self.spans:
             if i == 0:
                 span.begin(module, args, kwargs)
         skipped = [(span, i) for span, i in self.spans if span.skipping]
         counters = self.spans[0][0].counters  # counted per block, so overlapping spans count once
         counters["block_calls"] = counters.get("block_calls", 0) + 1
-        if skipped:
-            counters["blocks_skipped"] = counters.get("blocks_skipped", 0) + 1
-            span, i = skipped[0]
-            hidden, encoder = span.ios[i].inputs(module, args, kwargs)
-            for other, j in skipped:
-                if j == len(other) - 1:
-                    hidden, encoder = other.replay(hidden, encoder)
-            for other, j in self.spans:
-                if not other.skipping:
-                    other.interrupted = True
-                    if j == len(other) - 1 and other.storing:
-                        other.store(None)  # drops the residual: the span did not really run
-            return span.ios[i].pack(span.layouts[i], hidden, encoder)
-        output = compat.original_forward(self)(*args, **kwargs)
+        if not skipped:
+            return None
+        counters["blocks_skipped"] = counters.get("blocks_skipped", 0) + 1
+        span, i = skipped[0]
+        hidden, encoder = span.ios[i].inputs(module, args, kwargs)
+        for other, j in skipped:
+            if j == len(other) - 1:
+                hidden, encoder = other.replay(hidden, encoder)
+        for other, j in self.spans:
+            if not other.skipping:
+                other.interrupted = True
+                if j == len(other) - 1 and other.storing:
+                    other.store(None)  # drops the residual: the span did not really run
+        return span.ios[i].pack(span.layouts[i], hidden, encoder)
+
+    @torch.compiler.disable
+    def after(self, output: Any) -> None:
+        """After computing: note the output's layout, and store the residual of each span ending here."""
         layout = BlockIO.layout(output)
         for span, i in self.spans:
             span.layouts[i] = layout
             if i == len(span) - 1 and span.storing:
                 span.store(output)
-        return output
 
 
 def _slope(new: Residual, old: Residual, steps: int) -> Residual | None:

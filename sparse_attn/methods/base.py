@@ -28,6 +28,7 @@ from diffusers.hooks import ModelHook
 from accel import compat
 from accel.adapters import AttentionSite, TokenLayout
 from accel.config import MethodConfig, option
+from accel.errors import UnsupportedModelError
 from accel.journal import Journal
 from accel.method import Method
 from accel.steps import StepTracker
@@ -45,6 +46,9 @@ logger = logging.getLogger("accel")
 IMAGE_TILES = {16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16)}
 VIDEO_TILES = {16: (1, 4, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8)}
 FAMILIES = ("flux", "wan", "hunyuan-video", "pixart", "dit", "sd3", "cogvideox")
+# diffusers attention-dispatcher backends that end in torch's scaled_dot_product_attention, the call these
+# methods replace; the others (flex, flash-attn, sage, xformers...) compute attention their own way
+SDPA_BACKENDS = ("native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math")
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,22 @@ class SparseSiteHook(ModelHook):
         self.site = site
         self.layer = layer
 
+    @torch.compiler.disable  # the routed attention runs eagerly between compiled graphs (see docs/guarantees.md)
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         if not self.method.sparse_now(self.layer):
             self.method.count("dense_calls")
             return compat.original_forward(self)(*args, **kwargs)
-        with SDPARoute(lambda call: self.method.route(self, call)):
-            return compat.original_forward(self)(*args, **kwargs)
+        routed = []
+
+        def route(call: SDPACall) -> torch.Tensor:
+            routed.append(True)
+            return self.method.route(self, call)
+
+        with SDPARoute(route):
+            out = compat.original_forward(self)(*args, **kwargs)
+        if not routed:  # the processor computed attention without SDPA: another backend, in force now
+            self.method.note_fallback(f"attention backend {compat.attention_backend(module)!r} (not SDPA)")
+        return out
 
 
 class SparseAttentionMethod(Method):
@@ -141,6 +155,21 @@ class SparseAttentionMethod(Method):
     kept_between_calls = frozenset({"_orders"})  # the token permutation per layout (O(S) int64 each)
     stats_keys = frozenset({"sparse_calls", "dense_calls", "density", "kernel", "kernel_fallback", "fallbacks",
                             "sink"})
+
+    def check(self, target: PatchTarget) -> None:
+        """Also refuses attention modules whose diffusers backend does not end in SDPA (the call this method
+        replaces): the method would never run."""
+        super().check(target)
+        for d in target.denoisers:
+            for site in d.adapter.attention_sites(d.module):
+                backend = compat.attention_backend(site.module)
+                if site.kind in ("self", "joint") and backend is not None and backend not in SDPA_BACKENDS:
+                    raise UnsupportedModelError(
+                        f"{self.name}: {type(d.module).__name__} uses the attention backend {backend!r} "
+                        f"(set_attention_backend), which does not call torch's scaled_dot_product_attention, "
+                        f"the call {self.name} replaces; allowed backends: {', '.join(SDPA_BACKENDS)}. Call "
+                        f"{type(d.module).__name__}.set_attention_backend('native') before patching."
+                    )
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         self.tracker = tracker
@@ -235,12 +264,16 @@ class SparseAttentionMethod(Method):
         return self._orders[key]
 
     def _fallback(self, reason: str, call: SDPACall) -> torch.Tensor:
+        self.note_fallback(reason)
+        return call.dense()
+
+    def note_fallback(self, reason: str) -> None:
+        """Count a call that ran dense, by reason, and log each reason once."""
         fallbacks = self.counters.setdefault("fallbacks", {})
         fallbacks[reason] = fallbacks.get(reason, 0) + 1
         if reason not in self._warned:
             self._warned.add(reason)
             logger.warning("accel %s: dense attention for %s (counted in stats()['fallbacks'])", self.name, reason)
-        return call.dense()
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
