@@ -7,7 +7,10 @@ import dataclasses
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from .errors import AccelError
+from .method import method_class
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -46,6 +49,20 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def counting(low: int) -> Callable[[str], int]:
+    """An argparse type: an int >= low (a step count, a repeat count, a port), named in the error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}; expected an integer >= {low}")
+        return value
+
+    return parse
+
+
 def _option(text: str) -> tuple[str, str, object]:
     """`method.key=value` with a Python literal value (strings may be bare)."""
     import ast
@@ -76,6 +93,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for key in ("seeds", "fewer_steps"):
         if key in given:
             given[key] = tuple(int(x) for x in given[key])
+    for name in given.get("methods") or ():
+        if name != "auto":
+            method_class(name)  # an unknown name is refused before anything runs
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
         spec = quick(spec)
@@ -138,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_csv, help="explicit step counts for fewer-steps rows")
-    p.add_argument("--steps", type=int, help="denoising steps (default 10)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--frames", type=int)
+    p.add_argument("--steps", type=counting(1), help="denoising steps (default 10)")
+    p.add_argument("--height", type=counting(1))
+    p.add_argument("--width", type=counting(1))
+    p.add_argument("--frames", type=counting(1))
     p.add_argument("--seeds", type=_csv, help="comma-separated seeds (default 0)")
-    p.add_argument("--repeat", type=int, help="timed repeats per row and seed (default 3)")
-    p.add_argument("--warmup", type=int, help="untimed runs per row first (default 1)")
+    p.add_argument("--repeat", type=counting(1), help="timed repeats per row and seed (default 3)")
+    p.add_argument("--warmup", type=counting(0), help="untimed runs per row first (default 1)")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--output-type", help="'latent' compares final latents; 'pt' decoded outputs")
@@ -164,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument(
         "--accuracy-n",
-        type=int,
+        type=counting(0),
         help="task-accuracy samples per row on trained reference models (default 100; 0 = off)",
     )
     p.add_argument(
@@ -187,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=counting(1), default=7860)
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -196,7 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded with benchmark results, so tables show the command that made them
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (AccelError, FileNotFoundError) as err:  # a request that cannot be honoured: its message, no traceback
+        print(f"accel: error: {str(err).removeprefix('accel: ')}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

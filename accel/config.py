@@ -34,15 +34,26 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _allowed(meta: dict[str, Any]) -> str:
+def _allowed(meta: dict[str, Any], hint: Any = None) -> str:
     if meta.get("choices") is not None:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     low, high = meta.get("low"), meta.get("high")
     left = "(" if meta.get("low_open") else "["
     right = ")" if meta.get("high_open") else "]"
     if low is None and high is None:
-        return "any value of the declared type"
+        return "True or False" if hint is bool else f"any {getattr(hint, '__name__', 'value')}"
     return f"a value in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+
+
+def _plain(value: Any) -> Any:
+    """numpy and torch scalars as the Python bool/int/float they stand for (a 0-d tensor or np.int64 is as
+    good an option value as an int); anything else unchanged."""
+    if isinstance(value, (bool, int, float)) or not hasattr(value, "item"):
+        return value
+    if getattr(value, "shape", None) == () or type(value).__module__ == "numpy":
+        item = value.item()
+        return item if isinstance(item, (bool, int, float)) else value
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,14 +65,18 @@ class MethodConfig:
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            self._check_field(f, hints.get(f.name), getattr(self, f.name))
+            value = _plain(getattr(self, f.name))
+            self._check_field(f, hints.get(f.name), value)
+            object.__setattr__(self, f.name, value)
 
     def _check_field(self, f: dataclasses.Field, hint: Any, value: Any) -> None:
         meta = dict(f.metadata)
         where = f"{self.method}: option {f.name}={value!r}"
         if meta.get("choices") is not None:
-            if value not in meta["choices"]:
-                raise InvalidOptionError(f"{where} is not allowed; expected {_allowed(meta)}.")
+            # by value and type: 64.0 is not the tile size 64, nor 1 the flag True
+            if not any(value == c and type(value) is type(c) for c in meta["choices"]):
+                kind = f"has type {type(value).__name__}" if value in meta["choices"] else "is not allowed"
+                raise InvalidOptionError(f"{where} {kind}; expected {_allowed(meta)}.")
             return
         if hint in (int, float, bool):
             ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
@@ -71,12 +86,12 @@ class MethodConfig:
                 raise InvalidOptionError(f"{where} has type {type(value).__name__}; expected {hint.__name__}.")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
-                raise InvalidOptionError(f"{where} is not finite; expected {_allowed(meta)}.")
+                raise InvalidOptionError(f"{where} is not finite; expected {_allowed(meta, hint)}.")
             low, high = meta.get("low"), meta.get("high")
             too_low = low is not None and (value <= low if meta.get("low_open") else value < low)
             too_high = high is not None and (value >= high if meta.get("high_open") else value > high)
             if too_low or too_high:
-                raise InvalidOptionError(f"{where} is out of range; expected {_allowed(meta)}.")
+                raise InvalidOptionError(f"{where} is out of range; expected {_allowed(meta, hint)}.")
 
     @classmethod
     def from_options(cls, **options: Any) -> MethodConfig:
@@ -103,7 +118,7 @@ class MethodConfig:
                     "type": getattr(hint, "__name__", str(hint)),
                     "default": f.default,
                     "help": f.metadata.get("help", ""),
-                    "allowed": _allowed(dict(f.metadata)),
+                    "allowed": _allowed(dict(f.metadata), hint),
                     "choices": f.metadata.get("choices"),
                     "low": f.metadata.get("low"),
                     "high": f.metadata.get("high"),

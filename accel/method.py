@@ -7,6 +7,7 @@ method="pisa")` imports PISA and nothing else. `register_method` adds one in-pro
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
@@ -104,17 +105,48 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+logger = logging.getLogger("accel")
+_DISTRIBUTION = "hf-accel"  # ours: its entry points are the built-in methods
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def _package(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else ep.value
+
+
 def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """The installed methods by name. A built-in name cannot be taken over: where another package declares
+    a method under the same name, accel's own wins, and the other is named in a warning (once)."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        kept = found.get(ep.name)
+        if kept is None:
+            found[ep.name] = ep
+            continue
+        if _package(ep) == _DISTRIBUTION and _package(kept) != _DISTRIBUTION:
+            kept, ep = ep, kept
+            found[kept.name] = kept
+        _warn_once(f"accel: method {ep.name!r} is declared by both {_package(kept)!r} and {_package(ep)!r}; "
+                   f"using {_package(kept)!r}'s ({kept.value})")
+    return found
 
 
 def _load(ep: EntryPoint) -> type[Method]:
     """Import one entry point's method class and register it; a wrong one raises naming its package."""
-    cls = ep.load()
+    try:
+        cls = ep.load()
+    except Exception as err:
+        raise UnknownMethodError(f"accel: method {ep.name!r} from package {_package(ep)!r} could not be imported "
+                                 f"({ep.value}): {type(err).__name__}: {err}") from err
     if not (isinstance(cls, type) and issubclass(cls, Method)) or getattr(cls, "name", None) != ep.name:
-        where = ep.dist.name if ep.dist else ep.value
-        raise TypeError(f"accel: the entry point {ep.name!r} = {ep.value!r} ({where}) must name a Method subclass "
-                        f"whose name is {ep.name!r}")
+        raise UnknownMethodError(f"accel: the entry point {ep.name!r} = {ep.value!r} ({_package(ep)}) must name a "
+                                 f"Method subclass whose name is {ep.name!r}")
     return register_method(cls)
 
 
@@ -132,10 +164,13 @@ def method_class(name: str) -> type[Method]:
 
 def methods() -> list[MethodInfo]:
     """Every method, installed or registered: name, one-line summary, model families, paper, options
-    (this imports them all)."""
+    (this imports them all; a package whose method cannot be imported is left out, with a warning)."""
     for name, ep in _entry_points().items():
         if name not in _REGISTRY:
-            _load(ep)
+            try:
+                _load(ep)
+            except UnknownMethodError as err:  # one broken package must not hide every other method
+                _warn_once(f"{err} (left out of the list)")
     return [
         MethodInfo(c.name, c.summary, c.families, c.paper, c.Config.describe())
         for c in sorted(_REGISTRY.values(), key=lambda c: c.name)

@@ -99,7 +99,7 @@ def _configs(method: MethodSpec | Sequence[MethodSpec], options: dict[str, Any])
     if len(specs) > 1 and options:
         raise InvalidOptionError(
             f"accel: options {sorted(options)} were given with a composition of {len(specs)} methods; pass each "
-            "method's options in its config object instead, e.g. method=[PisaConfig(density=0.1), 'delta-dit']."
+            "method's options in its config object instead, e.g. method=[PISAConfig(density=0.1), 'delta-dit']."
         )
     configs = []
     for spec in specs:

@@ -247,7 +247,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    """Comma-separated positive integers (sequence lengths, head dims)."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers >= 1")
+    return values
 
 
 def _floats(text: str) -> list[float]:
@@ -276,14 +283,16 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_bench_attn_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `bench-attn` on the `accel` command's subparsers."""
+    from accel.cli import counting
+
     p = subparsers.add_parser("bench-attn", help="block-sparse attention vs dense SDPA, FlexAttention, xformers")
     p.add_argument("--seq-lens", type=_ints, default=[4096, 16384], help="comma-separated (default 4096,16384)")
     p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
     p.add_argument("--doc-key", default=None, help="section name in --doc (default bench-attn)")
     p.add_argument("--head-dims", type=_ints, default=[64], help="comma-separated (default 64)")
     p.add_argument("--densities", type=_floats, default=[0.125, 0.5], help="kept fraction of key tiles")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--batch", type=counting(1), default=1)
+    p.add_argument("--heads", type=counting(1), default=2)
     p.add_argument("--tile-size", type=int, default=64, choices=(16, 32, 64, 128))
     p.add_argument("--selection", choices=("random", "topk"), default="random",
                    help="random tiles, or top-k of pooled q.k scores (same index for every sparse row)")
@@ -293,7 +302,7 @@ def add_bench_attn_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
                    help=f"PISA rows, orders among {ORDERS} (default hybrid; '' for none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
-    p.add_argument("--repeat", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--repeat", type=counting(1), default=5, help="timed rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per row after the first (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench-results", help="directory for bench-attn.json and bench-attn.md")

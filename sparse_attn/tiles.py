@@ -69,13 +69,20 @@ class TileIndex:
         q_tile, kv_tile = tile_sizes((self.q_tile, self.kv_tile))
         object.__setattr__(self, "q_tile", q_tile)
         object.__setattr__(self, "kv_tile", kv_tile)
-        if self.q_len < 0 or self.kv_len < 0:
-            raise ValueError(f"q_len and kv_len must be >= 0; got {self.q_len}, {self.kv_len}")
+        for name in ("q_len", "kv_len"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a token count, an int >= 0; got {value!r} ({type(value).__name__})")
+            object.__setattr__(self, name, int(value))
         counts, indices = self.counts, self.indices
+        if not isinstance(counts, torch.Tensor) or not isinstance(indices, torch.Tensor):
+            raise ValueError(f"counts and indices must be torch tensors; got {type(counts).__name__} and "
+                             f"{type(indices).__name__}")
         if counts.dim() != 3 or indices.dim() != 4 or indices.shape[:3] != counts.shape:
             raise ValueError(f"expected counts [B, H, Nq] and indices [B, H, Nq, W]; got {tuple(counts.shape)} and "
                              f"{tuple(indices.shape)}")
-        if counts.dtype.is_floating_point or indices.dtype.is_floating_point or counts.dtype == torch.bool:
+        integer = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+        if counts.dtype not in integer or indices.dtype not in integer:
             raise ValueError(f"counts and indices must be integer tensors; got {counts.dtype}, {indices.dtype}")
         if counts.shape[2] != self.num_q_tiles:
             raise ValueError(f"the index has {counts.shape[2]} query tiles; {self.q_len} tokens in tiles of "

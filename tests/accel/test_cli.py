@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import accel
 from accel.cli import main
 
@@ -49,3 +51,23 @@ def test_every_command_but_compile_check_works_without_triton():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "compile-check: needs triton" in done.stderr and "pisa" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--steps", "-1"], "argument --steps: -1 is below 1"),
+        (["bench", "--repeat", "x"], "argument --repeat: 'x' is not an integer"),
+        (["bench-attn", "--seq-lens", "-5"], "argument --seq-lens: '-5': expected comma-separated integers >= 1"),
+        (["demo", "--port", "0"], "argument --port: 0 is below 1"),
+        (["bench", "--methods", "pisa,nope", "--size", "tiny"], "unknown method 'nope'. Did you mean 'none'?"),
+        (["bench", "--model", "no-such-model", "--size", "tiny"], "Cannot load 'no-such-model' from local files"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_reason_before_anything_runs(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 import accel
 from accel.config import MethodConfig, option
@@ -54,3 +55,31 @@ def test_from_options_rejects_unknown_names():
 def test_mutable_default_is_refused():
     with pytest.raises(TypeError):
         option([1], "no")
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"tile_size": 64.0}, r"tile_size=64.0 has type float; expected one of 16, 32, 64, 128"),
+        ({"first_frame_sink": 1}, r"first_frame_sink=1 has type int; expected one of 'auto', True, False"),
+        ({"density": torch.tensor([0.5])}, r"density=tensor\(\[0.5000\]\) has type Tensor; expected float"),
+    ],
+)
+def test_choices_match_by_value_and_type(kwargs, pattern):
+    """A value equal to an allowed one but of another type (64.0 for 64, 1 for True) is refused at patch time,
+    not inside the kernels mid-run."""
+    from accel.sparse_attn.methods.pisa import PISAConfig
+
+    with pytest.raises(accel.InvalidOptionError, match=pattern):
+        PISAConfig(**kwargs)
+
+
+def test_numpy_and_torch_scalars_are_their_python_values():
+    import numpy as np
+
+    from accel.sparse_attn.methods.pisa import PISAConfig
+
+    config = PISAConfig(tile_size=np.int64(32), density=np.float32(0.25), first_frame_sink=np.bool_(True))
+    assert (config.tile_size, config.density, config.first_frame_sink) == (32, 0.25, True)
+    assert [type(v) for v in (config.tile_size, config.density, config.first_frame_sink)] == [int, float, bool]
+    assert PISAConfig(density=torch.tensor(0.5)).density == 0.5

@@ -83,14 +83,43 @@ def test_an_out_of_tree_method_registers_through_an_entry_point(tmp_path, monkey
         _REGISTRY.pop("plugin-double", None)
 
 
-def test_a_bad_entry_point_is_refused_by_name(tmp_path, monkeypatch):
-    (tmp_path / "accel_plugin_bad.py").write_text("NotAMethod = object\n")
-    info = tmp_path / "accel_plugin_bad-0.1.dist-info"
+def _distribution(root, name: str, entry_points: str, module: str = "", source: str = "") -> None:
+    """A throwaway installed distribution: a dist-info folder (and a module) on sys.path."""
+    if module:
+        (root / f"{module}.py").write_text(source)
+    info = root / f"{name.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: accel-plugin-bad\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nplugin-bad = accel_plugin_bad:NotAMethod\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry_points}\n")
+
+
+def test_a_bad_entry_point_is_refused_by_name_and_left_out_of_the_list(tmp_path, monkeypatch, caplog):
+    _distribution(tmp_path, "accel-plugin-bad", "plugin-bad = accel_plugin_bad:NotAMethod\n"
+                  "plugin-gone = accel_plugin_gone:Nope", "accel_plugin_bad", "NotAMethod = object\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(TypeError, match="plugin-bad.*accel-plugin-bad"):
+    with pytest.raises(accel.UnknownMethodError, match="plugin-bad.*accel-plugin-bad.*Method subclass"):
         accel.method.method_class("plugin-bad")
+    with pytest.raises(accel.UnknownMethodError, match="plugin-gone.*could not be imported.*ModuleNotFoundError"):
+        accel.method.method_class("plugin-gone")
     with pytest.raises(accel.UnknownMethodError, match="Valid methods: .*pisa"):
         accel.method.method_class("pissa")
+    with caplog.at_level("WARNING", logger="accel"):
+        listed = {m.name for m in accel.methods()}  # the broken package hides nothing else
+    assert BUILT_IN <= listed and not {"plugin-bad", "plugin-gone"} & listed
+    assert any("plugin-gone" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
+
+
+def test_a_package_cannot_take_over_a_built_in_name(tmp_path, monkeypatch, caplog):
+    _distribution(tmp_path, "accel-plugin-hijack", "pisa = accel_plugin_hijack:Fake", "accel_plugin_hijack",
+                  "import accel\nclass Fake(accel.Method):\n    name = 'pisa'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(accel.method, "_warned", set())
+    saved = _REGISTRY.pop("pisa", None)
+    try:
+        with caplog.at_level("WARNING", logger="accel"):
+            cls = accel.method.method_class("pisa")
+        assert cls.__module__ == "accel.sparse_attn.methods.pisa"
+        assert any("accel-plugin-hijack" in r.getMessage() and "'hf-accel'" in r.getMessage() for r in caplog.records)
+    finally:
+        if saved is not None:
+            _REGISTRY["pisa"] = saved

@@ -84,6 +84,18 @@ def test_malformed_indices_are_refused_at_construction():
     index = sa.TileIndex(counts, ids, 16, 16, 32, 32)
     with pytest.raises(ValueError, match="heads"):
         index.expand(1, 2).check_batch(1, 3)
+    # token counts are plain ints; anything else is named, not failed on later
+    for bad in (31.5, True, torch.tensor(32), "32", None, -1):
+        with pytest.raises(ValueError, match=r"q_len must be a token count, an int >= 0; got"):
+            sa.TileIndex(counts, ids, 16, 16, bad, 32)
+    for dtype in (torch.bool, torch.complex64, torch.float16):
+        with pytest.raises(ValueError, match="integer tensors"):
+            sa.TileIndex(counts, ids.to(dtype), 16, 16, 32, 32)
+    with pytest.raises(ValueError, match="must be torch tensors; got list"):
+        sa.TileIndex([[[1, 1]]], ids, 16, 16, 32, 32)
+    import numpy as np
+
+    assert sa.TileIndex(counts, ids, 16, 16, np.int64(32), 32).q_len == 32
 
 
 def test_packed_tiles_round_trip_at_one_bit_per_tile_pair_and_compact_ids():
