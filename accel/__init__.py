@@ -14,6 +14,7 @@ from .config import MethodConfig, option
 from .errors import (
     AccelError,
     AlreadyPatchedError,
+    ConcurrentUseError,
     IncompatibleMethodsError,
     InvalidOptionError,
     PatchedCopyError,
@@ -42,6 +43,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AccelError",
     "AlreadyPatchedError",
+    "ConcurrentUseError",
     "IncompatibleMethodsError",
     "InvalidOptionError",
     "Method",

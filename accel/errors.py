@@ -34,6 +34,10 @@ class PatchedCopyError(AccelError, TypeError):
     """`copy.deepcopy` of a patched object: its hooks would still point at the original's state."""
 
 
+class ConcurrentUseError(AccelError, RuntimeError):
+    """A patched denoiser was called from a second thread while a run of another thread is in progress."""
+
+
 class StepCountUnknownError(AccelError, RuntimeError):
     """A method that keeps state across the steps of a run met a denoiser call whose run length nobody
     told accel (a hand-written loop: no diffusers pipeline call drives the denoiser)."""

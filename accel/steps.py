@@ -30,6 +30,7 @@ stateful hook below the denoiser).
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable
@@ -137,6 +138,9 @@ class StepTracker:
         self._position: Any = None  # the loop counter (or timestep) of the last call
         self._bare_num_steps: int | None = None
         self._is_run: Callable[[Any], bool] | None = None  # is this `timesteps` the current run's?
+        self._owner: threading.Thread | None = None  # the thread whose run is in progress
+        self._complete = True  # the run reached its last step, failed, or was reset
+        self._lock = threading.Lock()
         self._layout: TokenLayout | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -149,20 +153,25 @@ class StepTracker:
         step count is known), so nothing a run computed is held after the run."""
         self._on_branch_end.append(callback)
 
-    def finished_call(self) -> None:
-        """Called after each denoiser call: the call's arguments are let go, and the branch's last step
-        releases its state."""
+    def finished_call(self, failed: bool = False) -> None:
+        """Called after each denoiser call (also one that raised): the call's arguments are let go, and the
+        branch's last step releases its state."""
         self.call = {}
+        if failed:
+            self._complete = True
         if self.num_steps is not None and self.step >= self.num_steps - 1:
+            self._complete = True
             for callback in self._on_branch_end:
                 callback(self.branch)
 
     def reset(self, num_steps: int | None = None) -> None:
         """Begin a new run at the next denoiser call."""
+        self._complete = True
         self._pending = True
         self._next_num_steps = num_steps
 
     def _start_run(self) -> None:
+        self._owner, self._complete = threading.current_thread(), False
         self._pending = False
         self.num_steps, self._next_num_steps = self._next_num_steps, None
         self._bare_num_steps = self.num_steps  # a bare loop's run length, from reset(num_steps)
@@ -177,7 +186,23 @@ class StepTracker:
 
     # ---- per call ----------------------------------------------------------------------------
     def observe(self, denoiser: torch.nn.Module, adapter: ModelAdapter, args: tuple, kwargs: dict, context: Any) -> None:
-        """Account for one denoiser call (called before the denoiser runs)."""
+        """Account for one denoiser call (called before the denoiser runs). One thread's run at a time:
+        a call from another thread while a run is in progress raises `ConcurrentUseError`, before
+        anything of it is counted or cached."""
+        with self._lock:
+            owner = self._owner
+            if owner is not None and owner is not threading.current_thread() and owner.is_alive() and not self._complete:
+                from .errors import ConcurrentUseError
+
+                raise ConcurrentUseError(
+                    f"accel: this patched denoiser is in the middle of a run in thread {owner.name!r}; its caches "
+                    "and step count belong to that run, so a call from another thread would corrupt both. Give each "
+                    "thread its own patched model (copy the model before patching, then accel.patch each copy), "
+                    "or run the calls one after the other (if that run was abandoned, call handle.reset())."
+                )
+            self._observe(denoiser, adapter, args, kwargs, context)
+
+    def _observe(self, denoiser: torch.nn.Module, adapter: ModelAdapter, args: tuple, kwargs: dict, context: Any) -> None:
         call = adapter.bind_call(denoiser, args, kwargs)
         t = _timestep_value(call.get(adapter.timestep_arg))
         loop = running_loop()
@@ -275,7 +300,7 @@ def watch(tracker: StepTracker, denoiser: torch.nn.Module, adapter: ModelAdapter
 
     @torch.compiler.disable
     def after(module: torch.nn.Module, args: tuple, output: Any) -> None:
-        tracker.finished_call()
+        tracker.finished_call(failed=output is None)  # torch passes None when the forward raised
 
     journal.add_torch_hook(denoiser.register_forward_pre_hook(before, with_kwargs=True, prepend=True))
     journal.add_torch_hook(denoiser.register_forward_hook(after, always_call=True))

@@ -19,6 +19,11 @@ import accel
 from accel.zoo import default_resolution, inputs
 
 CACHE = {"method": "delta-dit", "interval": 2, "warmup": 1}
+# every built-in method at a setting that keeps state across steps (each would show a wrong run boundary)
+METHODS = [CACHE, {"method": "tdc", "threshold": 0.5}, {"method": "none"},
+           {"method": "pisa", "density": 0.5, "dense_steps": 0.25, "dense_layers": 0},
+           {"method": "adaspa", "sparsity": 0.5, "dense_steps": 0.25, "dense_layers": 0}]
+IDS = [m["method"] for m in METHODS]
 RES = default_resolution("pixart-alpha")
 
 
@@ -36,27 +41,29 @@ def patched_run(pipe, steps: int, **method) -> torch.Tensor:
         return run(pipe, steps)
 
 
-def test_a_second_pipeline_over_the_patched_components_runs_its_own_steps(tiny):
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_a_second_pipeline_over_the_patched_components_runs_its_own_steps(tiny, method):
     a = tiny("pixart-alpha")
-    handle = accel.patch(a, **CACHE)
+    handle = accel.patch(a, **method)
     run(a, 4)
     b = diffusers.PixArtAlphaPipeline(**{**a.components, "scheduler": ddim(a)})
     out = run(b, 6)
     assert handle.stats()["steps"] == {"runs": 2, "num_steps": 6, "denoiser_calls": 6,
                                        "calls_by_branch": {"default": 6}}
     handle.unpatch()
-    assert torch.equal(out, patched_run(b, 6))
+    assert torch.equal(out, patched_run(b, 6, **method))
 
 
-def test_a_scheduler_swapped_after_patching_is_followed(tiny):
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_a_scheduler_swapped_after_patching_is_followed(tiny, method):
     a = tiny("pixart-alpha")
-    handle = accel.patch(a, **CACHE)
+    handle = accel.patch(a, **method)
     run(a, 4)
     a.scheduler = ddim(a)
     out = run(a, 3)
     assert handle.stats()["steps"]["num_steps"] == 3
     handle.unpatch()
-    assert torch.equal(out, patched_run(a, 3))
+    assert torch.equal(out, patched_run(a, 3, **method))
     assert "set_timesteps" not in vars(a.scheduler)  # nothing of the patch sits on a scheduler
 
 
@@ -125,8 +132,7 @@ def _accelerate_hook_calls(pipe) -> list[int]:
 
 
 @pytest.mark.parametrize("offload", [_model_offload, _group_offload, _module_hooks], ids=["model", "group", "module"])
-@pytest.mark.parametrize("method", [CACHE, {"method": "pisa", "density": 0.5, "dense_steps": 0.0, "dense_layers": 0}],
-                         ids=["delta-dit", "pisa"])
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
 @pytest.mark.parametrize("patch_first", [False, True], ids=["offload-then-patch", "patch-then-offload"])
 def test_offloading_in_either_order_then_unpatch(tiny, offload, method, patch_first):
     pipe = tiny("pixart-alpha")
@@ -147,3 +153,46 @@ def test_offloading_in_either_order_then_unpatch(tiny, offload, method, patch_fi
     calls = _accelerate_hook_calls(pipe)
     assert torch.equal(run(pipe, 2), baseline)
     assert calls[0] == baseline_calls  # every offloading hook still runs after unpatch
+
+
+def test_a_second_thread_is_refused_while_a_run_is_in_progress_then_served(tiny):
+    """Two threads, each with its own pipeline over one patched transformer: the run in progress keeps its
+    caches and finishes exactly as alone; the other thread's call is refused before anything of it runs,
+    and served once the first run is over."""
+    import threading
+
+    a = tiny("pixart-alpha")
+    handle = accel.patch(a, method="tdc", threshold=0.5)
+    pipes = [diffusers.PixArtAlphaPipeline(**{**a.components, "scheduler": ddim(a)}) for _ in range(2)]
+    serial = [run(pipe, 8) for pipe in pipes]
+    mid_run, refused = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def pause(step, t, latents):
+        if step == 3:
+            mid_run.set()
+            refused.wait(timeout=120)
+
+    def first():
+        results["first"] = pipes[0](**inputs(pipes[0], steps=8, **RES), callback=pause, callback_steps=1).images
+
+    def second():
+        mid_run.wait(timeout=120)
+        try:
+            run(pipes[1], 8)
+        except accel.ConcurrentUseError as err:
+            results["refusal"] = str(err)
+        refused.set()
+
+    threads = [threading.Thread(target=first, name="first"), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert "in the middle of a run in thread 'first'" in results["refusal"]
+    assert torch.equal(results["first"], serial[0])
+    later = threading.Thread(target=lambda: results.update(second=run(pipes[1], 8)))
+    later.start()
+    later.join(timeout=300)
+    assert torch.equal(results["second"], serial[1])
+    handle.unpatch()
