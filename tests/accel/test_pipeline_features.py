@@ -196,3 +196,20 @@ def test_a_second_thread_is_refused_while_a_run_is_in_progress_then_served(tiny)
     later.join(timeout=300)
     assert torch.equal(results["second"], serial[1])
     handle.unpatch()
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_a_run_interrupted_mid_way_leaves_nothing_for_the_next(tiny, method):
+    a = tiny("pixart-alpha")
+    right = patched_run(a, 6, **method)
+    handle = accel.patch(a, **method)
+
+    def stop(step, t, latents):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        a(**inputs(a, steps=6, **RES), callback=stop, callback_steps=1)
+    assert torch.equal(run(a, 6), right)
+    assert handle.stats()["steps"]["runs"] == 2
+    handle.unpatch()
