@@ -16,7 +16,7 @@ import torch
 from accelerate.hooks import attach_align_device_hook
 
 import accel
-from accel.zoo import default_resolution, inputs
+from accel.zoo import default_resolution, generate, inputs
 
 CACHE = {"method": "delta-dit", "interval": 2, "warmup": 1}
 # every built-in method at a setting that keeps state across steps (each would show a wrong run boundary)
@@ -213,3 +213,43 @@ def test_a_run_interrupted_mid_way_leaves_nothing_for_the_next(tiny, method):
     assert torch.equal(run(a, 6), right)
     assert handle.stats()["steps"]["runs"] == 2
     handle.unpatch()
+
+
+def _add_lora(pipe) -> None:
+    """A LoRA made here (peft), with non-zero weights so that it changes the output."""
+    from peft import LoraConfig
+
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                        init_lora_weights=False)
+    pipe.transformer.add_adapter(config, adapter_name="local")
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_lora_loaded_before_or_after_patching_fused_or_not(tiny, method):
+    pytest.importorskip("peft")
+    # right values: patches made on the model as it ends up (LoRA loaded; LoRA fused)
+    ref = tiny("flux")
+    _add_lora(ref)
+    lora_unpatched = generate(ref, steps=4)
+    with accel.patch(ref, **method):
+        right = generate(ref, steps=4)
+    ref.transformer.fuse_lora()
+    with accel.patch(ref, **method):
+        right_fused = generate(ref, steps=4)
+    ref.transformer.unfuse_lora()  # W + dW - dW: not bit-identical to W, so its own right values
+    unfused_unpatched = generate(ref, steps=4)
+    with accel.patch(ref, **method):
+        right_unfused = generate(ref, steps=4)
+
+    pipe = tiny("flux")
+    handle = accel.patch(pipe, **method)
+    _add_lora(pipe)  # after patching
+    assert torch.equal(generate(pipe, steps=4), right)
+    pipe.transformer.fuse_lora()
+    assert torch.equal(generate(pipe, steps=4), right_fused)
+    pipe.transformer.unfuse_lora()
+    assert torch.equal(generate(pipe, steps=4), right_unfused)
+    handle.unpatch()
+    assert torch.equal(generate(pipe, steps=4), unfused_unpatched)
+    assert not torch.equal(lora_unpatched, generate(tiny("flux"), steps=4))  # the LoRA does change the output
