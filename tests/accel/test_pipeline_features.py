@@ -253,3 +253,52 @@ def test_lora_loaded_before_or_after_patching_fused_or_not(tiny, method):
     handle.unpatch()
     assert torch.equal(generate(pipe, steps=4), unfused_unpatched)
     assert not torch.equal(lora_unpatched, generate(tiny("flux"), steps=4))  # the LoRA does change the output
+
+
+def _exact(name: str) -> dict:
+    """The method at its exact setting, with no dense warm-up steps or layers."""
+    cls = accel.method.method_class(name)
+    extra = {"dense_steps": 0.0, "dense_layers": 0} if name in ("pisa", "adaspa") else {}
+    return {"method": name, **cls.exact_options, **extra}
+
+
+def _drop_cfg_after(step: int):
+    def callback(pipe, i, t, tensors):  # diffusers' documented way to end CFG mid-run
+        if i == step:
+            pipe._guidance_scale = 1.0
+        return tensors
+
+    return callback
+
+
+GUIDANCE = {
+    "batch of 2": {"batch_size": 2},
+    "2 videos per prompt": {"num_videos_per_prompt": 2},
+    "no CFG": {"guidance_scale": 1.0},
+    "CFG dropped after step 1": {"callback_on_step_end": _drop_cfg_after(1)},
+}
+
+
+@pytest.mark.parametrize("case", sorted(GUIDANCE))
+@pytest.mark.parametrize("name", IDS)
+def test_batches_and_guidance_variants_at_the_exact_setting(tiny, name, case):
+    """Wan (separate cond/uncond calls, in cache contexts) at each method's exact setting equals the
+    unpatched pipeline under every batch and guidance variant, however many calls a step makes."""
+    pipe = tiny("wan")
+    extra = dict(GUIDANCE[case])
+    batch = extra.pop("batch_size", 1)
+    guidance = extra.pop("guidance_scale", None)
+
+    def call():
+        kwargs = inputs(pipe, steps=4, batch_size=batch, guidance_scale=guidance)
+        return pipe(**kwargs, **extra).frames
+
+    baseline = call()
+    method = _exact(name)
+    with accel.patch(pipe, **method) as handle:
+        out = call()
+        calls = handle.stats()["steps"]["calls_by_branch"]
+    cls = accel.method.method_class(name)
+    torch.testing.assert_close(out, baseline, atol=cls.exact_atol, rtol=0)
+    expected = {"cond": 4, "uncond": {"no CFG": 0, "CFG dropped after step 1": 2}.get(case, 4)}
+    assert calls == {k: v for k, v in expected.items() if v}
