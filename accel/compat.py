@@ -9,7 +9,6 @@ release that renames one fails there, loudly, before anything else breaks.
 from __future__ import annotations
 
 import logging
-import types
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -61,7 +60,7 @@ def keep_outer_wrapper(module: torch.nn.Module, outer: Any, ours: Any, below: An
     be re-pointed, and is dropped with a warning rather than left calling the removed hook."""
     if module.__dict__.get("_old_forward") is ours:
         module.__dict__["forward"] = outer
-        module.__dict__["_old_forward"] = below if below is not None else types.MethodType(type(module).forward, module)
+        module.__dict__["_old_forward"] = below
         return
     logging.getLogger("accel").warning(
         "accel: %s.forward was wrapped by another library after accel's hook, in a way accel cannot re-point; "

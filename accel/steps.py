@@ -1,12 +1,12 @@
 """Which denoising step and which CFG branch the denoiser is running, reset for every pipeline call.
 
-Every method reads the step from one `StepTracker`. The tracker sees each denoiser call through a
-diffusers `ModelHook` and works out:
+Every method reads the step from one `StepTracker`. The tracker sees each denoiser call (see the
+end of this docstring for how) and works out:
 
 - the branch: the name of the pipeline's `cache_context` ("cond"/"uncond") when the pipeline opens one
-  (Wan, Flux true CFG, HunyuanVideo...); otherwise a call at the same timestep as the previous one is the
-  next branch of the same step (separate cond/uncond calls without contexts), and a call at a new
-  timestep is the first branch of a new step. Batched CFG (PixArt, DiT, SD3) is one call per step.
+  (Wan, Flux true CFG, HunyuanVideo...); otherwise a further call in the same iteration of the pipeline's
+  loop (its counter `i`; without one, at the same timestep) is the next branch of the same step (separate
+  cond/uncond calls without contexts), and a call in a new iteration is the first branch of a new step. Batched CFG (PixArt, DiT, SD3) is one call per step.
 - the step: the number of earlier calls of the same branch in this run, or the pipeline's own
   `step_index` when its context carries one.
 - a new run: whatever drives the denoiser is looked up on the call stack at each call: the innermost
@@ -70,9 +70,8 @@ def _timestep_value(t: Any) -> float | None:
 @dataclass(frozen=True)
 class DenoisingLoop:
     """The pipeline call running the denoiser: its scheduler's `timesteps` (a new object at every call,
-    since each call sets them anew) and the number of steps its loop runs."""
+    since each call sets them anew), the number of steps its loop runs, and where the loop is."""
 
-    pipeline: Any
     timesteps: Any
     steps: int
     index: int | None  # the loop's own counter `i` (`for i, t in enumerate(timesteps)`), when it has one
@@ -101,7 +100,7 @@ def running_loop(max_depth: int = 64) -> DenoisingLoop | None:
                 if not isinstance(steps, int) or steps <= 0:
                     steps = len(timesteps)
                 index = frame.f_locals.get("i")
-                return DenoisingLoop(pipeline, timesteps, steps, index if isinstance(index, int) else None)
+                return DenoisingLoop(timesteps, steps, index if isinstance(index, int) else None)
         frame = frame.f_back
     return None
 
@@ -217,7 +216,7 @@ class StepTracker:
         if not self._pending and context is None and t is not None and self.timestep is not None and t != self.timestep:
             n = self._bare_num_steps
             if n is not None and self._calls_by_branch["default"] >= n:
-                self._pending, self._next_num_steps = True, n  # a loop of n steps is over: the next
+                self._pending, self._next_num_steps = True, n  # a loop of n steps is over: a new one starts
             elif n is None and t > self.timestep:
                 self._pending = True  # a bare denoiser started a new denoising loop
         if self._pending:
