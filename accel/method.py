@@ -8,15 +8,20 @@ method="pisa")` imports PISA and nothing else. `register_method` adds one in-pro
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar
+
+import torch
 
 from .config import MethodConfig
 from .errors import UnknownMethodError, UnsupportedModelError, closest
 from .journal import Journal
 from .steps import StepTracker
 from .target import PatchTarget
+
+COMMON_STATS = frozenset({"held_peak_MB"})  # in every method's stats(): see Method.note_held
 
 
 class Method:
@@ -36,7 +41,7 @@ class Method:
     # The contract every method meets (tests/test_method_contract.py checks it for each registered one):
     exact_options: ClassVar[dict[str, Any]] = {}  # options under which the output equals the unpatched model's
     exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents (0: bit-exact)
-    stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return
+    stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return, besides COMMON_STATS
     kept_between_calls: ClassVar[frozenset[str]] = frozenset()  # attributes that persist across calls
     # (small caches such as token permutations per layout); everything else a call computes is released
 
@@ -79,6 +84,36 @@ class Method:
 
     def stats(self) -> dict[str, Any]:
         return dict(self.counters)
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors this method holds right now: its per-run state (cached residuals, LSEs,
+        masks), not its counters, config, or what it keeps between calls (`kept_between_calls`)."""
+        skip = {"counters", "config", "tracker", *self.kept_between_calls}
+        return sum(t.numel() * t.element_size() for t in held_tensors(vars(self), set(), skip))
+
+    def note_held(self) -> None:
+        """After each denoiser call: the run's peak of `held_bytes()`, in `stats()["held_peak_MB"]`."""
+        held = self.held_bytes() / 2**20
+        self.counters["held_peak_MB"] = max(self.counters.get("held_peak_MB", 0.0), held)
+
+
+def held_tensors(obj: Any, seen: set[int], skip: set[str]) -> Iterator[torch.Tensor]:
+    """The tensors reachable from `obj` through dicts, sequences and object attributes, each once; modules
+    (the model's own weights) and the attributes named in `skip` are not entered."""
+    if id(obj) in seen or isinstance(obj, torch.nn.Module | type):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if key not in skip:
+                yield from held_tensors(value, seen, skip)
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for value in obj:
+            yield from held_tensors(value, seen, skip)
+    elif hasattr(obj, "__dict__"):
+        yield from held_tensors(vars(obj), seen, skip)
 
 
 @dataclass(frozen=True)

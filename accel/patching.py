@@ -187,6 +187,7 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
         for m in methods:
             tracker.on_new_run(m.reset_run)
             tracker.on_branch_end(m.end_branch)
+            tracker.on_call_end(m.note_held)
             m.apply(resolved, journal, tracker)
         tracker.needs_step_count = [m.name for m in methods if m.needs_step_count()]
         for d in resolved.denoisers:

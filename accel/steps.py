@@ -130,6 +130,7 @@ class StepTracker:
         self.needs_step_count: list[str] = []  # the methods that refuse to run without a step count
         self._on_new_run: list[Callable[[], None]] = []
         self._on_branch_end: list[Callable[[str], None]] = []
+        self._on_call_end: list[Callable[[], None]] = []
         self._pending = True
         self._next_num_steps: int | None = None
         self._calls_by_branch: Counter[str] = Counter()
@@ -152,10 +153,16 @@ class StepTracker:
         step count is known), so nothing a run computed is held after the run."""
         self._on_branch_end.append(callback)
 
+    def on_call_end(self, callback: Callable[[], None]) -> None:
+        """Register a method's callback after each denoiser call (before a branch's state is released)."""
+        self._on_call_end.append(callback)
+
     def finished_call(self, failed: bool = False) -> None:
         """Called after each denoiser call (also one that raised): the call's arguments are let go, and the
         branch's last step releases its state."""
         self.call = {}
+        for callback in self._on_call_end:
+            callback()
         if failed:
             self._complete = True
         if self.num_steps is not None and self.step >= self.num_steps - 1:

@@ -24,7 +24,7 @@ import torch
 from support import snapshot
 
 import accel
-from accel.method import _entry_points, method_class
+from accel.method import COMMON_STATS, _entry_points, held_tensors, method_class
 
 ANY_FAMILY = ("pixart-alpha", "wan")  # an image and a video model for methods that run on any family
 ZOO_NAME = {"pixart": "pixart-alpha"}  # adapter family -> zoo entry, where the names differ
@@ -110,7 +110,7 @@ def test_state_is_per_call_and_stats_are_the_documented_keys(method, model, tiny
         assert handle.stats()[method] == stats[method] and handle.stats()["steps"]["runs"] == 2
     finally:
         handle.unpatch()
-    undocumented = set(stats[method]) - method_class(method).stats_keys
+    undocumented = set(stats[method]) - method_class(method).stats_keys - COMMON_STATS
     assert not undocumented, f"{method}.stats() returned keys its class does not declare: {undocumented}"
 
 
@@ -147,27 +147,8 @@ def test_nothing_computed_is_held_after_the_call(method, model, tiny):
     handle = accel.patch(pipe, method=method)
     try:
         _run(pipe)
-        held = [t for m in handle.methods for t in _tensors(m, set(), {"counters", *m.kept_between_calls})]
+        held = [t for m in handle.methods for t in held_tensors(m, set(), {"counters", *m.kept_between_calls})
+                if t.numel() > 1]  # a few 0-d tensors stay, for stats()
         assert not held, f"{method} holds {sum(t.numel() * t.element_size() for t in held)} bytes after the call"
     finally:
         handle.unpatch()
-
-
-def _tensors(obj, seen, skip):  # noqa: ANN001, ANN202
-    """The tensors reachable from a method's state, but for the attributes in `skip` (its counters, a few
-    scalars kept for stats(), and what it declares `kept_between_calls`)."""
-    if id(obj) in seen or isinstance(obj, torch.nn.Module):
-        return
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        if obj.numel() > 1:
-            yield obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            if key not in skip:
-                yield from _tensors(value, seen, skip)
-    elif isinstance(obj, list | tuple | set):
-        for value in obj:
-            yield from _tensors(value, seen, skip)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-        yield from _tensors(vars(obj), seen, skip)
