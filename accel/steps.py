@@ -161,14 +161,14 @@ class StepTracker:
         """Called after each denoiser call (also one that raised): the call's arguments are let go, and the
         branch's last step releases its state."""
         self.call = {}
-        for callback in self._on_call_end:
-            callback()
+        for note in self._on_call_end:
+            note()
         if failed:
             self._complete = True
         if self.num_steps is not None and self.step >= self.num_steps - 1:
             self._complete = True
-            for callback in self._on_branch_end:
-                callback(self.branch)
+            for release in self._on_branch_end:
+                release(self.branch)
 
     def reset(self, num_steps: int | None = None) -> None:
         """Begin a new run at the next denoiser call."""
