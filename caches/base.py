@@ -16,7 +16,7 @@ from .span_cache import Span, attach_spans
 
 class SpanCacheMethod(Method):
     claims = frozenset({"blocks"})
-    stats_keys = frozenset({"block_calls", "blocks_skipped", "skip_rate"})
+    stats_keys = frozenset({"block_calls", "blocks_skipped", "skip_rate", "nonfinite_residuals"})
 
     def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
         raise NotImplementedError

@@ -20,6 +20,7 @@ residual is always that of the whole span, really computed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from accel.journal import Journal
 from accel.steps import StepTracker
 
 Residual = tuple[torch.Tensor, torch.Tensor | None]
+logger = logging.getLogger("accel")
 
 
 @dataclass
@@ -101,6 +103,7 @@ class Span:
         self.skipping = False
         self.storing = False
         self.interrupted = False  # another span passed one of our blocks through while we computed
+        self.warned_nonfinite = False
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -154,13 +157,21 @@ class Span:
             hidden - state.hidden_in,
             encoder - state.encoder_in if encoder is not None and state.encoder_in is not None else None,
         )
+        state.hidden_in = state.encoder_in = None
+        if not _finite(residual):  # never replayed: the steps that would have used it compute instead
+            state.residual = state.slope = state.change = None
+            self.counters["nonfinite_residuals"] = self.counters.get("nonfinite_residuals", 0) + 1
+            if not self.warned_nonfinite:
+                self.warned_nonfinite = True
+                logger.warning("accel: span %s computed a residual with NaN/inf; it is not cached (counted in "
+                               "stats()['nonfinite_residuals'])", self.name)
+            return
         same_shape = state.residual is not None and state.residual[0].shape == residual[0].shape
         if self.track_change and same_shape:
             state.change = relative_change(residual, state.residual)
         if self.order == 1:
             state.slope = _slope(residual, state.residual, state.refreshed_at - state.residual_at) if same_shape else None
         state.residual, state.residual_at = residual, state.refreshed_at
-        state.hidden_in = state.encoder_in = None
 
     def replay(self, hidden: torch.Tensor, encoder: torch.Tensor | None) -> Residual:
         state = self.current
@@ -234,6 +245,12 @@ class SpanBlockHook(ModelHook):
             span.layouts[i] = layout
             if i == len(span) - 1 and span.storing:
                 span.store(output)
+
+
+def _finite(residual: Residual) -> bool:
+    """Whether both streams are free of NaN/inf (one host sync)."""
+    flags = [torch.isfinite(part).all() for part in residual if part is not None]
+    return bool(torch.stack(flags).all())
 
 
 def _slope(new: Residual, old: Residual, steps: int) -> Residual | None:

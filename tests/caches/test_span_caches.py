@@ -250,3 +250,41 @@ def test_no_skip_path_adds_no_tensor_operations(tiny):
     for method, options in (("delta-dit", {"interval": 1}), ("tdc", {"threshold": 0.0, "protected_blocks": 0})):
         with accel.patch(pipe, method=method, **options):
             assert aten_ops() == baseline, method
+
+
+@pytest.mark.parametrize("method, options", [("delta-dit", {"interval": 2, "warmup": 1}), ("tdc", {"threshold": 0.5})])
+def test_a_residual_with_nan_or_inf_is_never_cached(tiny, method, options, caplog):
+    """A block that overflows at one step: its residual is not stored (so no later step replays it), and
+    stats() counts it."""
+    pipe = tiny("pixart-alpha")
+    handle = accel.patch(pipe, method=method, **options)
+    blocks = pipe.transformer.transformer_blocks
+    calls = []
+
+    def overflow(module, args, output):
+        calls.append(1)
+        return output * float("inf") if len(calls) == 1 else output  # the first block call only
+
+    stored = []
+
+    def spy(span):
+        store = span.store
+
+        def checked(output):
+            store(output)
+            if span.current.residual is not None:
+                stored.append(all(bool(torch.isfinite(p).all()) for p in span.current.residual if p is not None))
+
+        return checked
+
+    for span in handle.methods[0].spans:
+        span.store = spy(span)
+    hooks = [block.register_forward_hook(overflow) for block in blocks]
+    with caplog.at_level("WARNING", logger="accel"):
+        generate(pipe, steps=6)
+    for h in hooks:
+        h.remove()
+    assert handle.stats()[method]["nonfinite_residuals"] >= 1
+    assert sum("NaN/inf" in r.getMessage() for r in caplog.records) >= 1
+    assert all(stored)  # every residual that was stored is finite
+    handle.unpatch()
