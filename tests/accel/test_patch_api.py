@@ -195,7 +195,7 @@ def test_composition_applies_every_method(tiny, test_methods):
     assert [m.name for m in handle.methods] == ["none", "test-scale"]
     assert handle.config[1].factor == 0.25
     generate(pipe, steps=2)
-    assert handle.stats()["test-scale"] == {"scaled_calls": 2}
+    assert _without_memory(handle.stats()["test-scale"]) == {"scaled_calls": 2}
     handle.unpatch()
 
 
@@ -248,3 +248,8 @@ def test_patch_composes_with_a_diffusers_cache_and_leaves_it_in_place(tiny):
     assert pipe.transformer.is_cache_enabled
     assert torch.equal(generate(pipe, steps=4), reference)
     pipe.transformer.disable_cache()
+
+
+def _without_memory(stats: dict) -> dict:
+    """The counters, without `held_peak_MB` (its bounds are tests/test_memory_bounds.py's)."""
+    return {k: v for k, v in stats.items() if k != "held_peak_MB"}

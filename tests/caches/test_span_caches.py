@@ -61,7 +61,7 @@ def test_delta_dit_stage_schedule_rear_early_front_late(tiny):
     # late: front cached, its residual from step 5 reused at 6-7, refreshed at 8.
     assert [s for s, _ in seen["transformer_blocks.1"]] == [0, 1, 4, 6, 7, 8, 9]
     assert [s for s, _ in seen["transformer_blocks.0"]] == [0, 1, 2, 3, 4, 5, 8]
-    assert handle.stats()["delta-dit"] == {"block_calls": 20, "blocks_skipped": 6, "skip_rate": 0.3}
+    assert _without_memory(handle.stats()["delta-dit"]) == {"block_calls": 20, "blocks_skipped": 6, "skip_rate": 0.3}
     handle.unpatch()
 
 
@@ -189,7 +189,7 @@ def test_overlapping_spans_skip_each_block_once_and_store_only_whole_spans():
     assert [s for s, _ in seen["transformer_blocks.1"]] == [0, 1, 4, 6, 9]
     assert [s for s, _ in seen["transformer_blocks.2"]] == [0, 1, 4, 6, 9]
     assert [s for s, _ in seen["transformer_blocks.3"]] == [0, 1, 4, 6, 7, 8, 9]
-    assert handle.stats()["delta-dit"] == {"block_calls": 40, "blocks_skipped": 15, "skip_rate": 0.375}
+    assert _without_memory(handle.stats()["delta-dit"]) == {"block_calls": 40, "blocks_skipped": 15, "skip_rate": 0.375}
     handle.unpatch()
 
 
@@ -288,3 +288,8 @@ def test_a_residual_with_nan_or_inf_is_never_cached(tiny, method, options, caplo
     assert sum("NaN/inf" in r.getMessage() for r in caplog.records) >= 1
     assert all(stored)  # every residual that was stored is finite
     handle.unpatch()
+
+
+def _without_memory(stats: dict) -> dict:
+    """The counters, without `held_peak_MB` (its bounds are tests/test_memory_bounds.py's)."""
+    return {k: v for k, v in stats.items() if k != "held_peak_MB"}
