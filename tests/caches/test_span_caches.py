@@ -104,9 +104,9 @@ def test_batch_of_two_skips_the_same_blocks(tiny):
     pipe = tiny("wan")
     with accel.patch(pipe, method="delta-dit") as handle:
         generate(pipe, steps=6)
-        one = handle.stats()["delta-dit"]
+        one = _without_memory(handle.stats()["delta-dit"])
         out = generate(pipe, steps=6, batch_size=2)
-        assert handle.stats()["delta-dit"] == one and torch.isfinite(out).all()
+        assert _without_memory(handle.stats()["delta-dit"]) == one and torch.isfinite(out).all()
 
 
 def test_tdc_skips_stable_blocks_at_most_max_skips_in_a_row(tiny):
