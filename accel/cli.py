@@ -93,8 +93,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for key in ("seeds", "fewer_steps"):
         if key in given:
             given[key] = tuple(int(x) for x in given[key])
-    for name in given.get("methods") or ():
-        if name != "auto":
+    from .bench.variants import method_parts
+
+    for entry in given.get("methods") or ():
+        for name in method_parts(entry) if entry != "auto" else ():
             method_class(name)  # an unknown name is refused before anything runs
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default flux)")
     p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
-    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated; 'auto' (default) = none + every method that supports the model; "
+    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated ('a+b': one patch with both); 'auto' (default) = none + every method that supports the model; "
                    "'name:label' adds another row of a method, with options --option name:label.key=value")
     p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
     p.add_argument(

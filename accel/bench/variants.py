@@ -40,14 +40,37 @@ def fewer_steps(steps: int, matched: str) -> Variant:
     return Variant(f"fewer-steps({steps})", "fewer-steps", steps, note=note)
 
 
+def method_parts(entry: str) -> list[str]:
+    """The method names of a row: "pisa", "pisa:label" (a second row of a method), or a composition
+    "pisa+delta-dit" (one patch with both)."""
+    return entry.partition(":")[0].split("+")
+
+
 def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) -> Variant:
     """The row of one accel method. `entry` is the method's name, or "name:label" for a second row of the
-    same method with other options (e.g. "pisa:keep-or-drop" with `pisa:keep-or-drop.order=none`)."""
-    name = entry.partition(":")[0]
+    same method with other options (e.g. "pisa:keep-or-drop" with `pisa:keep-or-drop.order=none`), or a
+    composition "a+b" whose options name their method (`pisa+delta-dit.pisa.density=0.1`)."""
+    parts = method_parts(entry)
     options = dict(options or {})
+    method: Any = parts[0]
+    if len(parts) > 1:
+        from accel.errors import InvalidOptionError
+        from accel.method import method_class
+
+        per: dict[str, dict[str, Any]] = {part: {} for part in parts}
+        for key, value in options.items():
+            part, _, field = key.partition(".")
+            if part not in per or not field:
+                raise InvalidOptionError(f"--option {entry}.{key}: a composition's options name their method, "
+                                         f"e.g. {entry}.{parts[0]}.<option>=<value>")
+            per[part][field] = value
+        method = [method_class(part).Config.from_options(**per[part]) for part in parts]
+        opts: dict[str, Any] = {}
+    else:
+        opts = options
 
     def enable(pipe: Any) -> accel.Patch:
-        return accel.patch(pipe, method=name, **options)
+        return accel.patch(pipe, method=method, **opts)
 
     return Variant(
         entry, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=options

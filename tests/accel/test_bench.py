@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import accel
 from accel.bench import BenchSpec, markdown, run, write_all
 from accel.cli import main
 
@@ -198,3 +199,18 @@ def test_fbc_peer_takes_a_threshold_and_bad_peers_are_named():
     for bad in ("fbc@x", "fbc@-1", "pab@0.1", "teacache"):
         with pytest.raises(InvalidOptionError, match=bad.replace(".", r"\.")):
             variants.parse_peer(bad)
+
+
+def test_a_composition_row_is_one_patch_with_each_method_s_options(tiny):
+    from accel.bench import variants as V
+
+    pipe = tiny("wan")
+    row = V.accel_method("pisa+delta-dit", 4, {"pisa.density": 0.5, "delta-dit.interval": 3})
+    handle = row.enable(pipe)
+    try:
+        assert [c.method for c in handle.config] == ["pisa", "delta-dit"]
+        assert handle.config[0].density == 0.5 and handle.config[1].interval == 3
+    finally:
+        row.disable(pipe, handle)
+    with pytest.raises(accel.InvalidOptionError, match=r"name their method, e.g. pisa\+delta-dit.pisa"):
+        V.accel_method("pisa+delta-dit", 4, {"density": 0.5})
