@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .errors import AccelError
 from .method import method_class
@@ -80,10 +81,21 @@ def _option(text: str) -> tuple[str, str, object]:
     return method, key, value
 
 
+def _writable_dir(path: Path) -> bool:
+    """Whether `path` is (or could be made) a directory this process can write a file into: tried, not
+    guessed from permissions (root passes every permission check, yet /proc refuses files)."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Options not given on the command line keep `BenchSpec`'s defaults (one place for them)."""
-    from pathlib import Path
-
     from .bench import BenchSpec, markdown, quick, run, write_all
 
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BenchSpec)}}
@@ -98,6 +110,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for entry in given.get("methods") or ():
         for name in method_parts(entry) if entry != "auto" else ():
             method_class(name)  # an unknown name is refused before anything runs
+    for flag, path in (("--out", Path(args.out)), ("--doc", Path(args.doc).parent if args.doc else None)):
+        if path is not None and not _writable_dir(path):
+            raise AccelError(f"{flag} {path}: not a directory that can be written (checked before the run)")
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
         spec = quick(spec)

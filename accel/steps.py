@@ -77,15 +77,16 @@ class DenoisingLoop:
     index: int | None  # the loop's own counter `i` (`for i, t in enumerate(timesteps)`), when it has one
 
 
-def running_loop(max_depth: int = 64) -> DenoisingLoop | None:
-    """The innermost diffusers pipeline call on this thread's stack, or None when no pipeline drives the
-    denoiser. The step count is the pipeline's own `_num_timesteps` (the loop's length, which diffusers
+def running_loop(frame: FrameType | None = None, max_depth: int = 64) -> DenoisingLoop | None:
+    """The innermost diffusers pipeline call on this thread's stack (or from `frame` up), or None when no
+    pipeline drives the denoiser. The step count is the pipeline's own `_num_timesteps` (the loop's length, which diffusers
     pipelines record before their loop: img2img's strength shortens it, Heun's 2N-1 lengthens it), else
     the length of its scheduler's timesteps."""
     utils = sys.modules.get("diffusers.pipelines.pipeline_utils")
     if utils is None:  # no diffusers pipeline was ever imported, so none is running
         return None
-    frame: FrameType | None = sys._getframe(1)
+    if frame is None:
+        frame = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
             return None
@@ -141,6 +142,7 @@ class StepTracker:
         self._owner: threading.Thread | None = None  # the thread whose run is in progress
         self._complete = True  # the run reached its last step, failed, or was reset
         self._lock = threading.Lock()
+        self._calling = threading.local()  # .active: this thread's current denoiser call was accepted
         self._layout: TokenLayout | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -159,7 +161,11 @@ class StepTracker:
 
     def finished_call(self, failed: bool = False) -> None:
         """Called after each denoiser call (also one that raised): the call's arguments are let go, and the
-        branch's last step releases its state."""
+        branch's last step releases its state. A call refused before it ran (another thread's run in
+        progress) touches nothing."""
+        if not getattr(self._calling, "active", False):
+            return
+        self._calling.active = False
         self.call = {}
         for note in self._on_call_end:
             note()
@@ -197,7 +203,7 @@ class StepTracker:
         anything of it is counted or cached."""
         with self._lock:
             owner = self._owner
-            if owner is not None and owner is not threading.current_thread() and owner.is_alive() and not self._complete:
+            if owner is not None and owner is not threading.current_thread() and self._in_progress(owner):
                 from .errors import ConcurrentUseError
 
                 raise ConcurrentUseError(
@@ -207,6 +213,18 @@ class StepTracker:
                     "or run the calls one after the other (if that run was abandoned, call handle.reset())."
                 )
             self._observe(denoiser, adapter, args, kwargs, context)
+            self._calling.active = True
+
+    def _in_progress(self, owner: threading.Thread) -> bool:
+        """Whether `owner` is still inside its run: the run is not complete, and, when a pipeline drives it,
+        that pipeline call is still on the owner's stack (a run abandoned by an exception is over)."""
+        if self._complete or not owner.is_alive():
+            return False
+        if self._is_run is None:  # a bare loop: only its step count or a reset ends it
+            return True
+        frame = sys._current_frames().get(owner.ident or -1)
+        loop = running_loop(frame) if frame is not None else None
+        return loop is not None and self._is_run(loop.timesteps)
 
     def _observe(self, denoiser: torch.nn.Module, adapter: ModelAdapter, args: tuple, kwargs: dict, context: Any) -> None:
         call = adapter.bind_call(denoiser, args, kwargs)
@@ -233,7 +251,7 @@ class StepTracker:
         if self.num_steps is None and self.needs_step_count:
             from .errors import StepCountUnknownError
 
-            self._pending = True  # nothing of this call was counted
+            self._pending, self._complete = True, True  # nothing of this call was counted
             raise StepCountUnknownError(self.needs_step_count)
         if context is not None:
             branch = str(context.name)
