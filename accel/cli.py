@@ -64,6 +64,25 @@ def counting(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _ints_csv(text: str) -> tuple[int, ...]:
+    """Comma-separated integers (seeds, step counts)."""
+    try:
+        return tuple(int(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+
+
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:N, refused up front when this torch has no such device."""
+    import torch
+
+    if text != "cpu" and not text.startswith("cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: this torch ({torch.__version__}) sees no CUDA device")
+    return text
+
+
 def _option(text: str) -> tuple[str, str, object]:
     """`method.key=value` with a Python literal value (strings may be bare)."""
     import ast
@@ -102,14 +121,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     options: dict[str, dict[str, object]] = {}
     for method, key, value in getattr(args, "option", []):
         options.setdefault(method, {})[key] = value
-    for key in ("seeds", "fewer_steps"):
-        if key in given:
-            given[key] = tuple(int(x) for x in given[key])
-    from .bench.variants import method_parts
+    from .bench import variants
 
-    for entry in given.get("methods") or ():
-        for name in method_parts(entry) if entry != "auto" else ():
+    entries = given.get("methods") or ()
+    for entry in entries:
+        for name in variants.method_parts(entry) if entry != "auto" else ():
             method_class(name)  # an unknown name is refused before anything runs
+    for entry, opts in options.items():  # and so is a bad option, or one for a row that is not asked for
+        if entry not in entries:
+            raise AccelError(f"--option {entry}.*: {entry!r} is not among --methods ({', '.join(entries) or 'auto'})")
+        parts = variants.method_parts(entry)
+        if len(parts) > 1:
+            variants.accel_method(entry, 1, opts)  # builds, so checks, each method's config
+        else:
+            method_class(parts[0]).Config.from_options(**opts)
+    unknown = [b for b in given.get("backends") or () if b not in variants.BACKENDS]
+    if unknown:
+        raise AccelError(f"--backends {','.join(unknown)}: unknown; expected some of {', '.join(variants.BACKENDS)}")
     for flag, path in (("--out", Path(args.out)), ("--doc", Path(args.doc).parent if args.doc else None)):
         if path is not None and not _writable_dir(path):
             raise AccelError(f"{flag} {path}: not a directory that can be written (checked before the run)")
@@ -174,17 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache; fbc@T: FirstBlockCache at threshold T"
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
-    p.add_argument("--fewer-steps", type=_csv, help="explicit step counts for fewer-steps rows")
+    p.add_argument("--fewer-steps", type=_ints_csv, help="explicit step counts for fewer-steps rows")
     p.add_argument("--steps", type=counting(1), help="denoising steps (default 10)")
     p.add_argument("--height", type=counting(1))
     p.add_argument("--width", type=counting(1))
     p.add_argument("--frames", type=counting(1))
-    p.add_argument("--seeds", type=_csv, help="comma-separated seeds (default 0)")
+    p.add_argument("--seeds", type=_ints_csv, help="comma-separated seeds (default 0)")
     p.add_argument("--repeat", type=counting(1), help="timed repeats per row and seed (default 3)")
     p.add_argument("--warmup", type=counting(0), help="untimed runs per row first (default 1)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--device", type=_device, help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--output-type", help="'latent' compares final latents; 'pt' decoded outputs")
+    p.add_argument("--output-type", choices=("latent", "pt"), help="'latent' compares final latents; 'pt' decoded outputs")
     p.add_argument("--out", default="bench-results")
     p.add_argument(
         "--quick",
@@ -235,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # recorded with benchmark results, so tables show the command that made them
     try:
         return args.func(args)
-    except (AccelError, FileNotFoundError) as err:  # a request that cannot be honoured: its message, no traceback
+    except (ValueError, FileNotFoundError) as err:  # a request that cannot be honoured (AccelError is a
+        # ValueError, and so are the zoo's and the engine's refusals of a size or a density): its message
         print(f"accel: error: {str(err).removeprefix('accel: ')}", file=sys.stderr)
         return 2
 

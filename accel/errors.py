@@ -53,5 +53,7 @@ class StepCountUnknownError(AccelError, RuntimeError):
 
 def closest(word: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix, or '' when nothing is close."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    choices = list(choices)
+    same = [c for c in choices if isinstance(word, str) and c.lower() == word.lower()]  # "PISA" for "pisa"
+    match = same or difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""

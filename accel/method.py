@@ -41,6 +41,7 @@ class Method:
     # The contract every method meets (tests/test_method_contract.py checks it for each registered one):
     exact_options: ClassVar[dict[str, Any]] = {}  # options under which the output equals the unpatched model's
     exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents (0: bit-exact)
+    exact_rtol: ClassVar[float] = 0.0  # ... plus this fraction of each latent's magnitude
     stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return, besides COMMON_STATS
     kept_between_calls: ClassVar[frozenset[str]] = frozenset()  # attributes that persist across calls
     # (small caches such as token permutations per layout); everything else a call computes is released

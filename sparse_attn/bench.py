@@ -257,12 +257,27 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+def _densities(text: str) -> list[float]:
+    """Comma-separated kept fractions in (0, 1]."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers in (0, 1]") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers in (0, 1]")
+    return values
 
 
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+def _names(allowed: tuple[str, ...]):  # noqa: ANN202
+    """An argparse type: comma-separated names among `allowed` ('' for none)."""
+    def parse(text: str) -> list[str]:
+        names = [x.strip() for x in text.split(",") if x.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: expected some of {', '.join(allowed)}")
+        return names
+
+    return parse
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -283,24 +298,24 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_bench_attn_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `bench-attn` on the `accel` command's subparsers."""
-    from accel.cli import counting
+    from accel.cli import _device, counting
 
     p = subparsers.add_parser("bench-attn", help="block-sparse attention vs dense SDPA, FlexAttention, xformers")
     p.add_argument("--seq-lens", type=_ints, default=[4096, 16384], help="comma-separated (default 4096,16384)")
     p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
     p.add_argument("--doc-key", default=None, help="section name in --doc (default bench-attn)")
     p.add_argument("--head-dims", type=_ints, default=[64], help="comma-separated (default 64)")
-    p.add_argument("--densities", type=_floats, default=[0.125, 0.5], help="kept fraction of key tiles")
+    p.add_argument("--densities", type=_densities, default=[0.125, 0.5], help="kept fraction of key tiles")
     p.add_argument("--batch", type=counting(1), default=1)
     p.add_argument("--heads", type=counting(1), default=2)
     p.add_argument("--tile-size", type=int, default=64, choices=(16, 32, 64, 128))
     p.add_argument("--selection", choices=("random", "topk"), default="random",
                    help="random tiles, or top-k of pooled q.k scores (same index for every sparse row)")
-    p.add_argument("--backends", type=_names, default=["flex", "xformers"],
+    p.add_argument("--backends", type=_names(("flex", "xformers")), default=["flex", "xformers"],
                    help="peers besides dense SDPA: flex, xformers (default both)")
-    p.add_argument("--pisa", type=_names, default=["hybrid"],
+    p.add_argument("--pisa", type=_names(tuple(ORDERS)), default=["hybrid"],
                    help=f"PISA rows, orders among {ORDERS} (default hybrid; '' for none)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--repeat", type=counting(1), default=5, help="timed rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per row after the first (default 1)")

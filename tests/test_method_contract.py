@@ -94,10 +94,10 @@ def test_the_exact_setting_equals_the_baseline(method, model, tiny):
         out = _run(pipe)
     finally:
         handle.unpatch()
-    if cls.exact_atol == 0:
+    if cls.exact_atol == cls.exact_rtol == 0:
         assert torch.equal(out, baseline)
     else:
-        torch.testing.assert_close(out, baseline, atol=cls.exact_atol, rtol=0)
+        torch.testing.assert_close(out, baseline, atol=cls.exact_atol, rtol=cls.exact_rtol)
 
 
 def test_state_is_per_call_and_stats_are_the_documented_keys(method, model, tiny):

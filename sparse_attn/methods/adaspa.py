@@ -64,7 +64,7 @@ class AdaSpa(SparseAttentionMethod):
     summary = "Adaptive block-sparse attention: exact block-mass search, LSE cached, head-adaptive density."
     paper = "AdaSpa, arXiv 2502.21079"
     Config = AdaSpaConfig
-    exact_options = {"sparsity": 0.0}  # every key tile kept
+    exact_options = {"sparsity": 0.0, "dense_steps": 0.0, "dense_layers": 0}  # every key tile kept, everywhere
     stats_keys = SparseAttentionMethod.stats_keys | {"searches", "refreshes", "mask_bytes", "mask_vs_byte_mask"}
 
     def needs_step_count(self) -> bool:

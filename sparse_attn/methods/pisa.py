@@ -48,7 +48,7 @@ class PISA(SparseAttentionMethod):
     summary = "Piecewise sparse attention: exact critical tiles, Taylor-approximated rest, one softmax."
     paper = "PISA, arXiv 2602.01077"
     Config = PISAConfig
-    exact_options = {"density": 1.0}  # every key tile exact
+    exact_options = {"density": 1.0, "dense_steps": 0.0, "dense_layers": 0}  # every key tile exact, everywhere
 
     def density(self) -> float:
         if self.config.density:
