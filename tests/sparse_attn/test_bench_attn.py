@@ -37,6 +37,7 @@ def test_bench_attn_writes_table_and_json(tmp_path, capsys):
     assert (tmp_path / "bench-attn.md").read_text() in text
 
 
-def test_bench_attn_rejects_unknown_pisa_order(tmp_path):
-    with pytest.raises(ValueError, match="--pisa"):
+def test_bench_attn_rejects_unknown_pisa_order(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["bench-attn", "--seq-lens", "64", "--pisa", "first", "--backends", "", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "argument --pisa: first: expected some of" in capsys.readouterr().err
