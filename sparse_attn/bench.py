@@ -199,12 +199,7 @@ def _device_name(device: torch.device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     from accel.info import device_name
 
-    try:  # the CPU model, which accel.info leaves out
-        model = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                     if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return device_name()
-    return f"{device_name()} ({model}, {torch.backends.cpu.get_cpu_capability()})"
+    return device_name()
 
 
 def _cpu_kernel_info(device: torch.device) -> dict[str, object]:
