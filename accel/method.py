@@ -89,7 +89,7 @@ class Method:
     def held_bytes(self) -> int:
         """Bytes of the tensors this method holds right now: its per-run state (cached residuals, LSEs,
         masks), not its counters, config, or what it keeps between calls (`kept_between_calls`)."""
-        skip = {"counters", "config", "tracker", *self.kept_between_calls}
+        skip = {"counters", "config", "tracker", "hooks", *self.kept_between_calls}  # hooks: modules' wiring
         return sum(t.numel() * t.element_size() for t in held_tensors(vars(self), set(), skip))
 
     def note_held(self) -> None:
