@@ -99,6 +99,16 @@ def _target(compiler: str) -> Path:
     return _cache_dir() / f"block_sparse_attn-{key}.so"
 
 
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the kernel's C signatures on a loaded library (returned)."""
+    for name, pointers, ints in (("accel_block_sparse_attention", 7, 9), ("accel_pisa_attention", 11, 10),
+                                 ("accel_block_mass", 4, 8)):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * ints
+    return lib
+
+
 def load() -> ctypes.CDLL | None:
     """The compiled kernel, building it on first use; None when that is impossible (the reason is in
     `build_info()["error"]`)."""
@@ -119,15 +129,7 @@ def load() -> ctypes.CDLL | None:
         except (OSError, RuntimeError) as exc:
             _build["error"] = str(exc)
             return None
-        fn = lib.accel_block_sparse_attention
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 9
-        fn = lib.accel_pisa_attention
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 10
-        fn = lib.accel_block_mass
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 8
+        bind(lib)
         _build.update(path=str(target), flags=" ".join(FLAGS + flags), cached=cached,
                       seconds=round(time.perf_counter() - start, 3))
         if not cached:

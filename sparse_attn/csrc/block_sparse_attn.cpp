@@ -6,9 +6,9 @@
 // FlashAttention-2's online softmax, keeping its tiles in the core's caches; OpenMP threads share out the
 // tasks.
 //
-// The code uses GCC/Clang vector extensions (16 floats = one AVX-512 register; the compiler splits them
-// on narrower machines), with AVX-512 intrinsics in two hot spots, and is built once per machine with
-// -O3 -march=native.
+// The code uses GCC/Clang vector extensions as wide as the machine's vector registers (VL), with
+// AVX-512 intrinsics in two hot spots and a register tile sized per instruction set (TILE_NV), and is
+// built once per machine with -O3 -march=native.
 //
 // Layouts, prepared by cpu_kernel.py (BH = batch*heads, all row-major, fp32):
 //   q      [BH, Nq*BQ, D]   queries, pre-multiplied by softmax_scale*log2(e), so exp2 gives the softmax
@@ -41,9 +41,19 @@
 
 namespace {
 
-// ---- vectors of 16 floats -------------------------------------------------------------------------
+// ---- vectors of one register's width --------------------------------------------------------------
 
+// VL floats = one vector register: 16 with AVX-512, 8 with AVX/AVX2, 4 otherwise (SSE, NEON). Vectors
+// wider than the machine's registers would be split by the compiler into poor code (broadcasts built
+// lane by lane, every accumulator spilled), so the width follows the target. Layouts stay padded to
+// multiples of 16 floats, a whole number of vectors for every width.
+#if defined(__AVX512F__)
 constexpr int VL = 16;
+#elif defined(__AVX__)
+constexpr int VL = 8;
+#else
+constexpr int VL = 4;
+#endif
 typedef float vf __attribute__((vector_size(VL * sizeof(float)), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t)), aligned(4)));
 
@@ -104,7 +114,7 @@ inline vf exp2_neg(vf x) {
 
 // ---- matrix multiply on cached tiles --------------------------------------------------------------
 
-// The micro-kernel: C[R, NV*16] (+)= A[R, K] . B[K, NV*16] with C held in R*NV registers. Each step of
+// The micro-kernel: C[R, NV*VL] (+)= A[R, K] . B[K, NV*VL] with C held in R*NV registers. Each step of
 // k loads NV vectors of B's row k and multiplies them by A[r, k] broadcast, for the R rows.
 template <int R, int NV, bool ACCUMULATE>
 inline __attribute__((always_inline)) void micro_kernel(int K, const float *A, int lda, const float *B, int ldb,
@@ -139,18 +149,27 @@ inline void tile(int nv, int K, const float *A, int lda, const float *B, int ldb
     else micro_kernel<R, 1, ACCUMULATE>(K, A, lda, B, ldb, C, ldc);
 }
 
-// C[M, N] (+)= A[M, K] . B[K, N] in tiles of 6 rows x 64 columns: 24 accumulators plus 4 loaded vectors
-// fit the 32 AVX-512 registers (the last 4 or 2 rows of an even M use smaller tiles; N is a multiple of
-// 16). Meanwhile `next`, the block the caller needs after this one (`next_bytes` long), is prefetched
-// into L2 a slice per tile, so its trip from memory overlaps this block's arithmetic.
+// The register tile: 6 rows x TILE_NV vectors of C stay in registers while K streams past. AVX-512:
+// 6 x 64 columns, 24 accumulators plus 4 loaded vectors in the 32 zmm registers. Otherwise 6 x 2
+// vectors: 12 accumulators, 2 loaded vectors and a broadcast in 16 registers (AVX2's ymm, SSE's xmm).
+#if defined(__AVX512F__)
+constexpr int TILE_NV = 4;
+#else
+constexpr int TILE_NV = 2;
+#endif
+
+// C[M, N] (+)= A[M, K] . B[K, N] in register tiles of 6 rows x TILE_NV*VL columns (the last 4 or 2
+// rows of an even M use smaller tiles; N is a multiple of 16). Meanwhile `next`, the block the caller
+// needs after this one (`next_bytes` long), is prefetched into L2 a slice per tile, so its trip from
+// memory overlaps this block's arithmetic.
 template <bool ACCUMULATE>
 void matmul(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
             const float *next, int next_bytes) {
-    const int tiles = (M + 5) / 6 * ((N + 4 * VL - 1) / (4 * VL));
+    const int tiles = (M + 5) / 6 * ((N + TILE_NV * VL - 1) / (TILE_NV * VL));
     const char *pf = (const char *)next, *pf_end = pf + (next ? next_bytes : 0);
     const int pf_step = (next_bytes / 64 + tiles - 1) / tiles * 64;
-    for (int col = 0; col < N; col += 4 * VL) {
-        const int nv = N - col >= 4 * VL ? 4 : (N - col) / VL;
+    for (int col = 0; col < N; col += TILE_NV * VL) {
+        const int nv = N - col >= TILE_NV * VL ? TILE_NV : (N - col) / VL;
         for (int row = 0; row < M;) {
             for (const char *stop = pf + pf_step; pf < stop && pf < pf_end; pf += 64) __builtin_prefetch(pf, 0, 2);
             const int rows = M - row >= 6 ? 6 : M - row;
