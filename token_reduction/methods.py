@@ -1,0 +1,128 @@
+"""PyramidDrop and FastV as accel methods: schedules of visual-token drops run by one `Pruner`.
+
+- PyramidDrop (Xing et al., arXiv 2410.17247, CVPR 2025 as "Conical Visual Concentration"): the language
+  model is split into stages at 1/4, 1/2 and 3/4 of its depth; before each boundary layer k the visual
+  tokens are ranked by the attention of the last instruction token, computed with layer k's own norm,
+  q/k projections and rotary embedding, and `keep_ratio` of them stays (1, 0.5, 0.25, 0.125 of the
+  prompt's visual tokens over the four stages: 576 -> 288 -> 144 -> 72 on LLaVA-1.5).
+- FastV (Chen et al., ECCV 2024, arXiv 2403.06764): one drop before layer K, ranked by the attention of
+  layer K-1 (its weights on its own input), keeping `keep_ratio` (the paper's K=2, R=50%).
+
+Facts, defaults and the transformers 5.x traps: ../shared/research/pruning_quant.md section 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from accel.config import MethodConfig, option
+from accel.errors import InvalidOptionError
+from accel.journal import Journal
+from accel.method import Method
+from accel.steps import StepTracker
+from accel.target import PatchTarget
+
+from .pruning import Drop, Pruner
+from .vlm import SUPPORTED, VLMLayout, vlm_layout
+
+POSITIONS = ("compact", "keep")
+QUERIES = ("last-instruction",)
+
+
+@dataclass(frozen=True)
+class PyramidDropConfig(MethodConfig):
+    method = "pyramid-drop"
+    stages: tuple[float, ...] = option(
+        (0.25, 0.5, 0.75), "stage boundaries as fractions of the language model's depth (the drop happens "
+        "before layer round(f * depth): 8/16/24 of 32 layers); ascending, each in (0, 1)")
+    keep_ratio: float = option(0.5, "fraction of the visual tokens each boundary keeps (lambda)", low=0.0,
+                               high=1.0, low_open=True)
+    query: str = option("last-instruction", "the ranking query row: the prompt's last token", choices=QUERIES)
+    positions: str = option("compact", "rotary positions after a drop: 'compact' closes the gaps (official "
+                            "code), 'keep' keeps each token's original position", choices=POSITIONS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        stages = self.stages
+        if isinstance(stages, list):
+            stages = tuple(stages)
+            object.__setattr__(self, "stages", stages)
+        ok = (isinstance(stages, tuple) and len(stages) > 0
+              and all(isinstance(f, float | int) and not isinstance(f, bool) and 0 < f < 1 for f in stages)
+              and all(a < b for a, b in zip(stages, stages[1:], strict=False)))
+        if not ok:
+            raise InvalidOptionError(f"pyramid-drop: option stages={self.stages!r} is not allowed; expected a "
+                                     "non-empty ascending tuple of fractions in (0, 1), e.g. (0.25, 0.5, 0.75).")
+
+
+@dataclass(frozen=True)
+class FastVConfig(MethodConfig):
+    method = "fastv"
+    layer: int = option(2, "K: drop before layer K, ranked by the attention of layer K-1", low=1)
+    keep_ratio: float = option(0.5, "fraction of the visual tokens kept (1 - R)", low=0.0, high=1.0, low_open=True)
+    positions: str = option("keep", "rotary positions after the drop: 'keep' (FastV's) or 'compact'",
+                            choices=POSITIONS)
+
+
+class TokenPruningMethod(Method):
+    """What PyramidDrop and FastV share: a schedule of drops, one `Pruner` per patched VLM."""
+
+    families = None
+    claims = frozenset({"tokens"})
+    stats_keys = frozenset({"prefill_calls", "decode_calls", "visual_tokens", "kept_visual", "flops_ratio",
+                            "kv_cache_MB_saved", "tokens_per_layer"})
+    kept_between_calls = frozenset({"pruner"})  # holds the last prefill's stages for its decode steps
+
+    def schedule(self, depth: int) -> list[Drop]:
+        raise NotImplementedError
+
+    def check(self, target: PatchTarget) -> None:
+        if target.kind != "transformers":
+            raise InvalidOptionError(f"accel: method {self.name!r} prunes visual tokens in a VLM "
+                                     f"({', '.join(SUPPORTED)}); {type(target.obj).__name__} is not one.")
+        layout = vlm_layout(target.denoisers[0].module, self.name)
+        self.schedule(layout.depth)  # raises on a schedule the depth cannot hold
+
+    def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
+        layout: VLMLayout = vlm_layout(target.denoisers[0].module, self.name)
+        self.pruner = Pruner(layout, self.schedule(layout.depth), self.config.positions, self.counters, self.name)
+        self.pruner.install(journal)
+
+    def reset_run(self) -> None:
+        """Counters describe the latest prefill and its decode steps; the pruner resets them itself."""
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.counters)
+
+
+class PyramidDrop(TokenPruningMethod):
+    name = "pyramid-drop"
+    summary = "PyramidDrop: drop visual tokens stage by stage inside a VLM's language model, ranked by the last instruction token."
+    paper = "PyramidDrop, arXiv 2410.17247 (CVPR 2025)"
+    Config = PyramidDropConfig
+    exact_options = {"keep_ratio": 1.0}
+
+    def schedule(self, depth: int) -> list[Drop]:
+        layers = [round(f * depth) for f in self.config.stages]
+        if any(not 1 <= k < depth for k in layers) or len(set(layers)) != len(layers):
+            raise InvalidOptionError(
+                f"pyramid-drop: option stages={self.config.stages!r} gives drop layers {layers} for a language "
+                f"model of {depth} layers; they must be distinct and in [1, {depth - 1}].")
+        ratio = self.config.keep_ratio
+        return [Drop(k, k, ratio ** (s + 1)) for s, k in enumerate(layers)]
+
+
+class FastV(TokenPruningMethod):
+    name = "fastv"
+    summary = "FastV: one drop of visual tokens after layer K-1 of a VLM's language model, by that layer's attention."
+    paper = "FastV, arXiv 2403.06764 (ECCV 2024)"
+    Config = FastVConfig
+    exact_options = {"keep_ratio": 1.0}
+
+    def schedule(self, depth: int) -> list[Drop]:
+        k = self.config.layer
+        if not 1 <= k < depth:
+            raise InvalidOptionError(f"fastv: option layer={k} is out of range for a language model of {depth} "
+                                     f"layers; expected a value in [1, {depth - 1}].")
+        return [Drop(k, k - 1, self.config.keep_ratio)]
