@@ -1,10 +1,16 @@
-"""An offline model zoo: real diffusers pipelines with small random weights, for tests and benchmarks.
+"""An offline model zoo: real diffusers pipelines and transformers VLMs with small random weights, for tests
+and benchmarks.
 
     pipe = accel.zoo.load("wan", size="tiny")
     latents = accel.zoo.generate(pipe, steps=2)          # or pipe(**accel.zoo.inputs(pipe))
 
-Nothing is downloaded: every component is built from a config and seeded, and the text encoders are left
-out (`inputs` supplies prompt embeddings). This package imports nothing else from `accel`.
+    model = accel.zoo.load("qwen2-vl", size="tiny")      # a VLM (vlm.py): its processor at model.processor
+    x = accel.zoo.vlm_inputs(model, batch=2, vary=True)  # the processor's BatchFeature: model(**x), generate(**x)
+    accel.zoo.image_token_ids(model)                     # the input ids that mark visual tokens
+
+Nothing is downloaded: every component is built from a config and seeded; the pipelines' text encoders are
+left out (`inputs` supplies prompt embeddings), the VLMs' tokenizers and processors are built in code. This
+package imports nothing else from `accel`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from functools import partial
+from typing import Any
 
 import diffusers
 import torch
@@ -19,20 +26,26 @@ import torch
 from .calls import family_of, generate, inputs
 from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
 from .reference import TRAINED, evaluate
+from .vlm import NAMES as VLM_NAMES
+from .vlm import image_token_ids, vlm_inputs
 
-__all__ = ["built_from", "default_resolution", "evaluate", "family_of", "generate", "inputs", "load", "names", "resizable"]
+__all__ = ["built_from", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
+           "names", "resizable", "vlm_inputs"]
 
 
 def names() -> list[str]:
-    """The zoo entry names, in a stable order (random-weight entries, then trained ones)."""
-    return [*ENTRIES, *TRAINED]
+    """The zoo entry names, in a stable order (random-weight pipelines, random-weight VLMs, then trained ones)."""
+    return [*ENTRIES, *VLM_NAMES, *TRAINED]
 
 
 def _check(name: str, size: str) -> None:
     if name not in ENTRIES:
-        close = difflib.get_close_matches(name, ENTRIES, n=1)
+        valid = [*ENTRIES, *VLM_NAMES]
+        close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown zoo model {name!r}.{hint} Valid names: {', '.join(ENTRIES)}.")
+        if name in VLM_NAMES:
+            hint = " It is a VLM: load it with accel.zoo.load; it has no default resolution."
+        raise ValueError(f"Unknown zoo model {name!r}.{hint} Valid names: {', '.join(valid)}.")
     if size not in SIZES:
         raise ValueError(f"Unknown zoo size {size!r} for {name!r}. Valid sizes: {', '.join(SIZES)}.")
 
@@ -50,18 +63,22 @@ def resizable(name: str) -> bool:
     return "height" in inspect.signature(call).parameters
 
 
-def load(
-    name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32
-) -> diffusers.DiffusionPipeline:
+def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """Builds the zoo pipeline `name` with deterministic weights: the same seed gives bit-identical weights.
 
     The global torch RNG is restored afterwards, so loading does not disturb the caller's randomness.
-    Trained entries (`TRAINED`, e.g. "digits-image") load their committed checkpoint; size and seed are ignored.
+    VLM entries (`vlm.NAMES`, e.g. "llava-next") return the transformers model in eval() with its processor
+    at `model.processor` (see `vlm.load`). Trained entries (`TRAINED`, e.g. "digits-image") load their
+    committed checkpoint; size and seed are ignored.
     """
     if name in TRAINED:
         from . import reference
 
         return reference.load(name, dtype=dtype)
+    if name in VLM_NAMES:
+        from . import vlm
+
+        return vlm.load(name, size=size, seed=seed, dtype=dtype)
     _check(name, size)
     entry = ENTRIES[name]
     cls = getattr(diffusers, entry.pipeline)
@@ -96,6 +113,8 @@ def _cast(model: diffusers.ModelMixin, dtype: torch.dtype) -> None:
             tensor.data = tensor.data.float()
 
 
-def built_from(pipe: diffusers.DiffusionPipeline) -> tuple[str, str] | None:
-    """(name, size) of the zoo entry that built `pipe`, or None for any other pipeline."""
-    return BUILT.get(pipe)
+def built_from(pipe: Any) -> tuple[str, str] | None:
+    """(name, size) of the zoo entry that built `pipe` (a pipeline or a VLM), or None for any other object."""
+    from . import vlm
+
+    return BUILT.get(pipe) or vlm.built_from(pipe)

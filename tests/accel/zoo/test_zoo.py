@@ -101,6 +101,11 @@ def test_names_and_resolutions():
         "dit",
         "sd3",
         "cogvideox",
+        "llava",  # transformers VLMs (vlm.py)
+        "llava-next",
+        "llava-onevision",
+        "qwen2-vl",
+        "qwen2.5-vl",
         "digits-image",  # trained entries come last
         "digits-video",
         "digits-vqa",
