@@ -26,7 +26,7 @@ from accel.target import PatchTarget
 from .pruning import Drop, Pruner
 from .vlm import SUPPORTED, VLMLayout, vlm_layout
 
-POSITIONS = ("compact", "keep")
+POSITIONS = ("auto", "compact", "keep")
 QUERIES = ("last-instruction",)
 
 
@@ -39,8 +39,9 @@ class PyramidDropConfig(MethodConfig):
     keep_ratio: float = option(0.5, "fraction of the visual tokens each boundary keeps (lambda)", low=0.0,
                                high=1.0, low_open=True)
     query: str = option("last-instruction", "the ranking query row: the prompt's last token", choices=QUERIES)
-    positions: str = option("compact", "rotary positions after a drop: 'compact' closes the gaps (official "
-                            "code), 'keep' keeps each token's original position", choices=POSITIONS)
+    positions: str = option("auto", "rotary positions after a drop: 'compact' closes the gaps (official code), "
+                            "'keep' keeps each token's original position; 'auto': compact, but keep for 3-D "
+                            "(M-RoPE) positions, where an image spans fewer positions than tokens", choices=POSITIONS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,8 +62,8 @@ class FastVConfig(MethodConfig):
     method = "fastv"
     layer: int = option(2, "K: drop before layer K, ranked by the attention of layer K-1", low=1)
     keep_ratio: float = option(0.5, "fraction of the visual tokens kept (1 - R)", low=0.0, high=1.0, low_open=True)
-    positions: str = option("keep", "rotary positions after the drop: 'keep' (FastV's) or 'compact'",
-                            choices=POSITIONS)
+    positions: str = option("keep", "rotary positions after the drop: 'keep' (FastV's), 'compact' or 'auto' "
+                            "(compact except for 3-D M-RoPE positions)", choices=POSITIONS)
 
 
 class TokenPruningMethod(Method):
@@ -83,10 +84,20 @@ class TokenPruningMethod(Method):
                                      f"({', '.join(SUPPORTED)}); {type(target.obj).__name__} is not one.")
         layout = vlm_layout(target.denoisers[0].module, self.name)
         self.schedule(layout.depth)  # raises on a schedule the depth cannot hold
+        if layout.mrope and self.config.positions == "compact":
+            raise InvalidOptionError(
+                f"{self.name}: option positions='compact' is not allowed for {type(layout.model).__name__}: its "
+                "3-D rotary positions (M-RoPE) give an image fewer positions than tokens, so closing the gaps by "
+                "the tokens dropped would move text before the image; expected 'keep' or 'auto'.")
+
+    def positions(self, layout: VLMLayout) -> str:
+        mode = self.config.positions
+        return ("keep" if layout.mrope else "compact") if mode == "auto" else mode
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         layout: VLMLayout = vlm_layout(target.denoisers[0].module, self.name)
-        self.pruner = Pruner(layout, self.schedule(layout.depth), self.config.positions, self.counters, self.name)
+        self.pruner = Pruner(layout, self.schedule(layout.depth), self.positions(layout), self.counters,
+                             self.name)
         self.pruner.install(journal)
 
     def reset_run(self) -> None:

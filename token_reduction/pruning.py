@@ -58,7 +58,8 @@ class Stage:
 
     layer: int
     index: torch.Tensor  # [B, L] long: positions in the prefill sequence (front padding slots: 0)
-    mask: torch.Tensor  # [B, L] long: 1 for a real kept token, 0 for padding or a padding slot
+    mask: torch.Tensor  # [B, L] long: 1 for a real kept token, 0 for the prompt's padding or a filler slot
+    filler: torch.Tensor  # [B, L] bool: slots in front that only even out the samples' lengths
     shift: torch.Tensor  # [B] long: prompt tokens dropped so far (compact positions move down by it)
 
 
@@ -116,7 +117,13 @@ class Pruner:
 
     def install(self, journal: Journal) -> None:
         lay = self.layout
+        bind_model = _binder(type(lay.model).forward)
         bind_inner = _binder(type(lay.inner).forward)
+
+        def model_pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            if bind_model((module, *args), kwargs).get("labels") is not None:
+                raise UnsupportedInputError(f"accel: {self.method} is for inference: a forward with labels "
+                                            "would score a pruned sequence; unpatch for training or loss evaluation.")
         bind_lm = _binder(type(lay.language_model).forward)
 
         def inner_pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -136,6 +143,7 @@ class Pruner:
                 self.call.positions, self.call.rotary = ids, output
 
         compiler_off = torch.compiler.disable
+        journal.add_torch_hook(lay.model.register_forward_pre_hook(compiler_off(model_pre), with_kwargs=True))
         journal.add_torch_hook(lay.inner.register_forward_pre_hook(compiler_off(inner_pre), with_kwargs=True))
         journal.add_torch_hook(lay.language_model.register_forward_pre_hook(compiler_off(lm_pre), with_kwargs=True))
         journal.add_torch_hook(lay.language_model.register_forward_hook(
@@ -169,9 +177,6 @@ class Pruner:
         if torch.compiler.is_compiling():
             raise UnsupportedInputError(f"accel: {self.method} cannot run inside torch.compile (its kept tokens "
                                         "differ per prompt); compile the vision tower alone, or unpatch first.")
-        if call.get("labels") is not None:
-            raise UnsupportedInputError(f"accel: {self.method} is for inference: a forward with labels would "
-                                        "score a pruned sequence; unpatch for training or loss evaluation.")
         cache = call.get("cache")
         if cache is not None and not isinstance(cache, DynamicCache):
             raise UnsupportedInputError(
@@ -195,9 +200,10 @@ class Pruner:
                 raise UnsupportedInputError(
                     f"accel: {self.method} finds the visual tokens by their input ids; this call gave the model "
                     "inputs_embeds without input_ids. Pass input_ids (and pixel values) as the processor makes them.")
-            visual = torch.isin(ids, torch.tensor(self.layout.visual_token_ids, device=ids.device))
             self.prefill = Prefill(weakref.ref(cache) if cache is not None else None, S)
             prompt = min(self.prompt_length or S, S)
+            visual = torch.isin(ids, torch.tensor(self.layout.visual_token_ids, device=ids.device))
+            visual[:, prompt:] = False  # generated tokens are text, whatever their id
             real = mask2d[:, :prompt].bool()
             if not bool(real.any(dim=1).all()):
                 return  # a prompt of padding only: nothing to rank with
@@ -298,6 +304,7 @@ class Pruner:
         stage = call.stage
         index = stage.index if stage is not None else torch.arange(hidden.shape[1], device=dev).expand(B, -1)
         mask = stage.mask if stage is not None else call.mask2d
+        filler = stage.filler if stage is not None else torch.zeros_like(mask, dtype=torch.bool)
         assert call.visual is not None and call.query is not None
         visual = call.visual.gather(1, index) & mask.bool()
         current = kwargs["position_embeddings"] if stage is None else call.swapped["position_embeddings"]
@@ -308,7 +315,7 @@ class Pruner:
         keep = torch.minimum((total.double() * drop.keep).long(), visual.sum(dim=1))
         rows = []
         for b in range(B):
-            kept = ~visual[b]  # text and padding stay (padding masked, where it was)
+            kept = ~visual[b] & ~filler[b]  # text and padding stay (padding masked, where it was)
             if keep[b] > 0:
                 kept[probs[b].masked_fill(~visual[b], float("-inf")).topk(int(keep[b])).indices] = True
             rows.append(kept.nonzero().squeeze(1))  # ascending: kept tokens stay in order
@@ -317,12 +324,12 @@ class Pruner:
         slot = torch.stack([torch.cat([r.new_zeros(L - len(r)), r]) for r in rows])  # shorter rows: slots in front
         padded = torch.arange(L, device=dev)[None, :] < front[:, None]
         call.stage = Stage(drop.layer, index.gather(1, slot).masked_fill(padded, 0),
-                           mask.gather(1, slot).masked_fill(padded, 0), total - keep)
+                           mask.gather(1, slot).masked_fill(padded, 0), padded, total - keep)
         call.prefill.stages.append(call.stage)
         hidden = hidden.gather(1, slot[..., None].expand(-1, -1, hidden.shape[-1]))
         call.masks = {}
         call.swapped = {"position_ids": None,
-                        "position_embeddings": self._stage_rotary(call, call.stage, hidden, front)}
+                        "position_embeddings": self._stage_rotary(call, call.stage, hidden)}
         self.counters.setdefault("kept_visual", []).append(int(keep.sum()))
         return hidden
 
@@ -331,7 +338,7 @@ class Pruner:
         """Where prefill position `query[b]` sits in the stage's index (it is text: always kept)."""
         return ((index == query[:, None]) & mask.bool()).int().argmax(dim=1)
 
-    def _stage_rotary(self, call: Call, stage: Stage, hidden: torch.Tensor, front: torch.Tensor) -> tuple:
+    def _stage_rotary(self, call: Call, stage: Stage, hidden: torch.Tensor) -> tuple:
         """(cos, sin) of the stage's tokens: their own positions ("keep"), or moved down by the tokens
         dropped before each one ("compact")."""
         assert call.positions is not None
@@ -341,7 +348,7 @@ class Pruner:
         index = stage.index.to(positions.device)
         kept = positions.gather(-1, index.expand(*positions.shape[:-2], B, L))
         if self.compact:
-            order = torch.arange(L, device=index.device)[None, :] - front[:, None]  # rank among the real slots
+            order = (~stage.filler).long().cumsum(dim=1).to(index.device) - 1  # rank among the real slots
             kept = kept - (index - order).clamp(min=0)  # minus the prefill tokens dropped before it
         return self._rotary(call, hidden, kept)
 
