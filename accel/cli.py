@@ -72,6 +72,17 @@ def _ints_csv(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
 
 
+def _ratios_csv(text: str) -> tuple[float, ...]:
+    """Comma-separated fractions in (0, 1] (keep ratios)."""
+    try:
+        values = tuple(float(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers in (0, 1]") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every keep ratio must be in (0, 1]")
+    return values
+
+
 def _device(text: str) -> str:
     """cpu, cuda or cuda:N, refused up front when this torch has no such device."""
     import torch
@@ -113,6 +124,29 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
+def _bench_vlm(spec: object, args: argparse.Namespace, command: str) -> int:
+    import json
+
+    from .bench import vlm
+    from .bench.report import update_doc
+
+    result = vlm.run_vlm(spec)
+    text = vlm.markdown(result, command)
+    print(text)
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "results.md").write_text(text)
+    written = [out / "results.json", out / "results.md"]
+    if vlm.write_plot(result, out / "accuracy.png"):
+        written.append(out / "accuracy.png")
+    if args.doc:
+        key = args.doc_key or command
+        update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
+        written.append(Path(args.doc))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """Options not given on the command line keep `BenchSpec`'s defaults (one place for them)."""
     from .bench import BenchSpec, markdown, quick, run, write_all
@@ -145,6 +179,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         spec = quick(spec)
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    from .bench import vlm
+
+    if vlm.is_vlm(spec.model):
+        return _bench_vlm(spec, args, command)
     result = run(spec)
     print(markdown(result, command))
     paths = write_all(result, Path(args.out), command)
@@ -231,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy-n",
         type=counting(0),
         help="task-accuracy samples per row on trained reference models (default 100; 0 = off)",
+    )
+    p.add_argument(
+        "--keep-sweep", type=_ratios_csv,
+        help="VLMs: PyramidDrop rows at these keep ratios and FastV rows at the same visual-token budget "
+             "(with digits-vqa: an accuracy-against-budget plot)",
     )
     p.add_argument(
         "--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)"

@@ -56,6 +56,7 @@ class BenchSpec:
     profile_attention: bool = True
     progress: bool = True
     accuracy_n: int = 100  # task-accuracy samples per row on trained reference models; 0 = off
+    keep_sweep: tuple[float, ...] = ()  # VLMs: PyramidDrop rows at these keep ratios, FastV at the same budget
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
