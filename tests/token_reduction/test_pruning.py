@@ -61,7 +61,7 @@ def test_keeping_everything_is_bit_identical_and_unpatch_restores(models, family
     assert "generate" not in vars(model)
 
 
-@pytest.mark.parametrize("positions", ["auto", "compact", "keep"])
+@pytest.mark.parametrize("positions", ["compact", "keep"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_decoding_on_the_pruned_cache_equals_decoding_without_cache(models, family, method, positions):
