@@ -27,9 +27,7 @@ DECODE_TOKENS = 16
 
 
 def is_vlm(name: str) -> bool:
-    from accel.zoo import vlm
-
-    return name in vlm.NAMES or name == "digits-vqa"
+    return zoo.is_vlm(name)
 
 
 @dataclass

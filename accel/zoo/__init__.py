@@ -29,13 +29,19 @@ from .reference import TRAINED, evaluate
 from .vlm import NAMES as VLM_NAMES
 from .vlm import image_token_ids, vlm_inputs
 
-__all__ = ["built_from", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
+__all__ = ["built_from", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
            "names", "resizable", "vlm_inputs"]
 
 
 def names() -> list[str]:
     """The zoo entry names, in a stable order (random-weight pipelines, random-weight VLMs, then trained ones)."""
     return [*ENTRIES, *VLM_NAMES, *TRAINED]
+
+
+def is_vlm(name: str) -> bool:
+    """Whether the entry is a transformers VLM (the random-weight families and the trained digits-vqa)
+    rather than a diffusers pipeline."""
+    return name in VLM_NAMES or name == "digits-vqa"
 
 
 def _check(name: str, size: str) -> None:
