@@ -88,9 +88,12 @@ def _budget(method: str, options: dict[str, Any], depth: int) -> float:
     return sum(visual_tokens_per_layer(depth, 10**6, [(d.layer, d.keep) for d in drops])) / (depth * 10**6)
 
 
-def fastv_keep_for(budget: float, depth: int, layer: int = 2) -> float:
-    """FastV's keep ratio with the given average budget: (K + (depth - K) r) / depth = budget."""
-    return min(1.0, max(1e-3, (budget * depth - layer) / (depth - layer)))
+def fastv_at_budget(budget: float, depth: int, layer: int = 2) -> dict[str, Any]:
+    """FastV's options with the given average budget, (K + (depth - K) r) / depth = budget: the paper's
+    K=2 where that budget allows it, else the latest layer that does."""
+    layer = max(1, min(layer, int(budget * depth)))
+    keep = (budget * depth - layer) / (depth - layer)
+    return {"layer": layer, "keep_ratio": round(min(1.0, max(1e-3, keep)), 4)}
 
 
 def _rows(spec: Any, depth: int) -> list[VLMRow]:
@@ -104,9 +107,8 @@ def _rows(spec: Any, depth: int) -> list[VLMRow]:
     for ratio in spec.keep_sweep:
         options = {"keep_ratio": ratio}
         rows.append(VLMRow(f"pyramid-drop@{ratio:g}", "pyramid-drop", options))
-        budget = _budget("pyramid-drop", options, depth)
-        keep = round(fastv_keep_for(budget, depth), 4)
-        rows.append(VLMRow(f"fastv@{keep:g} (same budget)", "fastv", {"keep_ratio": keep}))
+        same = fastv_at_budget(_budget("pyramid-drop", options, depth), depth)
+        rows.append(VLMRow(f"fastv@{same['keep_ratio']:g} K={same['layer']} (same budget)", "fastv", same))
     for row in rows:
         row.budget = _budget(row.method, row.options, depth)
     return rows

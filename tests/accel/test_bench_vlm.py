@@ -1,0 +1,28 @@
+"""`accel bench` on a VLM: the rows, what each measures, and the same-budget FastV rows of --keep-sweep."""
+
+from __future__ import annotations
+
+import json
+
+from accel.bench.vlm import fastv_at_budget
+from accel.cli import main
+
+
+def test_vlm_rows_with_a_keep_sweep(tmp_path, capsys):
+    assert main(["bench", "--model", "llava", "--size", "tiny", "--repeat", "1", "--warmup", "0", "--keep-sweep",
+                 "0.25", "--no-progress", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    same = fastv_at_budget(rows["pyramid-drop@0.25"]["budget"], 4)
+    assert same["layer"] == 1  # the budget (0.33 of the visual tokens per layer) is below K=2's least
+    assert list(rows) == ["baseline", "none", "pyramid-drop", "fastv", "pyramid-drop@0.25",
+                          f"fastv@{same['keep_ratio']:g} K=1 (same budget)"]
+    assert rows["none"]["agreement"] == 1.0 and rows["none"]["kv_cache_mb"] == rows["baseline"]["kv_cache_mb"]
+    pdrop, fastv = rows["pyramid-drop"], rows["fastv"]
+    assert pdrop["stats"]["kept_visual"] == [18, 9, 4] and fastv["stats"]["kept_visual"] == [18]
+    assert pdrop["kv_cache_mb"] < fastv["kv_cache_mb"] < rows["baseline"]["kv_cache_mb"]
+    assert 0 < pdrop["stats"]["flops_ratio"] < 1 and abs(pdrop["budget"] - 0.46875) < 1e-9
+    same_row = result["rows"][-1]
+    assert abs(same_row["budget"] - rows["pyramid-drop@0.25"]["budget"]) < 0.01
+    assert all(r["prefill_s"] and r["decode_tps"] > 0 for r in result["rows"])
+    assert "| pyramid-drop |" in capsys.readouterr().out
