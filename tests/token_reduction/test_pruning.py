@@ -240,3 +240,21 @@ def test_prefill_flops_on_llava_1_5_at_the_default_schedule():
         assert cost.kv_bytes_saved == 2 * 4096 * 2 * 8 * (288 + 432 + 504)
     with pytest.raises(ValueError, match="drop"):
         prefill_flops(layers=32, hidden=8, intermediate=8, text_tokens=1, visual_tokens=1, drops=[(32, 0.5)])
+
+
+def test_a_holder_of_the_model_is_patched_like_the_model(models):
+    """A pipeline-like object with the VLM at `.model` (a transformers pipeline): the model is patched."""
+    model = models("llava")
+    x = accel.zoo.vlm_inputs(model)
+    ref = _logits(model, x)
+
+    class Holder:
+        def __init__(self, model):
+            self.model = model
+
+    holder = Holder(model)
+    with accel.patch(holder, method="pyramid-drop") as handle:
+        assert not torch.equal(_logits(model, x), ref)
+        assert handle.stats()["pyramid-drop"]["kept_visual"] == [18, 9, 4]
+        assert accel.patch_of(holder) is handle
+    assert torch.equal(_logits(model, x), ref)
