@@ -18,6 +18,7 @@ State is per attention module and per CFG branch, and starts empty every run. `s
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,8 @@ from ..search import dense_attention_with_tile_mass, head_adaptive_density, tile
 from ..selection import select_tiles
 from ..tiles import PackedTiles, TileIndex
 from .base import SparseAttentionConfig, SparseAttentionMethod
+
+logger = logging.getLogger("accel")
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class AdaSpa(SparseAttentionMethod):
     paper = "AdaSpa, arXiv 2502.21079"
     Config = AdaSpaConfig
     exact_options = {"sparsity": 0.0, "dense_steps": 0.0, "dense_layers": 0}  # every key tile kept, everywhere
-    stats_keys = SparseAttentionMethod.stats_keys | {"searches", "refreshes", "mask_bytes", "mask_vs_byte_mask"}
+    stats_keys = SparseAttentionMethod.stats_keys | {"searches", "refreshes", "mask_bytes", "mask_vs_byte_mask",
+                                                     "nonfinite_lse"}
 
     def needs_step_count(self) -> bool:
         """The searched mask lives across the steps of a run (and the refresh is a fraction of them)."""
@@ -106,7 +110,16 @@ class AdaSpa(SparseAttentionMethod):
             self._store(state, index, step)
             self.record_tiles(index)
             return block_sparse_attention(q, k, v, index, scale=scale)
-        out, state.lse, mass = dense_attention_with_tile_mass(q, k, v, cfg.tile_size, scale)
+        out, lse, mass = dense_attention_with_tile_mass(q, k, v, cfg.tile_size, scale)
+        if torch.isnan(lse).any() or (lse == float("inf")).any():
+            # a NaN/inf LSE would poison every refresh it feeds: cache nothing, search again next step
+            if "nonfinite_lse" not in self.counters:
+                logger.warning("accel: adaspa met a NaN/inf log-sum-exp (non-finite q/k); nothing was cached "
+                               "for that layer, the step ran dense; counted in stats()['nonfinite_lse']")
+            self.count("nonfinite_lse")
+            state.tiles, state.lse = None, None
+            return out
+        state.lse = lse
         self._select(state, mass, sinks, q.shape[2], k.shape[2], step)
         return out
 

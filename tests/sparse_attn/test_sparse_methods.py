@@ -207,3 +207,29 @@ def test_bench_runs_two_configurations_of_one_method_side_by_side():
     assert rows["pisa:keep-or-drop"].options["order"] == "none"
     assert rows["pisa"].stats["pisa"]["kernel"].startswith("pisa+")
     assert not rows["pisa:keep-or-drop"].stats["pisa"]["kernel"].startswith("pisa+")
+
+
+def test_adaspa_never_caches_a_nan_or_inf_lse(tiny, monkeypatch, caplog):
+    """A search whose dense pass yields a NaN/inf log-sum-exp (overflowing q/k): nothing is cached for that
+    site, the step runs dense, the next step searches again, and stats() counts it."""
+    from accel.sparse_attn.methods import adaspa as module
+
+    real = module.dense_attention_with_tile_mass
+    calls = []
+
+    def first_overflows(*args, **kwargs):
+        out, lse, mass = real(*args, **kwargs)
+        calls.append(1)
+        return (out, lse * float("nan"), mass) if len(calls) == 1 else (out, lse, mass)
+
+    monkeypatch.setattr(module, "dense_attention_with_tile_mass", first_overflows)
+    pipe = tiny("wan")
+    with accel.patch(pipe, method="adaspa", sparsity=0.5, tile_size=16, dense_steps=0.2, dense_layers=0,
+                     refresh_at=0.6) as handle, caplog.at_level("WARNING", logger="accel"):
+        generate(pipe, steps=10)
+        stats = handle.stats()["adaspa"]
+        states = list(handle.methods[0].states.values())
+    assert stats["nonfinite_lse"] == 1
+    assert stats["searches"] == 2 * 2 + 1  # the poisoned site searched once more, a step later
+    assert sum("NaN/inf" in r.getMessage() for r in caplog.records) == 1
+    assert all(s.lse is None or bool(torch.isfinite(s.lse).all()) for s in states)
