@@ -20,15 +20,19 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def _stat_summary(stats: dict[str, Any]) -> str:
-    """The method's own counters, flattened to `key=value` (step tracking omitted)."""
-    parts = []
+    """The method's own counters, flattened to `key=value` (step tracking omitted); in a composition the
+    memory every method holds is summed into one `held_peak_MB`."""
+    parts, held = [], []
     for name, values in stats.items():
         if name in ("methods", "steps") or not isinstance(values, dict):
             continue
-        parts += [  # 3 significant digits: a ratio such as mask_vs_byte_mask=0.125 reads as it is
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={_fmt(v)}"
-            for k, v in values.items() if not isinstance(v, (dict, list))
-        ]
+        for k, v in values.items():
+            if k == "held_peak_MB":
+                held.append(v)
+            elif not isinstance(v, (dict, list)):  # 3 significant digits: mask_vs_byte_mask=0.125 as it is
+                parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={_fmt(v)}")
+    if held:
+        parts.append(f"held_peak_MB={sum(held):.3g}")
     return ", ".join(parts)
 
 
