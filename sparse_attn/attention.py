@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import paths
 from .paths import AttentionPath, Kernel
@@ -160,6 +161,30 @@ def forward_only(kernel: str, *tensors: torch.Tensor) -> None:
         )
 
 
+def poison_nonfinite(q: torch.Tensor, k: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                     index: TileIndex | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's answer to non-finite inputs, for the CPU paths, whose online softmax would read a NaN score
+    as no weight and return a plausible row: a row with a non-finite query, or whose query tile attends a
+    key tile holding a non-finite key (with `index` None: any key, as PISA's approximation reads every
+    tile), gets NaN output and LSE. One isfinite pass over q and k when everything is finite."""
+    bad_rows = ~torch.isfinite(q).all(dim=-1)  # [B, H, Sq]
+    bad_keys = ~torch.isfinite(k).all(dim=-1)  # [B, H, Skv]
+    if not bool(bad_rows.any()) and not bool(bad_keys.any()):
+        return out, lse
+    B, H, Sq, _ = q.shape
+    if index is None:
+        bad_rows = bad_rows | bad_keys.any(dim=-1, keepdim=True)
+    else:
+        nk, tile = index.num_kv_tiles, index.kv_tile
+        bad_tiles = F.pad(bad_keys, (0, nk * tile - bad_keys.shape[-1])).view(B, H, nk, tile).any(dim=-1)
+        index = index.expand(B, H)
+        ids = index.indices.long().clamp(0, nk - 1)
+        listed = torch.arange(ids.shape[-1], device=ids.device) < index.counts.long()[..., None]
+        hit = (bad_tiles.gather(2, ids.flatten(2)).view_as(ids) & listed).any(dim=-1)  # [B, H, Nq]
+        bad_rows = bad_rows | hit.repeat_interleave(index.q_tile, dim=2)[:, :, :Sq]
+    return out.masked_fill(bad_rows[..., None], float("nan")), lse.masked_fill(bad_rows, float("nan"))
+
+
 # An opaque call under torch.compile: dynamo breaks the graph here instead of tracing the dispatch.
 @torch.compiler.disable
 def block_sparse_attention(
@@ -195,6 +220,7 @@ def block_sparse_attention(
             path, (out, lse) = _run_triton(path, backend, q, k, v, index, scale)
         else:  # the CPU paths read the index as dense [B, H, ...] arrays
             out, lse = PATHS[Kernel(path.kernel)].attention()(q, k, v, index.expand(B, H), scale)
+            out, lse = poison_nonfinite(q, k, out, lse, index)
         paths.engine.record(path)
     return (out, lse) if return_lse else out
 

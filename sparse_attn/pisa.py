@@ -41,7 +41,15 @@ import torch
 import torch.nn.functional as F
 
 from . import paths
-from .attention import block_sparse_attention, check_index, check_qkv, check_scale, choose_path, forward_only
+from .attention import (
+    block_sparse_attention,
+    check_index,
+    check_qkv,
+    check_scale,
+    choose_path,
+    forward_only,
+    poison_nonfinite,
+)
 from .paths import AttentionPath, Kernel
 from .selection import forced_tiles, pool_tiles, select_tiles, topk_tiles
 from .tiles import TileIndex, TileSize, num_tiles, tile_sizes
@@ -286,6 +294,8 @@ def pisa_attention(
                 index = route(q, k, v, args.density, args.tile_size, args.routing, args.sink_tiles, scale)
             stats = key_tile_stats(k, v, index.kv_tile)
             path, (out, lse) = _pisa(path, args, q, k, v, index, scale, stats)
+            if path.device == "cpu":
+                out, lse = poison_nonfinite(q, k, out, lse, None)
         paths.engine.record(AttentionPath(f"pisa+{path.kernel}", path.precision, path.device, path.note))
     return (out, lse) if return_lse else out
 

@@ -280,3 +280,28 @@ def test_kernels_refuse_gradients_the_torch_path_gives_them():
     out = sa.block_sparse_attention(q, k, v, index, backend="torch")
     out.sum().backward()
     assert q.grad is not None and v.grad is not None
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("where", ["q", "k"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_inputs_give_nan_rows_never_plausible_ones(backend, where, value):
+    """A NaN/inf query poisons its row; a NaN/inf key the rows that attend it (SDPA poisons the whole head,
+    masked keys included); no other row changes, and no poisoned row comes back finite."""
+    q, k, v = _inputs(1, 2, 256, 256, 32)
+    clean = sa.block_sparse_attention(q, k, v, index := sa.random_tiles(
+        1, 2, 256, 256, 64, 0.5, generator=torch.Generator().manual_seed(3)), backend=backend)
+    (q if where == "q" else k)[0, 1, 70, 3] = value
+    out, lse = sa.block_sparse_attention(q, k, v, index, return_lse=True, backend=backend)
+    mask = index.token_mask().expand(1, 2, -1, -1)
+    expected = torch.zeros(1, 2, 256, dtype=torch.bool)
+    if where == "q":
+        expected[0, 1, 70] = True
+    else:
+        expected[0, 1] = mask[0, 1, :, 70]
+    assert bool(expected.any())
+    assert torch.equal(torch.isnan(out).any(dim=-1), expected) and torch.equal(torch.isnan(lse), expected)
+    assert torch.equal(out[~expected], clean[~expected])
+    pisa_out = sa.pisa_attention(q, k, v, density=0.5, backend=backend)  # the tail reads every key tile
+    bad = torch.isnan(pisa_out).any(dim=-1)
+    assert bool(bad[0, 1].all() if where == "k" else bad[0, 1, 70]) and not bool(bad[0, 0].any())
