@@ -50,7 +50,7 @@ def _plain(value: Any) -> Any:
     good an option value as an int); anything else unchanged."""
     if isinstance(value, (bool, int, float)) or not hasattr(value, "item"):
         return value
-    if getattr(value, "shape", None) == () or type(value).__module__ == "numpy":
+    if getattr(value, "shape", None) == ():  # 0-d tensors and numpy scalars; arrays stay arrays
         item = value.item()
         return item if isinstance(item, (bool, int, float)) else value
     return value

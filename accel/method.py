@@ -19,7 +19,7 @@ from .config import MethodConfig
 from .errors import UnknownMethodError, UnsupportedModelError, closest
 from .journal import Journal
 from .steps import StepTracker
-from .target import PatchTarget
+from .target import PatchTarget, is_vlm
 
 COMMON_STATS = frozenset({"held_peak_MB"})  # in every method's stats(): see Method.note_held
 
@@ -37,6 +37,7 @@ class Method:
     families: ClassVar[tuple[str, ...] | None] = None  # None: any model accel can resolve
     needs_layout: ClassVar[bool] = False  # True: needs a real family adapter (token layout, attention kinds)
     claims: ClassVar[frozenset[str]] = frozenset()  # parts of the model it changes: "blocks", "attention"...
+    denoising: ClassVar[bool] = True  # acts on denoising steps or diffusion attention: refuses a VLM
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # The contract every method meets (tests/test_method_contract.py checks it for each registered one):
     exact_options: ClassVar[dict[str, Any]] = {}  # options under which the output equals the unpatched model's
@@ -52,6 +53,12 @@ class Method:
 
     def check(self, target: PatchTarget) -> None:
         """Raise `UnsupportedModelError` if this method cannot run on `target`. Changes nothing."""
+        if self.denoising and target.kind == "transformers" and is_vlm(target.denoisers[0].module):
+            raise UnsupportedModelError(
+                f"accel: method {self.name!r} acts on the denoising steps of a diffusion model; "
+                f"{type(target.denoisers[0].module).__name__} is an autoregressive VLM. For it: "
+                "method='pyramid-drop' or 'fastv'."
+            )
         for d in target.denoisers:
             if self.families is not None and d.adapter.family not in self.families:
                 raise UnsupportedModelError(

@@ -24,6 +24,7 @@ class NoOp(Method):
     name = "none"
     summary = "No acceleration: the patch machinery alone (step tracking, hooks), for tests and overhead."
     Config = NoneConfig
+    denoising = False  # runs on anything accel can patch
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         """Nothing to change: the step tracker that `accel.patch` adds is the whole patch."""

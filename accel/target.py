@@ -79,6 +79,13 @@ def _is_transformers_model(obj: Any) -> bool:
     return isinstance(obj, PreTrainedModel)
 
 
+def is_vlm(module: Any) -> bool:
+    """A transformers vision-language model: its config names an image token."""
+    config = getattr(module, "config", None)
+    return _is_transformers_model(module) and any(
+        isinstance(getattr(config, name, None), int) for name in ("image_token_id", "image_token_index"))
+
+
 def _denoiser(component: str, module: torch.nn.Module) -> Denoiser:
     adapter = adapter_for(module)
     if adapter is None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from accel.config import MethodConfig, option
-from accel.errors import InvalidOptionError
+from accel.errors import InvalidOptionError, UnsupportedModelError
 from accel.journal import Journal
 from accel.method import Method
 from accel.steps import StepTracker
@@ -74,10 +76,15 @@ class FastVConfig(MethodConfig):
 class TokenPruningMethod(Method):
     """What PyramidDrop and FastV share: a schedule of drops, one `Pruner` per patched VLM."""
 
-    families = None
+    families = ("llava", "llava-next", "llava-onevision", "qwen2-vl", "qwen2.5-vl")  # shown by `accel methods`;
+    # `check` resolves the model itself (vlm.py), not through the diffusion adapters
     claims = frozenset({"tokens"})
-    stats_keys = frozenset({"prefill_calls", "decode_calls", "visual_tokens", "kept_visual", "flops_ratio",
-                            "kv_cache_MB_saved", "tokens_per_layer"})
+    denoising = False
+    # stats() describe the latest prefill and the decode steps on its cache: visual_tokens and kept_visual
+    # (one entry per drop) are summed over the batch; tokens_per_layer is the per-sample mean of the real
+    # tokens each layer saw; flops_ratio follows from it (FastV's formula); kv_cache_MB_saved for the batch
+    stats_keys = frozenset({"decode_calls", "visual_tokens", "kept_visual", "flops_ratio", "kv_cache_MB_saved",
+                            "tokens_per_layer"})
     kept_between_calls = frozenset({"pruner"})  # holds the last prefill's stages for its decode steps
 
     def schedule(self, depth: int) -> list[Drop]:
@@ -85,8 +92,8 @@ class TokenPruningMethod(Method):
 
     def check(self, target: PatchTarget) -> None:
         if target.kind != "transformers":
-            raise InvalidOptionError(f"accel: method {self.name!r} prunes visual tokens in a VLM "
-                                     f"({', '.join(SUPPORTED)}); {type(target.obj).__name__} is not one.")
+            raise UnsupportedModelError(f"accel: method {self.name!r} prunes visual tokens in a VLM "
+                                        f"({', '.join(SUPPORTED)}); {type(target.obj).__name__} is not one.")
         layout = vlm_layout(target.denoisers[0].module, self.name)
         self.schedule(layout.depth)  # raises on a schedule the depth cannot hold
         if layout.mrope and self.config.positions == "compact":
@@ -103,6 +110,17 @@ class TokenPruningMethod(Method):
 
     def reset_run(self) -> None:
         """Counters describe the latest prefill and its decode steps; the pruner resets them itself."""
+
+    def output_positions(self) -> torch.Tensor | None:
+        """Where the rows of the last prefill's output come from: [B, L] long, each output position's index
+        in the input sequence (-1 for a slot that only evens out the samples' lengths), or None when
+        nothing was dropped. The output is shorter than the input: with right padding, find a sample's
+        last real token with this map rather than `attention_mask.sum(1) - 1`."""
+        prefill = self.pruner.prefill
+        if prefill is None or not prefill.stages:
+            return None
+        stage = prefill.stages[-1]
+        return stage.index.masked_fill(stage.filler, -1)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.counters)

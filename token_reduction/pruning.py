@@ -209,9 +209,8 @@ class Pruner:
                 return  # a prompt of padding only: nothing to rank with
             query = prompt - 1 - real.flip(1).int().argmax(dim=1)  # last real prompt token per sample
             self.call = Call(self.prefill, False, mask2d, visual=visual, query=query)
-            calls = self.counters.get("prefill_calls", 0) + 1
             self.counters.clear()  # stats() describe the latest prefill (and the decode steps after it)
-            self.counters.update(prefill_calls=calls, visual_tokens=int(visual.sum()), decode_calls=0)
+            self.counters.update(visual_tokens=int(visual.sum()), decode_calls=0)
         elif (self.prefill is not None and self.prefill.stages and self.prefill.cache is not None
               and self.prefill.cache() is cache):
             self.call = Call(self.prefill, True, mask2d)
@@ -312,7 +311,8 @@ class Pruner:
         query = call.query if stage is None else self._slot_of(index, mask, call.query)
         probs = attention_row(self.layout.layers[drop.rank_layer], rank_input, rotary, query, mask.bool())
         total = call.visual.sum(dim=1)  # the prompt's visual tokens per sample
-        keep = torch.minimum((total.double() * drop.keep).long(), visual.sum(dim=1))
+        # the official floor, but never the whole image: a sample with visual tokens keeps at least one
+        keep = torch.minimum((total.double() * drop.keep).long().clamp(min=1), visual.sum(dim=1))
         rows = []
         for b in range(B):
             kept = ~visual[b] & ~filler[b]  # text and padding stay (padding masked, where it was)

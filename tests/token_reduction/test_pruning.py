@@ -9,6 +9,7 @@ bad options and inputs are refused before anything changes.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,10 +95,10 @@ def test_several_images_per_prompt(models, family):
 
 def _last_real_logits(handle, method, logits, mask):
     """Each sample's logits at its last real prompt token, found in the pruned output by its prefill index."""
-    pruner = handle.methods[0].pruner
-    stage = pruner.prefill.stages[-1]
+    positions = handle.methods[0].output_positions()
+    assert positions.shape == logits.shape[:2]
     last = mask.shape[1] - 1 - mask.flip(1).int().argmax(dim=1)
-    slot = ((stage.index == last[:, None]) & stage.mask.bool()).int().argmax(dim=1)
+    slot = (positions == last[:, None]).int().argmax(dim=1)
     return logits[torch.arange(len(slot)), slot]
 
 
@@ -186,6 +187,9 @@ def test_the_kept_counts_follow_the_schedule(models):
     with accel.patch(model, method="fastv", layer=1, keep_ratio=0.25) as handle, torch.no_grad():
         model(**x)
         assert handle.stats()["fastv"]["kept_visual"] == [9]
+    with accel.patch(model, method="pyramid-drop", keep_ratio=0.01) as handle, torch.no_grad():
+        model(**x)  # the official floor would keep none: an image is never dropped whole
+        assert handle.stats()["pyramid-drop"]["kept_visual"] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("options,match", [
@@ -197,6 +201,8 @@ def test_the_kept_counts_follow_the_schedule(models):
     ({"keep_ratio": 1.5}, "keep_ratio"),
     ({"positions": "gapped"}, "positions"),
     ({"query": "first"}, "query"),
+    ({"stages": [0.25, "x"]}, "stages"),
+    ({"stages": np.array([0.25, 0.5])}, "stages"),
 ])
 def test_bad_options_are_refused_before_anything_changes(models, options, match):
     model = models("llava")
@@ -209,8 +215,11 @@ def test_bad_options_are_refused_before_anything_changes(models, options, match)
 def test_fastv_layer_out_of_range_and_non_vlm_targets(models):
     with pytest.raises(InvalidOptionError, match="layer=4"):
         accel.patch(models("llava"), method="fastv", layer=4)
-    with pytest.raises((InvalidOptionError, UnsupportedModelError), match="pyramid-drop"):
+    with pytest.raises(UnsupportedModelError, match="pyramid-drop"):
         accel.patch(accel.zoo.load("pixart-alpha"), method="pyramid-drop")
+    for method in ("tdc", "delta-dit", "pisa", "adaspa"):  # diffusion methods refuse a VLM up front
+        with pytest.raises(UnsupportedModelError, match=method):
+            accel.patch(models("llava"), method=method)
 
 
 def test_static_cache_labels_and_embeddings_only_are_refused(models):
