@@ -115,7 +115,7 @@ def resolve_target(obj: Any) -> PatchTarget:
     if _is_transformers_model(obj):
         return PatchTarget(obj, "transformers", (_denoiser("model", obj),))
     held = getattr(obj, "model", None)  # a holder such as a transformers pipeline
-    if not isinstance(obj, torch.nn.Module) and _is_transformers_model(held):
+    if not isinstance(obj, torch.nn.Module) and isinstance(held, torch.nn.Module) and _is_transformers_model(held):
         return PatchTarget(obj, "transformers", (_denoiser("model", held),))
     raise UnsupportedModelError(
         f"accel: cannot patch a {type(obj).__module__}.{type(obj).__name__}; the target must be a diffusers "
