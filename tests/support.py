@@ -11,6 +11,12 @@ from diffusers.hooks import ModelHook
 import accel
 
 
+def _identity(value: Any) -> Any:
+    """An attribute's identity; a tensor's type, shape and dtype (models keep per-call tensors as
+    attributes, e.g. Qwen2-VL's `rope_deltas`, a new one at every call)."""
+    return (type(value), tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else id(value)
+
+
 def snapshot(obj: Any) -> dict[str, Any]:
     """Everything a patch could leave behind: per module, the public instance attributes (name ->
     identity), the attribute names, the torch hooks and the class; for other pipeline components (the
@@ -24,7 +30,7 @@ def snapshot(obj: Any) -> dict[str, Any]:
                 d = vars(module)
                 out[f"{i}:{name}"] = (
                     type(module),
-                    {k: id(v) for k, v in d.items() if not k.startswith("_") or k == "_diffusers_hook"},
+                    {k: _identity(v) for k, v in d.items() if not k.startswith("_") or k == "_diffusers_hook"},
                     sorted(k for k in d if k not in ("_parameters", "_buffers", "_modules")),
                     len(module._forward_hooks),
                     len(module._forward_pre_hooks),
