@@ -7,8 +7,8 @@
   prompt's visual tokens over the four stages: 576 -> 288 -> 144 -> 72 on LLaVA-1.5).
 Positions default to "keep" (each kept token keeps its rotary position, as FastV's HF port and the
 research notes' recommendation): on the trained digits-vqa model, closing the gaps ("compact", the
-official PyramidDrop code) cost 25 points of accuracy for PyramidDrop and 51 for FastV against "keep"
-(n=100), since the text then sits at other distances from the image than in training.
+official PyramidDrop code) costs PyramidDrop and FastV 20-60 points of accuracy more than "keep"
+(docs/benchmarks.md), since the text then sits at other distances from the image than in training.
 
 - FastV (Chen et al., ECCV 2024, arXiv 2403.06764): one drop before layer K, ranked by the attention of
   layer K-1 (its weights on its own input), keeping `keep_ratio` (the paper's K=2, R=50%).

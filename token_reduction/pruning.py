@@ -174,9 +174,6 @@ class Pruner:
     # ---- per call -------------------------------------------------------------------------------------
 
     def before_inner(self, call: dict[str, Any]) -> None:
-        if torch.compiler.is_compiling():
-            raise UnsupportedInputError(f"accel: {self.method} cannot run inside torch.compile (its kept tokens "
-                                        "differ per prompt); compile the vision tower alone, or unpatch first.")
         cache = call.get("cache")
         if cache is not None and not isinstance(cache, DynamicCache):
             raise UnsupportedInputError(

@@ -267,3 +267,29 @@ def test_a_holder_of_the_model_is_patched_like_the_model(models):
         assert handle.stats()["pyramid-drop"]["kept_visual"] == [18, 9, 4]
         assert accel.patch_of(holder) is handle
     assert torch.equal(_logits(model, x), ref)
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_result(models):
+    """The hooks are compiler-disabled: a compiled model breaks its graph around them and prunes the same."""
+    model = accel.zoo.load("llava", size="tiny")
+    x = accel.zoo.vlm_inputs(model, batch=2, vary=True)
+    with accel.patch(model, method="pyramid-drop") as handle:
+        eager = _logits(model, x)
+        kept = handle.stats()["pyramid-drop"]["kept_visual"]
+        compiled = _logits(torch.compile(model), x)
+        assert handle.stats()["pyramid-drop"]["kept_visual"] == kept
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llava-next", "qwen2-vl"])
+def test_sampling_on_the_pruned_cache_equals_sampling_without_cache(models, family):
+    model = models(family)
+    x = accel.zoo.vlm_inputs(model, batch=2, vary=True)
+    with accel.patch(model, method="pyramid-drop"):
+        runs = []
+        for use_cache in (True, False):
+            torch.manual_seed(0)
+            with torch.no_grad():
+                runs.append(model.generate(**x, max_new_tokens=4, do_sample=True, top_k=5, use_cache=use_cache))
+    assert torch.equal(*runs)
