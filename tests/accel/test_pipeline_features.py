@@ -308,3 +308,20 @@ def test_batches_and_guidance_variants_at_the_exact_setting(tiny, name, case):
     torch.testing.assert_close(out, baseline, atol=cls.exact_atol, rtol=cls.exact_rtol)
     expected = {"cond": 4, "uncond": {"no CFG": 0, "CFG dropped after step 1": 2}.get(case, 4)}
     assert calls == {k: v for k, v in expected.items() if v}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", IDS)
+def test_half_precision_pipelines_at_the_exact_setting_and_by_default(name, dtype):
+    """bf16/fp16 pipelines: the exact setting stays within half-precision rounding of the unpatched half
+    pipeline (the CPU kernels compute in fp32, SDPA in the input dtype: a few ulps of the latents), and the
+    default options run to finite latents."""
+    pipe = accel.zoo.load("pixart-alpha", size="tiny", dtype=dtype)
+    baseline = generate(pipe, steps=3)
+    with accel.patch(pipe, **_exact(name)):
+        out = generate(pipe, steps=3)
+    assert out.dtype == baseline.dtype == dtype
+    ulp = torch.finfo(dtype).eps * baseline.abs().max().item()
+    torch.testing.assert_close(out.float(), baseline.float(), atol=8 * ulp, rtol=0)
+    with accel.patch(pipe, method=name):
+        assert bool(torch.isfinite(generate(pipe, steps=3)).all())
