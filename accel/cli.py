@@ -30,6 +30,32 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .quant import calibrate
+
+    local = Path(args.model)
+    if args.model in zoo.names():
+        if zoo.is_vlm(args.model):
+            raise AccelError(f"--model {args.model}: sixbit calibrates diffusion pipelines; this is a VLM")
+        pipe = zoo.load(args.model, size=args.size)
+        out = Path(args.out or f"calibration/{args.model}.json")
+    elif local.is_dir():
+        from . import load
+
+        pipe = load(str(local))
+        out = Path(args.out) if args.out else local / "sixbit_calibration.json"
+    else:
+        raise AccelError(f"--model {args.model}: neither a zoo name ({', '.join(zoo.names())}) nor a local directory")
+    if not _writable_dir(out.parent):
+        raise AccelError(f"--out {out}: its directory cannot be written (checked before the run)")
+    result = calibrate.calibrate(pipe, seeds=args.seeds, steps=args.steps)
+    calibrate.write({**result, "model": args.model}, out)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {out}; use it with accel.patch(pipe, method='sixbit', calibration='{out}')")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .info import info
 
@@ -292,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_compile_check_parser(sub)
     except ImportError as exc:
         _unavailable(sub, "compile-check", f"needs triton, which is not importable here ({exc})")
+
+    p = sub.add_parser("calibrate", help="fit a method's predictor on a few prompts (sixbit: alpha, beta, threshold)")
+    p.add_argument("--model", required=True, help="zoo name or local pipeline directory")
+    p.add_argument("--size", choices=("tiny", "bench"), default="tiny", help="zoo model size (default tiny)")
+    p.add_argument("--method", choices=("sixbit",), default="sixbit")
+    p.add_argument("--seeds", type=_ints_csv, default=(0, 1), help="comma-separated (default 0,1)")
+    p.add_argument("--steps", type=counting(2), default=20, help="denoising steps per run (default 20)")
+    p.add_argument("--out", default=None, help="the JSON to write (default: sixbit_calibration.json in the "
+                   "local model directory, or calibration/<zoo name>.json)")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")

@@ -40,7 +40,8 @@ class Method:
     denoising: ClassVar[bool] = True  # acts on denoising steps or diffusion attention: refuses a VLM
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     # The contract every method meets (tests/test_method_contract.py checks it for each registered one):
-    exact_options: ClassVar[dict[str, Any]] = {}  # options under which the output equals the unpatched model's
+    exact_options: ClassVar[dict[str, Any] | None] = {}  # options under which the output equals the unpatched
+    # model's; None: the method has no exact setting (quantization)
     exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents (0: bit-exact)
     exact_rtol: ClassVar[float] = 0.0  # ... plus this fraction of each latent's magnitude
     stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return, besides COMMON_STATS
@@ -81,6 +82,10 @@ class Method:
         before anything runs (the tracker checks): one rule for every method, never a silent per-call
         restart."""
         return False
+
+    def before_unpatch(self) -> None:
+        """Raise `AccelError` to refuse `unpatch()` before anything is undone (a method that cannot restore
+        the model exactly, e.g. one whose originals were freed)."""
 
     def reset_run(self) -> None:
         """Forget per-run state; called at the start of every pipeline call."""

@@ -69,8 +69,11 @@ class Patch:
         self.tracker.reset(num_steps)
 
     def unpatch(self) -> None:
-        """Restore the target exactly as it was before `accel.patch`."""
+        """Restore the target exactly as it was before `accel.patch`; a method that cannot (its originals
+        were freed) refuses first, changing nothing."""
         if self.active:
+            for m in self.methods:
+                m.before_unpatch()
             self._journal.rollback()
 
     def __enter__(self) -> Patch:

@@ -1,0 +1,104 @@
+"""`accel calibrate`: fit 6Bit-Diffusion's error predictor on a few prompts.
+
+The paper (arXiv 2603.18742, Eq. 3-7) predicts a layer's relative NVFP4 error at step t from its block's
+relative input-to-output change at step t-1 by a line, `E = alpha * Gamma(t-1) + beta`, fitted offline by
+least squares (the paper: 100 EvalCrafter prompts). Here the unpatched pipeline runs `seeds` x `steps`;
+every linear layer of every block is also run in NVFP4 (weights and activations) beside the exact one, and
+each (Gamma of its block at the previous step, its relative output error) pair enters the fit. The
+threshold the paper leaves open is set so that the routed mix averages about 6 activation bits (NVFP4
+counts 4.5 with its scales, INT8 8): the `target_nvfp4_share` quantile of the predicted errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import formats
+
+
+def _pairs(pipe: Any, seeds: Sequence[int], steps: int) -> tuple[list[float], list[float]]:
+    import accel
+    from accel.adapters.block_io import block_io
+    from accel.zoo import generate
+
+    handle = accel.patch(pipe, method="none")  # only for its step tracker: which step and CFG branch
+    tracker = handle.tracker
+    gammas: dict[tuple[str, str], float] = {}  # (block, branch) -> Gamma at the block's previous call
+    xs: list[float] = []
+    ys: list[float] = []
+    hooks = []
+    quantized: dict[int, formats.NVFP4Weight] = {}
+    for d in handle.target.denoisers:
+        for ref in d.adapter.blocks(d.module):
+            io = block_io(ref.module)
+            current: dict[str, Any] = {}
+
+            def before(module: torch.nn.Module, args: tuple, kwargs: dict, io: Any = io, current: dict = current,
+                       name: str = ref.name) -> None:
+                current["in"] = io.inputs(module, args, kwargs)[0]
+                current["gamma"] = gammas.get((name, tracker.branch))
+
+            def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any, io: Any = io,
+                      current: dict = current, name: str = ref.name) -> None:
+                hidden_in, hidden_out = current.pop("in").float(), io.outputs(output)[0].float()
+                change = (hidden_out - hidden_in).abs().sum() / hidden_in.abs().sum().clamp_min(1e-12)
+                gammas[(name, tracker.branch)] = float(change)
+
+            hooks.append(ref.module.register_forward_pre_hook(before, with_kwargs=True))
+            hooks.append(ref.module.register_forward_hook(after, with_kwargs=True))
+            for layer in ref.module.modules():
+                if isinstance(layer, torch.nn.Linear) and layer.in_features % 16 == 0:
+                    def measure(module: torch.nn.Module, inputs: tuple, output: torch.Tensor,
+                                current: dict = current) -> None:
+                        if current.get("gamma") is None:
+                            return
+                        w = quantized.get(id(module))
+                        if w is None:
+                            w = quantized[id(module)] = formats.quantize_nvfp4(module.weight.detach().float())
+                        approx, _ = formats.nvfp4_linear(inputs[0].float(), w, module.bias)
+                        exact = output.float()
+                        xs.append(current["gamma"])
+                        ys.append(float((approx - exact).norm() / exact.norm().clamp_min(1e-12)))
+
+                    hooks.append(layer.register_forward_hook(measure))
+    try:
+        with torch.no_grad():
+            for seed in seeds:
+                generate(pipe, steps=steps, seed=seed)
+    finally:
+        for h in hooks:
+            h.remove()
+        handle.unpatch()
+    return xs, ys
+
+
+def calibrate(pipe: Any, seeds: Sequence[int] = (0, 1), steps: int = 20, target_nvfp4_share: float = 4 / 7
+              ) -> dict[str, Any]:
+    """Fit alpha and beta of the predictor on `pipe` (a diffusers pipeline of the zoo or a real one) and
+    choose the threshold; returns the JSON-ready dict `method="sixbit", calibration=path` reads. Raises
+    ValueError when the runs give fewer than 3 samples (one step is not enough: Gamma needs a previous step)."""
+    if not 0.0 < target_nvfp4_share < 1.0:
+        raise ValueError(f"target_nvfp4_share={target_nvfp4_share} must be in (0, 1)")
+    xs, ys = _pairs(pipe, seeds, steps)
+    if len(xs) < 3:
+        raise ValueError(f"calibration needs at least 2 steps per run; got {len(xs)} samples from steps={steps}")
+    x, y = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
+    design = torch.stack([x, torch.ones_like(x)], dim=1)
+    alpha, beta = torch.linalg.lstsq(design, y[:, None]).solution.flatten().tolist()
+    predicted = alpha * x + beta
+    residual = ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-30)
+    threshold = float(torch.quantile(predicted, target_nvfp4_share))
+    return {"alpha": alpha, "beta": beta, "threshold": threshold, "r2": float(1 - residual), "samples": len(xs),
+            "seeds": list(seeds), "steps": steps, "target_nvfp4_share": target_nvfp4_share}
+
+
+def write(result: dict[str, Any], path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return out

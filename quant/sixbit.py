@@ -1,0 +1,369 @@
+"""6Bit-Diffusion's dynamic mixed precision (Su et al., arXiv 2603.18742): every linear layer of the
+denoiser's blocks keeps its weights in NVFP4 (about 4.5 bits per weight, packed: resident memory really
+drops), and at each step runs its activations in NVFP4 or INT8, as the paper's predictor routes it.
+
+The predictor (section 3, Eq. 3-7): a layer's relative quantization error at step t is predicted as
+`alpha * Gamma(t-1) + beta`, where Gamma is its block's relative L1 change from input to output at the
+previous step it was computed. Below `threshold` the block's layers run NVFP4; above it ("volatile") or
+when Gamma is unknown (the first step, or the block was skipped by TDC at the previous step) they run
+INT8, whose weights the paper casts from the stored NVFP4 ones. `accel calibrate` fits alpha and beta on
+a few prompts (quant/calibrate.py). Combined with TDC's block skipping in one patch:
+`method=["sixbit", "tdc"]`.
+
+Paths (never silent: `stats()["paths"]` counts each, logged once): "int8-int-mm" (a real int8 GEMM,
+`torch._int_mm`, on CPU and CUDA), "int8-dequant" (shapes `_int_mm` refuses), "nvfp4-dequant" (NVFP4
+weights dequantized per call: the memory saving only; NVFP4 tensor cores exist on Blackwell alone).
+
+The full-precision weights leave the device while patched (`originals`): kept in CPU memory, or in a file
+on disk (the default on a CPU, where CPU memory would keep them resident), so that `unpatch` restores them
+bit-exactly; `originals="drop"` frees them, and `unpatch` then refuses instead of restoring wrongly.
+The facts and what the paper leaves open: ../shared/research/pruning_quant.md section 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from accel.adapters.block_io import block_io
+from accel.config import MethodConfig, option
+from accel.errors import AccelError, InvalidOptionError, UnsupportedModelError
+from accel.journal import Journal
+from accel.method import Method
+from accel.steps import StepTracker
+from accel.target import PatchTarget
+
+from . import formats
+
+logger = logging.getLogger("accel")
+
+ORIGINALS = ("auto", "cpu", "disk", "drop")
+
+
+@dataclass(frozen=True)
+class SixBitConfig(MethodConfig):
+    method = "sixbit"
+    alpha: float = option(1.0, "predictor slope: predicted relative error = alpha * Gamma(t-1) + beta", low=0.0)
+    beta: float = option(0.0, "predictor intercept", low=-1.0, high=1.0)
+    threshold: float = option(0.25, "a block's layers run NVFP4 while the predicted error is at most this, "
+                              "INT8 above (and whenever Gamma is unknown)", low=0.0)
+    calibration: str = option("", "a JSON file from `accel calibrate` whose alpha, beta (and threshold) "
+                              "replace the options; '' = use the options")
+    hadamard: bool = option(False, "rotate activations and weights by a block-128 Hadamard transform "
+                            "(outlier smoothing; input sizes must be multiples of 128)")
+    int8_weights: str = option("cast", "'cast': the INT8 route casts the stored NVFP4 weights at each call "
+                               "(the paper's; NVFP4 memory only); 'cached': keep an INT8 copy too (faster, "
+                               "12.5 bits per weight)", choices=("cast", "cached"))
+    originals: str = option("auto", "where the full-precision weights wait for unpatch: 'cpu' memory, 'disk' "
+                            "(a temporary file), 'drop' (freed; unpatch refuses), 'auto' = disk on a CPU "
+                            "model, CPU memory otherwise", choices=ORIGINALS)
+    weights: str = option("", "a directory written by accel.quant.save: its packed weights are used "
+                          "instead of quantizing the model's")
+    unsupported: str = option("refuse", "linear layers whose input size NVFP4 cannot block (not a multiple of "
+                              "16): 'refuse' the model, or 'skip' them (left in full precision, counted)",
+                              choices=("refuse", "skip"))
+
+
+@dataclass
+class BlockState:
+    """Per block: Gamma of its last computed step per CFG branch (None: skipped there), and whether any
+    of its layers ran in the current call (a TDC skip runs none)."""
+
+    name: str
+    module: torch.nn.Module
+    gamma: dict[str, float | None] = field(default_factory=dict)
+    route: str = "int8"
+    ran: bool = False
+    hidden_in: torch.Tensor | None = None
+
+
+@dataclass
+class LayerState:
+    name: str  # qualified name inside the denoiser
+    block: BlockState
+    nvfp4: formats.NVFP4Weight
+    int8: formats.Int8Weight | None  # with int8_weights="cached"
+    bias: torch.Tensor | None
+
+
+def _divisible(layer: torch.nn.Linear, hadamard: bool) -> bool:
+    return layer.in_features % (128 if hadamard else 16) == 0
+
+
+class SixBit(Method):
+    name = "sixbit"
+    summary = "6Bit-Diffusion: NVFP4 weights, NVFP4 or INT8 activations per layer and step by a predictor; with TDC."
+    paper = "6Bit-Diffusion, arXiv 2603.18742"
+    claims = frozenset({"linears"})
+    Config = SixBitConfig
+    exact_options = None  # quantization has no exact setting
+    stats_keys = frozenset({"paths", "nvfp4_layer_calls", "int8_layer_calls", "skipped_block_calls", "per_step",
+                            "activation_bits", "weight_bytes", "bf16_weight_bytes", "memory_ratio_vs_bf16",
+                            "layers", "unsupported_layers", "originals"})
+    kept_between_calls = frozenset({"layers", "blocks", "_originals"})
+
+    # ---- checks, before anything changes --------------------------------------------------------------
+
+    def _calibrated(self) -> tuple[float, float, float]:
+        cfg = self.config
+        if not cfg.calibration:
+            return cfg.alpha, cfg.beta, cfg.threshold
+        try:
+            data = json.loads(Path(cfg.calibration).read_text())
+            return float(data["alpha"]), float(data["beta"]), float(data.get("threshold", cfg.threshold))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InvalidOptionError(f"sixbit: option calibration={cfg.calibration!r} is not a readable calibration "
+                                     f"file ({type(err).__name__}: {err}); expected the JSON `accel calibrate` writes."
+                                     ) from err
+
+    def _linears(self, target: PatchTarget) -> list[tuple[str, torch.nn.Module, str, torch.nn.Linear]]:
+        """(block name, block, layer name, layer) for every linear layer inside the denoisers' blocks
+        (a second denoiser's names carry its component: "transformer_2.blocks.0.attn1.to_q")."""
+        found = []
+        for d in target.denoisers:
+            prefix = f"{d.component}." if d is not target.denoisers[0] else ""
+            for ref in d.adapter.blocks(d.module):
+                for sub, layer in ref.module.named_modules():
+                    if isinstance(layer, torch.nn.Linear):
+                        found.append((prefix + ref.name, ref.module, f"{prefix}{ref.name}.{sub}", layer))
+        return found
+
+    def check(self, target: PatchTarget) -> None:
+        super().check(target)
+        self._calibrated()
+        if self.config.weights and not (Path(self.config.weights) / "sixbit.safetensors").is_file():
+            raise InvalidOptionError(f"sixbit: option weights={self.config.weights!r} holds no sixbit.safetensors "
+                                     "(write one with accel.quant.save).")
+        linears = self._linears(target)
+        if not linears:
+            raise UnsupportedModelError(f"accel: method 'sixbit' found no linear layer in the blocks of {target.describe()}.")
+        bad = [name for _, _, name, layer in linears if not _divisible(layer, self.config.hadamard)]
+        if bad and self.config.unsupported == "refuse":
+            size = 128 if self.config.hadamard else 16
+            raise UnsupportedModelError(
+                f"accel: method 'sixbit' blocks each weight row in {size}s; these layers' input sizes are not "
+                f"multiples of {size}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Pass unsupported='skip' "
+                "to leave them in full precision.")
+
+    # ---- patching -------------------------------------------------------------------------------------
+
+    def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
+        cfg = self.config
+        self.tracker = tracker
+        self.alpha, self.beta, self.threshold = self._calibrated()
+        self.blocks: dict[str, BlockState] = {}
+        self.layers: list[LayerState] = []
+        self._originals: dict[str, Any] = {}
+        stored = _load_packed(Path(cfg.weights)) if cfg.weights else None
+        skipped = []
+        device_is_cpu = True
+        quantized = []
+        for block_name, block, name, layer in self._linears(target):
+            if not _divisible(layer, cfg.hadamard):
+                skipped.append(name)
+                continue
+            device_is_cpu = layer.weight.device.type == "cpu"
+            state = self.blocks.get(block_name)
+            if state is None:
+                state = self.blocks[block_name] = BlockState(block_name, block)
+                self._hook_block(state, journal)
+            weight = layer.weight.detach()
+            if cfg.hadamard:
+                weight = formats.rotate_blocks(weight.float())
+            if stored is not None:
+                if name not in stored:
+                    raise InvalidOptionError(f"sixbit: option weights={cfg.weights!r} has no weights for {name}")
+                packed = stored[name]
+            else:
+                packed = formats.quantize_nvfp4(weight.float())
+            packed = _to(packed, layer.weight.device)
+            int8 = formats.int8_from_nvfp4(packed) if cfg.int8_weights == "cached" else None
+            lstate = LayerState(name, state, packed, int8, layer.bias)
+            self.layers.append(lstate)
+            journal.set_attr(layer, "forward", self._forward(lstate))
+            quantized.append((name, layer))
+        self._stash_originals(quantized, journal, device_is_cpu)
+        self.counters.update(self._memory())
+        self.unsupported = skipped
+
+    def _forward(self, layer: LayerState) -> Any:
+        rotate = self.config.hadamard
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            block = layer.block
+            block.ran = True
+            if rotate:
+                x = formats.rotate_blocks(x)
+            if block.route == "int8":
+                weight = layer.int8 if layer.int8 is not None else formats.int8_from_nvfp4(layer.nvfp4)
+                out, path = formats.int8_linear(x, weight, layer.bias)
+                self._count("int8_layer_calls")
+            else:
+                out, path = formats.nvfp4_linear(x, layer.nvfp4, layer.bias)
+                self._count("nvfp4_layer_calls")
+            paths = self.counters.setdefault("paths", {})
+            if path not in paths:
+                logger.info("accel: sixbit runs %s (%s)", path, layer.name)
+            paths[path] = paths.get(path, 0) + 1
+            return out
+
+        return forward
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    def _hook_block(self, state: BlockState, journal: Journal) -> None:
+        """Before the block: its route for this step from Gamma(t-1); after: its Gamma, or None if skipped."""
+        io = block_io(state.module)
+
+        def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            gamma = state.gamma.get(self.tracker.branch)
+            state.route = "int8" if gamma is None or self.alpha * gamma + self.beta > self.threshold else "nvfp4"
+            state.ran = False
+            state.hidden_in = io.inputs(module, args, kwargs)[0]
+
+        def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            hidden_in, state.hidden_in = state.hidden_in, None
+            step = self.tracker.step
+            per_step = self.counters.setdefault("per_step", [])
+            while len(per_step) <= step:
+                per_step.append([0, 0, 0])  # blocks in NVFP4, in INT8, skipped (summed over CFG branches)
+            if not state.ran:
+                state.gamma[self.tracker.branch] = None  # skipped (TDC): INT8 at the next computed step
+                per_step[step][2] += 1
+                self._count("skipped_block_calls")
+                return
+            per_step[step][0 if state.route == "nvfp4" else 1] += 1
+            hidden_out = io.outputs(output)[0]
+            if isinstance(hidden_in, torch.Tensor) and hidden_out.shape == hidden_in.shape:
+                change = (hidden_out.float() - hidden_in.float()).abs().sum()
+                state.gamma[self.tracker.branch] = float(change / hidden_in.float().abs().sum().clamp_min(1e-12))
+
+        disable = torch.compiler.disable
+        journal.add_torch_hook(state.module.register_forward_pre_hook(disable(before), with_kwargs=True))
+        journal.add_torch_hook(state.module.register_forward_hook(disable(after), with_kwargs=True))
+
+    # ---- the full-precision originals -----------------------------------------------------------------
+
+    def _stash_originals(self, layers: list[tuple[str, torch.nn.Linear]], journal: Journal, cpu_model: bool) -> None:
+        """Move every quantized layer's weight off the device (or drop it), leaving an empty tensor of its
+        dtype in the same Parameter; undo puts the same values back in the same Parameter."""
+        where = self.config.originals
+        if where == "auto":
+            where = "disk" if cpu_model else "cpu"
+        self.counters["originals"] = where
+        params = {name: layer.weight for name, layer in layers}
+        saved: dict[str, Any] = {}
+        if where == "disk":
+            from safetensors.torch import save_file
+
+            fd, path = tempfile.mkstemp(prefix="accel-sixbit-", suffix=".safetensors")
+            os.close(fd)
+            save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, path)
+            saved["file"] = path
+        elif where == "cpu":
+            saved["tensors"] = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+        kinds = {n: (p.device, p.dtype) for n, p in params.items()}
+        self._originals = saved
+
+        def restore() -> None:
+            if where == "disk":
+                from safetensors.torch import load_file
+
+                tensors = load_file(saved["file"])
+                os.unlink(saved["file"])
+            else:
+                tensors = saved.get("tensors", {})
+            for n, p in params.items():
+                device, dtype = kinds[n]
+                p.data = tensors[n].to(device=device, dtype=dtype)
+
+        for p in params.values():  # the same Parameter stays (optimizers, tied weights); its values leave
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        journal.call_on_undo(restore)
+
+    def before_unpatch(self) -> None:
+        if self.counters.get("originals") == "drop":
+            raise AccelError("accel: sixbit was patched with originals='drop': the full-precision weights were freed, "
+                             "so unpatch cannot restore them. Reload the model instead (nothing was changed).")
+
+    # ---- stats ----------------------------------------------------------------------------------------
+
+    def _memory(self) -> dict[str, Any]:
+        held = sum(layer.nvfp4.nbytes + (layer.int8.nbytes if layer.int8 is not None else 0) for layer in self.layers)
+        bf16 = sum(2 * layer.nvfp4.shape[0] * layer.nvfp4.shape[1] for layer in self.layers)
+        return {"weight_bytes": held, "bf16_weight_bytes": bf16, "memory_ratio_vs_bf16": round(bf16 / max(held, 1), 3),
+                "layers": len(self.layers)}
+
+    def reset_run(self) -> None:
+        keep = {k: self.counters[k] for k in ("weight_bytes", "bf16_weight_bytes", "memory_ratio_vs_bf16", "layers",
+                                              "originals") if k in self.counters}
+        super().reset_run()
+        self.counters.update(keep)
+        if self.unsupported:
+            self.counters["unsupported_layers"] = len(self.unsupported)
+        for block in self.blocks.values():
+            block.gamma.clear()
+
+    def end_branch(self, branch: str) -> None:
+        for block in self.blocks.values():
+            block.gamma.pop(branch, None)
+
+    def needs_step_count(self) -> bool:
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        out = dict(self.counters)
+        nv, i8 = out.get("nvfp4_layer_calls", 0), out.get("int8_layer_calls", 0)
+        if nv + i8:
+            out["activation_bits"] = round((4.5 * nv + 8 * i8) / (nv + i8), 3)  # NVFP4 = 4 bits + an 8-bit scale per 16
+        return out
+
+
+def _to(packed: formats.NVFP4Weight, device: torch.device) -> formats.NVFP4Weight:
+    if packed.packed.device == device:
+        return packed
+    return formats.NVFP4Weight(packed.packed.to(device), packed.scales.to(device), packed.tensor_scale.to(device),
+                               packed.shape)
+
+
+# ---- saving and loading the packed weights -------------------------------------------------------------
+
+
+def save(patched: Any, directory: str | os.PathLike) -> Path:
+    """Write the packed NVFP4 weights of a sixbit patch (a `Patch` or the patched pipeline/denoiser) to
+    `directory`/sixbit.safetensors, with the predictor's alpha, beta and threshold in sixbit.json. Load with
+    `accel.patch(pipe, method="sixbit", weights=directory)`: nothing is quantized again."""
+    from safetensors.torch import save_file
+
+    from accel.patching import Patch, patch_of
+
+    handle = patched if isinstance(patched, Patch) else patch_of(patched)
+    method = next((m for m in (handle.methods if handle else ()) if isinstance(m, SixBit)), None)
+    if method is None:
+        raise AccelError("accel.quant.save: the object carries no sixbit patch; patch it with method='sixbit' first.")
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in method.layers:
+        tensors.update(layer.nvfp4.state_dict(f"{layer.name}."))
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / "sixbit.safetensors"))
+    meta = {"alpha": method.alpha, "beta": method.beta, "threshold": method.threshold,
+            "hadamard": method.config.hadamard, "layers": [layer.name for layer in method.layers]}
+    (out / "sixbit.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _load_packed(directory: Path) -> dict[str, formats.NVFP4Weight]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(directory / "sixbit.safetensors"))
+    names = json.loads((directory / "sixbit.json").read_text())["layers"]
+    return {name: formats.NVFP4Weight.from_state_dict(tensors, f"{name}.") for name in names}

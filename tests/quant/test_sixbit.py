@@ -1,0 +1,158 @@
+"""`method="sixbit"` (quant/sixbit.py) on the tiny zoo pipelines: routing by the predictor, step by step;
+composition with TDC; unpatch restores bit-identical weights (from disk or CPU memory) or refuses when they
+were freed; save/load of the packed weights; memory; refusals; `accel calibrate`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import accel
+from accel.adapters.block_io import block_io
+from accel.errors import AccelError, InvalidOptionError, UnsupportedModelError
+from accel.zoo import generate
+
+
+def _blocks(pipe):
+    return [ref.module for ref in accel.adapters.adapter_for(pipe.transformer).blocks(pipe.transformer)]
+
+
+def _routes_and_gammas(pipe, handle, steps):
+    """Per block call: the route the method chose, and Gamma of that block's previous call in the same
+    branch as measured here, independently, from the block's own input and output."""
+    method = handle.methods[0]
+    states = {id(s.module): s for s in method.blocks.values()}
+    seen, last, hooks = [], {}, []
+    for block in _blocks(pipe):
+        io = block_io(block)
+
+        def before(module, args, kwargs, io=io):
+            state = states[id(module)]
+            key = (id(module), handle.tracker.branch)
+            seen.append((state.route, last.get(key), handle.tracker.step))
+            module._test_in = io.inputs(module, args, kwargs)[0]
+
+        def after(module, args, kwargs, output, io=io):
+            key = (id(module), handle.tracker.branch)
+            state = states[id(module)]
+            x, y = module.__dict__.pop("_test_in").float(), io.outputs(output)[0].float()
+            last[key] = float((y - x).abs().sum() / x.abs().sum()) if state.ran else None
+
+        hooks += [block.register_forward_pre_hook(before, with_kwargs=True),
+                  block.register_forward_hook(after, with_kwargs=True)]
+    try:
+        generate(pipe, steps=steps)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("model", ["pixart-alpha", "wan"])
+def test_routing_follows_the_predictor_step_by_step(model):
+    pipe = accel.zoo.load(model, size="tiny")
+    alpha, beta, threshold = 1.0, 0.0, 0.5
+    with accel.patch(pipe, method="sixbit", alpha=alpha, beta=beta, threshold=threshold) as handle:
+        seen = _routes_and_gammas(pipe, handle, steps=4)
+        stats = handle.stats()["sixbit"]
+    for route, gamma, step in seen:
+        expected = "int8" if gamma is None or alpha * gamma + beta > threshold else "nvfp4"
+        assert route == expected, (route, gamma, step)
+    assert {r for r, _, _ in seen} == {"int8", "nvfp4"}  # the threshold splits this run
+    assert all(r == "int8" for r, _, s in seen if s == 0)  # no Gamma at the first step
+    assert sum(stats["per_step"][0][:2]) == len(_blocks(pipe)) * (2 if model == "wan" else 1)
+    assert set(stats["paths"]) <= {"int8-int-mm", "int8-dequant", "nvfp4-dequant"}
+    assert 4.5 <= stats["activation_bits"] <= 8
+
+
+def test_with_tdc_a_block_skipped_at_the_previous_step_runs_int8():
+    pipe = accel.zoo.load("wan", size="tiny")
+    with accel.patch(pipe, method=["sixbit", "tdc"]) as handle:  # composable by name
+        assert [m.name for m in handle.methods] == ["sixbit", "tdc"]
+    from accel.caches.tdc import TDCConfig
+    from accel.quant.sixbit import SixBitConfig
+
+    with accel.patch(pipe, method=[SixBitConfig(threshold=10.0), TDCConfig(threshold=10.0, warmup=1,
+                                                                           protected_blocks=0)]) as handle:
+        seen = _routes_and_gammas(pipe, handle, steps=6)
+        stats = handle.stats()
+    assert stats["tdc"]["blocks_skipped"] > 0 and stats["sixbit"]["skipped_block_calls"] > 0
+    after_skip = [route for route, gamma, step in seen if gamma is None and step > 0]
+    assert after_skip and all(route == "int8" for route in after_skip)
+    assert any(route == "nvfp4" for route, _, _ in seen)
+
+
+@pytest.mark.parametrize("originals", ["auto", "cpu", "disk"])
+def test_unpatch_restores_the_same_parameters_bit_exactly(originals):
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    baseline = generate(pipe, steps=2)
+    params = {n: (p, p.detach().clone()) for n, p in pipe.transformer.named_parameters()}
+    handle = accel.patch(pipe, method="sixbit", originals=originals)
+    stats = handle.stats()["sixbit"]
+    assert stats["originals"] == ("disk" if originals == "auto" else originals)
+    emptied = [n for n, (p, _) in params.items() if p.numel() == 0]
+    assert len(emptied) == stats["layers"]  # the quantized layers' weights left the model
+    quantized = generate(pipe, steps=2)
+    assert not torch.equal(quantized, baseline) and torch.isfinite(quantized).all()
+    handle.unpatch()
+    for name, (p, saved) in params.items():
+        assert dict(pipe.transformer.named_parameters())[name] is p and torch.equal(p, saved), name
+    assert torch.equal(generate(pipe, steps=2), baseline)
+
+
+def test_dropped_originals_make_unpatch_refuse_and_change_nothing():
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    handle = accel.patch(pipe, method="sixbit", originals="drop")
+    before = generate(pipe, steps=2)
+    with pytest.raises(AccelError, match="originals='drop'"):
+        handle.unpatch()
+    assert handle.active and torch.equal(generate(pipe, steps=2), before)
+
+
+def test_memory_and_save_load_round_trip(tmp_path):
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    with accel.patch(pipe, method="sixbit") as handle:
+        stats = handle.stats()["sixbit"]
+        assert stats["memory_ratio_vs_bf16"] >= 3.5  # 16 bits against 4 + 8/16 (+ one fp32 per tensor)
+        out = generate(pipe, steps=3)
+        accel.quant.save(handle, tmp_path)
+        packed = [(layer.nvfp4.packed.clone(), layer.nvfp4.scales.view(torch.uint8).clone())
+                  for layer in handle.methods[0].layers]
+    with accel.patch(pipe, method="sixbit", weights=str(tmp_path)) as handle:
+        loaded = [(layer.nvfp4.packed, layer.nvfp4.scales.view(torch.uint8)) for layer in handle.methods[0].layers]
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(packed, loaded, strict=True))
+        assert torch.equal(generate(pipe, steps=3), out)
+
+
+@pytest.mark.parametrize("options,error,match", [
+    ({"threshold": -1.0}, InvalidOptionError, "threshold"),
+    ({"originals": "gpu"}, InvalidOptionError, "originals"),
+    ({"calibration": "/nonexistent/cal.json"}, InvalidOptionError, "calibration"),
+    ({"weights": "/nonexistent"}, InvalidOptionError, "weights"),
+    ({"hadamard": True}, UnsupportedModelError, "multiples of 128"),  # tiny layers are 32/64 wide
+])
+def test_bad_options_and_unsupported_layers_are_refused_before_any_change(options, error, match):
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    weights = {n: p.detach().clone() for n, p in pipe.transformer.named_parameters()}
+    with pytest.raises(error, match=match):
+        accel.patch(pipe, method="sixbit", **options)
+    assert accel.patch_of(pipe) is None
+    assert all(torch.equal(p, weights[n]) for n, p in pipe.transformer.named_parameters())
+    assert not any("forward" in vars(m) for m in pipe.transformer.modules())
+
+
+def test_calibrate_fits_the_predictor_and_the_method_reads_it(tmp_path):
+    from accel.cli import main
+
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", "pixart-alpha", "--steps", "4", "--seeds", "0", "--out", str(out)]) == 0
+    cal = json.loads(out.read_text())
+    assert cal["samples"] > 10 and all(map(torch.isfinite, torch.tensor([cal["alpha"], cal["beta"]])))
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    with accel.patch(pipe, method="sixbit", calibration=str(out)) as handle:
+        method = handle.methods[0]
+        assert (method.alpha, method.beta, method.threshold) == (cal["alpha"], cal["beta"], cal["threshold"])
+        generate(pipe, steps=4)
+        assert handle.stats()["sixbit"]["nvfp4_layer_calls"] > 0
