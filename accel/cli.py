@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
     p.add_argument(
         "--peers", type=_csv,
-        help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache; fbc@T: FirstBlockCache at threshold T"
+        help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache; fbc@T: FirstBlockCache at threshold "
+             "T; quantization: torchao-int8wo, torchao-int8dq"
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_ints_csv, help="explicit step counts for fewer-steps rows")

@@ -54,6 +54,8 @@ class SixBitConfig(MethodConfig):
     beta: float = option(0.0, "predictor intercept", low=-1.0, high=1.0)
     threshold: float = option(0.25, "a block's layers run NVFP4 while the predicted error is at most this, "
                               "INT8 above (and whenever Gamma is unknown)", low=0.0)
+    route: str = option("predictor", "'predictor' (the paper's routing), or every layer at every step in "
+                        "'nvfp4' or 'int8' (ablations)", choices=("predictor", "nvfp4", "int8"))
     calibration: str = option("", "a JSON file from `accel calibrate` whose alpha, beta (and threshold) "
                               "replace the options; '' = use the options")
     hadamard: bool = option(False, "rotate activations and weights by a block-128 Hadamard transform "
@@ -225,7 +227,11 @@ class SixBit(Method):
 
         def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             gamma = state.gamma.get(self.tracker.branch)
-            state.route = "int8" if gamma is None or self.alpha * gamma + self.beta > self.threshold else "nvfp4"
+            if self.config.route != "predictor":
+                state.route = self.config.route
+            else:
+                volatile = gamma is None or self.alpha * gamma + self.beta > self.threshold
+                state.route = "int8" if volatile else "nvfp4"
             state.ran = False
             state.hidden_in = io.inputs(module, args, kwargs)[0]
 

@@ -348,6 +348,13 @@ def run(spec: BenchSpec) -> BenchResult:
     for peer in spec.peers:
         if peer == "fewer-steps":
             continue
+        if peer in V.QUANT_PEERS:
+            reason = V.quant_peer_support(peer)
+            if reason:
+                bench.skip(peer, "quant-peer", spec.steps, reason)
+            else:
+                bench.add(V.quant_peer(peer, spec.steps))
+            continue
         name, threshold = V.parse_peer(peer)
         reason = V.diffusers_cache_support(bench.pipe, name)
         if reason:

@@ -137,7 +137,8 @@ def parse_peer(peer: str) -> tuple[str, float | None]:
     name, _, value = peer.partition("@")
     if name not in DIFFUSERS_CACHES:
         raise accel.InvalidOptionError(
-            f"bench: peer {peer!r} is unknown; choose from fewer-steps, {', '.join(DIFFUSERS_CACHES)} (fbc@THRESHOLD)"
+            f"bench: peer {peer!r} is unknown; choose from fewer-steps, {', '.join(DIFFUSERS_CACHES)} (fbc@THRESHOLD), "
+            "torchao-int8wo, torchao-int8dq"
         )
     if not value:
         return name, None
@@ -186,3 +187,41 @@ def attention_backend(name: str, steps: int) -> Variant:
         pipe.transformer.reset_attention_backend()
 
     return Variant(f"backend:{name}", "backend", steps, enable, disable, note=f"diffusers dispatcher '{BACKENDS[name]}'")
+
+
+# ---- quantization peers ------------------------------------------------------------------------
+
+QUANT_PEERS = {  # name -> torchao config class (torchao 0.18's quantize_ API)
+    "torchao-int8wo": "Int8WeightOnlyConfig",
+    "torchao-int8dq": "Int8DynamicActivationInt8WeightConfig",
+}
+
+
+def quant_peer_support(name: str) -> str | None:
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install torchao)"
+    return None
+
+
+def quant_peer(name: str, steps: int) -> Variant:
+    """torchao's `quantize_(transformer, config)` on a copy of the transformer (quantize_ changes a model
+    for good), swapped in for the row's runs and out after them; built once, on first use."""
+    built: dict[str, Any] = {}
+
+    def enable(pipe: Any) -> Any:
+        if "model" not in built:
+            import copy
+
+            import torchao.quantization as tq
+
+            model = copy.deepcopy(pipe.transformer)
+            tq.quantize_(model, getattr(tq, QUANT_PEERS[name])())
+            built["model"] = model
+        original = pipe.transformer
+        pipe.transformer = built["model"]
+        return original
+
+    def disable(pipe: Any, original: Any) -> None:
+        pipe.transformer = original
+
+    return Variant(name, "quant-peer", steps, enable, disable, note=f"torchao {QUANT_PEERS[name]} on every linear")

@@ -156,3 +156,13 @@ def test_calibrate_fits_the_predictor_and_the_method_reads_it(tmp_path):
         assert (method.alpha, method.beta, method.threshold) == (cal["alpha"], cal["beta"], cal["threshold"])
         generate(pipe, steps=4)
         assert handle.stats()["sixbit"]["nvfp4_layer_calls"] > 0
+
+
+@pytest.mark.parametrize("route", ["nvfp4", "int8"])
+def test_fixed_routes_for_ablations(route):
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    with accel.patch(pipe, method="sixbit", route=route) as handle:
+        generate(pipe, steps=3)
+        stats = handle.stats()["sixbit"]
+    assert stats.get(f"{'int8' if route == 'nvfp4' else 'nvfp4'}_layer_calls", 0) == 0
+    assert stats["activation_bits"] == (4.5 if route == "nvfp4" else 8)
