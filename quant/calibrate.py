@@ -4,9 +4,11 @@ The paper (arXiv 2603.18742, Eq. 3-7) predicts a layer's relative NVFP4 error at
 relative input-to-output change at step t-1 by a line, `E = alpha * Gamma(t-1) + beta`, fitted offline by
 least squares (the paper: 100 EvalCrafter prompts). Here the unpatched pipeline runs `seeds` x `steps`;
 every linear layer of every block is also run in NVFP4 (weights and activations) beside the exact one, and
-each (Gamma of its block at the previous step, its relative output error) pair enters the fit. The
-threshold the paper leaves open is set so that the routed mix averages about 6 activation bits (NVFP4
-counts 4.5 with its scales, INT8 8): the `target_nvfp4_share` quantile of the predicted errors.
+each (Gamma of its block at the previous step, its relative output error) pair enters the fit: one line
+per layer (`layers`: a layer's own sensitivity is its intercept), and one for all layers (`alpha`, `beta`,
+used for layers without their own). The threshold the paper leaves open is set so that the routed mix
+averages about 6 activation bits (NVFP4 counts 4.5 with its scales, INT8 8): the `target_nvfp4_share`
+quantile of the per-layer predictions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import torch
 from . import formats
 
 
-def _pairs(pipe: Any, seeds: Sequence[int], steps: int) -> tuple[list[float], list[float]]:
+def _pairs(pipe: Any, seeds: Sequence[int], steps: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per linear layer (its name in the denoiser's blocks, as sixbit names it): the (Gamma of its block
+    at the previous step, its relative NVFP4 output error) pairs."""
     import accel
     from accel.adapters.block_io import block_io
     from accel.zoo import generate
@@ -29,8 +33,7 @@ def _pairs(pipe: Any, seeds: Sequence[int], steps: int) -> tuple[list[float], li
     handle = accel.patch(pipe, method="none")  # only for its step tracker: which step and CFG branch
     tracker = handle.tracker
     gammas: dict[tuple[str, str], float] = {}  # (block, branch) -> Gamma at the block's previous call
-    xs: list[float] = []
-    ys: list[float] = []
+    pairs: dict[str, tuple[list[float], list[float]]] = {}
     hooks = []
     quantized: dict[int, formats.NVFP4Weight] = {}
     for d in handle.target.denoisers:
@@ -51,10 +54,12 @@ def _pairs(pipe: Any, seeds: Sequence[int], steps: int) -> tuple[list[float], li
 
             hooks.append(ref.module.register_forward_pre_hook(before, with_kwargs=True))
             hooks.append(ref.module.register_forward_hook(after, with_kwargs=True))
-            for layer in ref.module.modules():
+            for sub, layer in ref.module.named_modules():
                 if isinstance(layer, torch.nn.Linear) and layer.in_features % 16 == 0:
+                    xs, ys = pairs.setdefault(f"{ref.name}.{sub}", ([], []))
+
                     def measure(module: torch.nn.Module, inputs: tuple, output: torch.Tensor,
-                                current: dict = current) -> None:
+                                current: dict = current, xs: list = xs, ys: list = ys) -> None:
                         if current.get("gamma") is None:
                             return
                         w = quantized.get(id(module))
@@ -74,7 +79,16 @@ def _pairs(pipe: Any, seeds: Sequence[int], steps: int) -> tuple[list[float], li
         for h in hooks:
             h.remove()
         handle.unpatch()
-    return xs, ys
+    return pairs
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares y = alpha x + beta: (alpha, beta, R^2)."""
+    x, y = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
+    design = torch.stack([x, torch.ones_like(x)], dim=1)
+    alpha, beta = torch.linalg.lstsq(design, y[:, None]).solution.flatten().tolist()
+    residual = ((y - (alpha * x + beta)) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-30)
+    return alpha, beta, float(1 - residual)
 
 
 def calibrate(pipe: Any, seeds: Sequence[int] = (0, 1), steps: int = 20, target_nvfp4_share: float = 4 / 7
@@ -84,17 +98,26 @@ def calibrate(pipe: Any, seeds: Sequence[int] = (0, 1), steps: int = 20, target_
     ValueError when the runs give fewer than 3 samples (one step is not enough: Gamma needs a previous step)."""
     if not 0.0 < target_nvfp4_share < 1.0:
         raise ValueError(f"target_nvfp4_share={target_nvfp4_share} must be in (0, 1)")
-    xs, ys = _pairs(pipe, seeds, steps)
+    pairs = _pairs(pipe, seeds, steps)
+    xs = [x for layer_xs, _ in pairs.values() for x in layer_xs]
     if len(xs) < 3:
         raise ValueError(f"calibration needs at least 2 steps per run; got {len(xs)} samples from steps={steps}")
-    x, y = torch.tensor(xs, dtype=torch.float64), torch.tensor(ys, dtype=torch.float64)
-    design = torch.stack([x, torch.ones_like(x)], dim=1)
-    alpha, beta = torch.linalg.lstsq(design, y[:, None]).solution.flatten().tolist()
-    predicted = alpha * x + beta
-    residual = ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-30)
-    threshold = float(torch.quantile(predicted, target_nvfp4_share))
-    return {"alpha": alpha, "beta": beta, "threshold": threshold, "r2": float(1 - residual), "samples": len(xs),
-            "seeds": list(seeds), "steps": steps, "target_nvfp4_share": target_nvfp4_share}
+    ys = [y for _, layer_ys in pairs.values() for y in layer_ys]
+    alpha, beta, r2 = _fit(xs, ys)
+    layers, predicted = {}, []
+    for name, (lx, ly) in pairs.items():
+        if len(lx) >= 3:
+            a, b, _ = _fit(lx, ly)
+            layers[name] = [a, b]
+            predicted += [a * x + b for x in lx]
+    # per-layer lines: the pooled R^2 of the per-layer predictions
+    y = torch.tensor(ys, dtype=torch.float64)
+    fitted = torch.tensor(predicted, dtype=torch.float64)
+    r2_layers = float(1 - ((y - fitted) ** 2).sum() / ((y - y.mean()) ** 2).sum().clamp_min(1e-30))
+    threshold = float(torch.quantile(fitted, target_nvfp4_share))
+    return {"alpha": alpha, "beta": beta, "r2": r2, "threshold": threshold, "layers": layers,
+            "r2_per_layer": r2_layers, "samples": len(xs), "seeds": list(seeds), "steps": steps,
+            "target_nvfp4_share": target_nvfp4_share}
 
 
 def write(result: dict[str, Any], path: str | Path) -> Path:

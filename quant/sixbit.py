@@ -4,9 +4,10 @@ drops), and at each step runs its activations in NVFP4 or INT8, as the paper's p
 
 The predictor (section 3, Eq. 3-7): a layer's relative quantization error at step t is predicted as
 `alpha * Gamma(t-1) + beta`, where Gamma is its block's relative L1 change from input to output at the
-previous step it was computed. Below `threshold` the block's layers run NVFP4; above it ("volatile") or
-when Gamma is unknown (the first step, or the block was skipped by TDC at the previous step) they run
-INT8, whose weights the paper casts from the stored NVFP4 ones. `accel calibrate` fits alpha and beta on
+previous step it was computed. Below `threshold` the layer runs NVFP4; above it ("volatile") or when
+Gamma is unknown (the first step, or the block was skipped by TDC at the previous step) it runs INT8,
+whose weights the paper casts from the stored NVFP4 ones. A calibration file gives each layer its own
+line (its intercept is its own sensitivity); the options give one line for all. `accel calibrate` fits alpha and beta on
 a few prompts (quant/calibrate.py). Combined with TDC's block skipping in one patch:
 `method=["sixbit", "tdc"]`.
 
@@ -75,13 +76,13 @@ class SixBitConfig(MethodConfig):
 
 @dataclass
 class BlockState:
-    """Per block: Gamma of its last computed step per CFG branch (None: skipped there), and whether any
-    of its layers ran in the current call (a TDC skip runs none)."""
+    """Per block: Gamma of its last computed step per CFG branch (None: skipped there), its layers, and
+    whether any of them ran in the current call (a TDC skip runs none)."""
 
     name: str
     module: torch.nn.Module
     gamma: dict[str, float | None] = field(default_factory=dict)
-    route: str = "int8"
+    layers: list[LayerState] = field(default_factory=list)
     ran: bool = False
     hidden_in: torch.Tensor | None = None
 
@@ -93,6 +94,9 @@ class LayerState:
     nvfp4: formats.NVFP4Weight
     int8: formats.Int8Weight | None  # with int8_weights="cached"
     bias: torch.Tensor | None
+    alpha: float  # the layer's predictor line (its own from a calibration file, else the global one)
+    beta: float
+    route: str = "int8"
 
 
 def _divisible(layer: torch.nn.Linear, hadamard: bool) -> bool:
@@ -113,13 +117,15 @@ class SixBit(Method):
 
     # ---- checks, before anything changes --------------------------------------------------------------
 
-    def _calibrated(self) -> tuple[float, float, float]:
+    def _calibrated(self) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
+        """(alpha, beta, threshold, per-layer (alpha, beta)) from the options or the calibration file."""
         cfg = self.config
         if not cfg.calibration:
-            return cfg.alpha, cfg.beta, cfg.threshold
+            return cfg.alpha, cfg.beta, cfg.threshold, {}
         try:
             data = json.loads(Path(cfg.calibration).read_text())
-            return float(data["alpha"]), float(data["beta"]), float(data.get("threshold", cfg.threshold))
+            layers = {name: (float(a), float(b)) for name, (a, b) in data.get("layers", {}).items()}
+            return float(data["alpha"]), float(data["beta"]), float(data.get("threshold", cfg.threshold)), layers
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InvalidOptionError(f"sixbit: option calibration={cfg.calibration!r} is not a readable calibration "
                                      f"file ({type(err).__name__}: {err}); expected the JSON `accel calibrate` writes."
@@ -159,7 +165,7 @@ class SixBit(Method):
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         cfg = self.config
         self.tracker = tracker
-        self.alpha, self.beta, self.threshold = self._calibrated()
+        self.alpha, self.beta, self.threshold, per_layer = self._calibrated()
         self.blocks: dict[str, BlockState] = {}
         self.layers: list[LayerState] = []
         self._originals: dict[str, Any] = {}
@@ -187,8 +193,10 @@ class SixBit(Method):
                 packed = formats.quantize_nvfp4(weight.float())
             packed = _to(packed, layer.weight.device)
             int8 = formats.int8_from_nvfp4(packed) if cfg.int8_weights == "cached" else None
-            lstate = LayerState(name, state, packed, int8, layer.bias)
+            alpha, beta = per_layer.get(name, (self.alpha, self.beta))
+            lstate = LayerState(name, state, packed, int8, layer.bias, alpha, beta)
             self.layers.append(lstate)
+            state.layers.append(lstate)
             journal.set_attr(layer, "forward", self._forward(lstate))
             quantized.append((name, layer))
         self._stash_originals(quantized, journal, device_is_cpu)
@@ -203,7 +211,7 @@ class SixBit(Method):
             block.ran = True
             if rotate:
                 x = formats.rotate_blocks(x)
-            if block.route == "int8":
+            if layer.route == "int8":
                 weight = layer.int8 if layer.int8 is not None else formats.int8_from_nvfp4(layer.nvfp4)
                 out, path = formats.int8_linear(x, weight, layer.bias)
                 self._count("int8_layer_calls")
@@ -227,11 +235,12 @@ class SixBit(Method):
 
         def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             gamma = state.gamma.get(self.tracker.branch)
-            if self.config.route != "predictor":
-                state.route = self.config.route
-            else:
-                volatile = gamma is None or self.alpha * gamma + self.beta > self.threshold
-                state.route = "int8" if volatile else "nvfp4"
+            for layer in state.layers:
+                if self.config.route != "predictor":
+                    layer.route = self.config.route
+                else:
+                    volatile = gamma is None or layer.alpha * gamma + layer.beta > self.threshold
+                    layer.route = "int8" if volatile else "nvfp4"
             state.ran = False
             state.hidden_in = io.inputs(module, args, kwargs)[0]
 
@@ -240,13 +249,14 @@ class SixBit(Method):
             step = self.tracker.step
             per_step = self.counters.setdefault("per_step", [])
             while len(per_step) <= step:
-                per_step.append([0, 0, 0])  # blocks in NVFP4, in INT8, skipped (summed over CFG branches)
+                per_step.append([0, 0, 0])  # layer calls in NVFP4, in INT8; skipped blocks (all CFG branches)
             if not state.ran:
                 state.gamma[self.tracker.branch] = None  # skipped (TDC): INT8 at the next computed step
                 per_step[step][2] += 1
                 self._count("skipped_block_calls")
                 return
-            per_step[step][0 if state.route == "nvfp4" else 1] += 1
+            for layer in state.layers:
+                per_step[step][0 if layer.route == "nvfp4" else 1] += 1
             hidden_out = io.outputs(output)[0]
             if isinstance(hidden_in, torch.Tensor) and hidden_out.shape == hidden_in.shape:
                 change = (hidden_out.float() - hidden_in.float()).abs().sum()

@@ -20,8 +20,9 @@ def _blocks(pipe):
 
 
 def _routes_and_gammas(pipe, handle, steps):
-    """Per block call: the route the method chose, and Gamma of that block's previous call in the same
-    branch as measured here, independently, from the block's own input and output."""
+    """Per block call: the route the method chose (its layers share one line here, so one route), and
+    Gamma of that block's previous call in the same branch as measured here, independently, from the
+    block's own input and output."""
     method = handle.methods[0]
     states = {id(s.module): s for s in method.blocks.values()}
     seen, last, hooks = [], {}, []
@@ -31,7 +32,9 @@ def _routes_and_gammas(pipe, handle, steps):
         def before(module, args, kwargs, io=io):
             state = states[id(module)]
             key = (id(module), handle.tracker.branch)
-            seen.append((state.route, last.get(key), handle.tracker.step))
+            routes = {layer.route for layer in state.layers}
+            assert len(routes) == 1
+            seen.append((routes.pop(), last.get(key), handle.tracker.step))
             module._test_in = io.inputs(module, args, kwargs)[0]
 
         def after(module, args, kwargs, output, io=io):
@@ -62,7 +65,8 @@ def test_routing_follows_the_predictor_step_by_step(model):
         assert route == expected, (route, gamma, step)
     assert {r for r, _, _ in seen} == {"int8", "nvfp4"}  # the threshold splits this run
     assert all(r == "int8" for r, _, s in seen if s == 0)  # no Gamma at the first step
-    assert sum(stats["per_step"][0][:2]) == len(_blocks(pipe)) * (2 if model == "wan" else 1)
+    layers = stats["layers"] * (2 if model == "wan" else 1)  # Wan: cond and uncond calls
+    assert stats["per_step"][0] == [0, layers, 0] and sum(stats["per_step"][-1]) == layers
     assert set(stats["paths"]) <= {"int8-int-mm", "int8-dequant", "nvfp4-dequant"}
     assert 4.5 <= stats["activation_bits"] <= 8
 
@@ -150,10 +154,12 @@ def test_calibrate_fits_the_predictor_and_the_method_reads_it(tmp_path):
     assert main(["calibrate", "--model", "pixart-alpha", "--steps", "4", "--seeds", "0", "--out", str(out)]) == 0
     cal = json.loads(out.read_text())
     assert cal["samples"] > 10 and all(map(torch.isfinite, torch.tensor([cal["alpha"], cal["beta"]])))
+    assert len(cal["layers"]) == 2 * 10  # tiny PixArt: 2 blocks of 10 linear layers, each its own line
     pipe = accel.zoo.load("pixart-alpha", size="tiny")
     with accel.patch(pipe, method="sixbit", calibration=str(out)) as handle:
         method = handle.methods[0]
         assert (method.alpha, method.beta, method.threshold) == (cal["alpha"], cal["beta"], cal["threshold"])
+        assert {layer.name: [layer.alpha, layer.beta] for layer in method.layers} == cal["layers"]
         generate(pipe, steps=4)
         assert handle.stats()["sixbit"]["nvfp4_layer_calls"] > 0
 
