@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "local model directory, or calibration/<zoo name>.json)")
     p.set_defaults(func=_cmd_calibrate)
 
+    from accel.quant.bench_linear import add_parser as add_bench_linear_parser
+    add_bench_linear_parser(sub)
+
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=counting(1), default=7860)
