@@ -11,9 +11,12 @@ line (its intercept is its own sensitivity); the options give one line for all. 
 a few prompts (quant/calibrate.py). Combined with TDC's block skipping in one patch:
 `method=["sixbit", "tdc"]`.
 
-Paths (never silent: `stats()["paths"]` counts each, logged once): "int8-int-mm" (a real int8 GEMM,
-`torch._int_mm`, on CPU and CUDA), "int8-dequant" (shapes `_int_mm` refuses), "nvfp4-dequant" (NVFP4
-weights dequantized per call: the memory saving only; NVFP4 tensor cores exist on Blackwell alone).
+Paths (never silent: `stats()["paths"]` counts each, logged once): "int8-x86-dynamic" (on a CPU: PyTorch's
+x86/fbgemm int8 GEMM, activations quantized per tensor; "packed per call" when the INT8 weights are cast
+from NVFP4 at each call), "int8-int-mm" (elsewhere: `torch._int_mm`, per-token activations; 30x slower
+than fp32 on an AVX2 CPU, hence not used there), "int8-dequant" (shapes `_int_mm` refuses),
+"nvfp4-dequant" (NVFP4 weights dequantized per call: the memory saving only; NVFP4 tensor cores exist on
+Blackwell alone).
 
 The full-precision weights leave the device while patched (`originals`): kept in CPU memory, or in a file
 on disk (the default on a CPU, where CPU memory would keep them resident), so that `unpatch` restores them
@@ -93,6 +96,7 @@ class LayerState:
     block: BlockState
     nvfp4: formats.NVFP4Weight
     int8: formats.Int8Weight | None  # with int8_weights="cached"
+    int8_x86: Any  # the same, prepacked for the CPU's x86/fbgemm int8 GEMM (cached, on a CPU)
     bias: torch.Tensor | None
     alpha: float  # the layer's predictor line (its own from a calibration file, else the global one)
     beta: float
@@ -193,8 +197,9 @@ class SixBit(Method):
                 packed = formats.quantize_nvfp4(weight.float())
             packed = _to(packed, layer.weight.device)
             int8 = formats.int8_from_nvfp4(packed) if cfg.int8_weights == "cached" else None
+            x86 = formats.prepack_x86(int8) if int8 is not None else None
             alpha, beta = per_layer.get(name, (self.alpha, self.beta))
-            lstate = LayerState(name, state, packed, int8, layer.bias, alpha, beta)
+            lstate = LayerState(name, state, packed, int8, x86, layer.bias, alpha, beta)
             self.layers.append(lstate)
             state.layers.append(lstate)
             journal.set_attr(layer, "forward", self._forward(lstate))
@@ -212,8 +217,7 @@ class SixBit(Method):
             if rotate:
                 x = formats.rotate_blocks(x)
             if layer.route == "int8":
-                weight = layer.int8 if layer.int8 is not None else formats.int8_from_nvfp4(layer.nvfp4)
-                out, path = formats.int8_linear(x, weight, layer.bias)
+                out, path = self._int8(layer, x)
                 self._count("int8_layer_calls")
             else:
                 out, path = formats.nvfp4_linear(x, layer.nvfp4, layer.bias)
@@ -225,6 +229,20 @@ class SixBit(Method):
             return out
 
         return forward
+
+    @staticmethod
+    def _int8(layer: LayerState, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """The INT8 route: on a CPU through PyTorch's x86 int8 GEMM (weights prepacked once, or cast from
+        NVFP4 and packed at each call), elsewhere `torch._int_mm`."""
+        n = layer.nvfp4.shape[0]
+        if layer.int8_x86 is not None:
+            return formats.int8_linear_x86(x, layer.int8_x86, n, layer.bias)
+        weight = layer.int8 if layer.int8 is not None else formats.int8_from_nvfp4(layer.nvfp4)
+        packed = formats.prepack_x86(weight) if x.device.type == "cpu" else None
+        if packed is not None:
+            out, path = formats.int8_linear_x86(x, packed, n, layer.bias)
+            return out, path + " (packed per call)"
+        return formats.int8_linear(x, weight, layer.bias)
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1

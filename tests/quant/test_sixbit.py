@@ -67,7 +67,7 @@ def test_routing_follows_the_predictor_step_by_step(model):
     assert all(r == "int8" for r, _, s in seen if s == 0)  # no Gamma at the first step
     layers = stats["layers"] * (2 if model == "wan" else 1)  # Wan: cond and uncond calls
     assert stats["per_step"][0] == [0, layers, 0] and sum(stats["per_step"][-1]) == layers
-    assert set(stats["paths"]) <= {"int8-int-mm", "int8-dequant", "nvfp4-dequant"}
+    assert set(stats["paths"]) <= {"int8-x86-dynamic (packed per call)", "int8-int-mm", "nvfp4-dequant"}
     assert 4.5 <= stats["activation_bits"] <= 8
 
 
@@ -172,3 +172,19 @@ def test_fixed_routes_for_ablations(route):
         stats = handle.stats()["sixbit"]
     assert stats.get(f"{'int8' if route == 'nvfp4' else 'nvfp4'}_layer_calls", 0) == 0
     assert stats["activation_bits"] == (4.5 if route == "nvfp4" else 8)
+
+
+def test_int8_paths_on_cpu_cast_or_cached():
+    """On a CPU the INT8 route runs PyTorch's x86 int8 GEMM: prepacked once with int8_weights='cached', cast
+    from NVFP4 and packed per call by default; `_int_mm` only where that engine is missing."""
+    if not {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines):
+        pytest.skip("this PyTorch has no x86 quantized engine")
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    runs = {}
+    for mode in ("cast", "cached"):
+        with accel.patch(pipe, method="sixbit", route="int8", int8_weights=mode) as handle:
+            runs[mode] = generate(pipe, steps=2)
+            runs[mode + "-paths"] = set(handle.stats()["sixbit"]["paths"])
+    assert runs["cast-paths"] == {"int8-x86-dynamic (packed per call)"}
+    assert runs["cached-paths"] == {"int8-x86-dynamic"}
+    assert torch.equal(runs["cast"], runs["cached"])  # the same INT8 weights, packed once or each time
