@@ -78,7 +78,7 @@ class MethodConfig:
                 kind = f"has type {type(value).__name__}" if value in meta["choices"] else "is not allowed"
                 raise InvalidOptionError(f"{where} {kind}; expected {_allowed(meta)}.")
             return
-        if hint in (int, float, bool):
+        if hint in (int, float, bool, str):
             ok = isinstance(value, hint) or (hint is float and isinstance(value, int))
             if isinstance(value, bool) and hint is not bool:
                 ok = False
