@@ -290,10 +290,6 @@ class Pruner:
                                      position_ids=None, layer_idx=stage.layer)
         return call.masks[kind]
 
-    def _rotary(self, call: Call, hidden: torch.Tensor, positions: torch.Tensor) -> tuple:
-        """(cos, sin) for `positions`, from the model's own rotary module (not recorded as the call's)."""
-        return self.layout.rotary(hidden, positions)
-
     def _drop(self, call: Call, drop: Drop, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """Rank the visual tokens still present, keep `drop.keep` of the prompt's, gather them."""
         B, dev = hidden.shape[0], hidden.device
@@ -347,7 +343,7 @@ class Pruner:
         if self.compact:
             order = (~stage.filler).long().cumsum(dim=1).to(index.device) - 1  # rank among the real slots
             kept = kept - (index - order).clamp(min=0)  # minus the prefill tokens dropped before it
-        return self._rotary(call, hidden, kept)
+        return self.layout.rotary(hidden, kept)  # the model's own module (the hook records only its first call)
 
     def _decode_stage(self, call: Call, i: int, hidden: torch.Tensor) -> None:
         """At the first layer of each stage in a decode step: its mask and (compact) rotary embedding."""
@@ -360,4 +356,4 @@ class Pruner:
         assert call.positions is not None
         shift = stage.shift.to(call.positions.device)
         positions = call.positions - (shift[None, :, None] if call.positions.dim() == 3 else shift[:, None])
-        call.swapped["position_embeddings"] = self._rotary(call, hidden, positions)
+        call.swapped["position_embeddings"] = self.layout.rotary(hidden, positions)
