@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,8 @@ class SixBit(Method):
             os.close(fd)
             save_file({n: p.detach().cpu().contiguous() for n, p in params.items()}, path)
             saved["file"] = path
+            # the file goes with the patch: at unpatch, or when the patch is garbage-collected / at exit
+            saved["remove"] = weakref.finalize(self, _remove, path)
         elif where == "cpu":
             saved["tensors"] = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
         kinds = {n: (p.device, p.dtype) for n, p in params.items()}
@@ -312,7 +315,7 @@ class SixBit(Method):
                 from safetensors.torch import load_file
 
                 tensors = load_file(saved["file"])
-                os.unlink(saved["file"])
+                saved["remove"]()
             else:
                 tensors = saved.get("tensors", {})
             for n, p in params.items():
@@ -359,6 +362,11 @@ class SixBit(Method):
         if nv + i8:
             out["activation_bits"] = round((4.5 * nv + 8 * i8) / (nv + i8), 3)  # NVFP4 = 4 bits + an 8-bit scale per 16
         return out
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.unlink(path)
 
 
 def _to(packed: formats.NVFP4Weight, device: torch.device) -> formats.NVFP4Weight:
