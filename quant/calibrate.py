@@ -105,11 +105,11 @@ def calibrate(pipe: Any, seeds: Sequence[int] = (0, 1), steps: int = 20, target_
     ys = [y for _, layer_ys in pairs.values() for y in layer_ys]
     alpha, beta, r2 = _fit(xs, ys)
     layers, predicted = {}, []
-    for name, (lx, ly) in pairs.items():
+    for name, (lx, ly) in pairs.items():  # a layer with fewer than 3 samples keeps the global line
+        a, b = _fit(lx, ly)[:2] if len(lx) >= 3 else (alpha, beta)
         if len(lx) >= 3:
-            a, b, _ = _fit(lx, ly)
             layers[name] = [a, b]
-            predicted += [a * x + b for x in lx]
+        predicted += [a * x + b for x in lx]
     # per-layer lines: the pooled R^2 of the per-layer predictions
     y = torch.tensor(ys, dtype=torch.float64)
     fitted = torch.tensor(predicted, dtype=torch.float64)

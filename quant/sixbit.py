@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import weakref
@@ -55,7 +56,8 @@ ORIGINALS = ("auto", "cpu", "disk", "drop")
 @dataclass(frozen=True)
 class SixBitConfig(MethodConfig):
     method = "sixbit"
-    alpha: float = option(1.0, "predictor slope: predicted relative error = alpha * Gamma(t-1) + beta", low=0.0)
+    alpha: float = option(1.0, "predictor slope: predicted relative error = alpha * Gamma(t-1) + beta (a fit may "
+                          "give a negative one)")
     beta: float = option(0.0, "predictor intercept", low=-1.0, high=1.0)
     threshold: float = option(0.25, "a block's layers run NVFP4 while the predicted error is at most this, "
                               "INT8 above (and whenever Gamma is unknown)", low=0.0)
@@ -115,10 +117,12 @@ class SixBit(Method):
     claims = frozenset({"linears"})
     Config = SixBitConfig
     exact_options = None  # quantization has no exact setting
+    # per_step: one [NVFP4 layer calls, INT8 layer calls, skipped block calls] per step, all CFG branches
     stats_keys = frozenset({"paths", "nvfp4_layer_calls", "int8_layer_calls", "skipped_block_calls", "per_step",
+                            "predictor",
                             "activation_bits", "weight_bytes", "bf16_weight_bytes", "memory_ratio_vs_bf16",
                             "layers", "unsupported_layers", "originals"})
-    kept_between_calls = frozenset({"layers", "blocks", "_originals"})
+    kept_between_calls = frozenset({"layers", "blocks", "_originals", "_stored"})
 
     # ---- checks, before anything changes --------------------------------------------------------------
 
@@ -130,8 +134,13 @@ class SixBit(Method):
         try:
             data = json.loads(Path(cfg.calibration).read_text())
             layers = {name: (float(a), float(b)) for name, (a, b) in data.get("layers", {}).items()}
-            return float(data["alpha"]), float(data["beta"]), float(data.get("threshold", cfg.threshold)), layers
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            values = (float(data["alpha"]), float(data["beta"]), float(data.get("threshold", cfg.threshold)))
+            if not all(math.isfinite(v) for v in (*values, *(x for ab in layers.values() for x in ab))):
+                raise ValueError("a value is not finite")
+            if values[2] < 0:
+                raise ValueError(f"threshold {values[2]} is negative")
+            return (*values, layers)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise InvalidOptionError(f"sixbit: option calibration={cfg.calibration!r} is not a readable calibration "
                                      f"file ({type(err).__name__}: {err}); expected the JSON `accel calibrate` writes."
                                      ) from err
@@ -151,10 +160,9 @@ class SixBit(Method):
     def check(self, target: PatchTarget) -> None:
         super().check(target)
         self._calibrated()
-        if self.config.weights and not (Path(self.config.weights) / "sixbit.safetensors").is_file():
-            raise InvalidOptionError(f"sixbit: option weights={self.config.weights!r} holds no sixbit.safetensors "
-                                     "(write one with accel.quant.save).")
         linears = self._linears(target)
+        if self.config.weights:
+            self._check_stored(linears)
         if not linears:
             raise UnsupportedModelError(f"accel: method 'sixbit' found no linear layer in the blocks of {target.describe()}.")
         bad = [name for _, _, name, layer in linears if not _divisible(layer, self.config.hadamard)]
@@ -165,6 +173,24 @@ class SixBit(Method):
                 f"multiples of {size}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Pass unsupported='skip' "
                 "to leave them in full precision.")
 
+    def _check_stored(self, linears: list[tuple[str, torch.nn.Module, str, torch.nn.Linear]]) -> None:
+        """The `weights=` directory: readable, and a packed weight of the right shape for every layer."""
+        where = f"sixbit: option weights={self.config.weights!r}"
+        try:
+            stored = _load_packed(Path(self.config.weights))
+        except Exception as err:  # OSError, JSON, safetensors' own errors: all mean an unusable directory
+            raise InvalidOptionError(f"{where} is not a directory written by accel.quant.save ({type(err).__name__}: "
+                                     f"{err}).") from err
+        self._stored = stored  # apply uses these (checked) weights
+        for _, _, name, layer in linears:
+            if not _divisible(layer, self.config.hadamard):
+                continue
+            if name not in stored:
+                raise InvalidOptionError(f"{where} has no weights for {name}.")
+            if stored[name].shape != (layer.out_features, layer.in_features):
+                raise InvalidOptionError(f"{where}: {name} is stored as {stored[name].shape}, the model's layer is "
+                                         f"{(layer.out_features, layer.in_features)}.")
+
     # ---- patching -------------------------------------------------------------------------------------
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
@@ -174,7 +200,7 @@ class SixBit(Method):
         self.blocks: dict[str, BlockState] = {}
         self.layers: list[LayerState] = []
         self._originals: dict[str, Any] = {}
-        stored = _load_packed(Path(cfg.weights)) if cfg.weights else None
+        stored = self._stored if cfg.weights else None
         skipped = []
         device_is_cpu = True
         quantized = []
@@ -191,13 +217,12 @@ class SixBit(Method):
             if cfg.hadamard:
                 weight = formats.rotate_blocks(weight.float())
             if stored is not None:
-                if name not in stored:
-                    raise InvalidOptionError(f"sixbit: option weights={cfg.weights!r} has no weights for {name}")
                 packed = stored[name]
             else:
                 packed = formats.quantize_nvfp4(weight.float())
             packed = _to(packed, layer.weight.device)
-            int8 = formats.int8_from_nvfp4(packed) if cfg.int8_weights == "cached" else None
+            cached = cfg.int8_weights == "cached" and cfg.route != "nvfp4"  # an all-NVFP4 run never reads it
+            int8 = formats.int8_from_nvfp4(packed) if cached else None
             x86 = formats.prepack_x86(int8) if int8 is not None else None
             alpha, beta = per_layer.get(name, (self.alpha, self.beta))
             lstate = LayerState(name, state, packed, int8, x86, layer.bias, alpha, beta)
@@ -207,6 +232,9 @@ class SixBit(Method):
             quantized.append((name, layer))
         self._stash_originals(quantized, journal, device_is_cpu)
         self.counters.update(self._memory())
+        self.counters["predictor"] = {"alpha": self.alpha, "beta": self.beta, "threshold": self.threshold,
+                                      "per_layer_lines": len(per_layer),
+                                      "source": cfg.calibration or "options", "weights": cfg.weights or "quantized"}
         self.unsupported = skipped
 
     def _forward(self, layer: LayerState) -> Any:
@@ -329,7 +357,7 @@ class SixBit(Method):
     def before_unpatch(self) -> None:
         if self.counters.get("originals") == "drop":
             raise AccelError("accel: sixbit was patched with originals='drop': the full-precision weights were freed, "
-                             "so unpatch cannot restore them. Reload the model instead (nothing was changed).")
+                             "so unpatch cannot restore them; the patch stays in force. Reload the model instead.")
 
     # ---- stats ----------------------------------------------------------------------------------------
 
@@ -341,7 +369,7 @@ class SixBit(Method):
 
     def reset_run(self) -> None:
         keep = {k: self.counters[k] for k in ("weight_bytes", "bf16_weight_bytes", "memory_ratio_vs_bf16", "layers",
-                                              "originals") if k in self.counters}
+                                              "originals", "predictor") if k in self.counters}
         super().reset_run()
         self.counters.update(keep)
         if self.unsupported:
@@ -387,7 +415,12 @@ def save(patched: Any, directory: str | os.PathLike) -> Path:
 
     from accel.patching import Patch, patch_of
 
-    handle = patched if isinstance(patched, Patch) else patch_of(patched)
+    try:
+        handle = patched if isinstance(patched, Patch) else patch_of(patched)
+    except TypeError:  # not an object a patch can be attached to
+        handle = None
+    if handle is not None and not handle.active:
+        raise AccelError("accel.quant.save: this sixbit patch was removed (unpatch); save while it is in force.")
     method = next((m for m in (handle.methods if handle else ()) if isinstance(m, SixBit)), None)
     if method is None:
         raise AccelError("accel.quant.save: the object carries no sixbit patch; patch it with method='sixbit' first.")

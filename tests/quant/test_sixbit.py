@@ -188,3 +188,38 @@ def test_int8_paths_on_cpu_cast_or_cached():
     assert runs["cast-paths"] == {"int8-x86-dynamic (packed per call)"}
     assert runs["cached-paths"] == {"int8-x86-dynamic"}
     assert torch.equal(runs["cast"], runs["cached"])  # the same INT8 weights, packed once or each time
+
+
+def test_stored_weights_and_calibration_files_are_checked_like_options(tmp_path):
+    pipe = accel.zoo.load("pixart-alpha", size="tiny")
+    with accel.patch(pipe, method="sixbit") as handle:
+        accel.quant.save(handle, tmp_path / "saved")
+    with pytest.raises(AccelError, match="removed"):
+        accel.quant.save(handle, tmp_path / "again")
+    with pytest.raises(AccelError, match="no sixbit patch"):
+        accel.quant.save(42, tmp_path / "int")
+    other = accel.zoo.load("pixart-alpha", size="tiny")
+    layer = other.transformer.transformer_blocks[0].attn1.to_q
+    other.transformer.transformer_blocks[0].attn1.to_q = torch.nn.Linear(layer.in_features, 2 * layer.out_features)
+    with pytest.raises(InvalidOptionError, match="to_q is stored as"):
+        accel.patch(other, method="sixbit", weights=str(tmp_path / "saved"))
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "sixbit.safetensors").write_bytes(b"not a safetensors file")
+    for bad in ({"alpha": float("nan"), "beta": 0}, [1, 2], {"alpha": 1, "beta": 0, "threshold": -1}):
+        (tmp_path / "cal.json").write_text(json.dumps(bad))
+        with pytest.raises(InvalidOptionError, match="calibration"):
+            accel.patch(pipe, method="sixbit", calibration=str(tmp_path / "cal.json"))
+    with pytest.raises(InvalidOptionError, match="weights"):
+        accel.patch(pipe, method="sixbit", weights=str(tmp_path / "garbage"))
+    assert accel.patch_of(pipe) is None and accel.patch_of(other) is None
+    with accel.patch(pipe, method="sixbit", route="nvfp4", int8_weights="cached") as handle:
+        stats = handle.stats()["sixbit"]
+        assert stats["memory_ratio_vs_bf16"] >= 3.5  # no INT8 copy for an all-NVFP4 run
+        assert stats["predictor"]["source"] == "options" and stats["predictor"]["threshold"] == 0.25
+
+
+def test_calibrate_with_two_steps():
+    from accel.quant.calibrate import calibrate
+
+    result = calibrate(accel.zoo.load("pixart-alpha", size="tiny"), seeds=(0,), steps=2)
+    assert result["samples"] > 0 and result["layers"] == {}  # one sample per layer: the global line serves
