@@ -65,8 +65,9 @@ class SixBitConfig(MethodConfig):
                         "'nvfp4' or 'int8' (ablations)", choices=("predictor", "nvfp4", "int8"))
     calibration: str = option("", "a JSON file from `accel calibrate` whose alpha, beta (and threshold) "
                               "replace the options; '' = use the options")
-    hadamard: bool = option(False, "rotate activations and weights by a block-128 Hadamard transform "
-                            "(outlier smoothing; input sizes must be multiples of 128)")
+    hadamard: int = option(0, "rotate activations and weights by a block Hadamard transform of this size "
+                           "(outlier smoothing; the paper's 128; input sizes must be multiples of it); 0 = off",
+                           choices=(0, 16, 32, 64, 128))
     int8_weights: str = option("cast", "'cast': the INT8 route casts the stored NVFP4 weights at each call "
                                "(the paper's; NVFP4 memory only); 'cached': keep an INT8 copy too (faster, "
                                "12.5 bits per weight)", choices=("cast", "cached"))
@@ -106,8 +107,8 @@ class LayerState:
     route: str = "int8"
 
 
-def _divisible(layer: torch.nn.Linear, hadamard: bool) -> bool:
-    return layer.in_features % (128 if hadamard else 16) == 0
+def _divisible(layer: torch.nn.Linear, hadamard: int) -> bool:
+    return layer.in_features % max(hadamard, 16) == 0
 
 
 class SixBit(Method):
@@ -167,7 +168,7 @@ class SixBit(Method):
             raise UnsupportedModelError(f"accel: method 'sixbit' found no linear layer in the blocks of {target.describe()}.")
         bad = [name for _, _, name, layer in linears if not _divisible(layer, self.config.hadamard)]
         if bad and self.config.unsupported == "refuse":
-            size = 128 if self.config.hadamard else 16
+            size = max(self.config.hadamard, 16)
             raise UnsupportedModelError(
                 f"accel: method 'sixbit' blocks each weight row in {size}s; these layers' input sizes are not "
                 f"multiples of {size}: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Pass unsupported='skip' "
@@ -181,6 +182,10 @@ class SixBit(Method):
         except Exception as err:  # OSError, JSON, safetensors' own errors: all mean an unusable directory
             raise InvalidOptionError(f"{where} is not a directory written by accel.quant.save ({type(err).__name__}: "
                                      f"{err}).") from err
+        rotation = json.loads((Path(self.config.weights) / "sixbit.json").read_text()).get("hadamard", 0)
+        if int(rotation) != self.config.hadamard:
+            raise InvalidOptionError(f"{where} was saved with hadamard={int(rotation)}; pass the same (got "
+                                     f"hadamard={self.config.hadamard}): its weights are rotated that way.")
         self._stored = stored  # apply uses these (checked) weights
         for _, _, name, layer in linears:
             if not _divisible(layer, self.config.hadamard):
@@ -215,7 +220,7 @@ class SixBit(Method):
                 self._hook_block(state, journal)
             weight = layer.weight.detach()
             if cfg.hadamard:
-                weight = formats.rotate_blocks(weight.float())
+                weight = formats.rotate_blocks(weight.float(), cfg.hadamard)
             if stored is not None:
                 packed = stored[name]
             else:
@@ -244,7 +249,7 @@ class SixBit(Method):
             block = layer.block
             block.ran = True
             if rotate:
-                x = formats.rotate_blocks(x)
+                x = formats.rotate_blocks(x, rotate)
             if layer.route == "int8":
                 out, path = self._int8(layer, x)
                 self._count("int8_layer_calls")
