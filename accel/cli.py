@@ -205,9 +205,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.quick:
         spec = quick(spec)
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
-    from .bench import vlm
+    from . import zoo
 
-    if vlm.is_vlm(spec.model):
+    if zoo.is_vlm(spec.model):
         return _bench_vlm(spec, args, command)
     result = run(spec)
     print(markdown(result, command))

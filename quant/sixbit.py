@@ -225,7 +225,7 @@ class SixBit(Method):
                 packed = stored[name]
             else:
                 packed = formats.quantize_nvfp4(weight.float())
-            packed = _to(packed, layer.weight.device)
+            packed = packed.to(layer.weight.device)
             cached = cfg.int8_weights == "cached" and cfg.route != "nvfp4"  # an all-NVFP4 run never reads it
             int8 = formats.int8_from_nvfp4(packed) if cached else None
             x86 = formats.prepack_x86(int8) if int8 is not None else None
@@ -400,13 +400,6 @@ class SixBit(Method):
 def _remove(path: str) -> None:
     if os.path.exists(path):
         os.unlink(path)
-
-
-def _to(packed: formats.NVFP4Weight, device: torch.device) -> formats.NVFP4Weight:
-    if packed.packed.device == device:
-        return packed
-    return formats.NVFP4Weight(packed.packed.to(device), packed.scales.to(device), packed.tensor_scale.to(device),
-                               packed.shape)
 
 
 # ---- saving and loading the packed weights -------------------------------------------------------------

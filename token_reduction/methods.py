@@ -86,6 +86,7 @@ class TokenPruningMethod(Method):
     stats_keys = frozenset({"decode_calls", "visual_tokens", "kept_visual", "flops_ratio", "kv_cache_MB_saved",
                             "tokens_per_layer"})
     kept_between_calls = frozenset({"pruner"})  # holds the last prefill's stages for its decode steps
+    exact_options = {"keep_ratio": 1.0}  # every visual token kept
 
     def schedule(self, depth: int) -> list[Drop]:
         raise NotImplementedError
@@ -131,7 +132,6 @@ class PyramidDrop(TokenPruningMethod):
     summary = "PyramidDrop: drop visual tokens stage by stage inside a VLM's language model, ranked by the last instruction token."
     paper = "PyramidDrop, arXiv 2410.17247 (CVPR 2025)"
     Config = PyramidDropConfig
-    exact_options = {"keep_ratio": 1.0}
 
     def schedule(self, depth: int) -> list[Drop]:
         layers = [round(f * depth) for f in self.config.stages]
@@ -148,7 +148,6 @@ class FastV(TokenPruningMethod):
     summary = "FastV: one drop of visual tokens after layer K-1 of a VLM's language model, by that layer's attention."
     paper = "FastV, arXiv 2403.06764 (ECCV 2024)"
     Config = FastVConfig
-    exact_options = {"keep_ratio": 1.0}
 
     def schedule(self, depth: int) -> list[Drop]:
         k = self.config.layer

@@ -26,10 +26,6 @@ from .measure import timed
 DECODE_TOKENS = 16
 
 
-def is_vlm(name: str) -> bool:
-    return zoo.is_vlm(name)
-
-
 @dataclass
 class VLMRow:
     label: str
@@ -117,8 +113,9 @@ def _rows(spec: Any, depth: int) -> list[VLMRow]:
 def run_vlm(spec: Any) -> dict[str, Any]:
     """Measure every row of `spec` (an `accel.bench.BenchSpec` naming a VLM); returns the JSON result."""
     from ..info import info
+    from .runner import DTYPES
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.dtype]
+    dtype = DTYPES[spec.dtype]
     model = zoo.load(spec.model, size=spec.size, dtype=dtype) if spec.model != "digits-vqa" else zoo.load(
         spec.model, dtype=dtype)
     model = model.to(spec.device)
