@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peers", type=_csv,
         help="fewer-steps and diffusers caches: fbc, taylorseer, pab, fastercache; fbc@T: FirstBlockCache at threshold "
-             "T; quantization: torchao-int8wo, torchao-int8dq"
+             "T; quantization: torchao-int8wo, torchao-int8dq, diffusers-torchao-int8wo, diffusers-quanto-int8, "
+             "diffusers-bnb-8bit (GPU)"
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_ints_csv, help="explicit step counts for fewer-steps rows")

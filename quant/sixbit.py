@@ -16,7 +16,12 @@ x86/fbgemm int8 GEMM, activations quantized per tensor; "packed per call" when t
 from NVFP4 at each call), "int8-int-mm" (elsewhere: `torch._int_mm`, per-token activations; 30x slower
 than fp32 on an AVX2 CPU, hence not used there), "int8-dequant" (shapes `_int_mm` refuses),
 "nvfp4-dequant" (NVFP4 weights dequantized per call: the memory saving only; NVFP4 tensor cores exist on
-Blackwell alone).
+Blackwell alone), "w4a16-dequant" (the same with unquantized activations: Purified Delta Refresh, below).
+
+Purified Delta Refresh (section 4.3, Eq. 12): quantization noise in a block's output is written into TDC's
+cached delta and reused at every skip, so at a block's first computed step after a skip its layers run
+INT8, or, where the input's outlier ratio max|x| / mean|x| exceeds 25, unquantized activations with the
+dequantized NVFP4 weights ("FP16" in the paper; its full-precision weights are not resident either).
 
 The full-precision weights leave the device while patched (`originals`): kept in CPU memory, or in a file
 on disk (the default on a CPU, where CPU memory would keep them resident), so that `unpatch` restores them
@@ -76,6 +81,12 @@ class SixBitConfig(MethodConfig):
                             "model, CPU memory otherwise", choices=ORIGINALS)
     weights: str = option("", "a directory written by accel.quant.save: its packed weights are used "
                           "instead of quantizing the model's")
+    purified_refresh: bool = option(True, "Purified Delta Refresh (section 4.3, Eq. 12): at a block's first "
+                                    "computed step after a TDC skip, layers whose input has an outlier ratio "
+                                    "max|x| / mean|x| above outlier_ratio run unquantized activations (W4A16), "
+                                    "the others INT8")
+    outlier_ratio: float = option(25.0, "the outlier ratio above which purified_refresh runs a layer's "
+                                  "activations unquantized (the paper's 25)", low=1.0)
     unsupported: str = option("refuse", "linear layers whose input size NVFP4 cannot block (not a multiple of "
                               "16): 'refuse' the model, or 'skip' them (left in full precision, counted)",
                               choices=("refuse", "skip"))
@@ -104,7 +115,8 @@ class LayerState:
     bias: torch.Tensor | None
     alpha: float  # the layer's predictor line (its own from a calibration file, else the global one)
     beta: float
-    route: str = "int8"
+    route: str = "int8"  # chosen before the block: "nvfp4", "int8" or "refresh" (decided per call, below)
+    ran_as: str = "int8"  # what the last call ran: "nvfp4", "int8" or "a16"
 
 
 def _divisible(layer: torch.nn.Linear, hadamard: int) -> bool:
@@ -118,11 +130,11 @@ class SixBit(Method):
     claims = frozenset({"linears"})
     Config = SixBitConfig
     exact_options = None  # quantization has no exact setting
-    # per_step: one [NVFP4 layer calls, INT8 layer calls, skipped block calls] per step, all CFG branches
-    stats_keys = frozenset({"paths", "nvfp4_layer_calls", "int8_layer_calls", "skipped_block_calls", "per_step",
-                            "predictor",
-                            "activation_bits", "weight_bytes", "bf16_weight_bytes", "memory_ratio_vs_bf16",
-                            "layers", "unsupported_layers", "originals"})
+    # per_step: one [NVFP4, INT8, A16 layer calls, skipped block calls] per step, all CFG branches
+    stats_keys = frozenset({"paths", "nvfp4_layer_calls", "int8_layer_calls", "a16_layer_calls",
+                            "skipped_block_calls", "skipped_layer_calls", "per_step", "predictor",
+                            "activation_bits", "activation_bits_with_skips", "weight_bytes", "bf16_weight_bytes",
+                            "memory_ratio_vs_bf16", "layers", "unsupported_layers", "originals"})
     kept_between_calls = frozenset({"layers", "blocks", "_originals", "_stored"})
 
     # ---- checks, before anything changes --------------------------------------------------------------
@@ -250,12 +262,19 @@ class SixBit(Method):
             block.ran = True
             if rotate:
                 x = formats.rotate_blocks(x, rotate)
-            if layer.route == "int8":
+            route = layer.route
+            if route == "refresh":  # Purified Delta Refresh: outlier-heavy inputs are not quantized
+                magnitude = x.detach().abs().float()
+                route = "a16" if magnitude.amax() > self.config.outlier_ratio * magnitude.mean() else "int8"
+            if route == "int8":
                 out, path = self._int8(layer, x)
-                self._count("int8_layer_calls")
+            elif route == "a16":
+                out, _ = formats.nvfp4_linear(x, layer.nvfp4, layer.bias, activations="none")
+                path = "w4a16-dequant"
             else:
                 out, path = formats.nvfp4_linear(x, layer.nvfp4, layer.bias)
-                self._count("nvfp4_layer_calls")
+            layer.ran_as = route
+            self._count(f"{route}_layer_calls")
             paths = self.counters.setdefault("paths", {})
             if path not in paths:
                 logger.info("accel: sixbit runs %s (%s)", path, layer.name)
@@ -286,10 +305,15 @@ class SixBit(Method):
         io = block_io(state.module)
 
         def before(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            gamma = state.gamma.get(self.tracker.branch)
+            branch = self.tracker.branch
+            gamma = state.gamma.get(branch)
+            # None (not missing): skipped at the previous step, so this is a refresh of the cached delta
+            refresh = self.config.purified_refresh and branch in state.gamma and gamma is None
             for layer in state.layers:
                 if self.config.route != "predictor":
                     layer.route = self.config.route
+                elif refresh:
+                    layer.route = "refresh"
                 else:
                     volatile = gamma is None or layer.alpha * gamma + layer.beta > self.threshold
                     layer.route = "int8" if volatile else "nvfp4"
@@ -301,14 +325,15 @@ class SixBit(Method):
             step = self.tracker.step
             per_step = self.counters.setdefault("per_step", [])
             while len(per_step) <= step:
-                per_step.append([0, 0, 0])  # layer calls in NVFP4, in INT8; skipped blocks (all CFG branches)
+                per_step.append([0, 0, 0, 0])  # layer calls in NVFP4, INT8, A16; skipped blocks (all CFG branches)
             if not state.ran:
                 state.gamma[self.tracker.branch] = None  # skipped (TDC): INT8 at the next computed step
-                per_step[step][2] += 1
+                per_step[step][3] += 1
                 self._count("skipped_block_calls")
+                self.counters["skipped_layer_calls"] = self.counters.get("skipped_layer_calls", 0) + len(state.layers)
                 return
             for layer in state.layers:
-                per_step[step][0 if layer.route == "nvfp4" else 1] += 1
+                per_step[step][("nvfp4", "int8", "a16").index(layer.ran_as)] += 1
             hidden_out = io.outputs(output)[0]
             if isinstance(hidden_in, torch.Tensor) and hidden_out.shape == hidden_in.shape:
                 change = (hidden_out.float() - hidden_in.float()).abs().sum()
@@ -391,9 +416,12 @@ class SixBit(Method):
 
     def stats(self) -> dict[str, Any]:
         out = dict(self.counters)
-        nv, i8 = out.get("nvfp4_layer_calls", 0), out.get("int8_layer_calls", 0)
-        if nv + i8:
-            out["activation_bits"] = round((4.5 * nv + 8 * i8) / (nv + i8), 3)  # NVFP4 = 4 bits + an 8-bit scale per 16
+        nv, i8, a16 = (out.get(f"{r}_layer_calls", 0) for r in ("nvfp4", "int8", "a16"))
+        if nv + i8 + a16:  # NVFP4 = 4 bits + an 8-bit scale per 16; A16 counted as 16 bits
+            bits = 4.5 * nv + 8 * i8 + 16 * a16
+            out["activation_bits"] = round(bits / (nv + i8 + a16), 3)
+            # the paper's accounting ("W4A6"): a layer call that TDC skipped counts as zero bits
+            out["activation_bits_with_skips"] = round(bits / (nv + i8 + a16 + out.get("skipped_layer_calls", 0)), 3)
         return out
 
 

@@ -138,7 +138,7 @@ def parse_peer(peer: str) -> tuple[str, float | None]:
     if name not in DIFFUSERS_CACHES:
         raise accel.InvalidOptionError(
             f"bench: peer {peer!r} is unknown; choose from fewer-steps, {', '.join(DIFFUSERS_CACHES)} (fbc@THRESHOLD), "
-            "torchao-int8wo, torchao-int8dq"
+            f"{', '.join(QUANT_PEERS)}"
         )
     if not value:
         return name, None
@@ -191,32 +191,62 @@ def attention_backend(name: str, steps: int) -> Variant:
 
 # ---- quantization peers ------------------------------------------------------------------------
 
-QUANT_PEERS = {  # name -> torchao config class (torchao 0.18's quantize_ API)
-    "torchao-int8wo": "Int8WeightOnlyConfig",
-    "torchao-int8dq": "Int8DynamicActivationInt8WeightConfig",
+QUANT_PEERS = {  # name -> (package, what the row applies)
+    "torchao-int8wo": ("torchao", "torchao Int8WeightOnlyConfig via quantize_"),
+    "torchao-int8dq": ("torchao", "torchao Int8DynamicActivationInt8WeightConfig via quantize_"),
+    # diffusers' own quantization configs, applied the way users apply them: at from_pretrained
+    "diffusers-torchao-int8wo": ("torchao", "diffusers TorchAoConfig(Int8WeightOnlyConfig()) at from_pretrained"),
+    "diffusers-quanto-int8": ("optimum.quanto", "diffusers QuantoConfig(weights_dtype='int8') at from_pretrained"),
+    "diffusers-bnb-8bit": ("bitsandbytes", "diffusers BitsAndBytesConfig(load_in_8bit=True) at from_pretrained"),
 }
 
 
 def quant_peer_support(name: str) -> str | None:
-    if importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed (pip install torchao)"
+    """None when the quantization peer `name` can run here, else why not."""
+    package = QUANT_PEERS[name][0]
+    if importlib.util.find_spec(package.split(".")[0]) is None:
+        return f"{package} is not installed (pip install {package.replace('.', '-') if '.' in package else package})"
+    if name == "diffusers-bnb-8bit" and not torch.cuda.is_available():
+        return "diffusers' bitsandbytes quantizer needs a GPU"
     return None
 
 
+def _quantized_copy(name: str, transformer: Any) -> Any:
+    """The transformer quantized as the peer does it, leaving the original untouched."""
+    if name.startswith("torchao-"):
+        import copy
+
+        import torchao.quantization as tq
+
+        model = copy.deepcopy(transformer)
+        config = tq.Int8WeightOnlyConfig() if name == "torchao-int8wo" else tq.Int8DynamicActivationInt8WeightConfig()
+        tq.quantize_(model, config)
+        return model
+    import tempfile
+
+    import diffusers
+
+    if name == "diffusers-torchao-int8wo":
+        import torchao.quantization as tq
+
+        config = diffusers.TorchAoConfig(quant_type=tq.Int8WeightOnlyConfig())
+    elif name == "diffusers-quanto-int8":
+        config = diffusers.QuantoConfig(weights_dtype="int8")
+    else:
+        config = diffusers.BitsAndBytesConfig(load_in_8bit=True)
+    with tempfile.TemporaryDirectory(prefix="accel-bench-") as folder:  # no hub: the model's own weights
+        transformer.save_pretrained(folder)
+        return type(transformer).from_pretrained(folder, quantization_config=config, torch_dtype=transformer.dtype)
+
+
 def quant_peer(name: str, steps: int) -> Variant:
-    """torchao's `quantize_(transformer, config)` on a copy of the transformer (quantize_ changes a model
+    """The peer's quantized copy of the transformer (quantize_ and from_pretrained change or make a model
     for good), swapped in for the row's runs and out after them; built once, on first use."""
     built: dict[str, Any] = {}
 
     def enable(pipe: Any) -> Any:
         if "model" not in built:
-            import copy
-
-            import torchao.quantization as tq
-
-            model = copy.deepcopy(pipe.transformer)
-            tq.quantize_(model, getattr(tq, QUANT_PEERS[name])())
-            built["model"] = model
+            built["model"] = _quantized_copy(name, pipe.transformer)
         original = pipe.transformer
         pipe.transformer = built["model"]
         return original
@@ -224,4 +254,4 @@ def quant_peer(name: str, steps: int) -> Variant:
     def disable(pipe: Any, original: Any) -> None:
         pipe.transformer = original
 
-    return Variant(name, "quant-peer", steps, enable, disable, note=f"torchao {QUANT_PEERS[name]} on every linear")
+    return Variant(name, "quant-peer", steps, enable, disable, note=QUANT_PEERS[name][1])

@@ -4,7 +4,7 @@ questions about a 2x2 grid of real handwritten digits.
     model = accel.zoo.load("digits-vqa")            # the model, its LlavaProcessor at `model.processor`
     inputs = model.processor(images=grid, text=prompt("which digit is at the top left?"), return_tensors="pt")
     ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    answer = model.processor.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)  # "top-left 7"
+    answer = model.processor.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)  # "7"
     accel.zoo.evaluate("digits-vqa", model, n=200, seed=0)   # {"accuracy": ..., "n": 200}
 
 `grid` is a 64x64 PIL image (`compose` builds them from digits). Each question names one quadrant, so a
@@ -47,13 +47,15 @@ def prompt(question: str) -> str:
     return f"USER: <image>\n{question} ASSISTANT:"
 
 
-def reply(position: int, digit: int) -> str:
-    """The answer format: the asked quadrant restated as one token, then the digit ("top-left 7").
-    Restating is supervised text copying; it puts the quadrant in the very token that predicts the digit,
-    so finding the quadrant's image tokens is one attention hop. Without it (digit right after
-    "ASSISTANT:", two unsupervised hops: question -> last token -> quadrant) training from scratch sat
-    at chance for 300+ steps in every variant tried."""
-    return f"{POSITIONS[position].replace(' ', '-')} {digit}"
+def reply(position: int, digit: int, restate: bool = False) -> str:
+    """The answer: the digit alone, right after "ASSISTANT:" (like a LLaVA answer), so the prompt's last
+    token is the one that must find the asked quadrant's image tokens (the query PyramidDrop ranks by).
+
+    `restate=True` is the format of the first three training phases ("top-left 7"): the quadrant restated
+    as one token puts it in the very token that predicts the digit, one attention hop. From scratch, the
+    digit right after "ASSISTANT:" (two hops: question -> last token -> quadrant) sat at chance for 300+
+    steps in every variant tried; from the restating checkpoint it is learned in a few hundred steps."""
+    return f"{POSITIONS[position].replace(' ', '-')} {digit}" if restate else str(digit)
 
 
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
@@ -87,16 +89,19 @@ def processor() -> transformers.LlavaProcessor:
     )
 
 
-def config() -> transformers.LlavaConfig:
+LAYERS = 16  # the released model's LM depth; the first training phases ran at 8 (`TrainConfig.layers`)
+
+
+def config(layers: int = LAYERS) -> transformers.LlavaConfig:
     """CLIP vision tower (2 layers, width 64, patch 4 on 64x64) -> 2-layer MLP projector -> Llama LM
-    (8 layers, width 96, 4 heads); the last vision layer without its CLS token feeds the projector."""
+    (`layers` layers, width 96, 4 heads); the last vision layer without its CLS token feeds the projector."""
     tok = tokenizer()
     vision = transformers.CLIPVisionConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         image_size=SIDE, patch_size=PATCH, num_channels=3,
     )
     text = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=96, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
+        vocab_size=len(tok), hidden_size=96, intermediate_size=256, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
@@ -107,9 +112,9 @@ def config() -> transformers.LlavaConfig:
     )
 
 
-def build() -> transformers.LlavaForConditionalGeneration:
+def build(layers: int = LAYERS) -> transformers.LlavaForConditionalGeneration:
     """The untrained model with its processor attached and the tokenizer's special ids in its generation config."""
-    cfg = config()
+    cfg = config(layers)
     model = transformers.LlavaForConditionalGeneration(cfg)
     model.generation_config.pad_token_id = cfg.text_config.pad_token_id
     model.generation_config.eos_token_id = cfg.text_config.eos_token_id
@@ -148,6 +153,27 @@ def _load_weights(model: transformers.LlavaForConditionalGeneration, path: Path)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the input embedding
         raise ValueError(f"{path} does not match the digits-vqa config: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model
+
+
+def grow(path: Path, layers: int) -> transformers.LlavaForConditionalGeneration:
+    """The checkpoint at `path` with its LM deepened to `layers`: the stored layers first, then new ones
+    whose output projections (attention `o_proj`, MLP `down_proj`) are zero, so that each starts as the
+    identity on the residual stream and the deeper model computes exactly what the stored one did."""
+    from safetensors.torch import load_file
+
+    stored = 1 + max(int(k.split(".")[3]) for k in load_file(str(path)) if k.startswith("model.language_model.layers."))
+    if layers < stored:
+        raise ValueError(f"grow: {path} has {stored} LM layers; cannot shrink it to {layers}")
+    model = build(layers)
+    small = _load_weights(build(stored), path)
+    state = {k: v for k, v in small.state_dict().items() if k != "lm_head.weight"}
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        for layer in model.model.language_model.layers[stored:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
     model.tie_weights()
     return model
 
@@ -225,7 +251,7 @@ def answer(model: Any, grids: torch.Tensor, texts: list[str], batch: int = 50) -
 
 
 def evaluate(model: Any, n: int = 200, seed: int = 0, batch: int = 50, **options: Any) -> dict[str, float]:
-    """Exact-match answer accuracy ("top-left 7", see `reply`) over n questions on held-out (test split)
+    """Exact-match answer accuracy (the digit, see `reply`) over n questions on held-out (test split)
     digits, deterministic for a seed, via greedy `generate`. Works on a model patched in place by accel (it just calls generate)."""
     if options:
         raise ValueError(f"digits-vqa evaluate takes n, seed and batch; got unknown options {sorted(options)}")
@@ -239,7 +265,7 @@ def evaluate(model: Any, n: int = 200, seed: int = 0, batch: int = 50, **options
 
 
 def _training_batch(data: digits.Split, tok: Any, batch: int, g: torch.Generator,
-                    single_class: float = 0.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                    single_class: float = 0.0, restate: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Grids of train digits, each asked about all four quadrants in shuffled order as four chat turns
     (four supervised answers for one image's cost); the first turn is exactly the evaluation prompt.
     Labels are -100 except on each answer (`reply`) and the </s> after it. A `single_class` fraction of
@@ -255,7 +281,7 @@ def _training_batch(data: digits.Split, tok: Any, batch: int, g: torch.Generator
         turns = []
         for k, p in enumerate(torch.randperm(4, generator=g).tolist()):
             q = TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=g))].format(pos=POSITIONS[p])
-            turns.append((prompt(q) if k == 0 else f"USER: {q} ASSISTANT:") + f" {reply(p, int(labels[b, p]))} </s>")
+            turns.append((prompt(q) if k == 0 else f"USER: {q} ASSISTANT:") + f" {reply(p, int(labels[b, p]), restate)} </s>")
         texts.append(" ".join(turns).replace("<image>", "<image>" * (SIDE // PATCH) ** 2))
     enc = tok(texts, return_tensors="pt", padding=True)
     ids = enc["input_ids"]
@@ -263,8 +289,8 @@ def _training_batch(data: digits.Split, tok: Any, batch: int, g: torch.Generator
     starts = torch.zeros_like(ids, dtype=torch.bool)
     starts[:, 2:] = (ids[:, 1:-1] == colon) & (ids[:, :-2] == assistant)
     answer = starts.clone()
-    answer[:, 1:] |= starts[:, :-1]
-    answer[:, 2:] |= starts[:, :-2]  # quadrant, digit, </s>
+    for shift in range(1, 3 if restate else 2):  # (the quadrant,) the digit and </s>
+        answer[:, shift:] |= starts[:, :-shift]
     target = torch.where(answer, ids, torch.full_like(ids, -100))
     return {"input_ids": ids, "attention_mask": enc["attention_mask"], "labels": target,
             "pixel_values": pixel_values(compose(data.images[idx]))}, labels
@@ -282,6 +308,8 @@ class TrainConfig:
     single_class: float = 0.3  # fraction of one-class grids at step 0, falling linearly to 0 at steps / 2
     init_from: str | None = None  # a checkpoint to continue from (with single_class=0) instead of random weights
     aux_weight: float = 0.0  # weight of the quadrant-classification loss on the projected image tokens
+    restate: bool = True  # answers as "top-left 7" (phases 1-3) or the digit alone (the released format)
+    layers: int = 8  # LM depth; a deeper model than init_from's gets new identity layers on top (`grow`)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "threads"):
@@ -298,10 +326,10 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers
     g = torch.Generator().manual_seed(cfg.seed)
     data = digits.load("train")
     if cfg.init_from is None:
-        model = build()
+        model = build(cfg.layers)
         init_positions(model)
     else:
-        model = _load_weights(build(), Path(cfg.init_from))
+        model = grow(Path(cfg.init_from), cfg.layers)
     model.train()
     tok = tokenizer()
     tok.padding_side = "right"
@@ -316,7 +344,7 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             single_class = cfg.single_class * max(0.0, 1 - step / (cfg.steps / 2))
-            inputs, labels = _training_batch(data, tok, cfg.batch, g, single_class)
+            inputs, labels = _training_batch(data, tok, cfg.batch, g, single_class, cfg.restate)
             loss = model(**inputs).loss
             if aux is not None:
                 loss = loss + cfg.aux_weight * aux.loss(labels)
@@ -381,19 +409,25 @@ def save_samples(model: Any, path: str, n: int = 8, seed: int = 1) -> None:
 
 
 # The later phases of `reproduce`, each a warm restart from the previous phase's checkpoint on fresh
-# batches: a short continuation, then a long one with the auxiliary quadrant probe (`QuadrantProbe`).
+# batches: a short continuation, a long one with the auxiliary quadrant probe (`QuadrantProbe`), then the
+# answer format changed to the digit alone, then the LM grown from 8 to 16 layers (`grow`).
 CONTINUATION = TrainConfig(seed=1, steps=250, lr=1e-3, warmup=1, minutes=10.0, single_class=0.0)
 PROBE_PHASE = TrainConfig(seed=3, steps=3000, lr=1e-3, warmup=20, minutes=48.0, single_class=0.0, aux_weight=1.0)
+DIRECT_PHASE = TrainConfig(seed=4, steps=600, lr=5e-4, warmup=20, minutes=40.0, single_class=0.0, aux_weight=1.0,
+                           restate=False, threads=2)
+GROW_PHASE = replace(DIRECT_PHASE, seed=5, steps=400, layers=LAYERS)
 
 
 def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps) -> None:
-    """`python -m accel.zoo.train digits-vqa`: train phase 1 from scratch, then `CONTINUATION` and
-    `PROBE_PHASE` from the checkpoint before each; save, evaluate, write the sample sheet."""
+    """`python -m accel.zoo.train digits-vqa`: train phase 1 from scratch, then `CONTINUATION`,
+    `PROBE_PHASE`, `DIRECT_PHASE` and `GROW_PHASE`, each from the checkpoint before it; save, evaluate,
+    write the sample sheet."""
     save(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)))
-    print("phase 1", evaluate(load(), n=200, seed=0), flush=True)
-    save(train(replace(CONTINUATION, seed=seed + 1, init_from=str(CHECKPOINT))))
-    print("phase 2", evaluate(load(), n=200, seed=0), flush=True)
-    save(train(replace(PROBE_PHASE, seed=seed + 3, init_from=str(CHECKPOINT)), log_every=25))
+    for k, phase in enumerate((CONTINUATION, PROBE_PHASE, DIRECT_PHASE, GROW_PHASE), start=2):
+        save(train(replace(phase, seed=seed + phase.seed, init_from=str(CHECKPOINT)), log_every=25))
+        if k < 4:  # the restating phases; `evaluate` asks for the released answer format
+            continue
+        print(f"phase {k}", evaluate(_load_weights(build(phase.layers), CHECKPOINT), n=200, seed=0), flush=True)
     finish()
 
 

@@ -66,8 +66,8 @@ def test_routing_follows_the_predictor_step_by_step(model):
     assert {r for r, _, _ in seen} == {"int8", "nvfp4"}  # the threshold splits this run
     assert all(r == "int8" for r, _, s in seen if s == 0)  # no Gamma at the first step
     layers = stats["layers"] * (2 if model == "wan" else 1)  # Wan: cond and uncond calls
-    assert stats["per_step"][0] == [0, layers, 0] and sum(stats["per_step"][-1]) == layers
-    assert set(stats["paths"]) <= {"int8-x86-dynamic (packed per call)", "int8-int-mm", "nvfp4-dequant"}
+    assert stats["per_step"][0] == [0, layers, 0, 0] and sum(stats["per_step"][-1]) == layers
+    assert set(stats["paths"]) <= {"int8-x86-dynamic (packed per call)", "int8-int-mm", "nvfp4-dequant", "w4a16-dequant"}
     assert 4.5 <= stats["activation_bits"] <= 8
 
 
@@ -84,8 +84,46 @@ def test_with_tdc_a_block_skipped_at_the_previous_step_runs_int8():
         stats = handle.stats()
     assert stats["tdc"]["blocks_skipped"] > 0 and stats["sixbit"]["skipped_block_calls"] > 0
     after_skip = [route for route, gamma, step in seen if gamma is None and step > 0]
-    assert after_skip and all(route == "int8" for route in after_skip)
+    assert after_skip and all(route == "refresh" for route in after_skip)  # INT8 or A16, per layer (below)
     assert any(route == "nvfp4" for route, _, _ in seen)
+
+
+@pytest.mark.parametrize("purified,ratio", [(True, 25.0), (True, 1.0), (False, 1.0)])
+def test_purified_delta_refresh_runs_outlier_layers_unquantized_after_a_skip(purified, ratio):
+    """At a block's first computed step after a TDC skip each layer runs A16 exactly when its input's
+    max|x| / mean|x| exceeds outlier_ratio, else INT8; off, such steps run INT8 (the plain predictor)."""
+    from accel.caches.tdc import TDCConfig
+    from accel.quant.sixbit import SixBitConfig
+
+    pipe = accel.zoo.load("wan", size="tiny")
+    sixbit = SixBitConfig(threshold=10.0, purified_refresh=purified, outlier_ratio=ratio)
+    with accel.patch(pipe, method=[sixbit, TDCConfig(threshold=10.0, warmup=1, protected_blocks=0)]) as handle:
+        method, calls, hooks = handle.methods[0], [], []
+        for layer in method.layers:
+            def record(module, args, output, layer=layer):
+                x = args[0].abs().float()
+                calls.append((layer.route, layer.ran_as, float(x.amax() / x.mean())))
+            hooks.append(pipe.transformer.get_submodule(layer.name).register_forward_hook(record))
+        generate(pipe, steps=6)
+        for h in hooks:
+            h.remove()
+        stats = handle.stats()["sixbit"]
+    assert stats["skipped_block_calls"] > 0
+    refresh = [(ran, r) for route, ran, r in calls if route == "refresh"]
+    if not purified:
+        assert not refresh and stats.get("a16_layer_calls", 0) == 0
+        return
+    assert refresh and all(ran == ("a16" if r > ratio else "int8") for ran, r in refresh)
+    assert stats.get("a16_layer_calls", 0) == sum(ran == "a16" for ran, _ in refresh)
+    computed = sum(stats.get(f"{r}_layer_calls", 0) for r in ("nvfp4", "int8", "a16"))
+    bits = 4.5 * stats.get("nvfp4_layer_calls", 0) + 8 * stats.get("int8_layer_calls", 0) + 16 * stats.get(
+        "a16_layer_calls", 0)
+    assert stats["activation_bits_with_skips"] == round(bits / (computed + stats["skipped_layer_calls"]), 3)
+    assert stats["skipped_layer_calls"] == stats["skipped_block_calls"] * len(method.blocks["blocks.0"].layers)
+    assert sum(row[2] for row in stats["per_step"]) == stats.get("a16_layer_calls", 0)
+    if ratio == 1.0:
+        assert all(ran == "a16" for ran, _ in refresh) and "w4a16-dequant" in stats["paths"]
+    assert all(ran in ("nvfp4", "int8") for route, ran, _ in calls if route != "refresh")
 
 
 @pytest.mark.parametrize("originals", ["auto", "cpu", "disk"])
