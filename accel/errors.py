@@ -38,6 +38,10 @@ class ConcurrentUseError(AccelError, RuntimeError):
     """A patched denoiser was called from a second thread while a run of another thread is in progress."""
 
 
+class UnsupportedInputError(AccelError, RuntimeError):
+    """A call asks for something the patch in force cannot honour (raised before the model runs)."""
+
+
 class StepCountUnknownError(AccelError, RuntimeError):
     """A method that keeps state across the steps of a run met a denoiser call whose run length nobody
     told accel (a hand-written loop: no diffusers pipeline call drives the denoiser)."""

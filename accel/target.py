@@ -105,9 +105,13 @@ def resolve_target(obj: Any) -> PatchTarget:
             module = getattr(obj, name, None)
             if isinstance(module, torch.nn.Module):
                 found.append(_denoiser(name, _unwrap_compiled(module, f"pipe.{name}")))
+        model = getattr(obj, "model", None)  # block-diffusion language pipelines (LLaDA2Pipeline) hold it there
+        if not found and _is_transformers_model(model):
+            found.append(_denoiser("model", _unwrap_compiled(model, "pipe.model")))
         if not found:
             raise UnsupportedModelError(
-                f"accel: {type(obj).__name__} has no denoiser component (looked for {', '.join(DENOISER_COMPONENTS)})."
+                f"accel: {type(obj).__name__} has no denoiser component (looked for "
+                f"{', '.join(DENOISER_COMPONENTS)} and a transformers model at `model`)."
             )
         return PatchTarget(obj, "pipeline", tuple(found))
     if _is_diffusers_model(obj):

@@ -33,16 +33,12 @@ import torch
 from transformers import masking_utils
 from transformers.cache_utils import DynamicCache
 
-from accel.errors import AccelError
+from accel.errors import UnsupportedInputError
 from accel.journal import Journal
 
 from .flops import layer_flops
 from .ranking import attention_row
 from .vlm import VLMLayout
-
-
-class UnsupportedInputError(AccelError, RuntimeError):
-    """A call asks for something visual-token pruning cannot honour (raised before the model runs)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from .calls import family_of, generate, inputs
 from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
 from .reference import TRAINED, evaluate
 from .vlm import NAMES as VLM_NAMES
+
+DLLM_NAMES = ("llada2",)  # block-diffusion language pipelines (dllm.py), loaded on demand
 from .vlm import image_token_ids, vlm_inputs
 
 __all__ = ["built_from", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
@@ -74,7 +76,8 @@ def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
 
     The global torch RNG is restored afterwards, so loading does not disturb the caller's randomness.
     VLM entries (`vlm.NAMES`, e.g. "llava-next") return the transformers model in eval() with its processor
-    at `model.processor` (see `vlm.load`). Trained entries (`TRAINED`, e.g. "digits-image") load their
+    at `model.processor` (see `vlm.load`); "llada2" a diffusers `LLaDA2Pipeline` of a block-causal
+    transformers model (`dllm.load`). Trained entries (`TRAINED`, e.g. "digits-image") load their
     committed checkpoint; size and seed are ignored.
     """
     if name in TRAINED:
@@ -85,6 +88,10 @@ def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
         from . import vlm
 
         return vlm.load(name, size=size, seed=seed, dtype=dtype)
+    if name in DLLM_NAMES:
+        from . import dllm
+
+        return dllm.load(name, size=size, seed=seed, dtype=dtype)
     _check(name, size)
     entry = ENTRIES[name]
     cls = getattr(diffusers, entry.pipeline)
@@ -121,6 +128,6 @@ def _cast(model: diffusers.ModelMixin, dtype: torch.dtype) -> None:
 
 def built_from(pipe: Any) -> tuple[str, str] | None:
     """(name, size) of the zoo entry that built `pipe` (a pipeline or a VLM), or None for any other object."""
-    from . import vlm
+    from . import dllm, vlm
 
-    return BUILT.get(pipe) or vlm.built_from(pipe)
+    return BUILT.get(pipe) or vlm.built_from(pipe) or dllm.BUILT.get(pipe)

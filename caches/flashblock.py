@@ -1,0 +1,366 @@
+"""FlashBlock (Chen, Cai, Zhuang, arXiv 2602.05305): reuse of block-external attention in block diffusion,
+on top of an exact prefix KV cache.
+
+Block diffusion generates a sequence block after block; within a block it runs several refinement steps,
+each a forward of the model over the window (prefix + active block). Under block-causal attention a
+finished block never changes and never sees later tokens, so:
+
+- **Prefix KV cache** (exact): each finished block is computed once into a transformers `DynamicCache`;
+  each refinement step feeds only the active block (plus, at a block's first step, the block that just
+  finished). diffusers' `LLaDA2Pipeline` recomputes the whole window at every step; this changes no
+  token (tested) and needs no change to the pipeline: the model's forward is wrapped per instance.
+- **FlashBlock**: the attention of the active block's queries splits into the part over the prefix keys
+  ("block-external", `A_out` with its log-sum-exp `L_out`) and the part over the block's own keys
+  (`A_in`, `L_in`); the paper observes that `A_out` barely changes across a block's steps. At a block's
+  first step (and every `refresh` steps) both parts are computed and `(A_out, L_out)` stored per layer;
+  at the other steps only the internal part is computed and merged:
+  `o = (e^L_out A_out + e^L_in A_in) / (e^L_out + e^L_in)` (sparse_attn/merge.py). `refresh=1`
+  recomputes everything at every step: the plain dense call, exact.
+
+The model must be block-causal as the pipeline calls it (the prefix cache would be wrong otherwise):
+`check` runs it on three random blocks and refuses unless the first two blocks' logits are unchanged
+when the third changes; a call with another `block_length` is probed again before it runs. Facts and
+what the pipelines do: ../shared/research/caching.md section 1.2.
+
+Stats: `prefix_tokens_fed` / `window_tokens` (the tokens the model ran against the tokens the pipeline
+passed), `external_reuses`, `external_refreshes`, `attention_s` (time in the routed attention calls),
+`cache_MB` (the largest prefix KV cache of the call), `path` (the attention kernel that ran).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from accel.config import MethodConfig, option
+from accel.errors import InvalidOptionError, UnsupportedInputError, UnsupportedModelError
+from accel.journal import Journal
+from accel.method import Method
+from accel.sparse_attn.merge import merge_attention
+from accel.sparse_attn.methods.sdpa_route import SDPACall, SDPARoute
+from accel.steps import StepTracker
+from accel.target import PatchTarget
+
+logger = logging.getLogger("accel")
+
+PIPELINES = ("LLaDA2Pipeline",)
+
+
+@dataclass(frozen=True)
+class FlashBlockConfig(MethodConfig):
+    method = "flashblock"
+    refresh: int = option(0, "recompute the block-external attention every this many refinement steps of a "
+                          "block; 1 = at every step (exact, the prefix cache alone), 0 = only at the block's "
+                          "first step (the paper's)", low=0)
+    prefix_cache: bool = option(True, "compute each finished block once into a KV cache and feed only the "
+                                "active block (exact under block-causal attention)")
+    layers: str = option("all", "the layers that reuse their external attention: 'all' or comma-separated "
+                         "indices ('0,1,5'); the others recompute it at every step")
+
+
+@dataclass
+class LayerState:
+    """One layer's stored external attention of the active block: its window length, the block's calls so
+    far, and (out [b, H, B, D], lse [b, H, B])."""
+
+    window: int = -1
+    calls: int = 0
+    out: torch.Tensor | None = None
+    lse: torch.Tensor | None = None
+
+
+@dataclass
+class RunState:
+    """What one pipeline call builds up: the prefix KV cache and the ids it holds."""
+
+    cache: Any = None
+    cached_ids: torch.Tensor | None = None
+    layers: dict[int, LayerState] = field(default_factory=dict)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Attention of q [b, H, Sq, D] over k, v [b, H, Sk, D] (heads already matched) with a boolean `keep`
+    mask broadcastable to [b, H, Sq, Sk] (None: every key), returning (out in q's dtype, lse [b, H, Sq]
+    fp32, path). A row that keeps no key gives out 0 and lse -inf. On a CPU this is PyTorch's fused flash
+    kernel for the CPU (`_scaled_dot_product_flash_attention_for_cpu`, which returns the LSE); elsewhere
+    the math in fp32."""
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        bias = None
+        if keep is not None:
+            bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
+                                                                              scale=scale)
+        lse = lse.float()
+        if keep is not None:  # a fully masked row: the kernel's output there is not defined
+            empty = ~keep.any(-1).expand(lse.shape)
+            if bool(empty.any()):
+                out = out.masked_fill(empty.unsqueeze(-1), 0.0)
+                lse = lse.masked_fill(empty, float("-inf"))
+        return out, lse, "cpu-flash"
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
+    return torch.matmul(weights, v.float()).to(q.dtype), lse, "torch-math"
+
+
+def _pipeline_frame(pipe: Any) -> Any:
+    """The frame of `pipe.__call__` on this thread's stack, or None."""
+    frame = sys._getframe(2)
+    for _ in range(64):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__call__" and frame.f_locals.get("self") is pipe:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+class FlashBlock(Method):
+    name = "flashblock"
+    summary = ("Block diffusion: an exact prefix KV cache, and the block-external attention computed once per "
+               "block and merged by log-sum-exp (FlashBlock).")
+    paper = "FlashBlock, arXiv 2602.05305"
+    claims = frozenset({"forward", "attention"})
+    Config = FlashBlockConfig
+    exact_options = {"refresh": 1}
+    exact_rtol = 0.0
+    stats_keys = frozenset({"prefix_tokens_fed", "window_tokens", "external_reuses", "external_refreshes",
+                            "attention_s", "cache_MB", "path", "block_length", "calls"})
+    kept_between_calls = frozenset({"_causal", "_layers"})
+
+    # ---- checks, before anything changes --------------------------------------------------------------
+
+    def _chosen_layers(self, n: int) -> frozenset[int]:
+        spec = self.config.layers.strip()
+        if spec == "all":
+            return frozenset(range(n))
+        try:
+            chosen = frozenset(int(part) for part in spec.split(","))
+        except ValueError:
+            chosen = frozenset({-1})
+        if not chosen or min(chosen) < 0 or max(chosen) >= n:
+            raise InvalidOptionError(f"flashblock: option layers={self.config.layers!r} must be 'all' or "
+                                     f"comma-separated layer indices in [0, {n - 1}].")
+        return chosen
+
+    def check(self, target: PatchTarget) -> None:
+        super().check(target)
+        pipe = target.pipeline
+        if pipe is None or type(pipe).__name__ not in PIPELINES:
+            raise UnsupportedModelError(
+                f"accel: method 'flashblock' patches a block-diffusion pipeline ({', '.join(PIPELINES)}); got "
+                f"{target.describe()}.")
+        model = target.denoisers[0].module
+        self._attention_layers(model)  # raises when the attention cannot be routed
+        self._chosen_layers(len(self._attention_layers(model)))
+        self._causal: dict[int, bool] = {}
+        block = int(pipe.scheduler.config.block_length)
+        if not self._block_causal(model, block):
+            raise UnsupportedModelError(self._not_block_causal(model, block))
+
+    @staticmethod
+    def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+        """The decoder layers' attention modules, checked to run through `F.scaled_dot_product_attention`."""
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        impl = getattr(model.config, "_attn_implementation", None)
+        if ALL_ATTENTION_FUNCTIONS.get(impl) is not sdpa_attention_forward:
+            raise UnsupportedModelError(
+                f"accel: method 'flashblock' splits the attention of {type(model).__name__} where it calls "
+                f"torch's scaled_dot_product_attention; its attention implementation {impl!r} does not. Load "
+                "it with attn_implementation='sdpa' (or an implementation registered with transformers' sdpa "
+                "attention function).")
+        layers = [m.self_attn for m in getattr(getattr(model, "model", model), "layers", [])
+                  if hasattr(m, "self_attn")]
+        if not layers:
+            raise UnsupportedModelError(f"accel: method 'flashblock' found no decoder layers (`model.layers[i]"
+                                        f".self_attn`) in {type(model).__name__}.")
+        return layers
+
+    def _block_causal(self, model: torch.nn.Module, block: int) -> bool:
+        """Whether changing the third of three blocks leaves the first two blocks' logits unchanged, as
+        the pipeline calls the model (all-ones attention mask, positions 0..3B-1). Cached per block size."""
+        if block not in self._causal:
+            device = next(model.parameters()).device
+            g = torch.Generator().manual_seed(0)
+            vocab = int(model.config.vocab_size)
+            ids = torch.randint(vocab, (1, 3 * block), generator=g).to(device)
+            other = ids.clone()
+            other[:, 2 * block:] = torch.randint(vocab, (1, block), generator=g).to(device)
+            mask = torch.ones_like(ids)
+            positions = torch.arange(3 * block, device=device).unsqueeze(0)
+            forward = self._original_forward(model)
+            with torch.no_grad():
+                a = forward(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, : 2 * block]
+                b = forward(input_ids=other, attention_mask=mask, position_ids=positions).logits[:, : 2 * block]
+            self._causal[block] = bool(torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6))
+        return self._causal[block]
+
+    @staticmethod
+    def _not_block_causal(model: torch.nn.Module, block: int) -> str:
+        return (f"accel: method 'flashblock' needs a block-causal model (a token never sees a later block), and "
+                f"{type(model).__name__} is not at block length {block}: its logits for the first two blocks "
+                "changed when only the third block changed, so a prefix KV cache would give other tokens. "
+                "(LLaDA2Pipeline passes a 2-D attention mask; a model that turns it into a bidirectional one is "
+                "not block-causal.)")
+
+    def _original_forward(self, model: torch.nn.Module) -> Any:
+        original = getattr(self, "_forward", None)
+        return original if original is not None else model.forward
+
+    # ---- patching -------------------------------------------------------------------------------------
+
+    def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
+        self.pipe = weakref.ref(target.pipeline)
+        model = target.denoisers[0].module
+        self.model = model
+        self._forward = model.forward
+        attention = self._attention_layers(model)
+        reuse = self._chosen_layers(len(attention))
+        self._layers = {id(module): i for i, module in enumerate(attention)}
+        self._run: RunState | None = None
+        self._run_key: Any = None
+        self._block = 0
+        journal.set_attr(model, "forward", self._wrapped_forward)
+        for i, module in enumerate(attention):
+            journal.set_attr(module, "forward", self._wrapped_attention(module, i, i in reuse))
+
+    def needs_step_count(self) -> bool:
+        return False  # its state follows the pipeline call (the run) and the window, not step numbers
+
+    def reset_run(self) -> None:
+        super().reset_run()
+        self._release()
+
+    def _release(self) -> None:
+        self._run, self._run_key = None, None
+
+    def _count(self, key: str, n: float = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _wrapped_forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                         position_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        forward = self._forward
+        pipe = self.pipe()
+        frame = _pipeline_frame(pipe) if pipe is not None else None
+        if (frame is None or input_ids is None or attention_mask is None or position_ids is None or kwargs
+                or not isinstance(frame.f_locals.get("block_length"), int)):
+            self._block = 0  # not a refinement step of the pipeline: the model as it is
+            return forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        block = frame.f_locals["block_length"]
+        if not self._block_causal(self.model, block):
+            raise UnsupportedInputError(self._not_block_causal(self.model, block))
+        window = input_ids.shape[1]
+        # the run: the pipeline's whole attention mask, of which each step's mask is a view
+        run_mask = attention_mask._base if attention_mask._base is not None else attention_mask
+        if self._run is None or self._run_key is None or self._run_key() is not run_mask:
+            self._run = RunState()
+            self._run_key = weakref.ref(run_mask)
+            weakref.finalize(run_mask, self._release_if, weakref.ref(self._run))  # nothing held after the call
+        run = self._run
+        self._block = block
+        self.counters["block_length"] = block
+        self._count("calls")
+        self._count("window_tokens", window * input_ids.shape[0])
+        if not self.config.prefix_cache:
+            self._count("prefix_tokens_fed", window * input_ids.shape[0])
+            return forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        from transformers import DynamicCache
+
+        done = window - block  # the finished prefix, final under block-causal attention
+        held = 0 if run.cached_ids is None else run.cached_ids.shape[1]
+        if held > done or (held and not torch.equal(input_ids[:, :held], run.cached_ids)):
+            run.cache, run.cached_ids, held = None, None, 0  # the prefix changed (a callback edited it): start over
+        if run.cache is None:
+            run.cache = DynamicCache(config=self.model.config)
+        self._count("prefix_tokens_fed", (window - held) * input_ids.shape[0])
+        out = forward(input_ids=input_ids[:, held:], attention_mask=attention_mask,
+                      position_ids=position_ids[:, held:], cache=run.cache, use_cache=True, logits_to_keep=block)
+        run.cache.crop(block)  # keep the finished prefix only: the active block changes at the next step
+        run.cached_ids = input_ids[:, :done].clone()
+        size = sum(t.numel() * t.element_size() for layer in run.cache.layers for t in (layer.keys, layer.values)
+                   if isinstance(t, torch.Tensor)) / 2**20
+        self.counters["cache_MB"] = max(self.counters.get("cache_MB", 0.0), round(size, 3))
+        return out
+
+    def _release_if(self, run: Any) -> None:
+        if self._run is not None and self._run is run():
+            self._release()
+
+    def _wrapped_attention(self, module: torch.nn.Module, index: int, reuse: bool) -> Any:
+        forward = module.forward
+
+        def attention(*args: Any, **kwargs: Any) -> Any:
+            if not self._block or self._run is None:
+                return forward(*args, **kwargs)
+            state = self._run.layers.setdefault(index, LayerState())
+            with SDPARoute(lambda call: self._attention(call, state, reuse)):
+                return forward(*args, **kwargs)
+
+        return attention
+
+    def _attention(self, call: SDPACall, state: LayerState, reuse: bool) -> torch.Tensor:
+        """One layer's attention at a refinement step: the active block's (last B) query rows as external
+        (stored or recomputed) merged with internal; rows before them (a finishing block, or the whole
+        prefix without the prefix cache) densely."""
+        start = time.perf_counter()
+        block, q, k, v = self._block, call.query, call.key, call.value
+        sq, sk = q.shape[2], k.shape[2]
+        if state.window != sk:  # a new block (the window grew): its first step
+            state.window, state.calls, state.out, state.lse = sk, 0, None, None
+        refresh = self.config.refresh
+        fresh = state.out is None or not reuse or refresh == 1 or (refresh > 1 and state.calls % refresh == 0)
+        state.calls += 1
+        if fresh and (refresh == 1 or not reuse):
+            self._count("external_refreshes")
+            out = call.dense()
+            self._count("attention_s", time.perf_counter() - start)
+            return out
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: one key head per query head
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        mask = call.attn_mask
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask == 0  # an additive mask: 0 where attended
+        scale = call.scale if call.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        qa = q[:, :, sq - block:]
+        rows = None if mask is None else mask[:, :, sq - block:]
+        if fresh:
+            out_ext, lse_ext, path = attention_with_lse(qa, k[:, :, : sk - block], v[:, :, : sk - block],
+                                                        None if rows is None else rows[..., : sk - block], scale)
+            state.out, state.lse = out_ext, lse_ext
+            self._count("external_refreshes")
+        else:
+            self._count("external_reuses")
+        out_int, lse_int, path = attention_with_lse(qa, k[:, :, sk - block:], v[:, :, sk - block:],
+                                                    None if rows is None else rows[..., sk - block:], scale)
+        assert state.out is not None and state.lse is not None
+        active, _ = merge_attention(state.out, state.lse, out_int, lse_int)
+        if path != self.counters.get("path"):
+            logger.info("accel: flashblock attention runs %s (%s)", path, q.dtype)
+            self.counters["path"] = path
+        if sq > block:  # the rows before the active block: exact, as the model asked
+            before = SDPACall(q[:, :, : sq - block], call.key, call.value,
+                              None if call.attn_mask is None else call.attn_mask[:, :, : sq - block],
+                              call.dropout_p, False, call.scale, call.enable_gqa).dense()
+            active = torch.cat([before, active.to(before.dtype)], dim=2)
+        self._count("attention_s", time.perf_counter() - start)
+        return active.to(q.dtype)
+
+    def stats(self) -> dict[str, Any]:
+        out = dict(self.counters)
+        if "attention_s" in out:
+            out["attention_s"] = round(out["attention_s"], 4)
+        return out
