@@ -288,7 +288,7 @@ class FlashBlock(Method):
         self._count("prefix_tokens_fed", (window - held) * input_ids.shape[0])
         out = forward(input_ids=input_ids[:, held:], attention_mask=attention_mask,
                       position_ids=position_ids[:, held:], cache=run.cache, use_cache=True, logits_to_keep=block)
-        run.cache.crop(block)  # keep the finished prefix only: the active block changes at the next step
+        run.cache.crop(-block)  # keep the finished prefix only: the active block changes at the next step
         run.cached_ids = input_ids[:, :done].clone()
         size = sum(t.numel() * t.element_size() for layer in run.cache.layers for t in (layer.keys, layer.values)
                    if isinstance(t, torch.Tensor)) / 2**20
@@ -328,24 +328,29 @@ class FlashBlock(Method):
             out = call.dense()
             self._count("attention_s", time.perf_counter() - start)
             return out
-        if k.shape[1] != q.shape[1]:  # grouped-query attention: one key head per query head
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        groups = q.shape[1] // k.shape[1]  # grouped-query attention: one key head per query head
+
+        def keys(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            kp, vp = k[:, :, part], v[:, :, part]
+            return (kp.repeat_interleave(groups, 1), vp.repeat_interleave(groups, 1)) if groups > 1 else (kp, vp)
+
         mask = call.attn_mask
-        if mask is not None and mask.dtype != torch.bool:
-            mask = mask == 0  # an additive mask: 0 where attended
+        rows = None if mask is None else mask[:, :, sq - block:]
+        if rows is not None and rows.dtype != torch.bool:
+            rows = rows == 0  # an additive mask: 0 where attended
+        if rows is not None and bool(rows.all()):
+            rows = None  # nothing masked (no padding): the kernels' unmasked path
         scale = call.scale if call.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         qa = q[:, :, sq - block:]
-        rows = None if mask is None else mask[:, :, sq - block:]
+        external, internal = slice(0, sk - block), slice(sk - block, sk)
         if fresh:
-            out_ext, lse_ext, path = attention_with_lse(qa, k[:, :, : sk - block], v[:, :, : sk - block],
-                                                        None if rows is None else rows[..., : sk - block], scale)
-            state.out, state.lse = out_ext, lse_ext
+            state.out, state.lse, path = attention_with_lse(qa, *keys(external),
+                                                            None if rows is None else rows[..., external], scale)
             self._count("external_refreshes")
         else:
             self._count("external_reuses")
-        out_int, lse_int, path = attention_with_lse(qa, k[:, :, sk - block:], v[:, :, sk - block:],
-                                                    None if rows is None else rows[..., sk - block:], scale)
+        out_int, lse_int, path = attention_with_lse(qa, *keys(internal), None if rows is None else rows[..., internal],
+                                                    scale)
         assert state.out is not None and state.lse is not None
         active, _ = merge_attention(state.out, state.lse, out_int, lse_int)
         if path != self.counters.get("path"):

@@ -11,7 +11,7 @@ with its causal mask OR "same block" (`transformers.masking_utils`), the block s
 `config.block_length`. Blocks start at position 0, as `LLaDA2Pipeline` aligns them.
 
 Sizes: "tiny" (2 layers, width 32, a 40-token prompt: tests) and "bench" (4 layers, width 256, a
-2,048-token prompt, 128 tokens generated in blocks of 32: speed). The tokenizer is word-level, built in
+2,048-token prompt, 512 tokens generated in blocks of 32: speed). The tokenizer is word-level, built in
 code: digits, a few words, and <pad>, <eos>, <mask>, <unk>.
 """
 
@@ -47,7 +47,7 @@ SIZES = {
     "tiny": Size(layers=2, width=32, heads=2, kv_heads=1, mlp=64, block_length=8, prompt_tokens=40, gen_length=16,
                  steps=4),
     "bench": Size(layers=4, width=256, heads=4, kv_heads=2, mlp=512, block_length=32, prompt_tokens=2048,
-                  gen_length=128, steps=8),
+                  gen_length=512, steps=8),
 }
 BUILT: WeakKeyDictionary[Any, tuple[str, str]] = WeakKeyDictionary()
 
