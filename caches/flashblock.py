@@ -23,8 +23,10 @@ when the third changes; a call with another `block_length` is probed again befor
 what the pipelines do: ../shared/research/caching.md section 1.2.
 
 Stats: `prefix_tokens_fed` / `window_tokens` (the tokens the model ran against the tokens the pipeline
-passed), `external_reuses`, `external_refreshes`, `attention_s` (time in the routed attention calls),
-`cache_MB` (the largest prefix KV cache of the call), `path` (the attention kernel that ran).
+passed), `external_reuses`, `external_refreshes`, `attention_saved` (the share of the attention's
+query-key products that reuse skipped), `cache_MB` (the largest prefix KV cache of the call), `path` (the
+attention kernel that ran). Time: each routed attention call is an `accel::attention` range for
+torch.profiler, which `accel bench` sums.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,7 +137,7 @@ class FlashBlock(Method):
     exact_options = {"refresh": 1}
     exact_rtol = 0.0
     stats_keys = frozenset({"prefix_tokens_fed", "window_tokens", "external_reuses", "external_refreshes",
-                            "attention_s", "cache_MB", "path", "block_length", "calls"})
+                            "attention_saved", "cache_MB", "path", "block_length", "calls"})
     kept_between_calls = frozenset({"_causal", "_layers"})
 
     # ---- checks, before anything changes --------------------------------------------------------------
@@ -190,29 +191,34 @@ class FlashBlock(Method):
         return layers
 
     def _block_causal(self, model: torch.nn.Module, block: int) -> bool:
-        """Whether changing the third of three blocks leaves the first two blocks' logits unchanged, as
-        the pipeline calls the model (all-ones attention mask, positions 0..3B-1). Cached per block size."""
+        """Whether changing one block leaves every earlier block's logits unchanged, checked for the second
+        and the third of three blocks as the pipeline calls the model (all-ones attention mask, positions
+        0..3B-1); a model whose own blocks are longer than `block` fails at the second. Cached per size."""
         if block not in self._causal:
             device = next(model.parameters()).device
             g = torch.Generator().manual_seed(0)
             vocab = int(model.config.vocab_size)
             ids = torch.randint(vocab, (1, 3 * block), generator=g).to(device)
-            other = ids.clone()
-            other[:, 2 * block:] = torch.randint(vocab, (1, block), generator=g).to(device)
             mask = torch.ones_like(ids)
             positions = torch.arange(3 * block, device=device).unsqueeze(0)
             forward = self._original_forward(model)
+            causal = True
             with torch.no_grad():
-                a = forward(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, : 2 * block]
-                b = forward(input_ids=other, attention_mask=mask, position_ids=positions).logits[:, : 2 * block]
-            self._causal[block] = bool(torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6))
+                logits = forward(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+                for j in (1, 2):
+                    other = ids.clone()
+                    other[:, j * block : (j + 1) * block] = torch.randint(vocab, (1, block), generator=g).to(device)
+                    changed = forward(input_ids=other, attention_mask=mask, position_ids=positions).logits.float()
+                    causal &= bool(torch.allclose(changed[:, : j * block], logits[:, : j * block], rtol=1e-5,
+                                                  atol=1e-6))
+            self._causal[block] = causal
         return self._causal[block]
 
     @staticmethod
     def _not_block_causal(model: torch.nn.Module, block: int) -> str:
         return (f"accel: method 'flashblock' needs a block-causal model (a token never sees a later block), and "
-                f"{type(model).__name__} is not at block length {block}: its logits for the first two blocks "
-                "changed when only the third block changed, so a prefix KV cache would give other tokens. "
+                f"{type(model).__name__} is not at block length {block}: the logits of earlier blocks changed "
+                "when only a later block changed, so a prefix KV cache would give other tokens. "
                 "(LLaDA2Pipeline passes a 2-D attention mask; a model that turns it into a bidirectional one is "
                 "not block-causal.)")
 
@@ -315,9 +321,13 @@ class FlashBlock(Method):
         """One layer's attention at a refinement step: the active block's (last B) query rows as external
         (stored or recomputed) merged with internal; rows before them (a finishing block, or the whole
         prefix without the prefix cache) densely."""
-        start = time.perf_counter()
+        with torch.profiler.record_function("accel::attention"):
+            return self._split_attention(call, state, reuse)
+
+    def _split_attention(self, call: SDPACall, state: LayerState, reuse: bool) -> torch.Tensor:
         block, q, k, v = self._block, call.query, call.key, call.value
         sq, sk = q.shape[2], k.shape[2]
+        self._count("_pairs", sq * sk)
         if state.window != sk:  # a new block (the window grew): its first step
             state.window, state.calls, state.out, state.lse = sk, 0, None, None
         refresh = self.config.refresh
@@ -325,9 +335,7 @@ class FlashBlock(Method):
         state.calls += 1
         if fresh and (refresh == 1 or not reuse):
             self._count("external_refreshes")
-            out = call.dense()
-            self._count("attention_s", time.perf_counter() - start)
-            return out
+            return call.dense()
         groups = q.shape[1] // k.shape[1]  # grouped-query attention: one key head per query head
 
         def keys(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,6 +357,7 @@ class FlashBlock(Method):
             self._count("external_refreshes")
         else:
             self._count("external_reuses")
+            self._count("_pairs_saved", block * (sk - block))
         out_int, lse_int, path = attention_with_lse(qa, *keys(internal), None if rows is None else rows[..., internal],
                                                     scale)
         assert state.out is not None and state.lse is not None
@@ -361,11 +370,10 @@ class FlashBlock(Method):
                               None if call.attn_mask is None else call.attn_mask[:, :, : sq - block],
                               call.dropout_p, False, call.scale, call.enable_gqa).dense()
             active = torch.cat([before, active.to(before.dtype)], dim=2)
-        self._count("attention_s", time.perf_counter() - start)
         return active.to(q.dtype)
 
     def stats(self) -> dict[str, Any]:
-        out = dict(self.counters)
-        if "attention_s" in out:
-            out["attention_s"] = round(out["attention_s"], 4)
+        out = {k: v for k, v in self.counters.items() if not k.startswith("_")}
+        if self.counters.get("_pairs"):
+            out["attention_saved"] = round(self.counters.get("_pairs_saved", 0) / self.counters["_pairs"], 4)
         return out

@@ -36,7 +36,8 @@ class _Trained(Mapping[str, TrainedEntry]):
     """name -> TrainedEntry; an entry's module (model, sampling, evaluation, training) is imported only
     when that entry is used, so `import accel.zoo` stays light."""
 
-    MODULES = {"digits-image": "digits_image", "digits-video": "digits_video", "digits-vqa": "digits_vqa"}
+    MODULES = {"digits-image": "digits_image", "digits-video": "digits_video", "digits-vqa": "digits_vqa",
+               "digits-copy": "digits_copy"}
 
     def __getitem__(self, name: str) -> TrainedEntry:
         module = importlib.import_module(f"{__package__}.{self.MODULES[name]}")

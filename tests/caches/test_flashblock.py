@@ -1,0 +1,157 @@
+"""`method="flashblock"` (caches/flashblock.py) on diffusers' `LLaDA2Pipeline` with the zoo's block-causal
+Qwen2: the prefix KV cache gives the stock pipeline's tokens in every calling mode; the split-and-merge
+attention is exact when it has nothing to reuse; reuse and refresh happen at the steps the options say;
+state is per call; models and calls it cannot serve exactly are refused before they run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import accel
+from accel.caches.flashblock import attention_with_lse
+from accel.errors import InvalidOptionError, UnsupportedInputError, UnsupportedModelError
+from accel.zoo import dllm
+
+
+@pytest.fixture
+def pipe():
+    torch.set_num_threads(2)
+    return accel.zoo.load("llada2", size="tiny")
+
+
+CALLS = {
+    "batch 1": dict(batch=1),
+    "left padding": dict(batch=3, vary=True),
+    "editing": dict(batch=2, vary=True, threshold=0.7, editing_threshold=0.5, max_post_steps=4),
+    "eos stop": dict(batch=2, eos_early_stop=True, eos_token_id=5),  # token 5 (":") shows up: rows finish
+    "sampling": dict(batch=2, temperature=1.0, top_k=4, sampling_method="multinomial"),
+}
+
+
+def _args(pipe, batch=1, vary=False, **overrides):
+    args = {**dllm.call_inputs(pipe, batch=batch, vary=vary), **overrides}
+    if args.get("temperature"):
+        args["generator"] = torch.Generator().manual_seed(0)
+    return args
+
+
+@pytest.mark.parametrize("case", CALLS)
+def test_the_prefix_cache_gives_the_stock_pipelines_tokens(pipe, case):
+    options = dict(CALLS[case])
+    stock = pipe(**_args(pipe, **options)).sequences
+    with accel.patch(pipe, method="flashblock", refresh=1) as handle:
+        cached = pipe(**_args(pipe, **options)).sequences
+        stats = handle.stats()["flashblock"]
+    assert torch.equal(cached, stock)
+    assert stats["prefix_tokens_fed"] < stats["window_tokens"] / 3  # the prefix ran once, not every step
+    assert stats["cache_MB"] > 0 and "external_reuses" not in stats
+
+
+def test_split_and_merge_equals_the_dense_attention_when_nothing_is_reused(pipe):
+    """One refinement step per block: the external part is always fresh, so FlashBlock's merged attention
+    must give the stock tokens (the merge itself exact up to rounding)."""
+    args = _args(pipe, batch=2, vary=True, num_inference_steps=1)
+    stock = pipe(**args).sequences
+    with accel.patch(pipe, method="flashblock", refresh=0) as handle:
+        merged = pipe(**args).sequences
+        stats = handle.stats()["flashblock"]
+    assert torch.equal(merged, stock)
+    assert stats["path"] == "cpu-flash" and "external_reuses" not in stats and stats["external_refreshes"] > 0
+
+
+@pytest.mark.parametrize("refresh,layers", [(0, "all"), (2, "all"), (0, "1")])
+def test_reuse_and_refresh_follow_the_options(pipe, refresh, layers):
+    steps, blocks, n_layers = 4, 2, 2  # threshold > 1: exactly `steps` calls per block
+    args = _args(pipe, num_inference_steps=steps, threshold=1.5)
+    with accel.patch(pipe, method="flashblock", refresh=refresh, layers=layers) as handle:
+        out = pipe(**args).sequences
+        stats = handle.stats()["flashblock"]
+    assert stats["calls"] == steps * blocks and out.shape == (1, dllm.SIZES["tiny"].gen_length)
+    reusing = n_layers if layers == "all" else 1
+    fresh_per_block = 1 if refresh == 0 else steps // refresh
+    assert stats["external_reuses"] == reusing * blocks * (steps - fresh_per_block)
+    assert stats["external_refreshes"] == blocks * (reusing * fresh_per_block + (n_layers - reusing) * steps)
+
+
+def test_state_is_per_call_and_released_after_it(pipe):
+    first, second = _args(pipe, batch=2, vary=True), _args(pipe)
+    second["prompt"] = "1 2 3 " * 11
+    with accel.patch(pipe, method="flashblock") as handle:
+        method, outs = handle.methods[0], []
+        for args in (first, second, first):
+            outs.append(pipe(**args).sequences)
+            assert method._run is None  # the KV cache and stored attention went with the call
+    with accel.patch(pipe, method="flashblock"):
+        fresh = pipe(**first).sequences
+    assert torch.equal(outs[0], outs[2]) and torch.equal(outs[0], fresh)  # nothing carried between calls
+
+
+def test_unpatch_restores_the_model_and_outside_calls_pass_through(pipe):
+    args = _args(pipe, batch=2, vary=True)
+    stock = pipe(**args).sequences
+    ids = torch.randint(pipe.model.config.vocab_size, (1, 24))
+    with torch.no_grad():
+        logits = pipe.model(ids).logits
+    handle = accel.patch(pipe, method="flashblock")
+    with torch.no_grad():
+        assert torch.equal(pipe.model(ids).logits, logits)  # no pipeline on the stack: the model as it is
+    pipe(**args)
+    handle.unpatch()
+    assert "forward" not in vars(pipe.model)
+    assert all("forward" not in vars(layer.self_attn) for layer in pipe.model.model.layers)
+    assert torch.equal(pipe(**args).sequences, stock)
+
+
+def _variant(pipe, attn: str, causal: bool = True):
+    cfg = pipe.model.config
+    cfg = transformers.Qwen2Config(**{**cfg.to_dict(), "is_causal": causal})
+    cfg._attn_implementation = attn
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    model.load_state_dict(pipe.model.state_dict())
+    return dllm.pipeline(model, dllm.SIZES["tiny"].block_length)
+
+
+def test_models_it_cannot_serve_exactly_are_refused_before_any_change(pipe):
+    bidirectional = _variant(pipe, "sdpa", causal=False)
+    with pytest.raises(UnsupportedModelError, match="block-causal"):
+        accel.patch(bidirectional, method="flashblock")
+    assert accel.patch_of(bidirectional) is None and "forward" not in vars(bidirectional.model)
+    with pytest.raises(UnsupportedModelError, match="attention implementation 'eager'"):
+        accel.patch(_variant(pipe, "eager"), method="flashblock")
+    with pytest.raises(UnsupportedModelError, match="LLaDA2Pipeline"):
+        accel.patch(accel.zoo.load("pixart-alpha", size="tiny"), method="flashblock")
+    for options, match in [({"refresh": -1}, "refresh"), ({"layers": "2"}, "layers"), ({"layers": "a"}, "layers")]:
+        with pytest.raises(InvalidOptionError, match=match):
+            accel.patch(pipe, method="flashblock", **options)
+        assert accel.patch_of(pipe) is None
+
+
+def test_a_token_causal_model_is_prefix_cached_exactly(pipe):
+    causal = _variant(pipe, "sdpa")  # plain causal attention: finished tokens never change either
+    args = _args(causal, batch=2, vary=True)
+    stock = causal(**args).sequences
+    with accel.patch(causal, method="flashblock", refresh=1):
+        assert torch.equal(causal(**args).sequences, stock)
+
+
+def test_a_block_length_the_model_is_not_block_causal_at_is_refused_at_the_call(pipe):
+    with accel.patch(pipe, method="flashblock"):
+        with pytest.raises(UnsupportedInputError, match="block length 4"):
+            pipe(**_args(pipe, block_length=4))  # the model's blocks are 8: a 4-block shares its keys
+
+
+def test_attention_with_lse_matches_the_definition():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    keep = torch.rand(2, 1, 5, 5, generator=g) > 0.3
+    keep[0, 0, 2] = False  # a row that keeps nothing
+    out, lse, path = attention_with_lse(q, k, v, keep, 0.35)
+    scores = (q @ k.transpose(-1, -2) * 0.35).masked_fill(~keep, float("-inf"))
+    want_lse = torch.logsumexp(scores, -1)
+    want = torch.nan_to_num(torch.softmax(scores, -1)) @ v
+    assert path == "cpu-flash"
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)
+    assert torch.isneginf(lse[0, :, 2]).all() and (out[0, :, 2] == 0).all()
