@@ -9,6 +9,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import AccelError
 from .method import method_class
@@ -36,8 +37,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     local = Path(args.model)
     if args.model in zoo.names():
-        if zoo.is_vlm(args.model):
-            raise AccelError(f"--model {args.model}: sixbit calibrates diffusion pipelines; this is a VLM")
+        if zoo.is_vlm(args.model) or zoo.is_text(args.model):
+            raise AccelError(f"--model {args.model}: sixbit calibrates image and video diffusion pipelines; this "
+                             "is a language model")
         pipe = zoo.load(args.model, size=args.size)
         out = Path(args.out or f"calibration/{args.model}.json")
     elif local.is_dir():
@@ -150,20 +152,26 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
-def _bench_vlm(spec: object, args: argparse.Namespace, command: str) -> int:
+def _bench_language(spec: Any, args: argparse.Namespace, command: str) -> int:
+    """`accel bench` on a VLM (accel/bench/vlm.py) or a block-diffusion language pipeline (bench/dllm.py)."""
     import json
 
-    from .bench import vlm
+    from . import zoo
+    from .bench import dllm, vlm
     from .bench.report import update_doc
 
-    result = vlm.run_vlm(spec)
-    text = vlm.markdown(result, command)
+    if zoo.is_vlm(spec.model):
+        result = vlm.run_vlm(spec)
+        text = vlm.markdown(result, command)
+    else:
+        result = dllm.run_dllm(spec)
+        text = dllm.markdown(result, command)
     print(text)
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "results.md").write_text(text)
     written = [out / "results.json", out / "results.md"]
-    if vlm.write_plot(result, out / "accuracy.png"):
+    if zoo.is_vlm(spec.model) and vlm.write_plot(result, out / "accuracy.png"):
         written.append(out / "accuracy.png")
     if args.doc:
         key = args.doc_key or command
@@ -207,8 +215,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     from . import zoo
 
-    if zoo.is_vlm(spec.model):
-        return _bench_vlm(spec, args, command)
+    if zoo.is_vlm(spec.model) or zoo.is_text(spec.model):
+        return _bench_language(spec, args, command)
     result = run(spec)
     print(markdown(result, command))
     paths = write_all(result, Path(args.out), command)

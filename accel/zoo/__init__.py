@@ -27,23 +27,30 @@ from .calls import family_of, generate, inputs
 from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
 from .reference import TRAINED, evaluate
 from .vlm import NAMES as VLM_NAMES
-
-DLLM_NAMES = ("llada2",)  # block-diffusion language pipelines (dllm.py), loaded on demand
 from .vlm import image_token_ids, vlm_inputs
 
-__all__ = ["built_from", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
+DLLM_NAMES = ("llada2",)  # block-diffusion language pipelines (dllm.py), loaded on demand
+
+__all__ = ["built_from", "is_text", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
            "names", "resizable", "vlm_inputs"]
 
 
 def names() -> list[str]:
-    """The zoo entry names, in a stable order (random-weight pipelines, random-weight VLMs, then trained ones)."""
-    return [*ENTRIES, *VLM_NAMES, *TRAINED]
+    """The zoo entry names, in a stable order (random-weight pipelines, random-weight VLMs, random-weight
+    block-diffusion language pipelines, then trained ones)."""
+    return [*ENTRIES, *VLM_NAMES, *DLLM_NAMES, *TRAINED]
 
 
 def is_vlm(name: str) -> bool:
     """Whether the entry is a transformers VLM (the random-weight families and the trained digits-vqa)
     rather than a diffusers pipeline."""
     return name in VLM_NAMES or name == "digits-vqa"
+
+
+def is_text(name: str) -> bool:
+    """Whether the entry is a block-diffusion language pipeline (`LLaDA2Pipeline`: "llada2", the trained
+    "digits-copy"), which generates tokens rather than images or videos."""
+    return name in DLLM_NAMES or name == "digits-copy"
 
 
 def _check(name: str, size: str) -> None:

@@ -47,10 +47,12 @@ def problems(n: int, seed: int) -> tuple[list[str], torch.Tensor]:
 
 
 def call_args(prompts: list[str], **overrides: Any) -> dict[str, Any]:
-    """The pipeline call the judge makes: greedy, blocks of 8, 8 steps each, commit at confidence 0.9,
-    no editing, no early stop (the shapes stay fixed), token ids out."""
+    """The pipeline call the judge makes: greedy, blocks of 8, 8 steps each committing one token per step
+    (`threshold` above 1: the scheduler's top-k schedule, LLaDA's low-confidence remasking; every step a
+    model call, the most a step cache can reuse), no editing, no early stop (the shapes stay fixed),
+    token ids out."""
     args = {"prompt": prompts if len(prompts) > 1 else prompts[0], "gen_length": GEN_LENGTH, "block_length": BLOCK,
-            "num_inference_steps": STEPS, "threshold": 0.9, "editing_threshold": None, "temperature": 0.0,
+            "num_inference_steps": STEPS, "threshold": 1.5, "editing_threshold": None, "temperature": 0.0,
             "eos_early_stop": False, "output_type": "seq", "use_chat_template": False}
     return {**args, **overrides}
 
@@ -96,7 +98,7 @@ def evaluate(pipe: Any, n: int = 100, seed: int = 0, batch: int = 50, **options:
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    steps: int = 3000
+    steps: int = 800
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100
@@ -153,7 +155,10 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 100) -> Any:
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(**_training_batch(tok, cfg.batch, g)).loss
+        batch = _training_batch(tok, cfg.batch, g)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits  # position i predicts token i (masked diffusion), not token i + 1
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

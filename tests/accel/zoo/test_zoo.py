@@ -106,10 +106,13 @@ def test_names_and_resolutions():
         "llava-onevision",
         "qwen2-vl",
         "qwen2.5-vl",
+        "llada2",  # block-diffusion language pipelines (dllm.py)
         "digits-image",  # trained entries come last
         "digits-video",
         "digits-vqa",
+        "digits-copy",
     ]
+    assert [n for n in zoo.names() if zoo.is_text(n)] == ["llada2", "digits-copy"]
     for name in RANDOM_WEIGHT:
         for size in ("tiny", "bench"):
             res = zoo.default_resolution(name, size)

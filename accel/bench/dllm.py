@@ -1,0 +1,154 @@
+"""`accel bench` on block-diffusion language pipelines (`LLaDA2Pipeline`): the prefix KV cache and
+FlashBlock against the stock pipeline.
+
+Per row, measured side by side in one process (rows interleaved across repeats): the latency of one
+pipeline call and its generated tokens/s, the time in attention (torch.profiler, a separate run), peak
+memory, the share of generated tokens equal to the stock pipeline's, and on `digits-copy` (trained) the
+task accuracy over `accuracy_n` prompts. Default rows: `flashblock:prefix-cache` (`refresh=1`: the exact
+prefix KV cache alone) and `flashblock` (the paper's reuse on top).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+import accel
+from accel import zoo
+
+from .measure import attention_seconds, timed
+
+DEFAULT_ROWS = {"flashblock:prefix-cache": {"refresh": 1}, "flashblock": {}}
+
+
+@dataclass
+class DLLMRow:
+    label: str
+    method: str  # "baseline" or an accel method name
+    options: dict[str, Any] = field(default_factory=dict)
+    latency_s: list[float] = field(default_factory=list)
+    attention_s: float = 0.0
+    peak_mb: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    agreement: float | None = None
+    accuracy: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.latency_s)
+
+
+def _rows(spec: Any) -> list[DLLMRow]:
+    entries = list(spec.methods)
+    if entries == ["auto"]:
+        entries = list(DEFAULT_ROWS)
+    rows = [DLLMRow("baseline", "baseline")]
+    for entry in entries:
+        options = {**DEFAULT_ROWS.get(entry, {}), **spec.method_options.get(entry, {})}
+        rows.append(DLLMRow(entry, entry.split(":")[0], options))
+    return rows
+
+
+def _call(pipe: Any, name: str, seed: int) -> dict[str, Any]:
+    if name == "digits-copy":
+        from accel.zoo import digits_copy
+
+        return digits_copy.call_args(digits_copy.problems(1, 10_000 + seed)[0])
+    from accel.zoo import dllm
+
+    return dllm.call_inputs(pipe, seed=seed)
+
+
+def run_dllm(spec: Any) -> dict[str, Any]:
+    """Measure every row of `spec` (an `accel.bench.BenchSpec` naming a block-diffusion entry)."""
+    from ..info import info
+    from .runner import DTYPES
+
+    dtype = DTYPES[spec.dtype]
+    pipe = zoo.load(spec.model, dtype=dtype) if spec.model == "digits-copy" else zoo.load(
+        spec.model, size=spec.size, dtype=dtype)
+    pipe = pipe.to(spec.device)
+    device = torch.device(spec.device)
+    args = _call(pipe, spec.model, spec.seeds[0])
+    rows = _rows(spec)
+    tokens: dict[str, torch.Tensor] = {}
+
+    def call() -> torch.Tensor:
+        return pipe(**args).sequences
+
+    def with_row(row: DLLMRow, fn: Any) -> Any:
+        handle = None if row.method == "baseline" else accel.patch(pipe, method=row.method, **row.options)
+        try:
+            return fn(handle)
+        finally:
+            if handle is not None:
+                handle.unpatch()
+
+    for row in rows:  # warm-up, tokens, stats, memory and attention time, outside the timed loop
+        def once(handle: Any, row: DLLMRow = row) -> None:
+            for _ in range(spec.warmup):
+                call()
+            out, _, peak = timed(call, device)
+            tokens[row.label], row.peak_mb = out, peak / 2**20
+            if handle is not None:
+                row.stats = handle.stats()[row.method]
+            if spec.profile_attention:
+                row.attention_s = attention_seconds(call, device)[0]
+        with_row(row, once)
+    for _ in range(spec.repeat):  # interleaved
+        for row in rows:
+            with_row(row, lambda handle, row=row: row.latency_s.append(timed(call, device)[1]))
+    for row in rows:
+        row.agreement = float((tokens[row.label] == tokens["baseline"]).float().mean())
+    if spec.model == "digits-copy" and spec.accuracy_n > 0:
+        for row in rows:
+            row.accuracy = with_row(row, lambda h: zoo.evaluate("digits-copy", pipe, n=spec.accuracy_n,
+                                                                 seed=spec.seeds[0])["accuracy"])
+    prompt = pipe.tokenizer(args["prompt"])["input_ids"]
+    return {
+        "schema": "accel.bench-dllm/1",
+        "spec": asdict(spec),
+        "env": info(),
+        "model": {"name": spec.model, "class": type(pipe.model).__name__, "pipeline": type(pipe).__name__,
+                  "layers": pipe.model.config.num_hidden_layers, "prompt_tokens": len(prompt),
+                  "gen_length": args["gen_length"], "block_length": args["block_length"],
+                  "steps": args["num_inference_steps"]},
+        "rows": [{**asdict(row), "median_s": row.median,
+                  "tokens_per_s": args["gen_length"] / row.median} for row in rows],
+    }
+
+
+def markdown(result: dict[str, Any], command: str | None = None) -> str:
+    m, spec, rows = result["model"], result["spec"], result["rows"]
+    base = rows[0]
+    head = f"Command: `{command}`\n\n" if command else ""
+    size = "trained" if m["name"] == "digits-copy" else spec["size"]
+    head += (f"model `{m['name']}` ({m['pipeline']} of a block-causal {m['class']}, {size}, {m['layers']} layers), "
+             f"prompt {m['prompt_tokens']} tokens, {m['gen_length']} generated in blocks of {m['block_length']}, "
+             f"{m['steps']} steps per block, repeat {spec['repeat']}, {spec['dtype']}, device: "
+             f"{result['env']['device']}\n\n")
+    acc = any(r["accuracy"] is not None for r in rows)
+    cols = ["row", "latency s (median [min-max])", "tokens/s", "speedup", "attention s", "attention vs prefix cache",
+            "peak MB", "tokens = exact", *(["accuracy %"] if acc else []), "stats"]
+    prefix = next((r for r in rows if r["options"].get("refresh") == 1 and r["method"] == "flashblock"), None)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        s = r["latency_s"]
+        vs = "-"
+        if prefix and r["attention_s"] and r["method"] == "flashblock":
+            ratio = prefix["attention_s"] / r["attention_s"]
+            vs = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
+        cells = [r["label"], f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{r['tokens_per_s']:.1f}",
+                 f"{base['median_s'] / r['median_s']:.2f}x", f"{r['attention_s']:.3f}" if r["attention_s"] else "-",
+                 vs, f"{r['peak_mb']:.1f}", f"{100 * r['agreement']:.1f}%"]
+        if acc:
+            a, a0 = r["accuracy"], base["accuracy"]
+            cells.append(f"{100 * a:.1f} ({100 * (a - a0):+.1f})" if a is not None else "-")
+        stats = {k: v for k, v in r["stats"].items() if k in ("prefix_tokens_fed", "window_tokens", "external_reuses",
+                                                               "external_refreshes", "attention_saved", "cache_MB")}
+        cells.append(", ".join(f"{k}={v}" for k, v in stats.items()) or ("unpatched pipeline" if r is base else "-"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"

@@ -1,0 +1,26 @@
+"""`accel bench` on a block-diffusion language pipeline: the default rows (stock, prefix cache, FlashBlock),
+what each measures, and the prefix cache's exactness in the table."""
+
+from __future__ import annotations
+
+import json
+
+from accel.cli import main
+
+
+def test_dllm_rows(tmp_path, capsys):
+    assert main(["bench", "--model", "llada2", "--size", "tiny", "--repeat", "1", "--warmup", "0", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "flashblock:prefix-cache", "flashblock"]
+    assert rows["flashblock:prefix-cache"]["options"] == {"refresh": 1}
+    assert rows["flashblock:prefix-cache"]["agreement"] == 1.0  # exact
+    for label in ("flashblock:prefix-cache", "flashblock"):
+        stats = rows[label]["stats"]
+        assert stats["prefix_tokens_fed"] < stats["window_tokens"]
+    assert rows["flashblock"]["stats"]["external_reuses"] > 0
+    assert all(r["attention_s"] > 0 and r["tokens_per_s"] > 0 for r in result["rows"])
+    assert result["model"]["pipeline"] == "LLaDA2Pipeline"
+    out = capsys.readouterr().out
+    assert "| flashblock |" in out and ("x lower" in out or "x higher" in out)
