@@ -247,8 +247,10 @@ class FlashBlock(Method):
         return False  # its state follows the pipeline call (the run) and the window, not step numbers
 
     def reset_run(self) -> None:
-        super().reset_run()
-        self._release()
+        """Nothing: the tracker's runs follow the scheduler's step count, which one block-diffusion call can
+        exceed (editing post-steps). This method's run is the pipeline call (its attention mask, see
+        `_wrapped_forward`), which resets the counters and state when it changes; the state goes when the
+        call returns."""
 
     def _release(self) -> None:
         self._run, self._run_key = None, None
@@ -272,6 +274,7 @@ class FlashBlock(Method):
         # the run: the pipeline's whole attention mask, of which each step's mask is a view
         run_mask = attention_mask._base if attention_mask._base is not None else attention_mask
         if self._run is None or self._run_key is None or self._run_key() is not run_mask:
+            self.counters.clear()
             self._run = RunState()
             self._run_key = weakref.ref(run_mask)
             weakref.finalize(run_mask, self._release_if, weakref.ref(self._run))  # nothing held after the call
