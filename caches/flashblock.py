@@ -138,7 +138,7 @@ class FlashBlock(Method):
     exact_rtol = 0.0
     stats_keys = frozenset({"prefix_tokens_fed", "window_tokens", "external_reuses", "external_refreshes",
                             "attention_saved", "cache_MB", "path", "block_length", "calls"})
-    kept_between_calls = frozenset({"_causal", "_layers"})
+    kept_between_calls = frozenset({"_causal"})  # the block-causality probe's verdict per block length
 
     # ---- checks, before anything changes --------------------------------------------------------------
 
@@ -163,8 +163,7 @@ class FlashBlock(Method):
                 f"accel: method 'flashblock' patches a block-diffusion pipeline ({', '.join(PIPELINES)}); got "
                 f"{target.describe()}.")
         model = target.denoisers[0].module
-        self._attention_layers(model)  # raises when the attention cannot be routed
-        self._chosen_layers(len(self._attention_layers(model)))
+        self._chosen_layers(len(self._attention_layers(model)))  # raises when the attention cannot be routed
         self._causal: dict[int, bool] = {}
         block = int(pipe.scheduler.config.block_length)
         if not self._block_causal(model, block):
@@ -235,7 +234,6 @@ class FlashBlock(Method):
         self._forward = model.forward
         attention = self._attention_layers(model)
         reuse = self._chosen_layers(len(attention))
-        self._layers = {id(module): i for i, module in enumerate(attention)}
         self._run: RunState | None = None
         self._run_key: Any = None
         self._block = 0

@@ -327,7 +327,7 @@ class SixBit(Method):
             while len(per_step) <= step:
                 per_step.append([0, 0, 0, 0])  # layer calls in NVFP4, INT8, A16; skipped blocks (all CFG branches)
             if not state.ran:
-                state.gamma[self.tracker.branch] = None  # skipped (TDC): INT8 at the next computed step
+                state.gamma[self.tracker.branch] = None  # skipped (TDC): a refresh at the next computed step
                 per_step[step][3] += 1
                 self._count("skipped_block_calls")
                 self.counters["skipped_layer_calls"] = self.counters.get("skipped_layer_calls", 0) + len(state.layers)
