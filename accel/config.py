@@ -38,11 +38,11 @@ def _allowed(meta: dict[str, Any], hint: Any = None) -> str:
     if meta.get("choices") is not None:
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
     low, high = meta.get("low"), meta.get("high")
-    left = "(" if meta.get("low_open") else "["
-    right = ")" if meta.get("high_open") else "]"
+    left = "(" if meta.get("low_open") or low is None else "["
+    right = ")" if meta.get("high_open") or high is None else "]"
     if low is None and high is None:
         return "True or False" if hint is bool else f"any {getattr(hint, '__name__', 'value')}"
-    return f"a value in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    return f"a finite value in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
 
 
 def _plain(value: Any) -> Any:

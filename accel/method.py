@@ -42,7 +42,8 @@ class Method:
     # The contract every method meets (tests/test_method_contract.py checks it for each registered one):
     exact_options: ClassVar[dict[str, Any] | None] = {}  # options under which the output equals the unpatched
     # model's; None: the method has no exact setting (quantization)
-    exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents (0: bit-exact)
+    exact_atol: ClassVar[float] = 0.0  # ... within this absolute difference of the final latents, as a fraction
+    # of their largest magnitude (fp32 rounding grows with it; 0: bit-exact)
     exact_rtol: ClassVar[float] = 0.0  # ... plus this fraction of each latent's magnitude
     stats_keys: ClassVar[frozenset[str]] = frozenset()  # every key `stats()` may return, besides COMMON_STATS
     kept_between_calls: ClassVar[frozenset[str]] = frozenset()  # attributes that persist across calls
@@ -59,6 +60,12 @@ class Method:
                 f"accel: method {self.name!r} acts on the denoising steps of a diffusion model; "
                 f"{type(target.denoisers[0].module).__name__} is an autoregressive VLM. For it: "
                 "method='pyramid-drop' or 'fastv'."
+            )
+        if self.denoising and target.kind == "pipeline" and target.denoisers[0].component == "model":
+            raise UnsupportedModelError(
+                f"accel: method {self.name!r} acts on the denoising steps of an image or video diffusion model; "
+                f"{target.describe()} generates text with a transformers language model (block diffusion). "
+                "For it: method='flashblock'."
             )
         for d in target.denoisers:
             if self.families is not None and d.adapter.family not in self.families:

@@ -25,8 +25,8 @@ what the pipelines do: ../shared/research/caching.md section 1.2.
 Stats: `prefix_tokens_fed` / `window_tokens` (the tokens the model ran against the tokens the pipeline
 passed), `external_reuses`, `external_refreshes`, `attention_saved` (the share of the attention's
 query-key products that reuse skipped), `cache_MB` (the largest prefix KV cache of the call), `path` (the
-attention kernel that ran). Time: each routed attention call is an `accel::attention` range for
-torch.profiler, which `accel bench` sums.
+attention kernel that ran), all for the last pipeline call. Time: each routed attention call is an
+`accel::attention` range for torch.profiler, which `accel bench` sums.
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ class FlashBlock(Method):
                "block and merged by log-sum-exp (FlashBlock).")
     paper = "FlashBlock, arXiv 2602.05305"
     claims = frozenset({"forward", "attention"})
+    denoising = False  # block diffusion of text: its own check below
     Config = FlashBlockConfig
     exact_options = {"refresh": 1}
     exact_rtol = 0.0
@@ -261,9 +262,10 @@ class FlashBlock(Method):
         forward = self._forward
         pipe = self.pipe()
         frame = _pipeline_frame(pipe) if pipe is not None else None
-        if (frame is None or input_ids is None or attention_mask is None or position_ids is None or kwargs
+        if (frame is None or input_ids is None or input_ids is not frame.f_locals.get("block_x")
+                or attention_mask is None or position_ids is None or kwargs
                 or not isinstance(frame.f_locals.get("block_length"), int)):
-            self._block = 0  # not a refinement step of the pipeline: the model as it is
+            self._block = 0  # not the pipeline's own refinement call (e.g. a callback's): the model as it is
             return forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         block = frame.f_locals["block_length"]
         if not self._block_causal(self.model, block):
@@ -281,16 +283,17 @@ class FlashBlock(Method):
         self.counters["block_length"] = block
         self._count("calls")
         self._count("window_tokens", window * input_ids.shape[0])
+        done = window - block  # the finished prefix, final under block-causal attention
+        held = 0 if run.cached_ids is None else run.cached_ids.shape[1]
+        if held > done or (held and not torch.equal(input_ids[:, :held], run.cached_ids)):
+            run.cache, run.cached_ids, run.layers, held = None, None, {}, 0  # a callback edited the prefix
         if not self.config.prefix_cache:
+            run.cached_ids = input_ids[:, :done].clone()
             self._count("prefix_tokens_fed", window * input_ids.shape[0])
             return forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         from transformers import DynamicCache
 
-        done = window - block  # the finished prefix, final under block-causal attention
-        held = 0 if run.cached_ids is None else run.cached_ids.shape[1]
-        if held > done or (held and not torch.equal(input_ids[:, :held], run.cached_ids)):
-            run.cache, run.cached_ids, held = None, None, 0  # the prefix changed (a callback edited it): start over
-        if run.cache is None:
+        if held == 0:
             run.cache = DynamicCache(config=self.model.config)
         self._count("prefix_tokens_fed", (window - held) * input_ids.shape[0])
         out = forward(input_ids=input_ids[:, held:], attention_mask=attention_mask,
@@ -334,6 +337,9 @@ class FlashBlock(Method):
         refresh = self.config.refresh
         fresh = state.out is None or not reuse or refresh == 1 or (refresh > 1 and state.calls % refresh == 0)
         state.calls += 1
+        if sk <= block or sq < block or call.dropout_p:  # no prefix keys (a first block), or not a step's shape
+            state.out = state.lse = None
+            return call.dense()
         if fresh and (refresh == 1 or not reuse):
             self._count("external_refreshes")
             return call.dense()
@@ -344,6 +350,8 @@ class FlashBlock(Method):
             return (kp.repeat_interleave(groups, 1), vp.repeat_interleave(groups, 1)) if groups > 1 else (kp, vp)
 
         mask = call.attn_mask
+        if call.is_causal:  # transformers' SDPA path for a plain causal mask: the same, written out
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)[None, None]
         rows = None if mask is None else mask[:, :, sq - block:]
         if rows is not None and rows.dtype != torch.bool:
             rows = rows == 0  # an additive mask: 0 where attended
@@ -368,8 +376,8 @@ class FlashBlock(Method):
             self.counters["path"] = path
         if sq > block:  # the rows before the active block: exact, as the model asked
             before = SDPACall(q[:, :, : sq - block], call.key, call.value,
-                              None if call.attn_mask is None else call.attn_mask[:, :, : sq - block],
-                              call.dropout_p, False, call.scale, call.enable_gqa).dense()
+                              None if mask is None else mask[:, :, : sq - block],
+                              0.0, False, call.scale, call.enable_gqa).dense()
             active = torch.cat([before, active.to(before.dtype)], dim=2)
         return active.to(q.dtype)
 

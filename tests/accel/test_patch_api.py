@@ -137,7 +137,7 @@ def test_unknown_method_names_valid_ones_and_closest(tiny):
     "options, pattern",
     [
         ({"factr": 0.3}, r"unknown option 'factr'.*Did you mean 'factor'.*Allowed options: factor, mode"),
-        ({"factor": 0.0}, r"factor=0.0 is out of range; expected a value in \(0.0, 2.0\]"),
+        ({"factor": 0.0}, r"factor=0.0 is out of range; expected a finite value in \(0.0, 2.0\]"),
         ({"factor": 2.5}, r"factor=2.5 is out of range"),
         ({"factor": float("nan")}, r"factor=nan is not finite"),
         ({"factor": "big"}, r"factor='big' has type str; expected float"),

@@ -10,8 +10,9 @@ import torch
 import transformers
 
 import accel
-from accel.caches.flashblock import attention_with_lse
+from accel.caches.flashblock import FlashBlock, FlashBlockConfig, LayerState, attention_with_lse
 from accel.errors import InvalidOptionError, UnsupportedInputError, UnsupportedModelError
+from accel.sparse_attn.methods.sdpa_route import SDPACall
 from accel.zoo import dllm
 
 
@@ -155,3 +156,73 @@ def test_attention_with_lse_matches_the_definition():
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=1e-5)
     assert torch.isneginf(lse[0, :, 2]).all() and (out[0, :, 2] == 0).all()
+
+
+@pytest.mark.parametrize("refresh,prefix_cache", [(0, True), (0, False), (1, True), (1, False)])
+def test_a_prompt_shorter_than_a_block(pipe, refresh, prefix_cache):
+    """The first block then has no prefix keys: no external part to compute (a 0-key attention)."""
+    args = _args(pipe, num_inference_steps=1)
+    args["prompt"] = "1 2 3"
+    stock = pipe(**args).sequences
+    with accel.patch(pipe, method="flashblock", refresh=refresh, prefix_cache=prefix_cache):
+        assert torch.equal(pipe(**args).sequences, stock)
+
+
+@pytest.mark.parametrize("kind", ["causal", "mask", "gqa"])
+def test_split_attention_equals_the_dense_call(kind):
+    """Fresh external + internal, merged, against the call as the model made it: transformers' causal
+    path (`is_causal=True`, no mask; the window's rows before the active block included), a boolean
+    block-causal mask with padding, and grouped-query attention."""
+    g = torch.Generator().manual_seed(0)
+    block, sq, sk = 4, 12, 12
+    q = torch.randn(2, 4, sq, 8, generator=g)
+    heads = 2 if kind == "gqa" else 4
+    k, v = torch.randn(2, heads, sk, 8, generator=g), torch.randn(2, heads, sk, 8, generator=g)
+    if kind == "causal":
+        call = SDPACall(q, k, v, is_causal=True)
+    else:
+        keep = (torch.arange(sq)[:, None] // block >= torch.arange(sk)[None] // block)[None, None].repeat(2, 1, 1, 1)
+        keep[1, ..., :2] = False  # left padding of the second row
+        call = SDPACall(q, k, v, attn_mask=keep, enable_gqa=kind == "gqa")
+    method = FlashBlock(FlashBlockConfig(refresh=0))
+    method._block = block
+    out = method._split_attention(call, LayerState(), reuse=True)
+    torch.testing.assert_close(out, call.dense(), atol=1e-5, rtol=1e-5)
+    assert method.counters["external_refreshes"] == 1
+
+
+def test_a_token_causal_model_with_flashblock_merges_exactly(pipe):
+    """A plain causal model (accepted: prefix-exact) at one step per block, weights scaled up so that wrong
+    attention would change tokens: the merged path gives the stock tokens."""
+    causal = _variant(pipe, "sdpa")
+    with torch.no_grad():
+        for p in causal.model.parameters():
+            p.mul_(4.0)
+    args = _args(causal, batch=2, vary=True, num_inference_steps=1)
+    stock = causal(**args).sequences
+    for prefix_cache in (True, False):
+        with accel.patch(causal, method="flashblock", refresh=0, prefix_cache=prefix_cache):
+            assert torch.equal(causal(**args).sequences, stock)
+
+
+def test_a_callback_calling_the_model_gets_the_model_as_it_is(pipe):
+    seen = {}
+
+    def callback(p, step, timestep, kwargs):
+        with torch.no_grad():
+            seen.setdefault("logits", p.model(kwargs["block_x"]).logits)
+        return {}
+
+    args = _args(pipe)
+    with accel.patch(pipe, method="flashblock") as handle:
+        pipe(**args, callback_on_step_end=callback)
+        stats = handle.stats()["flashblock"]
+    assert seen["logits"].shape[1] > dllm.SIZES["tiny"].block_length  # every position, not the last block
+    assert stats["calls"] == 8 and stats["prefix_tokens_fed"] < stats["window_tokens"]
+
+
+def test_denoising_methods_refuse_a_block_diffusion_language_pipeline(pipe):
+    for method in ("tdc", "delta-dit", "sixbit", ["flashblock", "delta-dit"]):
+        with pytest.raises(UnsupportedModelError, match="language model"):
+            accel.patch(pipe, method=method)
+        assert accel.patch_of(pipe) is None and "forward" not in vars(pipe.model)
