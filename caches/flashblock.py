@@ -19,13 +19,20 @@ finished block never changes and never sees later tokens, so:
 
 The model must be block-causal as the pipeline calls it (the prefix cache would be wrong otherwise):
 `check` runs it on three random blocks and refuses unless the first two blocks' logits are unchanged
-when the third changes; a call with another `block_length` is probed again before it runs. Facts and
-what the pipelines do: ../shared/research/caching.md section 1.2.
+when the third changes; a call with another `block_length` is probed again before it runs.
+
+diffusers' `DiffusionGemmaPipeline` keeps its own KV cache of the context (a causal encoder writes it
+once per canvas) and denoises a canvas of `canvas_length` tokens over it with a bidirectional decoder:
+the canvas' queries attend to the cached context (external) and to the canvas (internal). FlashBlock
+computes the external part at a canvas' first step and reuses it at its other steps (corrector sweeps
+included); `prefix_cache` is the pipeline's own there. Facts and what the pipelines do:
+../shared/research/caching.md section 1.2.
 
 Stats: `prefix_tokens_fed` / `window_tokens` (the tokens the model ran against the tokens the pipeline
-passed), `external_reuses`, `external_refreshes`, `attention_saved` (the share of the attention's
-query-key products that reuse skipped), `cache_MB` (the largest prefix KV cache of the call), `path` (the
-attention kernel that ran), all for the last pipeline call. Time: each routed attention call is an
+passed; LLaDA2), `external_reuses`, `external_refreshes`, `attention_saved` (the share of the attention's
+query-key products that reuse skipped), `cache_MB` (the largest prefix KV cache of the call; LLaDA2),
+`stored_MB` (the largest external attention held for reuse, all layers), `path` (the attention kernel
+that ran), all for the last pipeline call. Time: each routed attention call is an
 `accel::attention` range for torch.profiler, which `accel bench` sums.
 """
 
@@ -51,7 +58,8 @@ from accel.target import PatchTarget
 
 logger = logging.getLogger("accel")
 
-PIPELINES = ("LLaDA2Pipeline",)
+PIPELINES = ("LLaDA2Pipeline", "DiffusionGemmaPipeline")
+CANVAS = "DiffusionGemmaPipeline"  # a pipeline that caches the context itself and denoises a canvas over it
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,11 @@ class FlashBlockConfig(MethodConfig):
 
 @dataclass
 class LayerState:
-    """One layer's stored external attention of the active block: its window length, the block's calls so
-    far, and (out [b, H, B, D], lse [b, H, B])."""
+    """One layer's stored external attention of the active block: the block's key (its window length in
+    LLaDA2, its context length in DiffusionGemma), the block's calls so far, and (out [b, H, B, D], lse
+    [b, H, B])."""
 
-    window: int = -1
+    key: int = -1
     calls: int = 0
     out: torch.Tensor | None = None
     lse: torch.Tensor | None = None
@@ -138,7 +147,7 @@ class FlashBlock(Method):
     exact_options = {"refresh": 1}
     exact_rtol = 0.0
     stats_keys = frozenset({"prefix_tokens_fed", "window_tokens", "external_reuses", "external_refreshes",
-                            "attention_saved", "cache_MB", "path", "block_length", "calls"})
+                            "attention_saved", "cache_MB", "stored_MB", "path", "block_length", "calls"})
     kept_between_calls = frozenset({"_causal"})  # the block-causality probe's verdict per block length
 
     # ---- checks, before anything changes --------------------------------------------------------------
@@ -166,13 +175,20 @@ class FlashBlock(Method):
         model = target.denoisers[0].module
         self._chosen_layers(len(self._attention_layers(model)))  # raises when the attention cannot be routed
         self._causal: dict[int, bool] = {}
+        if type(pipe).__name__ == CANVAS:
+            if not self.config.prefix_cache:
+                raise InvalidOptionError(
+                    f"flashblock: option prefix_cache=False is not available on {CANVAS}, which caches the "
+                    "context itself (its encoder's KV cache); allowed there: True.")
+            return  # the decoder reads a context that is fixed during a canvas: reuse needs no causality probe
         block = int(pipe.scheduler.config.block_length)
         if not self._block_causal(model, block):
             raise UnsupportedModelError(self._not_block_causal(model, block))
 
     @staticmethod
     def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-        """The decoder layers' attention modules, checked to run through `F.scaled_dot_product_attention`."""
+        """The attention modules of the layers that run the refinement steps (`model.model.layers`, or the
+        decoder's: `model.model.decoder.layers`), checked to run through `F.scaled_dot_product_attention`."""
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -183,8 +199,9 @@ class FlashBlock(Method):
                 f"torch's scaled_dot_product_attention; its attention implementation {impl!r} does not. Load "
                 "it with attn_implementation='sdpa' (or an implementation registered with transformers' sdpa "
                 "attention function).")
-        layers = [m.self_attn for m in getattr(getattr(model, "model", model), "layers", [])
-                  if hasattr(m, "self_attn")]
+        inner = getattr(model, "model", model)
+        inner = getattr(inner, "decoder", inner)
+        layers = [m.self_attn for m in getattr(inner, "layers", []) if hasattr(m, "self_attn")]
         if not layers:
             raise UnsupportedModelError(f"accel: method 'flashblock' found no decoder layers (`model.layers[i]"
                                         f".self_attn`) in {type(model).__name__}.")
@@ -237,8 +254,10 @@ class FlashBlock(Method):
         reuse = self._chosen_layers(len(attention))
         self._run: RunState | None = None
         self._run_key: Any = None
-        self._block = 0
-        journal.set_attr(model, "forward", self._wrapped_forward)
+        self._block = 0  # the active block's length while the pipeline's own step runs, else 0
+        self._key = -1  # which block of the run (LayerState.key)
+        canvas = type(target.pipeline).__name__ == CANVAS
+        journal.set_attr(model, "forward", self._wrapped_canvas_forward if canvas else self._wrapped_forward)
         for i, module in enumerate(attention):
             journal.set_attr(module, "forward", self._wrapped_attention(module, i, i in reuse))
 
@@ -257,6 +276,37 @@ class FlashBlock(Method):
     def _count(self, key: str, n: float = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
 
+    def _start_run(self, key: Any) -> RunState:
+        """The state of the pipeline call that `key` (an object the call creates and drops) stands for: new
+        (counters cleared) when the key is new, released when the key is collected."""
+        if self._run is None or self._run_key is None or self._run_key() is not key:
+            self.counters.clear()
+            self._run = RunState()
+            self._run_key = weakref.ref(key)
+            weakref.finalize(key, self._release_if, weakref.ref(self._run))  # nothing held after the call
+        return self._run
+
+    def _wrapped_canvas_forward(self, *args: Any, **kwargs: Any) -> Any:
+        """DiffusionGemma: marks the pipeline's own denoising calls of a canvas (the canvas, its length and
+        the context's length from the pipeline's frame); the model runs as it is."""
+        forward = self._forward
+        pipe = self.pipe()
+        frame = _pipeline_frame(pipe) if pipe is not None else None
+        canvas = kwargs.get("decoder_input_ids")
+        if (frame is None or args or canvas is None or canvas is not frame.f_locals.get("canvas")
+                or not isinstance(frame.f_locals.get("canvas_length"), int)
+                or frame.f_locals.get("past_key_values") is None):
+            self._block = 0  # not a denoising call of the pipeline (e.g. a callback's): the model as it is
+            return forward(*args, **kwargs)
+        self._start_run(frame.f_locals["past_key_values"])  # the pipeline's cache: one per call
+        self._block, self._key = frame.f_locals["canvas_length"], int(frame.f_locals["cur_len"])
+        self.counters["block_length"] = self._block
+        self._count("calls")
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            self._block = 0
+
     def _wrapped_forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                          position_ids: torch.Tensor | None = None, **kwargs: Any) -> Any:
         forward = self._forward
@@ -272,14 +322,8 @@ class FlashBlock(Method):
             raise UnsupportedInputError(self._not_block_causal(self.model, block))
         window = input_ids.shape[1]
         # the run: the pipeline's whole attention mask, of which each step's mask is a view
-        run_mask = attention_mask._base if attention_mask._base is not None else attention_mask
-        if self._run is None or self._run_key is None or self._run_key() is not run_mask:
-            self.counters.clear()
-            self._run = RunState()
-            self._run_key = weakref.ref(run_mask)
-            weakref.finalize(run_mask, self._release_if, weakref.ref(self._run))  # nothing held after the call
-        run = self._run
-        self._block = block
+        run = self._start_run(attention_mask._base if attention_mask._base is not None else attention_mask)
+        self._block, self._key = block, window
         self.counters["block_length"] = block
         self._count("calls")
         self._count("window_tokens", window * input_ids.shape[0])
@@ -332,8 +376,8 @@ class FlashBlock(Method):
         block, q, k, v = self._block, call.query, call.key, call.value
         sq, sk = q.shape[2], k.shape[2]
         self._count("_pairs", sq * sk)
-        if state.window != sk:  # a new block (the window grew): its first step
-            state.window, state.calls, state.out, state.lse = sk, 0, None, None
+        if state.key != self._key:  # a new block: its first step
+            state.key, state.calls, state.out, state.lse = self._key, 0, None, None
         refresh = self.config.refresh
         fresh = state.out is None or not reuse or refresh == 1 or (refresh > 1 and state.calls % refresh == 0)
         state.calls += 1
@@ -364,6 +408,10 @@ class FlashBlock(Method):
             state.out, state.lse, path = attention_with_lse(qa, *keys(external),
                                                             None if rows is None else rows[..., external], scale)
             self._count("external_refreshes")
+            if self._run is not None:
+                held = sum(t.numel() * t.element_size() for layer in self._run.layers.values()
+                           for t in (layer.out, layer.lse) if t is not None) / 2**20
+                self.counters["stored_MB"] = max(self.counters.get("stored_MB", 0.0), round(held, 3))
         else:
             self._count("external_reuses")
             self._count("_pairs_saved", block * (sk - block))

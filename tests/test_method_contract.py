@@ -30,7 +30,7 @@ from accel.method import COMMON_STATS, _entry_points, held_tensors, method_class
 
 ANY_FAMILY = ("pixart-alpha", "wan")  # an image and a video model for methods that run on any family
 ZOO_NAME = {"pixart": "pixart-alpha"}  # adapter family -> zoo entry, where the names differ
-PIPELINE_KIND = {"flashblock": ("llada2",)}  # methods for one kind of pipeline (any model family in it)
+PIPELINE_KIND = {"flashblock": ("llada2", "diffusion-gemma")}  # methods for one kind of pipeline (any model family in it)
 STEPS = 3
 
 
@@ -50,8 +50,9 @@ pytestmark = pytest.mark.parametrize("method,model", CASES, ids=[f"{m}-{f}" for 
 def _run(pipe):  # noqa: ANN001, ANN202
     """A pipeline: its final latents; a VLM: the last logits of a padded batch and 3 greedy tokens; a
     block-diffusion language pipeline: the tokens of a padded batch."""
-    if accel.zoo.built_from(pipe)[0] in accel.zoo.DLLM_NAMES:
-        return pipe(**accel.zoo.dllm.call_inputs(pipe, batch=2, vary=True)).sequences.float()
+    name = accel.zoo.built_from(pipe)[0]
+    if name in accel.zoo.DLLM_NAMES:  # DiffusionGemmaPipeline pads no batch of prompts
+        return pipe(**accel.zoo.dllm.call_inputs(pipe, batch=2, vary=name == "llada2")).sequences.float()
     if not accel.zoo.is_vlm(accel.zoo.built_from(pipe)[0]):
         return accel.zoo.generate(pipe, steps=STEPS, seed=0)
     x = accel.zoo.vlm_inputs(pipe, batch=2, vary=True)

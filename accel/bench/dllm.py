@@ -1,11 +1,13 @@
-"""`accel bench` on block-diffusion language pipelines (`LLaDA2Pipeline`): the prefix KV cache and
-FlashBlock against the stock pipeline.
+"""`accel bench` on block-diffusion language pipelines (`LLaDA2Pipeline`, `DiffusionGemmaPipeline`): the
+prefix KV cache and FlashBlock against the stock pipeline.
 
 Per row, measured side by side in one process (rows interleaved across repeats): the latency of one
 pipeline call and its generated tokens/s, the time in attention (torch.profiler, a separate run), peak
 memory, the share of generated tokens equal to the stock pipeline's, and on `digits-copy` (trained) the
 task accuracy over `accuracy_n` prompts. Default rows: `flashblock:prefix-cache` (`refresh=1`: the exact
-prefix KV cache alone) and `flashblock` (the paper's reuse on top).
+prefix KV cache alone; not on DiffusionGemma, whose pipeline caches the context itself) and `flashblock`
+(the paper's reuse on top). "attention vs exact" compares each FlashBlock row's attention time with the
+exact run's: the `refresh=1` row where there is one, else the stock pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from accel import zoo
 from .measure import attention_seconds, timed
 
 DEFAULT_ROWS = {"flashblock:prefix-cache": {"refresh": 1}, "flashblock": {}}
+OWN_CACHE = "DiffusionGemmaPipeline"  # caches the context itself: no prefix-cache row
 
 
 @dataclass
@@ -41,10 +44,10 @@ class DLLMRow:
         return statistics.median(self.latency_s)
 
 
-def _rows(spec: Any) -> list[DLLMRow]:
+def _rows(spec: Any, pipe: Any) -> list[DLLMRow]:
     entries = list(spec.methods)
     if entries == ["auto"]:
-        entries = list(DEFAULT_ROWS)
+        entries = ["flashblock"] if type(pipe).__name__ == OWN_CACHE else list(DEFAULT_ROWS)
     rows = [DLLMRow("baseline", "baseline")]
     for entry in entries:
         options = {**DEFAULT_ROWS.get(entry, {}), **spec.method_options.get(entry, {})}
@@ -53,6 +56,7 @@ def _rows(spec: Any) -> list[DLLMRow]:
 
 
 def _call(pipe: Any, name: str, seed: int) -> dict[str, Any]:
+    """The call's arguments, built anew for each call (a DiffusionGemma call consumes its generator)."""
     if name == "digits-copy":
         from accel.zoo import digits_copy
 
@@ -73,11 +77,11 @@ def run_dllm(spec: Any) -> dict[str, Any]:
     pipe = pipe.to(spec.device)
     device = torch.device(spec.device)
     args = _call(pipe, spec.model, spec.seeds[0])
-    rows = _rows(spec)
+    rows = _rows(spec, pipe)
     tokens: dict[str, torch.Tensor] = {}
 
     def call() -> torch.Tensor:
-        return pipe(**args).sequences
+        return pipe(**_call(pipe, spec.model, spec.seeds[0])).sequences
 
     def with_row(row: DLLMRow, fn: Any) -> Any:
         handle = None if row.method == "baseline" else accel.patch(pipe, method=row.method, **row.options)
@@ -107,14 +111,20 @@ def run_dllm(spec: Any) -> dict[str, Any]:
         for row in rows:
             row.accuracy = with_row(row, lambda h: zoo.evaluate("digits-copy", pipe, n=spec.accuracy_n,
                                                                  seed=spec.seeds[0])["accuracy"])
-    prompt = pipe.tokenizer(args["prompt"])["input_ids"]
+    if type(pipe).__name__ == OWN_CACHE:  # its prompt goes through the chat template
+        prompt = pipe.processor.apply_chat_template([{"role": "user", "content": args["prompt"]}],
+                                                    add_generation_prompt=True, return_dict=True)["input_ids"]
+    else:
+        prompt = pipe.tokenizer(args["prompt"])["input_ids"]
+    config = pipe.model.config
     return {
         "schema": "accel.bench-dllm/1",
         "spec": asdict(spec),
         "env": info(),
         "model": {"name": spec.model, "class": type(pipe.model).__name__, "pipeline": type(pipe).__name__,
-                  "layers": pipe.model.config.num_hidden_layers, "prompt_tokens": len(prompt),
-                  "gen_length": args["gen_length"], "block_length": args["block_length"],
+                  "layers": config.get_text_config().num_hidden_layers,
+                  "prompt_tokens": len(prompt), "gen_length": args["gen_length"],
+                  "block_length": args.get("block_length") or config.canvas_length,
                   "steps": args["num_inference_steps"]},
         "rows": [{**asdict(row), "median_s": row.median,
                   "tokens_per_s": args["gen_length"] / row.median} for row in rows],
@@ -126,20 +136,21 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     base = rows[0]
     head = f"Command: `{command}`\n\n" if command else ""
     size = "trained" if m["name"] == "digits-copy" else spec["size"]
-    head += (f"model `{m['name']}` ({m['pipeline']} of a block-causal {m['class']}, {size}, {m['layers']} layers), "
+    kind = "a block-causal " if m["pipeline"] == "LLaDA2Pipeline" else ""
+    head += (f"model `{m['name']}` ({m['pipeline']} of {kind}{m['class']}, {size}, {m['layers']} layers), "
              f"prompt {m['prompt_tokens']} tokens, {m['gen_length']} generated in blocks of {m['block_length']}, "
              f"{m['steps']} steps per block, repeat {spec['repeat']}, {spec['dtype']}, device: "
              f"{result['env']['device']}\n\n")
     acc = any(r["accuracy"] is not None for r in rows)
-    cols = ["row", "latency s (median [min-max])", "tokens/s", "speedup", "attention s", "attention vs prefix cache",
+    cols = ["row", "latency s (median [min-max])", "tokens/s", "speedup", "attention s", "attention vs exact",
             "peak MB", "tokens = exact", *(["accuracy %"] if acc else []), "stats"]
-    prefix = next((r for r in rows if r["options"].get("refresh") == 1 and r["method"] == "flashblock"), None)
+    exact = next((r for r in rows if r["options"].get("refresh") == 1 and r["method"] == "flashblock"), base)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         s = r["latency_s"]
         vs = "-"
-        if prefix and r["attention_s"] and r["method"] == "flashblock":
-            ratio = prefix["attention_s"] / r["attention_s"]
+        if exact["attention_s"] and r["attention_s"] and r["method"] == "flashblock":
+            ratio = exact["attention_s"] / r["attention_s"]
             vs = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
         cells = [r["label"], f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{r['tokens_per_s']:.1f}",
                  f"{base['median_s'] / r['median_s']:.2f}x", f"{r['attention_s']:.3f}" if r["attention_s"] else "-",
@@ -148,7 +159,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             a, a0 = r["accuracy"], base["accuracy"]
             cells.append(f"{100 * a:.1f} ({100 * (a - a0):+.1f})" if a is not None else "-")
         stats = {k: v for k, v in r["stats"].items() if k in ("prefix_tokens_fed", "window_tokens", "external_reuses",
-                                                               "external_refreshes", "attention_saved", "cache_MB")}
+                                                               "external_refreshes", "attention_saved", "cache_MB", "stored_MB")}
         cells.append(", ".join(f"{k}={v}" for k, v in stats.items()) or ("unpatched pipeline" if r is base else "-"))
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

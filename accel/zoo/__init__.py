@@ -29,7 +29,7 @@ from .reference import TRAINED, evaluate
 from .vlm import NAMES as VLM_NAMES
 from .vlm import image_token_ids, vlm_inputs
 
-DLLM_NAMES = ("llada2",)  # block-diffusion language pipelines (dllm.py), loaded on demand
+DLLM_NAMES = ("llada2", "diffusion-gemma")  # block-diffusion language pipelines (dllm.py), loaded on demand
 
 __all__ = ["built_from", "is_text", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
            "names", "resizable", "vlm_inputs"]

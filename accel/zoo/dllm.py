@@ -1,7 +1,9 @@
-"""Block-diffusion language models for diffusers' `LLaDA2Pipeline`, built offline.
+"""Block-diffusion language models for diffusers' `LLaDA2Pipeline` and `DiffusionGemmaPipeline`, built
+offline.
 
     pipe = accel.zoo.load("llada2", size="tiny")         # LLaDA2Pipeline, model at pipe.model
     out = pipe(**accel.zoo.dllm.call_inputs(pipe))       # out.sequences: [batch, gen_length]
+    pipe = accel.zoo.load("diffusion-gemma", size="tiny")  # DiffusionGemmaPipeline
 
 The model is a real transformers `Qwen2ForCausalLM` whose attention is block-causal: a token sees every
 token of its own block (bidirectional inside the block) and every earlier block, never a later one, as in
@@ -9,6 +11,15 @@ block diffusion (BD3-LM, LLaDA2.x under its own block mask, SDAR). transformers 
 its mask is a registered attention implementation, `BLOCK_CAUSAL`: transformers' own SDPA attention
 with its causal mask OR "same block" (`transformers.masking_utils`), the block size read from
 `config.block_length`. Blocks start at position 0, as `LLaDA2Pipeline` aligns them.
+
+"diffusion-gemma" is transformers' `DiffusionGemmaForBlockDiffusion` (a causal encoder that writes the
+context into a KV cache, a bidirectional decoder that denoises a canvas of `canvas_length` tokens over it;
+sliding and full attention layers, mixture-of-experts MLPs) from a small config, its "processor" the same
+word-level tokenizer with a chat template that joins the turns. diffusers 0.42.1's pipeline calls the
+decoder's `create_diffusion_decoder_attention_mask(past_key_values=...)`, which transformers 5.24 names
+`cache=`: the stock pipeline raises a TypeError. `fix_mask_call(model)` gives the model's decoder (this
+instance only) a mask function that takes both names; the zoo applies it, and a user of a real checkpoint
+with these versions calls it once.
 
 Sizes: "tiny" (2 layers, width 32, a 40-token prompt: tests) and "bench" (4 layers, width 256, a
 2,048-token prompt, 512 tokens generated in blocks of 32: speed). The tokenizer is word-level, built in
@@ -25,7 +36,7 @@ import torch
 import transformers
 
 BLOCK_CAUSAL = "accel_block_causal_sdpa"
-NAMES = ("llada2",)
+NAMES = ("llada2", "diffusion-gemma")
 SPECIAL = ("<pad>", "<eos>", "<mask>", "<unk>")
 WORDS = ("copy", ":", "=", ".", *map(str, range(10)))
 
@@ -119,17 +130,72 @@ def pipeline(model: transformers.PreTrainedModel, block_length: int) -> Any:
     return pipe
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
+                 "{% if add_generation_prompt %}={% endif %}")
+
+
+def build_gemma(size: Size, sliding_window: int = 4096) -> Any:
+    """A random-weight `DiffusionGemmaForBlockDiffusion` (canvas = the size's block length; sliding layers
+    then one full-attention layer, 4 experts of which 2 active), SDPA attention, eval mode."""
+    tok = tokenizer()
+    vocab = len(tok)
+    text = dict(vocab_size=vocab, hidden_size=size.width, intermediate_size=size.mlp,
+                num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
+                head_dim=size.width // size.heads, global_head_dim=size.width // size.heads,
+                sliding_window=sliding_window, max_position_embeddings=8192, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, bos_token_id=None, num_experts=4, top_k_experts=2,
+                moe_intermediate_size=size.mlp // 2,
+                layer_types=["sliding_attention"] * (size.layers - 1) + ["full_attention"])
+    cfg = transformers.DiffusionGemmaConfig(text_config=text, vision_config=None, canvas_length=size.block_length,
+                                            boi_token_id=vocab, eoi_token_id=vocab, image_token_id=vocab)
+    cfg._attn_implementation = "sdpa"
+    return fix_mask_call(transformers.DiffusionGemmaForBlockDiffusion(cfg).eval())
+
+
+def fix_mask_call(model: Any) -> Any:
+    """Lets diffusers 0.42.1's `DiffusionGemmaPipeline` call the decoder's mask function of transformers
+    5.24 (`past_key_values=` there, `cache=` here): sets, on this model's decoder instance only, a function
+    taking either name. Does nothing when the installed versions agree. Returns the model."""
+    import inspect
+
+    decoder = model.model.decoder
+    make = type(decoder).create_diffusion_decoder_attention_mask
+    if "past_key_values" in inspect.signature(make).parameters:
+        return model
+
+    def create_diffusion_decoder_attention_mask(*args: Any, past_key_values: Any = None, **kwargs: Any) -> Any:
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values
+        return make(*args, **kwargs)
+
+    decoder.create_diffusion_decoder_attention_mask = create_diffusion_decoder_attention_mask
+    return model
+
+
+def gemma_pipeline(model: Any) -> Any:
+    import diffusers
+
+    tok = tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    pipe = diffusers.DiffusionGemmaPipeline(model=model, scheduler=diffusers.BlockRefinementScheduler(),
+                                            processor=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def load(name: str = "llada2", size: str = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
-    """The `LLaDA2Pipeline` of a random-weight block-causal model; the same seed gives the same weights
-    (the global RNG is restored)."""
+    """The `LLaDA2Pipeline` of a random-weight block-causal model, or the `DiffusionGemmaPipeline` of a
+    random-weight DiffusionGemma; the same seed gives the same weights (the global RNG is restored)."""
     if name not in NAMES:
         raise ValueError(f"Unknown block-diffusion zoo model {name!r}; choose from {', '.join(NAMES)}.")
     if size not in SIZES:
         raise ValueError(f"Unknown zoo size {size!r} for {name!r}. Valid sizes: {', '.join(SIZES)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(SIZES[size]).to(dtype)
-    pipe = pipeline(model, SIZES[size].block_length)
+        if name == "diffusion-gemma":
+            pipe = gemma_pipeline(build_gemma(SIZES[size]).to(dtype))
+        else:
+            pipe = pipeline(build_model(SIZES[size]).to(dtype), SIZES[size].block_length)
     BUILT[pipe] = (name, size)
     return pipe
 
@@ -137,10 +203,21 @@ def load(name: str = "llada2", size: str = "tiny", seed: int = 0, dtype: torch.d
 def call_inputs(pipe: Any, batch: int = 1, seed: int = 0, vary: bool = False) -> dict[str, Any]:
     """Arguments for `pipe(**...)` at the entry's size: random digit prompts of the size's length (with
     `vary`, each row shorter by 3 tokens more than the last: left padding), greedy, editing off,
-    `output_type="seq"`. Works for any LLaDA2 pipeline built by this module."""
+    `output_type="seq"`. Works for any LLaDA2 pipeline built by this module. For a DiffusionGemma
+    pipeline: every step of every canvas runs (no early stop), the random canvases come from a generator
+    seeded with `seed` (a new one per call of this function: build the arguments again for a second
+    identical run); `vary` is refused (its pipeline does not pad a batch of prompts)."""
     name, size = BUILT.get(pipe, ("llada2", "tiny"))
     spec = SIZES[size]
     g = torch.Generator().manual_seed(seed)
+    if type(pipe).__name__ == "DiffusionGemmaPipeline":
+        if vary:
+            raise ValueError("DiffusionGemmaPipeline does not pad a batch of prompts of different lengths.")
+        rows = torch.randint(10, (batch, spec.prompt_tokens), generator=g)
+        prompts = [" ".join(str(int(d)) for d in row) for row in rows]
+        return {"prompt": prompts if batch > 1 else prompts[0], "gen_length": spec.gen_length,
+                "num_inference_steps": spec.steps, "temperature": 0.0, "confidence_threshold": None,
+                "eos_early_stop": False, "output_type": "seq", "generator": torch.Generator().manual_seed(seed)}
     words = [str(int(d)) for d in torch.randint(10, (spec.prompt_tokens,), generator=g)]
     prompts = [" ".join(words[: spec.prompt_tokens - (3 * i if vary else 0)]) for i in range(batch)]
     return {"prompt": prompts if batch > 1 else prompts[0], "gen_length": spec.gen_length,

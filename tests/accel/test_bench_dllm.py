@@ -24,3 +24,18 @@ def test_dllm_rows(tmp_path, capsys):
     assert result["model"]["pipeline"] == "LLaDA2Pipeline"
     out = capsys.readouterr().out
     assert "| flashblock |" in out and ("x lower" in out or "x higher" in out)
+
+
+def test_diffusion_gemma_rows(tmp_path, capsys):
+    """Its pipeline caches the context itself: stock against FlashBlock, attention compared with the stock."""
+    assert main(["bench", "--model", "diffusion-gemma", "--size", "tiny", "--repeat", "1", "--warmup", "0",
+                 "--no-progress", "--methods", "flashblock,flashblock:exact", "--option", "flashblock:exact.refresh=1",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "flashblock", "flashblock:exact"]
+    assert rows["flashblock:exact"]["agreement"] == 1.0  # the same canvases, the same tokens
+    assert rows["flashblock"]["stats"]["external_reuses"] > 0 and "prefix_tokens_fed" not in rows["flashblock"]["stats"]
+    assert result["model"] == {**result["model"], "pipeline": "DiffusionGemmaPipeline", "block_length": 8,
+                               "prompt_tokens": 41}  # 40 digits and the template's "="
+    assert "| flashblock |" in capsys.readouterr().out

@@ -226,3 +226,67 @@ def test_denoising_methods_refuse_a_block_diffusion_language_pipeline(pipe):
         with pytest.raises(UnsupportedModelError, match="language model"):
             accel.patch(pipe, method=method)
         assert accel.patch_of(pipe) is None and "forward" not in vars(pipe.model)
+
+
+# ---- DiffusionGemmaPipeline: the pipeline caches the context; FlashBlock reuses the canvas' attention to it --
+
+
+@pytest.fixture
+def gemma():
+    torch.set_num_threads(2)
+    return accel.zoo.load("diffusion-gemma", size="tiny")
+
+
+def _gemma_args(pipe, **overrides):
+    return {**dllm.call_inputs(pipe, batch=2), **overrides}  # a new canvas generator per call
+
+
+def test_on_diffusion_gemma_refresh_1_is_the_stock_pipeline_and_nothing_reused_is_exact(gemma):
+    stock = gemma(**_gemma_args(gemma)).sequences
+    with accel.patch(gemma, method="flashblock", refresh=1) as handle:
+        assert torch.equal(gemma(**_gemma_args(gemma)).sequences, stock)
+        assert "external_reuses" not in handle.stats()["flashblock"]
+    one_step = gemma(**_gemma_args(gemma, num_inference_steps=1)).sequences
+    with accel.patch(gemma, method="flashblock") as handle:  # one step per canvas: split + merge, never reuse
+        assert torch.equal(gemma(**_gemma_args(gemma, num_inference_steps=1)).sequences, one_step)
+        stats = handle.stats()["flashblock"]
+    assert stats["path"] == "cpu-flash" and "external_reuses" not in stats
+
+
+@pytest.mark.parametrize("window", [4096, 6])  # 6: the sliding layers' keys stop growing between canvases
+@pytest.mark.parametrize("refresh", [0, 2])
+def test_on_diffusion_gemma_reuse_follows_the_canvases_and_the_options(gemma, refresh, window):
+    size = dllm.SIZES["tiny"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pipe = dllm.gemma_pipeline(dllm.build_gemma(size, sliding_window=window))
+    canvases, layers = size.gen_length // size.block_length, size.layers
+    with accel.patch(pipe, method="flashblock", refresh=refresh) as handle:
+        out = pipe(**_gemma_args(pipe)).sequences
+        stats = handle.stats()["flashblock"]
+    fresh = 1 if refresh == 0 else size.steps // refresh
+    assert out.shape == (2, size.gen_length) and stats["calls"] == canvases * size.steps
+    assert stats["external_refreshes"] == layers * canvases * fresh
+    assert stats["external_reuses"] == layers * canvases * (size.steps - fresh)
+    assert 0 < stats["stored_MB"] and 0 < stats["attention_saved"] < 1
+
+
+def test_on_diffusion_gemma_state_is_per_call_and_unpatch_restores(gemma):
+    stock = gemma(**_gemma_args(gemma)).sequences
+    ids = torch.randint(gemma.model.config.text_config.vocab_size, (1, 12))
+    handle = accel.patch(gemma, method="flashblock")
+    method = handle.methods[0]
+    outs = [gemma(**_gemma_args(gemma)).sequences for _ in range(2)]
+    assert method._run is None and torch.equal(outs[0], outs[1])  # nothing held or carried between calls
+    with torch.no_grad():  # outside the pipeline: the model as it is
+        assert gemma.model(input_ids=ids).logits.shape[1] == dllm.SIZES["tiny"].block_length
+    handle.unpatch()
+    assert "forward" not in vars(gemma.model)
+    assert all("forward" not in vars(layer.self_attn) for layer in gemma.model.model.decoder.layers)
+    assert torch.equal(gemma(**_gemma_args(gemma)).sequences, stock)
+
+
+def test_on_diffusion_gemma_turning_its_own_cache_off_is_refused(gemma):
+    with pytest.raises(InvalidOptionError, match="prefix_cache=False"):
+        accel.patch(gemma, method="flashblock", prefix_cache=False)
+    assert accel.patch_of(gemma) is None and "forward" not in vars(gemma.model)
