@@ -25,7 +25,15 @@ diffusers' `DiffusionGemmaPipeline` keeps its own KV cache of the context (a cau
 once per canvas) and denoises a canvas of `canvas_length` tokens over it with a bidirectional decoder:
 the canvas' queries attend to the cached context (external) and to the canvas (internal). FlashBlock
 computes the external part at a canvas' first step and reuses it at its other steps (corrector sweeps
-included); `prefix_cache` is the pipeline's own there. Facts and what the pipelines do:
+included); `prefix_cache` is the pipeline's own there.
+
+diffusers' `AnyFlowFARPipeline` generates a video chunk by chunk, each chunk in a few flow-map steps
+whose self-attention reads the cached keys of the earlier chunks (external) and the chunk's own
+(internal, with the zero keys the processor pads the chunk with to a multiple of 128: the stock
+attention counts them, so the split keeps them inside). Its processor runs PyTorch's flex attention,
+which returns no LSE (and on a CPU is unfused): during the chunk's steps the patched layers run SDPA
+(`refresh=1`: the same attention by another kernel, equal to the stock output within fp32 rounding) or
+the split; the cache-writing passes stay on flex. Facts and what the pipelines do:
 ../shared/research/caching.md section 1.2.
 
 Stats: `prefix_tokens_fed` / `window_tokens` (the tokens the model ran against the tokens the pipeline
@@ -58,8 +66,9 @@ from accel.target import PatchTarget
 
 logger = logging.getLogger("accel")
 
-PIPELINES = ("LLaDA2Pipeline", "DiffusionGemmaPipeline")
+PIPELINES = ("LLaDA2Pipeline", "DiffusionGemmaPipeline", "AnyFlowFARPipeline")
 CANVAS = "DiffusionGemmaPipeline"  # a pipeline that caches the context itself and denoises a canvas over it
+CHUNKS = "AnyFlowFARPipeline"  # chunk-wise video: a KV cache of the finished chunks, a few steps per chunk
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,8 @@ class FlashBlockConfig(MethodConfig):
 @dataclass
 class LayerState:
     """One layer's stored external attention of the active block: the block's key (its window length in
-    LLaDA2, its context length in DiffusionGemma), the block's calls so far, and (out [b, H, B, D], lse
-    [b, H, B])."""
+    LLaDA2, its context length in DiffusionGemma, its chunk index in AnyFlow-FAR), the block's calls so far,
+    and (out [b, H, B, D], lse [b, H, B])."""
 
     key: int = -1
     calls: int = 0
@@ -124,6 +133,28 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: 
     return torch.matmul(weights, v.float()).to(q.dtype), lse, "torch-math"
 
 
+class _native_backend:
+    """While entered, `processor` (an AnyFlow causal processor, this instance only) dispatches its attention
+    to diffusers' native backend (torch's SDPA, where `SDPARoute` sees it) instead of flex."""
+
+    NAMES = ("_attention_backend", "_SUPPORTED_BACKENDS")
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.saved = {name: vars(processor)[name] for name in self.NAMES if name in vars(processor)}
+
+    def __enter__(self) -> None:
+        self.processor._attention_backend = "native"
+        self.processor._SUPPORTED_BACKENDS = ("native",)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in self.NAMES:
+            if name in self.saved:
+                setattr(self.processor, name, self.saved[name])
+            else:
+                vars(self.processor).pop(name, None)
+
+
 def _pipeline_frame(pipe: Any) -> Any:
     """The frame of `pipe.__call__` on this thread's stack, or None."""
     frame = sys._getframe(2)
@@ -145,10 +176,13 @@ class FlashBlock(Method):
     denoising = False  # block diffusion of text: its own check below
     Config = FlashBlockConfig
     exact_options = {"refresh": 1}
-    exact_rtol = 0.0
+    exact_atol = 1e-6  # bit-exact on the language pipelines; AnyFlow-FAR's steps run SDPA instead of flex
     stats_keys = frozenset({"prefix_tokens_fed", "window_tokens", "external_reuses", "external_refreshes",
                             "attention_saved", "cache_MB", "stored_MB", "path", "block_length", "calls"})
     kept_between_calls = frozenset({"_causal"})  # the block-causality probe's verdict per block length
+    _run: RunState | None = None  # the pipeline call's state (see `_start_run`)
+    _block = 0  # the active block's length while the pipeline's own step runs (-1: the query's), else 0
+    _key = -1  # which block of the run (LayerState.key)
 
     # ---- checks, before anything changes --------------------------------------------------------------
 
@@ -173,22 +207,32 @@ class FlashBlock(Method):
                 f"accel: method 'flashblock' patches a block-diffusion pipeline ({', '.join(PIPELINES)}); got "
                 f"{target.describe()}.")
         model = target.denoisers[0].module
-        self._chosen_layers(len(self._attention_layers(model)))  # raises when the attention cannot be routed
+        kind = type(pipe).__name__
+        self._chosen_layers(len(self._attention_layers(model, kind)))  # raises when it cannot be routed
         self._causal: dict[int, bool] = {}
-        if type(pipe).__name__ == CANVAS:
+        if kind in (CANVAS, CHUNKS):
             if not self.config.prefix_cache:
                 raise InvalidOptionError(
-                    f"flashblock: option prefix_cache=False is not available on {CANVAS}, which caches the "
-                    "context itself (its encoder's KV cache); allowed there: True.")
-            return  # the decoder reads a context that is fixed during a canvas: reuse needs no causality probe
+                    f"flashblock: option prefix_cache=False is not available on {kind}, which keeps its own KV "
+                    "cache of the finished context; allowed there: True.")
+            return  # the steps of a block read a context fixed during the block: reuse needs no probe
         block = int(pipe.scheduler.config.block_length)
         if not self._block_causal(model, block):
             raise UnsupportedModelError(self._not_block_causal(model, block))
 
     @staticmethod
-    def _attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    def _attention_layers(model: torch.nn.Module, kind: str) -> list[torch.nn.Module]:
         """The attention modules of the layers that run the refinement steps (`model.model.layers`, or the
-        decoder's: `model.model.decoder.layers`), checked to run through `F.scaled_dot_product_attention`."""
+        decoder's: `model.model.decoder.layers`), checked to run through `F.scaled_dot_product_attention`;
+        AnyFlow-FAR: the blocks' self-attention (`attn1`) with its causal KV-cache processor."""
+        if kind == CHUNKS:
+            layers = [block.attn1 for block in getattr(model, "blocks", [])]
+            kinds = {type(getattr(m, "processor", None)).__name__ for m in layers}
+            if not layers or kinds != {"AnyFlowCausalAttnProcessor"}:
+                raise UnsupportedModelError(
+                    f"accel: method 'flashblock' splits the self-attention of {type(model).__name__} where its "
+                    f"AnyFlowCausalAttnProcessor reads the KV cache; found processors {sorted(kinds)}.")
+            return layers
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -250,16 +294,14 @@ class FlashBlock(Method):
         model = target.denoisers[0].module
         self.model = model
         self._forward = model.forward
-        attention = self._attention_layers(model)
+        kind = type(target.pipeline).__name__
+        attention = self._attention_layers(model, kind)
         reuse = self._chosen_layers(len(attention))
-        self._run: RunState | None = None
-        self._run_key: Any = None
-        self._block = 0  # the active block's length while the pipeline's own step runs, else 0
-        self._key = -1  # which block of the run (LayerState.key)
-        canvas = type(target.pipeline).__name__ == CANVAS
-        journal.set_attr(model, "forward", self._wrapped_canvas_forward if canvas else self._wrapped_forward)
+        self._run, self._run_key = None, None
+        wrap = {CANVAS: self._wrapped_canvas_forward, CHUNKS: self._wrapped_chunk_forward}
+        journal.set_attr(model, "forward", wrap.get(kind, self._wrapped_forward))
         for i, module in enumerate(attention):
-            journal.set_attr(module, "forward", self._wrapped_attention(module, i, i in reuse))
+            journal.set_attr(module, "forward", self._wrapped_attention(module, i, i in reuse, kind == CHUNKS))
 
     def needs_step_count(self) -> bool:
         return False  # its state follows the pipeline call (the run) and the window, not step numbers
@@ -300,7 +342,31 @@ class FlashBlock(Method):
             return forward(*args, **kwargs)
         self._start_run(frame.f_locals["past_key_values"])  # the pipeline's cache: one per call
         self._block, self._key = frame.f_locals["canvas_length"], int(frame.f_locals["cur_len"])
-        self.counters["block_length"] = self._block
+        self._count("calls")
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            self._block = 0
+
+    def _wrapped_chunk_forward(self, *args: Any, **kwargs: Any) -> Any:
+        """AnyFlow-FAR: marks the pipeline's own denoising calls of a chunk (they read the KV cache; the
+        cache-writing call does not), the chunk's index from the pipeline's frame; the model runs as it is."""
+        forward = self._forward
+        pipe = self.pipe()
+        frame = _pipeline_frame(pipe) if pipe is not None else None
+        flag = kwargs.get("kv_cache_flag")
+        if frame is None or args or "chunk_idx" not in frame.f_locals or frame.f_locals.get("i") is None:
+            self._block = 0  # not a denoising step of the pipeline (its cache writes, a callback's call)
+            return forward(*args, **kwargs)
+        if kwargs.get("kv_cache") is None or flag is None:
+            raise UnsupportedInputError(
+                f"accel: method 'flashblock' reuses the attention of a chunk's steps over {CHUNKS}'s KV cache; "
+                "this call runs without it (use_kv_cache=False). Call with use_kv_cache=True (the default).")
+        if flag["is_cache_step"]:
+            self._block = 0
+            return forward(*args, **kwargs)
+        self._start_run(next(iter(kwargs["kv_cache"].values()))["full_cache"])  # the pipeline's cache: one per call
+        self._block, self._key = -1, int(frame.f_locals["chunk_idx"])  # -1: the chunk is the query length
         self._count("calls")
         try:
             return forward(*args, **kwargs)
@@ -324,7 +390,6 @@ class FlashBlock(Method):
         # the run: the pipeline's whole attention mask, of which each step's mask is a view
         run = self._start_run(attention_mask._base if attention_mask._base is not None else attention_mask)
         self._block, self._key = block, window
-        self.counters["block_length"] = block
         self._count("calls")
         self._count("window_tokens", window * input_ids.shape[0])
         done = window - block  # the finished prefix, final under block-causal attention
@@ -353,15 +418,22 @@ class FlashBlock(Method):
         if self._run is not None and self._run is run():
             self._release()
 
-    def _wrapped_attention(self, module: torch.nn.Module, index: int, reuse: bool) -> Any:
+    def _wrapped_attention(self, module: torch.nn.Module, index: int, reuse: bool, flex: bool) -> Any:
         forward = module.forward
 
         def attention(*args: Any, **kwargs: Any) -> Any:
-            if not self._block or self._run is None:
+            if not self._block or self._run is None or (flex and kwargs.get("attention_mask") is not None):
                 return forward(*args, **kwargs)
             state = self._run.layers.setdefault(index, LayerState())
             with SDPARoute(lambda call: self._attention(call, state, reuse)):
-                return forward(*args, **kwargs)
+                if not flex:
+                    return forward(*args, **kwargs)
+                if "path" not in self.counters:
+                    logger.info("accel: flashblock runs the chunk steps' self-attention of %s through SDPA, not "
+                                "flex (which returns no LSE)", type(self.model).__name__)
+                    self.counters["path"] = "sdpa"
+                with _native_backend(module.processor):
+                    return forward(*args, **kwargs)
 
         return attention
 
@@ -373,8 +445,10 @@ class FlashBlock(Method):
             return self._split_attention(call, state, reuse)
 
     def _split_attention(self, call: SDPACall, state: LayerState, reuse: bool) -> torch.Tensor:
-        block, q, k, v = self._block, call.query, call.key, call.value
+        q, k, v = call.query, call.key, call.value
         sq, sk = q.shape[2], k.shape[2]
+        block = self._block if self._block > 0 else sq
+        self.counters["block_length"] = block
         self._count("_pairs", sq * sk)
         if state.key != self._key:  # a new block: its first step
             state.key, state.calls, state.out, state.lse = self._key, 0, None, None

@@ -30,7 +30,7 @@ from accel.method import COMMON_STATS, _entry_points, held_tensors, method_class
 
 ANY_FAMILY = ("pixart-alpha", "wan")  # an image and a video model for methods that run on any family
 ZOO_NAME = {"pixart": "pixart-alpha"}  # adapter family -> zoo entry, where the names differ
-PIPELINE_KIND = {"flashblock": ("llada2", "diffusion-gemma")}  # methods for one kind of pipeline (any model family in it)
+PIPELINE_KIND = {"flashblock": ("llada2", "diffusion-gemma", "anyflow-far")}  # methods for one kind of pipeline (any model family in it)
 STEPS = 3
 
 
@@ -51,6 +51,8 @@ def _run(pipe):  # noqa: ANN001, ANN202
     """A pipeline: its final latents; a VLM: the last logits of a padded batch and 3 greedy tokens; a
     block-diffusion language pipeline: the tokens of a padded batch."""
     name = accel.zoo.built_from(pipe)[0]
+    if name in accel.zoo.CHUNK_NAMES:
+        return pipe(**accel.zoo.far.call_inputs(pipe, batch=2, guidance_scale=3.0)).frames
     if name in accel.zoo.DLLM_NAMES:  # DiffusionGemmaPipeline pads no batch of prompts
         return pipe(**accel.zoo.dllm.call_inputs(pipe, batch=2, vary=name == "llada2")).sequences.float()
     if not accel.zoo.is_vlm(accel.zoo.built_from(pipe)[0]):
@@ -60,6 +62,12 @@ def _run(pipe):  # noqa: ANN001, ANN202
         logits = pipe(**x).logits[:, -1]
         ids = pipe.generate(**x, max_new_tokens=3, do_sample=False)
     return torch.cat([logits.flatten(), ids.flatten().float()])
+
+
+def _runs_per_call(model: str) -> int:
+    """The step tracker's runs per pipeline call: one, but a chunk-wise video pipeline sets its scheduler's
+    timesteps again for every chunk (a run each). A VLM call is no denoising run."""
+    return len(accel.zoo.far.SIZES["tiny"].chunks) if model in accel.zoo.CHUNK_NAMES else 1
 
 
 def test_unpatch_is_bit_identical_to_never_patched(method, model, tiny):
@@ -94,7 +102,7 @@ def test_a_second_patch_is_refused_and_the_first_keeps_working(method, model, ti
             accel.patch(pipe, method=method)
         assert accel.patch_of(pipe) is handle
         _run(pipe)
-        assert handle.stats()["steps"]["runs"] == 1
+        assert handle.stats()["steps"]["runs"] == _runs_per_call(model)
     finally:
         handle.unpatch()
 
@@ -125,7 +133,7 @@ def test_state_is_per_call_and_stats_are_the_documented_keys(method, model, tiny
         second = _run(pipe)
         assert torch.equal(first, second), "the second call saw state left by the first"
         assert handle.stats()[method] == stats[method]
-        assert accel.zoo.is_vlm(model) or handle.stats()["steps"]["runs"] == 2  # a VLM call is no denoising run
+        assert accel.zoo.is_vlm(model) or handle.stats()["steps"]["runs"] == 2 * _runs_per_call(model)
     finally:
         handle.unpatch()
     undocumented = set(stats[method]) - method_class(method).stats_keys - COMMON_STATS
@@ -135,8 +143,9 @@ def test_state_is_per_call_and_stats_are_the_documented_keys(method, model, tiny
 def test_an_unknown_step_count_works_or_names_the_fix(method, model, tiny):
     if accel.zoo.is_vlm(model):
         pytest.skip("a VLM has no denoising steps")
-    if model in accel.zoo.DLLM_NAMES:
-        pytest.skip("block diffusion: the pipeline's model calls per run vary (thresholds, editing), not a step count")
+    if model in (*accel.zoo.DLLM_NAMES, *accel.zoo.CHUNK_NAMES):
+        pytest.skip("block diffusion and chunk-wise video: the model calls per run vary (thresholds, editing, "
+                    "cache writes), not a step count")
     pipe = tiny(model)
     denoiser = pipe.transformer
     calls = []

@@ -30,6 +30,8 @@ from .vlm import NAMES as VLM_NAMES
 from .vlm import image_token_ids, vlm_inputs
 
 DLLM_NAMES = ("llada2", "diffusion-gemma")  # block-diffusion language pipelines (dllm.py), loaded on demand
+CHUNK_NAMES = ("anyflow-far",)  # chunk-wise autoregressive video pipelines with a KV cache (far.py)
+BACKBONE_NAMES = ("dico", "lego")  # accel.models' native backbones in their own pipelines (backbones.py)
 
 __all__ = ["built_from", "is_text", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
            "names", "resizable", "vlm_inputs"]
@@ -38,7 +40,7 @@ __all__ = ["built_from", "is_text", "is_vlm", "default_resolution", "evaluate", 
 def names() -> list[str]:
     """The zoo entry names, in a stable order (random-weight pipelines, random-weight VLMs, random-weight
     block-diffusion language pipelines, then trained ones)."""
-    return [*ENTRIES, *VLM_NAMES, *DLLM_NAMES, *TRAINED]
+    return [*ENTRIES, *VLM_NAMES, *DLLM_NAMES, *CHUNK_NAMES, *BACKBONE_NAMES, *TRAINED]
 
 
 def is_vlm(name: str) -> bool:
@@ -84,7 +86,8 @@ def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
     The global torch RNG is restored afterwards, so loading does not disturb the caller's randomness.
     VLM entries (`vlm.NAMES`, e.g. "llava-next") return the transformers model in eval() with its processor
     at `model.processor` (see `vlm.load`); "llada2" a diffusers `LLaDA2Pipeline` of a block-causal
-    transformers model (`dllm.load`). Trained entries (`TRAINED`, e.g. "digits-image") load their
+    transformers model (`dllm.load`), "diffusion-gemma" its `DiffusionGemmaPipeline`; "anyflow-far" an
+    `AnyFlowFARPipeline` (`far.load`). Trained entries (`TRAINED`, e.g. "digits-image") load their
     committed checkpoint; size and seed are ignored.
     """
     if name in TRAINED:
@@ -99,6 +102,14 @@ def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
         from . import dllm
 
         return dllm.load(name, size=size, seed=seed, dtype=dtype)
+    if name in CHUNK_NAMES:
+        from . import far
+
+        return far.load(name, size=size, seed=seed, dtype=dtype)
+    if name in BACKBONE_NAMES:
+        from . import backbones
+
+        return backbones.load(name, size=size, seed=seed, dtype=dtype)
     _check(name, size)
     entry = ENTRIES[name]
     cls = getattr(diffusers, entry.pipeline)
@@ -135,6 +146,7 @@ def _cast(model: diffusers.ModelMixin, dtype: torch.dtype) -> None:
 
 def built_from(pipe: Any) -> tuple[str, str] | None:
     """(name, size) of the zoo entry that built `pipe` (a pipeline or a VLM), or None for any other object."""
-    from . import dllm, vlm
+    from . import backbones, dllm, far, vlm
 
-    return BUILT.get(pipe) or vlm.built_from(pipe) or dllm.BUILT.get(pipe)
+    return (BUILT.get(pipe) or vlm.built_from(pipe) or dllm.BUILT.get(pipe) or far.BUILT.get(pipe)
+            or backbones.BUILT.get(pipe))

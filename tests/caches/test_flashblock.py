@@ -290,3 +290,69 @@ def test_on_diffusion_gemma_turning_its_own_cache_off_is_refused(gemma):
     with pytest.raises(InvalidOptionError, match="prefix_cache=False"):
         accel.patch(gemma, method="flashblock", prefix_cache=False)
     assert accel.patch_of(gemma) is None and "forward" not in vars(gemma.model)
+
+
+# ---- AnyFlowFARPipeline: a chunk's steps reuse their attention to the KV cache of the earlier chunks -------
+
+
+@pytest.fixture
+def far():
+    torch.set_num_threads(2)
+    return accel.zoo.load("anyflow-far", size="tiny")
+
+
+def _far_args(pipe, **overrides):
+    return {**accel.zoo.far.call_inputs(pipe, batch=2, guidance_scale=3.0), **overrides}  # CFG: 4 rows
+
+
+def _close(out, ref):  # flex (stock) against SDPA: the same attention, fp32 rounding apart
+    torch.testing.assert_close(out, ref, atol=1e-5 * ref.abs().max().item(), rtol=1e-5)
+
+
+def test_on_anyflow_far_refresh_1_and_nothing_reused_give_the_stock_video(far):
+    stock = far(**_far_args(far)).frames
+    with accel.patch(far, method="flashblock", refresh=1) as handle:
+        _close(far(**_far_args(far)).frames, stock)
+        stats = handle.stats()["flashblock"]
+    assert stats["path"] == "sdpa" and "external_reuses" not in stats
+    one_step = far(**_far_args(far, num_inference_steps=1)).frames
+    with accel.patch(far, method="flashblock") as handle:  # one step per chunk: split + merge, never reuse
+        _close(far(**_far_args(far, num_inference_steps=1)).frames, one_step)
+        assert "external_reuses" not in handle.stats()["flashblock"]
+
+
+@pytest.mark.parametrize("refresh", [0, 2])
+def test_on_anyflow_far_reuse_follows_the_chunks_and_the_options(far, refresh):
+    size = accel.zoo.far.SIZES["tiny"]
+    stock = far(**_far_args(far)).frames
+    with accel.patch(far, method="flashblock", refresh=refresh) as handle:
+        out = far(**_far_args(far)).frames
+        stats = handle.stats()["flashblock"]
+    reading, layers = len(size.chunks) - 1, size.layers  # the first chunk has no cache to read
+    fresh = 1 if refresh == 0 else size.steps // refresh
+    assert stats["calls"] == len(size.chunks) * size.steps and stats["path"] == "cpu-flash"
+    assert stats["external_refreshes"] == layers * reading * fresh
+    assert stats["external_reuses"] == layers * reading * (size.steps - fresh)
+    err = ((out - stock).abs().max() / stock.abs().max()).item()
+    assert 0 < err < 0.05  # reused, so not the stock output, but near it
+
+
+def test_on_anyflow_far_state_is_per_call_and_unpatch_restores(far):
+    stock = far(**_far_args(far)).frames
+    handle = accel.patch(far, method="flashblock")
+    method = handle.methods[0]
+    outs = [far(**_far_args(far)).frames for _ in range(2)]
+    assert method._run is None and torch.equal(outs[0], outs[1])
+    with pytest.raises(UnsupportedInputError, match="use_kv_cache"):
+        far(**_far_args(far, use_kv_cache=False))
+    handle.unpatch()
+    assert "forward" not in vars(far.transformer)
+    for block in far.transformer.blocks:
+        assert "forward" not in vars(block.attn1) and "_attention_backend" not in vars(block.attn1.processor)
+    assert torch.equal(far(**_far_args(far)).frames, stock)
+
+
+def test_on_anyflow_far_turning_its_own_cache_off_is_refused(far):
+    with pytest.raises(InvalidOptionError, match="prefix_cache=False"):
+        accel.patch(far, method="flashblock", prefix_cache=False)
+    assert accel.patch_of(far) is None and "forward" not in vars(far.transformer)
