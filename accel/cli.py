@@ -37,9 +37,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     local = Path(args.model)
     if args.model in zoo.names():
-        if zoo.is_vlm(args.model) or zoo.is_text(args.model):
-            raise AccelError(f"--model {args.model}: sixbit calibrates image and video diffusion pipelines; this "
-                             "is a language model")
+        if zoo.is_vlm(args.model) or zoo.is_text(args.model) or args.model in zoo.CHUNK_NAMES:
+            raise AccelError(f"--model {args.model}: sixbit calibrates image and video diffusion pipelines of "
+                             "`accel.zoo.generate`; this is a language model or a chunk-wise video pipeline")
         pipe = zoo.load(args.model, size=args.size)
         out = Path(args.out or f"calibration/{args.model}.json")
     elif local.is_dir():
@@ -153,7 +153,8 @@ def _writable_dir(path: Path) -> bool:
 
 
 def _bench_language(spec: Any, args: argparse.Namespace, command: str) -> int:
-    """`accel bench` on a VLM (accel/bench/vlm.py) or a block-diffusion language pipeline (bench/dllm.py)."""
+    """`accel bench` on a VLM (accel/bench/vlm.py), or a block-diffusion language pipeline or chunk-wise video
+    pipeline (bench/dllm.py)."""
     import json
 
     from . import zoo
@@ -215,7 +216,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     from . import zoo
 
-    if zoo.is_vlm(spec.model) or zoo.is_text(spec.model):
+    if zoo.is_vlm(spec.model) or zoo.is_text(spec.model) or spec.model in zoo.CHUNK_NAMES:
         return _bench_language(spec, args, command)
     result = run(spec)
     print(markdown(result, command))

@@ -1,17 +1,20 @@
-"""`accel bench` on block-diffusion language pipelines (`LLaDA2Pipeline`, `DiffusionGemmaPipeline`): the
-prefix KV cache and FlashBlock against the stock pipeline.
+"""`accel bench` on block-diffusion language pipelines (`LLaDA2Pipeline`, `DiffusionGemmaPipeline`) and the
+chunk-wise video pipeline `AnyFlowFARPipeline`: the prefix KV cache and FlashBlock against the stock pipeline.
 
 Per row, measured side by side in one process (rows interleaved across repeats): the latency of one
-pipeline call and its generated tokens/s, the time in attention (torch.profiler, a separate run), peak
-memory, the share of generated tokens equal to the stock pipeline's, and on `digits-copy` (trained) the
-task accuracy over `accuracy_n` prompts. Default rows: `flashblock:prefix-cache` (`refresh=1`: the exact
+pipeline call and its generated tokens/s (latent frames/s for video), the time in attention
+(torch.profiler, a separate run), peak memory, the share of generated tokens equal to the stock
+pipeline's (for video: the PSNR of the latents against the stock pipeline's), and on `digits-copy`
+(trained) the task accuracy over `accuracy_n` prompts. Default rows: `flashblock:prefix-cache` (`refresh=1`: the exact
 prefix KV cache alone; not on DiffusionGemma, whose pipeline caches the context itself) and `flashblock`
-(the paper's reuse on top). "attention vs exact" compares each FlashBlock row's attention time with the
+(the paper's reuse on top); on AnyFlow-FAR `flashblock:exact` (`refresh=1`: the chunk steps' attention by
+SDPA, as FlashBlock runs it, without reuse) and `flashblock`. "attention vs exact" compares each FlashBlock row's attention time with the
 exact run's: the `refresh=1` row where there is one, else the stock pipeline.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,8 +26,8 @@ from accel import zoo
 
 from .measure import attention_seconds, timed
 
-DEFAULT_ROWS = {"flashblock:prefix-cache": {"refresh": 1}, "flashblock": {}}
-OWN_CACHE = "DiffusionGemmaPipeline"  # caches the context itself: no prefix-cache row
+DEFAULT_ROWS = {"flashblock:prefix-cache": {"refresh": 1}, "flashblock:exact": {"refresh": 1}, "flashblock": {}}
+OWN_CACHE = ("DiffusionGemmaPipeline", "AnyFlowFARPipeline")  # cache the context themselves: no prefix-cache row
 
 
 @dataclass
@@ -36,7 +39,7 @@ class DLLMRow:
     attention_s: float = 0.0
     peak_mb: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
-    agreement: float | None = None
+    agreement: float | None = None  # the share of tokens equal to the stock run's; video: PSNR dB of the latents
     accuracy: float | None = None
 
     @property
@@ -47,7 +50,8 @@ class DLLMRow:
 def _rows(spec: Any, pipe: Any) -> list[DLLMRow]:
     entries = list(spec.methods)
     if entries == ["auto"]:
-        entries = ["flashblock"] if type(pipe).__name__ == OWN_CACHE else list(DEFAULT_ROWS)
+        entries = {"DiffusionGemmaPipeline": ["flashblock"], "AnyFlowFARPipeline": ["flashblock:exact", "flashblock"]
+                   }.get(type(pipe).__name__, ["flashblock:prefix-cache", "flashblock"])
     rows = [DLLMRow("baseline", "baseline")]
     for entry in entries:
         options = {**DEFAULT_ROWS.get(entry, {}), **spec.method_options.get(entry, {})}
@@ -61,6 +65,8 @@ def _call(pipe: Any, name: str, seed: int) -> dict[str, Any]:
         from accel.zoo import digits_copy
 
         return digits_copy.call_args(digits_copy.problems(1, 10_000 + seed)[0])
+    if name in zoo.CHUNK_NAMES:
+        return zoo.far.call_inputs(pipe, seed=seed)
     from accel.zoo import dllm
 
     return dllm.call_inputs(pipe, seed=seed)
@@ -80,8 +86,11 @@ def run_dllm(spec: Any) -> dict[str, Any]:
     rows = _rows(spec, pipe)
     tokens: dict[str, torch.Tensor] = {}
 
+    video = spec.model in zoo.CHUNK_NAMES
+
     def call() -> torch.Tensor:
-        return pipe(**_call(pipe, spec.model, spec.seeds[0])).sequences
+        out = pipe(**_call(pipe, spec.model, spec.seeds[0]))
+        return out.frames if video else out.sequences
 
     def with_row(row: DLLMRow, fn: Any) -> Any:
         handle = None if row.method == "baseline" else accel.patch(pipe, method=row.method, **row.options)
@@ -106,12 +115,15 @@ def run_dllm(spec: Any) -> dict[str, Any]:
         for row in rows:
             with_row(row, lambda handle, row=row: row.latency_s.append(timed(call, device)[1]))
     for row in rows:
-        row.agreement = float((tokens[row.label] == tokens["baseline"]).float().mean())
+        row.agreement = _psnr(tokens[row.label], tokens["baseline"]) if video else float(
+            (tokens[row.label] == tokens["baseline"]).float().mean())
     if spec.model == "digits-copy" and spec.accuracy_n > 0:
         for row in rows:
             row.accuracy = with_row(row, lambda h: zoo.evaluate("digits-copy", pipe, n=spec.accuracy_n,
                                                                  seed=spec.seeds[0])["accuracy"])
-    if type(pipe).__name__ == OWN_CACHE:  # its prompt goes through the chat template
+    if video:
+        return _video_result(spec, pipe, args, rows, info())
+    if type(pipe).__name__ in OWN_CACHE:  # its prompt goes through the chat template
         prompt = pipe.processor.apply_chat_template([{"role": "user", "content": args["prompt"]}],
                                                     add_generation_prompt=True, return_dict=True)["input_ids"]
     else:
@@ -131,19 +143,49 @@ def run_dllm(spec: Any) -> dict[str, Any]:
     }
 
 
+def _psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB of `out` against `ref` over the reference's range (inf when equal)."""
+    mse = float(((out.double() - ref.double()) ** 2).mean())
+    span = float(ref.max() - ref.min())
+    return float("inf") if mse == 0 else 10 * math.log10(span**2 / mse)
+
+
+def _video_result(spec: Any, pipe: Any, args: dict[str, Any], rows: list[DLLMRow], env: dict[str, Any]) -> dict:
+    config = pipe.transformer.config
+    frames, side = sum(args["chunk_partition"]), args["height"] // 8
+    per_frame = (side // config.patch_size[1]) * (side // config.patch_size[2])
+    return {
+        "schema": "accel.bench-dllm/1",
+        "spec": asdict(spec),
+        "env": env,
+        "model": {"name": spec.model, "class": type(pipe.transformer).__name__, "pipeline": type(pipe).__name__,
+                  "layers": config.num_layers, "chunks": args["chunk_partition"], "tokens_per_frame": per_frame,
+                  "gen_length": frames, "steps": args["num_inference_steps"]},
+        "rows": [{**asdict(row), "median_s": row.median, "tokens_per_s": frames / row.median} for row in rows],
+    }
+
+
 def markdown(result: dict[str, Any], command: str | None = None) -> str:
     m, spec, rows = result["model"], result["spec"], result["rows"]
     base = rows[0]
     head = f"Command: `{command}`\n\n" if command else ""
+    video = "chunks" in m
     size = "trained" if m["name"] == "digits-copy" else spec["size"]
     kind = "a block-causal " if m["pipeline"] == "LLaDA2Pipeline" else ""
-    head += (f"model `{m['name']}` ({m['pipeline']} of {kind}{m['class']}, {size}, {m['layers']} layers), "
-             f"prompt {m['prompt_tokens']} tokens, {m['gen_length']} generated in blocks of {m['block_length']}, "
-             f"{m['steps']} steps per block, repeat {spec['repeat']}, {spec['dtype']}, device: "
-             f"{result['env']['device']}\n\n")
+    if video:
+        head += (f"model `{m['name']}` ({m['pipeline']} of {m['class']}, {size}, {m['layers']} layers), "
+                 f"{m['gen_length']} latent frames of {m['tokens_per_frame']} tokens in chunks {m['chunks']}, "
+                 f"{m['steps']} steps per chunk, repeat {spec['repeat']}, {spec['dtype']}, device: "
+                 f"{result['env']['device']}\n\n")
+    else:
+        head += (f"model `{m['name']}` ({m['pipeline']} of {kind}{m['class']}, {size}, {m['layers']} layers), "
+                 f"prompt {m['prompt_tokens']} tokens, {m['gen_length']} generated in blocks of "
+                 f"{m['block_length']}, {m['steps']} steps per block, repeat {spec['repeat']}, {spec['dtype']}, "
+                 f"device: {result['env']['device']}\n\n")
     acc = any(r["accuracy"] is not None for r in rows)
-    cols = ["row", "latency s (median [min-max])", "tokens/s", "speedup", "attention s", "attention vs exact",
-            "peak MB", "tokens = exact", *(["accuracy %"] if acc else []), "stats"]
+    cols = ["row", "latency s (median [min-max])", "frames/s" if video else "tokens/s", "speedup", "attention s",
+            "attention vs exact", "peak MB", "PSNR dB vs exact" if video else "tokens = exact",
+            *(["accuracy %"] if acc else []), "stats"]
     exact = next((r for r in rows if r["options"].get("refresh") == 1 and r["method"] == "flashblock"), base)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -154,12 +196,14 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             vs = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
         cells = [r["label"], f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{r['tokens_per_s']:.1f}",
                  f"{base['median_s'] / r['median_s']:.2f}x", f"{r['attention_s']:.3f}" if r["attention_s"] else "-",
-                 vs, f"{r['peak_mb']:.1f}", f"{100 * r['agreement']:.1f}%"]
+                 vs, f"{r['peak_mb']:.1f}",
+                 f"{r['agreement']:.2f}" if video else f"{100 * r['agreement']:.1f}%"]
         if acc:
             a, a0 = r["accuracy"], base["accuracy"]
             cells.append(f"{100 * a:.1f} ({100 * (a - a0):+.1f})" if a is not None else "-")
         stats = {k: v for k, v in r["stats"].items() if k in ("prefix_tokens_fed", "window_tokens", "external_reuses",
-                                                               "external_refreshes", "attention_saved", "cache_MB", "stored_MB")}
+                                                               "external_refreshes", "attention_saved", "cache_MB", "stored_MB",
+                                                               "path")}
         cells.append(", ".join(f"{k}={v}" for k, v in stats.items()) or ("unpatched pipeline" if r is base else "-"))
         lines.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"

@@ -55,7 +55,7 @@ def build_app(session: DemoSession | None = None) -> Any:
         with gr.Row():
             with gr.Column(scale=1):
                 model = gr.Dropdown(
-                    [n for n in zoo.names() if not zoo.is_vlm(n) and not zoo.is_text(n)],  # images and videos
+                    [n for n in zoo.names() if not zoo.is_vlm(n) and not zoo.is_text(n) and n not in zoo.CHUNK_NAMES],
                     value="pixart-alpha",
                     allow_custom_value=True,
                     label="model (zoo name, local path or cached hub id)",

@@ -39,3 +39,18 @@ def test_diffusion_gemma_rows(tmp_path, capsys):
     assert result["model"] == {**result["model"], "pipeline": "DiffusionGemmaPipeline", "block_length": 8,
                                "prompt_tokens": 41}  # 40 digits and the template's "="
     assert "| flashblock |" in capsys.readouterr().out
+
+
+def test_anyflow_far_rows(tmp_path, capsys):
+    """Chunk-wise video: the exact row runs the chunk steps by SDPA (as FlashBlock does), the agreement is the
+    latents' PSNR against the stock pipeline's."""
+    assert main(["bench", "--model", "anyflow-far", "--size", "tiny", "--repeat", "1", "--warmup", "0",
+                 "--no-progress", "--no-profile", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "flashblock:exact", "flashblock"]
+    assert rows["baseline"]["agreement"] == float("inf") and rows["flashblock:exact"]["agreement"] > 100  # fp32 apart
+    assert 20 < rows["flashblock"]["agreement"] < rows["flashblock:exact"]["agreement"]  # reuse: near, not equal
+    assert rows["flashblock"]["stats"]["path"] == "cpu-flash" and rows["flashblock:exact"]["stats"]["path"] == "sdpa"
+    assert result["model"]["chunks"] == [1, 2, 2, 2] and result["model"]["tokens_per_frame"] == 16
+    assert "PSNR dB vs exact" in capsys.readouterr().out
