@@ -18,13 +18,15 @@ class SpanCacheMethod(Method):
     claims = frozenset({"blocks"})
     stats_keys = frozenset({"block_calls", "blocks_skipped", "skip_rate", "nonfinite_residuals"})
 
-    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
+    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker, joined: bool = True) -> list[Span]:
+        """The spans over `blocks` (in execution order). `joined`: whether consecutive block stacks feed
+        each other directly (the adapter's `stacks_joined`); if not, a span must stay inside one stack."""
         raise NotImplementedError
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         self.spans: list[Span] = []
         for d in target.denoisers:
-            spans = self.make_spans(d.adapter.blocks(d.module), tracker)
+            spans = self.make_spans(d.adapter.blocks(d.module), tracker, joined=d.adapter.stacks_joined)
             attach_spans(spans, journal, f"accel.{self.name}")
             self.spans += spans
 

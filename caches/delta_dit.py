@@ -12,6 +12,11 @@ stack: three quarters of the blocks (`default_cached_blocks`), so the two spans 
 On the trained digits-image DiT (4 blocks, 20 steps) caching 3 blocks at interval 2 skips as many block
 evaluations as caching 2 at interval 4 with 33 dB instead of 25 dB PSNR to the exact model: a wide span
 refreshed often beats a narrow one refreshed rarely (docs/benchmarks.md has the bench rows).
+
+On denoisers whose block stacks are not joined directly (DiCo's U-Net levels, LEGO's bricks; the
+adapter's `stacks_joined`), the front and rear blocks are cached one span per stack, all on the stage's
+schedule: the resampling or re-tiling between stacks still runs, and every replayed residual has the
+shape of the stack it was computed in.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from accel.steps import StepTracker
 from accel.target import PatchTarget
 
 from .base import SpanCacheMethod
-from .span_cache import Span, SpanState
+from .span_cache import Span, SpanState, split_by_stack
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class DeltaDiT(SpanCacheMethod):
         current = "rear" if step < round(cfg.boundary * num_steps) else "front"
         return current == stage and step - refreshed_at < cfg.interval
 
-    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
+    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker, joined: bool = True) -> list[Span]:
         n = self.config.cached_blocks or default_cached_blocks(len(blocks))
 
         def policy(stage: str):
@@ -93,6 +98,12 @@ class DeltaDiT(SpanCacheMethod):
 
             return keep
 
-        front = Span(blocks[:n], tracker, policy("front"), self.counters, name="front", keeps=keeps("front"))
-        rear = Span(blocks[-n:], tracker, policy("rear"), self.counters, name="rear", keeps=keeps("rear"))
-        return [front, rear]
+        spans = []
+        for stage, chosen in (("front", blocks[:n]), ("rear", blocks[-n:])):
+            # Where stacks are not joined (DiCo's U-Net levels, LEGO's bricks: resampling or re-tiling in
+            # between), the stage's blocks are cached as one span per stack, all on the stage's schedule.
+            runs = [chosen] if joined else split_by_stack(chosen)
+            for run in runs:
+                name = stage if len(runs) == 1 else f"{stage}@{run[0].stack}"
+                spans.append(Span(run, tracker, policy(stage), self.counters, name=name, keeps=keeps(stage)))
+        return spans

@@ -184,6 +184,17 @@ class Span:
         return hidden + dh, (encoder + de if encoder is not None and de is not None else encoder)
 
 
+def split_by_stack(blocks: list[BlockRef]) -> list[list[BlockRef]]:
+    """Consecutive blocks grouped into runs that each lie inside one block stack, in order."""
+    runs: list[list[BlockRef]] = []
+    for ref in blocks:
+        if runs and runs[-1][-1].stack == ref.stack and runs[-1][-1].index + 1 == ref.index:
+            runs[-1].append(ref)
+        else:
+            runs.append([ref])
+    return runs
+
+
 def attach_spans(spans: list[Span], journal: Journal, hook_name: str) -> None:
     """One hook per block, serving every span that holds the block (in the order of `spans`)."""
     members: dict[int, tuple[torch.nn.Module, list[tuple[Span, int]]]] = {}

@@ -75,8 +75,8 @@ class TDC(SpanCacheMethod):
                     f"[0, {(n - 1) // 2}]."
                 )
 
-    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker) -> list[Span]:
-        cfg = self.config
+    def make_spans(self, blocks: list[BlockRef], tracker: StepTracker, joined: bool = True) -> list[Span]:
+        cfg = self.config  # single-block spans: valid whether or not the stacks are joined
 
         def skip(span: Span, state: SpanState, step: int) -> bool:
             return (

@@ -97,6 +97,12 @@ class ModelAdapter:
     timestep_arg: str = "timestep"
     generic: bool = False
     notes: str = ""
+    # The stacks of one denoiser instance, when they depend on its config (LEGO: one per brick); else `stacks`.
+    stacks_of: Callable[[torch.nn.Module], tuple[BlockStack, ...]] | None = None
+    # Whether each stack's output feeds the next stack unchanged (Flux: double then single blocks). False
+    # for U-Nets and brick stacks, where resampling or re-tiling sits between stacks: a span of blocks must
+    # then stay inside one stack (its residual has one shape and nothing else runs inside it).
+    stacks_joined: bool = True
     _signatures: dict[type, inspect.Signature] = field(default_factory=dict, compare=False, repr=False)
 
     def matches(self, module: torch.nn.Module) -> bool:
@@ -110,9 +116,13 @@ class ModelAdapter:
         except AttributeError:  # e.g. a config without single-stream blocks
             return ()
 
+    def stacks_for(self, denoiser: torch.nn.Module) -> tuple[BlockStack, ...]:
+        """The block stacks of this denoiser instance."""
+        return self.stacks_of(denoiser) if self.stacks_of is not None else self.stacks
+
     def blocks(self, denoiser: torch.nn.Module) -> list[BlockRef]:
         refs = []
-        for stack in self.stacks:
+        for stack in self.stacks_for(denoiser):
             for i, block in enumerate(self._stack(denoiser, stack)):
                 refs.append(BlockRef(stack.attr, i, block, stack.stream))
         return refs
@@ -120,7 +130,7 @@ class ModelAdapter:
     def attention_sites(self, denoiser: torch.nn.Module) -> list[AttentionSite]:
         """Self/joint and cross attention modules, in block order."""
         sites = []
-        for stack in self.stacks:
+        for stack in self.stacks_for(denoiser):
             for i, block in enumerate(self._stack(denoiser, stack)):
                 ref = BlockRef(stack.attr, i, block, stack.stream)
                 kinds = (

@@ -156,4 +156,33 @@ COGVIDEOX = ModelAdapter(
     notes="text and video tokens share one sequence, text first",
 )
 
-FAMILY_ADAPTERS: tuple[ModelAdapter, ...] = (FLUX, WAN, HUNYUAN_VIDEO, PIXART, DIT, SD3, COGVIDEOX)
+DICO = ModelAdapter(
+    family="dico",
+    title="DiCo",
+    denoiser_classes=("DiCoModel",),
+    stacks=tuple(BlockStack(level, "single") for level in (
+        "encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1")),
+    cfg="batched",
+    stacks_joined=False,
+    notes="convolutional U-Net (accel.models.DiCoModel): no attention, no tokens; levels at three resolutions "
+    "joined by resampling convs, so a block span stays inside one level",
+)
+
+
+def _lego_stacks(denoiser: torch.nn.Module) -> tuple[BlockStack, ...]:
+    return tuple(BlockStack(f"model.{k}.blocks", "single") for k in range(len(denoiser.model)))
+
+
+LEGO = ModelAdapter(
+    family="lego",
+    title="LEGO",
+    denoiser_classes=("LEGOModel",),
+    stacks=(),
+    stacks_of=_lego_stacks,
+    cfg="batched",
+    stacks_joined=False,
+    notes="brick stack (accel.models.LEGOModel): DiT blocks attend within each brick's regions; bricks are "
+    "joined by decoding, re-tiling and re-embedding, so a block span stays inside one brick",
+)
+
+FAMILY_ADAPTERS: tuple[ModelAdapter, ...] = (FLUX, WAN, HUNYUAN_VIDEO, PIXART, DIT, SD3, COGVIDEOX, DICO, LEGO)

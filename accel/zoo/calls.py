@@ -28,6 +28,8 @@ FAMILIES = {
     "DiTPipeline": "dit",
     "StableDiffusion3Pipeline": "sd3",
     "CogVideoXPipeline": "cogvideox",
+    "DiCoPipeline": "dico",  # accel.models' native backbones (backbones.py)
+    "LEGOPipeline": "lego",
 }
 VIDEO = ("wan", "hunyuan-video", "cogvideox")
 # The real pipelines' default guidance: the CFG scale, or the distilled-guidance value for Flux/HunyuanVideo.
@@ -39,6 +41,8 @@ GUIDANCE = {
     "dit": 4.0,
     "sd3": 7.0,
     "cogvideox": 6.0,
+    "dico": 4.0,
+    "lego": 4.0,
 }
 TRUE_CFG = ("flux", "hunyuan-video")  # families with an optional separate-call true CFG
 TRUE_CFG_SCALE = 4.0
@@ -88,6 +92,10 @@ def inputs(
     if pipe in OWN_INPUTS:
         kw = OWN_INPUTS[pipe](pipe, batch_size=batch_size, seed=seed, guidance_scale=guidance_scale,
                               height=height, width=width, num_frames=num_frames)
+    elif family in ("dico", "lego"):
+        from . import backbones
+
+        kw = backbones.call_inputs(pipe, embeds.g, batch_size, scale, height, width)
     elif family == "dit":
         _check_dit_size(pipe, height, width)
         kw = _dit(pipe, embeds, scale)

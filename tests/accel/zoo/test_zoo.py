@@ -107,12 +107,16 @@ def test_names_and_resolutions():
         "qwen2-vl",
         "qwen2.5-vl",
         "llada2",  # block-diffusion language pipelines (dllm.py)
+        "diffusion-gemma",
+        "anyflow-far",  # chunk-wise video (far.py)
+        "dico",  # accel.models' native backbones (backbones.py)
+        "lego",
         "digits-image",  # trained entries come last
         "digits-video",
         "digits-vqa",
         "digits-copy",
     ]
-    assert [n for n in zoo.names() if zoo.is_text(n)] == ["llada2", "digits-copy"]
+    assert [n for n in zoo.names() if zoo.is_text(n)] == ["llada2", "diffusion-gemma", "digits-copy"]
     for name in RANDOM_WEIGHT:
         for size in ("tiny", "bench"):
             res = zoo.default_resolution(name, size)

@@ -1,0 +1,190 @@
+"""Class-conditional pipelines for the native backbones: `DiCoPipeline` and `LEGOPipeline`.
+
+diffusers' `DiTPipeline` runs a DiCo model as it is, but it cannot serve every backbone and scheduler
+(notes: ../shared/research/backbones.md section 3.1): it never scales the initial noise by
+`scheduler.init_noise_sigma` (so EDM/Euler/Heun schedulers start from the wrong noise level), always
+calls `scheduler.scale_model_input` (FlowMatch schedulers have none), requires a VAE (pixel-space models
+have none), and fixes the size to the model's `sample_size`. These pipelines keep DiT's call and outputs
+(`class_labels`, `guidance_scale`, `num_inference_steps`, `output_type` "pil"/"np"/"pt", plus "latent")
+and fix those four points:
+
+- initial noise `randn_tensor(...) * scheduler.init_noise_sigma` (1 for DDPM/DDIM/DPM-Solver, ~80 for
+  EDM), `scale_model_input` only where the scheduler has one;
+- the VAE is optional: without one the model works in pixel space ([-1, 1] images);
+- `height` / `width` (default: `sample_size` times the VAE's downsampling), since both backbones run at
+  any size their strides allow;
+- classifier-free guidance on all `in_channels` latent channels (DiT's pipeline too; the released DiCo
+  sampler guides only 3), with one latent batch (not two identical halves) stepped by the scheduler;
+  learned-variance channels are passed to schedulers that use them (`variance_type` "learned" /
+  "learned_range", e.g. DDPM as in DiT's 250-step sampler) and dropped for the others.
+
+The null class of guidance is the model's `num_classes`. Load a saved pipeline with its own class
+(`DiCoPipeline.from_pretrained(dir)`); `DiffusionPipeline.from_pretrained` looks the class up in diffusers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .dico import DiCoModel
+from .lego import LEGOModel
+
+__all__ = ["ClassConditionalPipeline", "DiCoPipeline", "LEGOPipeline"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class ClassConditionalPipeline(DiffusionPipeline):
+    """Class-conditional generation with a DiT-style denoiser (`transformer(x, timestep=, class_labels=)`),
+    any diffusers scheduler and an optional VAE. `DiCoPipeline` and `LEGOPipeline` are this class with
+    their model types; it also drives any model with DiT's call and `num_classes` / `in_channels` /
+    `out_channels` / `sample_size` in its config."""
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, transformer: torch.nn.Module, scheduler: SchedulerMixin, vae: AutoencoderKL | None = None) -> None:
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each side: 2^(VAE blocks - 1), or 1 without a VAE."""
+        vae = getattr(self, "vae", None)
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+    def _labels(self, class_labels: int | list[int] | torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        if class_labels is None:
+            return None
+        labels = torch.as_tensor(class_labels).reshape(-1)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"class_labels must be integer class ids; got {class_labels!r}")
+        num_classes = int(self.transformer.config.num_classes)
+        if not labels.numel() or bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+            raise ValueError(f"class_labels={labels.tolist()}; expected ids in [0, {num_classes - 1}] "
+                             f"({type(self.transformer).__name__} has {num_classes} classes)")
+        return labels.to(self._execution_device, torch.long)
+
+    def _extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+        params = inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if "generator" in params else {}
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        height: int | None = None,
+        width: int | None = None,
+        batch_size: int = 1,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images of `class_labels`.
+
+        Args:
+            class_labels: class ids (one image each), or `None` for `batch_size` unconditional images
+                (the null class; no guidance).
+            guidance_scale: classifier-free guidance scale; guidance runs when it is > 1 and labels are given.
+            generator: torch generator(s) for the initial noise (and stochastic scheduler steps).
+            num_inference_steps: scheduler steps.
+            height, width: output size in pixels; default `sample_size * vae_scale_factor`. Must be multiples
+                of the VAE's factor, and the latent size must suit the model (DiCo: divisible by 4; LEGO: by
+                every brick size; the model raises otherwise).
+            latents: initial noise [B, in_channels, h, w] at unit variance (scaled by `init_noise_sigma` here).
+            output_type: "pil", "np" ([B, H, W, C] in [0, 1]), "pt" ([B, C, H, W] in [0, 1]) or "latent" (the
+                final latents, not decoded).
+            return_dict: `ImagePipelineOutput(images=...)` if True, else `(images,)`.
+
+        Raises `ValueError` for an unknown output type, labels outside the model's classes, a size that is
+        not a multiple of the VAE factor, or `latents` of the wrong shape.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r}; expected one of {', '.join(map(repr, OUTPUT_TYPES))}")
+        config = self.transformer.config
+        device, dtype = self._execution_device, self.transformer.dtype
+        labels = self._labels(class_labels, batch_size)
+        batch = len(labels) if labels is not None else int(batch_size)
+        if batch < 1:
+            raise ValueError(f"batch_size={batch_size}; expected at least 1")
+        scale = self.vae_scale_factor
+        height = int(height or config.sample_size * scale)
+        width = int(width or config.sample_size * scale)
+        if height % scale or width % scale:
+            raise ValueError(f"height={height} and width={width} must be multiples of the VAE factor {scale}")
+        shape = (batch, int(config.in_channels), height // scale, width // scale)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents has shape {tuple(latents.shape)}; expected {shape}")
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # FlowMatch has none
+
+        guide = labels is not None and guidance_scale > 1
+        null = torch.full((batch,), int(config.num_classes), device=device, dtype=torch.long)
+        labels_in = torch.cat([labels, null]) if guide and labels is not None else labels
+        channels = int(config.in_channels)
+        learned = self.scheduler.config.get("variance_type", None) in ("learned", "learned_range")
+        extra = self._extra_step_kwargs(generator)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        for i, t in enumerate(self.progress_bar(timesteps)):  # noqa: B007  (`i`: accel's step tracker reads it)
+            model_in = torch.cat([latents, latents]) if guide else latents
+            if hasattr(self.scheduler, "scale_model_input"):
+                model_in = self.scheduler.scale_model_input(model_in, t)
+            t_in = (t if torch.is_tensor(t) else torch.tensor(t)).to(device).reshape(-1).expand(model_in.shape[0])
+            pred = self.transformer(model_in, timestep=t_in, class_labels=labels_in).sample
+            eps, rest = pred[:, :channels], pred[:, channels:]
+            if guide:
+                cond, uncond = eps.chunk(2)
+                eps = uncond + guidance_scale * (cond - uncond)
+                rest = rest.chunk(2)[0]
+            model_output = torch.cat([eps, rest], dim=1) if learned and rest.shape[1] else eps
+            latents = self.scheduler.step(model_output, t, latents, **extra, return_dict=False)[0]
+
+        if output_type == "latent":
+            images: Any = latents
+        else:
+            samples = latents
+            if self.vae is not None:
+                vae = self.vae.config
+                samples = samples.to(self.vae.dtype) / vae.scaling_factor + (vae.get("shift_factor") or 0.0)
+                samples = self.vae.decode(samples).sample
+            images = self.image_processor.postprocess(samples.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+class DiCoPipeline(ClassConditionalPipeline):
+    """`ClassConditionalPipeline` for a `DiCoModel` (epsilon + learned variance, DDPM-linear betas: use
+    `DDIMScheduler(beta_schedule="linear", clip_sample=False)`, `DPMSolverMultistepScheduler`, or
+    `DDPMScheduler(variance_type="learned_range")` as in DiT's 250-step sampler)."""
+
+    def __init__(self, transformer: DiCoModel, scheduler: SchedulerMixin, vae: AutoencoderKL | None = None) -> None:
+        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae)
+
+
+class LEGOPipeline(ClassConditionalPipeline):
+    """`ClassConditionalPipeline` for a `LEGOModel` (EDM preconditioning: use `EDMEulerScheduler` or
+    `EDMDPMSolverMultistepScheduler`, whose `init_noise_sigma` of about 80 this pipeline applies). Brick
+    skipping: `accel.patch(pipe, method="lego-skip")`."""
+
+    def __init__(self, transformer: LEGOModel, scheduler: SchedulerMixin, vae: AutoencoderKL | None = None) -> None:
+        super().__init__(transformer=transformer, scheduler=scheduler, vae=vae)
