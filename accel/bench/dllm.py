@@ -7,9 +7,11 @@ pipeline call and its generated tokens/s (latent frames/s for video), the time i
 pipeline's (for video: the PSNR of the latents against the stock pipeline's), and on `digits-copy`
 (trained) the task accuracy over `accuracy_n` prompts. Default rows: `flashblock:prefix-cache` (`refresh=1`: the exact
 prefix KV cache alone; not on DiffusionGemma, whose pipeline caches the context itself) and `flashblock`
-(the paper's reuse on top); on AnyFlow-FAR `flashblock:exact` (`refresh=1`: the chunk steps' attention by
-SDPA, as FlashBlock runs it, without reuse) and `flashblock`. "attention vs exact" compares each FlashBlock row's attention time with the
-exact run's: the `refresh=1` row where there is one, else the stock pipeline.
+(the paper's reuse on top); on the pipelines that cache the context themselves `flashblock:exact`
+(`refresh=1`: the steps' attention through FlashBlock's route without reuse; on AnyFlow-FAR by SDPA
+instead of flex) and `flashblock`. "attention s" is all attention of the call (torch's SDPA, diffusers'
+dispatcher, accel's ranges); "routed s" the part FlashBlock routes (the steps' self-attention, in
+`accel::attention` ranges), and "routed vs exact" compares it with the `refresh=1` row's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 import accel
 from accel import zoo
 
-from .measure import attention_seconds, timed
+from .measure import attention_profile, timed
 
 DEFAULT_ROWS = {"flashblock:prefix-cache": {"refresh": 1}, "flashblock:exact": {"refresh": 1}, "flashblock": {}}
 OWN_CACHE = ("DiffusionGemmaPipeline", "AnyFlowFARPipeline")  # cache the context themselves: no prefix-cache row
@@ -37,6 +39,7 @@ class DLLMRow:
     options: dict[str, Any] = field(default_factory=dict)
     latency_s: list[float] = field(default_factory=list)
     attention_s: float = 0.0
+    routed_s: float = 0.0  # of which in FlashBlock's routed attention (`accel::attention`)
     peak_mb: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
     agreement: float | None = None  # the share of tokens equal to the stock run's; video: PSNR dB of the latents
@@ -50,8 +53,8 @@ class DLLMRow:
 def _rows(spec: Any, pipe: Any) -> list[DLLMRow]:
     entries = list(spec.methods)
     if entries == ["auto"]:
-        entries = {"DiffusionGemmaPipeline": ["flashblock"], "AnyFlowFARPipeline": ["flashblock:exact", "flashblock"]
-                   }.get(type(pipe).__name__, ["flashblock:prefix-cache", "flashblock"])
+        entries = ["flashblock:exact", "flashblock"] if type(pipe).__name__ in OWN_CACHE else [
+            "flashblock:prefix-cache", "flashblock"]
     rows = [DLLMRow("baseline", "baseline")]
     for entry in entries:
         options = {**DEFAULT_ROWS.get(entry, {}), **spec.method_options.get(entry, {})}
@@ -61,10 +64,11 @@ def _rows(spec: Any, pipe: Any) -> list[DLLMRow]:
 
 def _call(pipe: Any, name: str, seed: int) -> dict[str, Any]:
     """The call's arguments, built anew for each call (a DiffusionGemma call consumes its generator)."""
-    if name == "digits-copy":
-        from accel.zoo import digits_copy
+    if name in zoo.TEXT_TRAINED:
+        from accel.zoo import digits_copy, digits_copy_gemma
 
-        return digits_copy.call_args(digits_copy.problems(1, 10_000 + seed)[0])
+        entry = digits_copy if name == "digits-copy" else digits_copy_gemma
+        return entry.call_args(digits_copy.problems(1, 10_000 + seed)[0])
     if name in zoo.CHUNK_NAMES:
         return zoo.far.call_inputs(pipe, seed=seed)
     from accel.zoo import dllm
@@ -78,7 +82,7 @@ def run_dllm(spec: Any) -> dict[str, Any]:
     from .runner import DTYPES
 
     dtype = DTYPES[spec.dtype]
-    pipe = zoo.load(spec.model, dtype=dtype) if spec.model == "digits-copy" else zoo.load(
+    pipe = zoo.load(spec.model, dtype=dtype) if spec.model in zoo.TEXT_TRAINED else zoo.load(
         spec.model, size=spec.size, dtype=dtype)
     pipe = pipe.to(spec.device)
     device = torch.device(spec.device)
@@ -109,7 +113,7 @@ def run_dllm(spec: Any) -> dict[str, Any]:
             if handle is not None:
                 row.stats = handle.stats()[row.method]
             if spec.profile_attention:
-                row.attention_s = attention_seconds(call, device)[0]
+                row.attention_s, row.routed_s, _ = attention_profile(call, device)
         with_row(row, once)
     for _ in range(spec.repeat):  # interleaved
         for row in rows:
@@ -117,9 +121,9 @@ def run_dllm(spec: Any) -> dict[str, Any]:
     for row in rows:
         row.agreement = _psnr(tokens[row.label], tokens["baseline"]) if video else float(
             (tokens[row.label] == tokens["baseline"]).float().mean())
-    if spec.model == "digits-copy" and spec.accuracy_n > 0:
+    if spec.model in zoo.TEXT_TRAINED and spec.accuracy_n > 0:
         for row in rows:
-            row.accuracy = with_row(row, lambda h: zoo.evaluate("digits-copy", pipe, n=spec.accuracy_n,
+            row.accuracy = with_row(row, lambda h: zoo.evaluate(spec.model, pipe, n=spec.accuracy_n,
                                                                  seed=spec.seeds[0])["accuracy"])
     if video:
         return _video_result(spec, pipe, args, rows, info())
@@ -170,7 +174,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     base = rows[0]
     head = f"Command: `{command}`\n\n" if command else ""
     video = "chunks" in m
-    size = "trained" if m["name"] == "digits-copy" else spec["size"]
+    size = "trained" if m["name"] in zoo.TEXT_TRAINED else spec["size"]
     kind = "a block-causal " if m["pipeline"] == "LLaDA2Pipeline" else ""
     if video:
         head += (f"model `{m['name']}` ({m['pipeline']} of {m['class']}, {size}, {m['layers']} layers), "
@@ -184,19 +188,19 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
                  f"device: {result['env']['device']}\n\n")
     acc = any(r["accuracy"] is not None for r in rows)
     cols = ["row", "latency s (median [min-max])", "frames/s" if video else "tokens/s", "speedup", "attention s",
-            "attention vs exact", "peak MB", "PSNR dB vs exact" if video else "tokens = exact",
+            "routed s", "routed vs exact", "peak MB", "PSNR dB vs exact" if video else "tokens = exact",
             *(["accuracy %"] if acc else []), "stats"]
-    exact = next((r for r in rows if r["options"].get("refresh") == 1 and r["method"] == "flashblock"), base)
+    exact = next((r for r in rows if r["options"].get("refresh") == 1 and r["method"] == "flashblock"), None)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         s = r["latency_s"]
         vs = "-"
-        if exact["attention_s"] and r["attention_s"] and r["method"] == "flashblock":
-            ratio = exact["attention_s"] / r["attention_s"]
+        if exact is not None and exact["routed_s"] and r["routed_s"] and r["method"] == "flashblock":
+            ratio = exact["routed_s"] / r["routed_s"]
             vs = f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
         cells = [r["label"], f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{r['tokens_per_s']:.1f}",
                  f"{base['median_s'] / r['median_s']:.2f}x", f"{r['attention_s']:.3f}" if r["attention_s"] else "-",
-                 vs, f"{r['peak_mb']:.1f}",
+                 f"{r['routed_s']:.3f}" if r["routed_s"] else "-", vs, f"{r['peak_mb']:.1f}",
                  f"{r['agreement']:.2f}" if video else f"{100 * r['agreement']:.1f}%"]
         if acc:
             a, a0 = r["accuracy"], base["accuracy"]

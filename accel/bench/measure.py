@@ -12,9 +12,11 @@ import psutil
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-# Profiler event names that are attention: dense SDPA, FlexAttention, and accel's own kernels, which
-# run under `torch.profiler.record_function("accel::attention...")`.
-ATTENTION_EVENTS = ("aten::scaled_dot_product_attention", "flex_attention", "accel::attention", "xformers")
+# Profiler event names that are attention: dense SDPA, FlexAttention, accel's own kernels, which run
+# under `torch.profiler.record_function("accel::attention...")`, and diffusers' attention dispatcher
+# (`_dispatch_ranges`: eager flex attention on a CPU runs as a compiled region with no attention name).
+ATTENTION_EVENTS = ("aten::scaled_dot_product_attention", "flex_attention", "accel::attention", "xformers",
+                    "diffusers::attention")
 
 
 def _sync(device: torch.device) -> None:
@@ -72,32 +74,69 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, int]
     return result, seconds, memory.peak_bytes
 
 
+@contextmanager
+def _dispatch_ranges() -> Any:
+    """While profiling: each call of diffusers' `dispatch_attention_fn` (in every diffusers module that
+    imported it) runs in a "diffusers::attention" profiler range, so that a backend whose ops carry no
+    attention name is counted; the modules get their own function back afterwards."""
+    import sys
+
+    dispatch = sys.modules.get("diffusers.models.attention_dispatch")
+    original = getattr(dispatch, "dispatch_attention_fn", None)
+    if original is None:
+        yield
+        return
+
+    def ranged(*args: Any, **kwargs: Any) -> Any:
+        with torch.profiler.record_function("diffusers::attention"):
+            return original(*args, **kwargs)
+
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith("diffusers.") and getattr(m, "dispatch_attention_fn", None) is original]
+    for module in modules:
+        module.dispatch_attention_fn = ranged
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.dispatch_attention_fn = original
+
+
 def attention_seconds(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
     """Run `fn` under torch.profiler: (seconds in attention ops, profiled run's total seconds)."""
+    attention, _, total = attention_profile(fn, device)
+    return attention, total
+
+
+def attention_profile(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, float]:
+    """Run `fn` under torch.profiler: (seconds in attention ops, seconds of it in accel's own
+    `accel::attention` ranges, the profiled run's total seconds)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     _sync(device)
     start = time.perf_counter()
-    with profile(activities=activities) as prof:
+    with _dispatch_ranges(), profile(activities=activities) as prof:
         fn()
         _sync(device)
     total = time.perf_counter() - start
-    return _outermost_attention_micros(prof.events(), device) / 1e6, total
+    events = prof.events()
+    return (_outermost_micros(events, device, ATTENTION_EVENTS) / 1e6,
+            _outermost_micros(events, device, ("accel::attention",)) / 1e6, total)
 
 
-def _is_attention(event: Any) -> bool:
-    return any(event.name.startswith(name) for name in ATTENTION_EVENTS)
+def _outermost_micros(events: Any, device: torch.device, names: tuple[str, ...]) -> float:
+    """Sum the events named (by prefix) in `names` that are not nested in another such event (accel's
+    kernels may call SDPA inside their own `accel::attention` range; each microsecond counts once)."""
 
+    def named(event: Any) -> bool:
+        return any(event.name.startswith(name) for name in names)
 
-def _outermost_attention_micros(events: Any, device: torch.device) -> float:
-    """Sum attention events that are not nested in another attention event (accel's kernels may call
-    SDPA inside their own `accel::attention` range; each microsecond counts once)."""
     micros = 0.0
     for event in events:
-        if not _is_attention(event):
+        if not named(event):
             continue
         parent, nested = event.cpu_parent, False
         while parent is not None and not nested:
-            nested = _is_attention(parent)
+            nested = named(parent)
             parent = parent.cpu_parent
         if not nested:
             micros += event.device_time_total if device.type == "cuda" else event.cpu_time_total

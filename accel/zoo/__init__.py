@@ -49,10 +49,14 @@ def is_vlm(name: str) -> bool:
     return name in VLM_NAMES or name == "digits-vqa"
 
 
+TEXT_TRAINED = ("digits-copy", "digits-copy-gemma")  # trained block-diffusion language pipelines
+
+
 def is_text(name: str) -> bool:
     """Whether the entry is a block-diffusion language pipeline (`LLaDA2Pipeline`: "llada2", the trained
-    "digits-copy"), which generates tokens rather than images or videos."""
-    return name in DLLM_NAMES or name == "digits-copy"
+    "digits-copy"; `DiffusionGemmaPipeline`: "diffusion-gemma", the trained "digits-copy-gemma"), which
+    generates tokens rather than images or videos."""
+    return name in DLLM_NAMES or name in TEXT_TRAINED
 
 
 def _check(name: str, size: str) -> None:

@@ -105,6 +105,24 @@ def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str
     return {"accuracy": judges.accuracy(judge, images, torch.tensor(labels)), "n": n}
 
 
+def training_latents() -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split as latents [N, 4, 16, 16] (through `PixelShuffleVAE`) and labels [N]."""
+    data = digits.load("train")
+    return PixelShuffleVAE().encode_pixels(data.images), data.labels
+
+
+def noisy_batch(latents: torch.Tensor, labels: torch.Tensor, alphas_cumprod: torch.Tensor,
+                batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One DDPM training batch from the global RNG: (x_t, t, labels, noise), with `batch` examples drawn
+    with replacement, t uniform over the schedule and x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise."""
+    idx = torch.randint(len(latents), (batch,))
+    x0, y = latents[idx], labels[idx]
+    t = torch.randint(0, len(alphas_cumprod), (batch,))
+    noise = torch.randn_like(x0)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y, noise
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -122,23 +140,15 @@ def train(cfg: TrainConfig = TrainConfig()) -> torch.nn.Module:
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data = digits.load("train")
-    vae = PixelShuffleVAE()
-    latents = vae.encode_pixels(data.images)
+    latents, labels = training_latents()
     model = digits_image_transformer().train()
     ema = digits_image_transformer().eval()
     ema.load_state_dict(model.state_dict())
-    sched = scheduler()
-    abar = sched.alphas_cumprod
+    abar = scheduler().alphas_cumprod
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     start = time.time()
     for step in range(cfg.steps):
-        idx = torch.randint(len(latents), (cfg.batch,))
-        x0, y = latents[idx], data.labels[idx]
-        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,))
-        noise = torch.randn_like(x0)
-        a = abar[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        xt, t, y, noise = noisy_batch(latents, labels, abar, cfg.batch)
         pred = model(xt, timestep=t, class_labels=y).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad()

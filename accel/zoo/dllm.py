@@ -146,8 +146,11 @@ def build_gemma(size: Size, sliding_window: int = 4096) -> Any:
                 eos_token_id=tok.eos_token_id, bos_token_id=None, num_experts=4, top_k_experts=2,
                 moe_intermediate_size=size.mlp // 2,
                 layer_types=["sliding_attention"] * (size.layers - 1) + ["full_attention"])
-    cfg = transformers.DiffusionGemmaConfig(text_config=text, vision_config=None, canvas_length=size.block_length,
-                                            boi_token_id=vocab, eoi_token_id=vocab, image_token_id=vocab)
+    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=16)
+    cfg = transformers.DiffusionGemmaConfig(text_config=text, vision_config=vision,  # None: the full-size tower
+                                            canvas_length=size.block_length, boi_token_id=vocab, eoi_token_id=vocab,
+                                            image_token_id=vocab)
     cfg._attn_implementation = "sdpa"
     return fix_mask_call(transformers.DiffusionGemmaForBlockDiffusion(cfg).eval())
 

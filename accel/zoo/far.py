@@ -11,8 +11,8 @@ chunk into the cache. No text encoder or VAE: `call_inputs` passes prompt embedd
 latents.
 
 Sizes: "tiny" (2 layers, 2 heads of 16, 64x64 pixels = 16 tokens a frame, chunks [1, 2, 2, 2], 4 steps:
-tests) and "bench" (4 layers, 4 heads of 32, 256x256 pixels = 1,024 tokens a frame, chunks [1, 3, 3, 3],
-4 steps: speed).
+tests) and "bench" (4 layers, 4 heads of 32, 256x256 pixels = 256 tokens a frame, the released
+checkpoints' 81-frame chunks [1, 3, 3, 3, 3, 3, 3, 2], 4 steps: speed).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Size:
 
 SIZES = {
     "tiny": Size(layers=2, heads=2, head_dim=16, ffn=64, pixels=64, chunks=(1, 2, 2, 2), steps=4),
-    "bench": Size(layers=4, heads=4, head_dim=32, ffn=256, pixels=256, chunks=(1, 3, 3, 3), steps=4),
+    "bench": Size(layers=4, heads=4, head_dim=32, ffn=256, pixels=256, chunks=(1, 3, 3, 3, 3, 3, 3, 2), steps=4),
 }
 BUILT: WeakKeyDictionary[Any, tuple[str, str]] = WeakKeyDictionary()
 

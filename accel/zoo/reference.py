@@ -37,7 +37,9 @@ class _Trained(Mapping[str, TrainedEntry]):
     when that entry is used, so `import accel.zoo` stays light."""
 
     MODULES = {"digits-image": "digits_image", "digits-video": "digits_video", "digits-vqa": "digits_vqa",
-               "digits-copy": "digits_copy"}
+               "digits-copy": "digits_copy", "digits-copy-gemma": "digits_copy_gemma",
+               # the backbone comparison: one recipe (digits_backbones), three entries
+               "digits-dico": "digits_dico", "digits-lego": "digits_lego", "digits-dit": "digits_dit"}
 
     def __getitem__(self, name: str) -> TrainedEntry:
         module = importlib.import_module(f"{__package__}.{self.MODULES[name]}")

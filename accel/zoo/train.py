@@ -8,6 +8,7 @@ sample figure under docs/.
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 
@@ -43,12 +44,14 @@ def save_grid(images: torch.Tensor, path: str, rows: int) -> None:
     Image.fromarray(pixels, mode="L").save(path, optimize=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("name", choices=["judge", *reference.TRAINED])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap on training")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (entries whose reproduce takes them)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (entries whose reproduce takes them)")
+    args = parser.parse_args(argv)
     start = time.time()
     if args.name == "judge":
         torch.set_num_threads(2)
@@ -57,8 +60,15 @@ def main() -> None:
         print(f"judge held-out accuracy {judges.accuracy(model, test.images, test.labels):.4f}")
         judges.save(model)
     else:
-        options = {} if args.minutes is None else {"minutes": args.minutes}
-        reference.TRAINED[args.name].reproduce(seed=args.seed, **options)
+        reproduce = reference.TRAINED[args.name].reproduce
+        given = {"minutes": args.minutes, "steps": args.steps, "threads": args.threads}
+        options = {k: v for k, v in given.items() if v is not None}
+        accepted = inspect.signature(reproduce).parameters
+        for key in options:
+            if key not in accepted:
+                parser.error(f"--{key}: {args.name} does not take it (its options: "
+                             f"{', '.join('--' + k for k in accepted if k in given)})")
+        reproduce(seed=args.seed, **options)
     print(f"done in {time.time() - start:.0f}s")
 
 

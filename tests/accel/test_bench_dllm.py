@@ -36,6 +36,7 @@ def test_diffusion_gemma_rows(tmp_path, capsys):
     assert list(rows) == ["baseline", "flashblock", "flashblock:exact"]
     assert rows["flashblock:exact"]["agreement"] == 1.0  # the same canvases, the same tokens
     assert rows["flashblock"]["stats"]["external_reuses"] > 0 and "prefix_tokens_fed" not in rows["flashblock"]["stats"]
+    assert rows["flashblock"]["routed_s"] > 0 and rows["baseline"]["routed_s"] == 0
     assert result["model"] == {**result["model"], "pipeline": "DiffusionGemmaPipeline", "block_length": 8,
                                "prompt_tokens": 41}  # 40 digits and the template's "="
     assert "| flashblock |" in capsys.readouterr().out

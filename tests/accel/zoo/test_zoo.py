@@ -115,8 +115,12 @@ def test_names_and_resolutions():
         "digits-video",
         "digits-vqa",
         "digits-copy",
+        "digits-copy-gemma",
+        "digits-dico",  # the backbone comparison (digits_backbones.py)
+        "digits-lego",
+        "digits-dit",
     ]
-    assert [n for n in zoo.names() if zoo.is_text(n)] == ["llada2", "diffusion-gemma", "digits-copy"]
+    assert [n for n in zoo.names() if zoo.is_text(n)] == ["llada2", "diffusion-gemma", "digits-copy", "digits-copy-gemma"]
     for name in RANDOM_WEIGHT:
         for size in ("tiny", "bench"):
             res = zoo.default_resolution(name, size)
