@@ -195,7 +195,7 @@ class TrainConfig:
     warmup: int = 50  # linear warm-up steps
     final_lr: float = 0.05  # the cosine ends at this fraction of `lr`
     ema: float = 0.995
-    minutes: float = 10.0  # wall-clock cap; the checkpoint is saved whenever training stops
+    minutes: float = 40.0  # a safety cap, not the budget (steps are): the checkpoint is saved whenever training stops
     threads: int = 2
 
     def __post_init__(self) -> None:
