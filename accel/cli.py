@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from accel.quant.bench_linear import add_parser as add_bench_linear_parser
     add_bench_linear_parser(sub)
+    from accel.bench.backbones import add_parser as add_bench_backbones_parser
+    add_bench_backbones_parser(sub)
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")

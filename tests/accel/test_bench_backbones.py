@@ -1,0 +1,31 @@
+"""`accel bench-backbones`: the trained DiT, DiCo and LEGO (and lego-skip) side by side, each row with its
+reachable parameters, timed sampling and the judge's accuracy; a bad lego-skip fraction refused first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from accel.cli import main
+from accel.zoo import digits_backbones
+
+
+def test_rows_and_columns(tmp_path, capsys):
+    if not all(digits_backbones.checkpoint(kind).is_file() for kind in ("dit", "dico", "lego")):
+        pytest.skip("checkpoint not trained yet (python -m accel.zoo.train digits-dico|digits-lego|digits-dit)")
+    assert main(["bench-backbones", "--batch", "2", "--repeat", "1", "--accuracy-n", "10",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["label"]: r for r in result["rows"]}
+    assert list(rows) == ["digits-dit", "digits-dico", "digits-lego", "digits-lego+lego-skip"]
+    assert rows["digits-lego+lego-skip"]["method"] == "lego-skip"
+    assert rows["digits-lego+lego-skip"]["parameters"] == rows["digits-lego"]["parameters"]
+    assert all(r["median_s"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows.values())
+    out = capsys.readouterr().out
+    assert "| digits-dico |" in out and "speed vs DiT" in out
+
+
+def test_a_bad_fraction_is_refused_before_any_run(capsys):
+    assert main(["bench-backbones", "--fraction", "1.5"]) != 0
+    assert "fraction=1.5" in capsys.readouterr().err
