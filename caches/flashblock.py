@@ -334,19 +334,15 @@ class FlashBlock(Method):
         forward = self._forward
         pipe = self.pipe()
         frame = _pipeline_frame(pipe) if pipe is not None else None
-        canvas = kwargs.get("decoder_input_ids")
+        canvas = kwargs.get("decoder_input_ids")  # the pipeline's own call: its canvas, by identity
         if (frame is None or args or canvas is None or canvas is not frame.f_locals.get("canvas")
                 or not isinstance(frame.f_locals.get("canvas_length"), int)
                 or frame.f_locals.get("past_key_values") is None):
             self._block = 0  # not a denoising call of the pipeline (e.g. a callback's): the model as it is
             return forward(*args, **kwargs)
-        self._start_run(frame.f_locals["past_key_values"])  # the pipeline's cache: one per call
-        self._block, self._key = frame.f_locals["canvas_length"], int(frame.f_locals["cur_len"])
-        self._count("calls")
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            self._block = 0
+        # the run: the pipeline's cache, one per call
+        return self._step(frame.f_locals["past_key_values"], frame.f_locals["canvas_length"],
+                          int(frame.f_locals["cur_len"]), forward, kwargs)
 
     def _wrapped_chunk_forward(self, *args: Any, **kwargs: Any) -> Any:
         """AnyFlow-FAR: marks the pipeline's own denoising calls of a chunk (they read the KV cache; the
@@ -354,22 +350,27 @@ class FlashBlock(Method):
         forward = self._forward
         pipe = self.pipe()
         frame = _pipeline_frame(pipe) if pipe is not None else None
-        flag = kwargs.get("kv_cache_flag")
-        if frame is None or args or "chunk_idx" not in frame.f_locals or frame.f_locals.get("i") is None:
+        if (frame is None or args or kwargs.get("hidden_states") is None
+                or kwargs["hidden_states"] is not frame.f_locals.get("latent_model_input")):
             self._block = 0  # not a denoising step of the pipeline (its cache writes, a callback's call)
             return forward(*args, **kwargs)
-        if kwargs.get("kv_cache") is None or flag is None:
+        cache = kwargs.get("kv_cache")
+        if cache is None:
             raise UnsupportedInputError(
                 f"accel: method 'flashblock' reuses the attention of a chunk's steps over {CHUNKS}'s KV cache; "
                 "this call runs without it (use_kv_cache=False). Call with use_kv_cache=True (the default).")
-        if flag["is_cache_step"]:
-            self._block = 0
-            return forward(*args, **kwargs)
-        self._start_run(next(iter(kwargs["kv_cache"].values()))["full_cache"])  # the pipeline's cache: one per call
-        self._block, self._key = -1, int(frame.f_locals["chunk_idx"])  # -1: the chunk is the query length
+        # the run: the pipeline's cache tensors, one set per call; the block: the chunk (its query length)
+        return self._step(next(iter(cache.values()))["full_cache"], -1, int(frame.f_locals["chunk_idx"]), forward,
+                          kwargs)
+
+    def _step(self, run_key: Any, block: int, key: int, forward: Any, kwargs: dict[str, Any]) -> Any:
+        """One of the pipeline's own denoising calls of a block: `forward(**kwargs)` with the run, the block's
+        length (-1: its query length) and its key set for the routed attention."""
+        self._start_run(run_key)
+        self._block, self._key = block, key
         self._count("calls")
         try:
-            return forward(*args, **kwargs)
+            return forward(**kwargs)
         finally:
             self._block = 0
 
