@@ -217,6 +217,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from . import zoo
 
     if zoo.is_vlm(spec.model) or zoo.is_text(spec.model) or spec.model in zoo.CHUNK_NAMES:
+        if "steps" in given and not zoo.is_vlm(spec.model):
+            raise AccelError(f"--steps {spec.steps}: {spec.model} runs its own steps per block or chunk (its zoo "
+                             "size's); this option sets the denoising steps of image and video pipelines")
         return _bench_language(spec, args, command)
     result = run(spec)
     print(markdown(result, command))
@@ -278,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_ints_csv, help="explicit step counts for fewer-steps rows")
-    p.add_argument("--steps", type=counting(1), help="denoising steps (default 10)")
+    p.add_argument("--steps", type=counting(1), help="denoising steps of an image or video pipeline (default 10; "
+                   "block-diffusion and chunk-wise pipelines run their zoo size's steps per block)")
     p.add_argument("--height", type=counting(1))
     p.add_argument("--width", type=counting(1))
     p.add_argument("--frames", type=counting(1))

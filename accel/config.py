@@ -42,7 +42,8 @@ def _allowed(meta: dict[str, Any], hint: Any = None) -> str:
     right = ")" if meta.get("high_open") or high is None else "]"
     if low is None and high is None:
         return "True or False" if hint is bool else f"any {getattr(hint, '__name__', 'value')}"
-    return f"a finite value in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    kind = "an integer" if hint is int else "a finite value"
+    return f"{kind} in {left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
 
 
 def _plain(value: Any) -> Any:

@@ -32,7 +32,7 @@ whose self-attention reads the cached keys of the earlier chunks (external) and 
 (internal, with the zero keys the processor pads the chunk with to a multiple of 128: the stock
 attention counts them, so the split keeps them inside). Its processor runs PyTorch's flex attention,
 which returns no LSE (and on a CPU is unfused): during the chunk's steps the patched layers run SDPA
-(`refresh=1`: the same attention by another kernel, equal to the stock output within fp32 rounding) or
+(`refresh=1`: the same attention by another kernel, equal to the stock output within the dtype's rounding) or
 the split; the cache-writing passes stay on flex. Facts and what the pipelines do:
 ../shared/research/caching.md section 1.2.
 
@@ -340,6 +340,12 @@ class FlashBlock(Method):
                 or frame.f_locals.get("past_key_values") is None):
             self._block = 0  # not a denoising call of the pipeline (e.g. a callback's): the model as it is
             return forward(*args, **kwargs)
+        if getattr(frame.f_locals["past_key_values"], "is_compileable", False) and self.config.refresh != 1:
+            raise UnsupportedInputError(
+                "accel: method 'flashblock' reuses the canvas' attention to the cached context; with "
+                "cache_implementation='static' the decoder's keys are the whole static buffer (context, canvas, "
+                "then unused slots), which its split does not follow. Call with the default dynamic cache, or "
+                "patch with refresh=1 (exact).")
         # the run: the pipeline's cache, one per call
         return self._step(frame.f_locals["past_key_values"], frame.f_locals["canvas_length"],
                           int(frame.f_locals["cur_len"]), forward, kwargs)

@@ -66,6 +66,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if class_labels is None:
             return None
         labels = torch.as_tensor(class_labels).reshape(-1)
+        if not labels.numel():
+            raise ValueError("class_labels is empty; give at least one class id, or None for unconditional images")
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ValueError(f"class_labels must be integer class ids; got {class_labels!r}")
         num_classes = int(self.transformer.config.num_classes)
@@ -108,8 +110,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
                 final latents, not decoded).
             return_dict: `ImagePipelineOutput(images=...)` if True, else `(images,)`.
 
-        Raises `ValueError` for an unknown output type, labels outside the model's classes, a size that is
-        not a multiple of the VAE factor, or `latents` of the wrong shape.
+        Raises `ValueError` for an unknown output type, labels outside the model's classes, a `batch_size`
+        other than the labels' count, a size that is not positive or not a multiple of the VAE factor, or
+        `latents` of the wrong shape.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}; expected one of {', '.join(map(repr, OUTPUT_TYPES))}")
@@ -119,9 +122,15 @@ class ClassConditionalPipeline(DiffusionPipeline):
         batch = len(labels) if labels is not None else int(batch_size)
         if batch < 1:
             raise ValueError(f"batch_size={batch_size}; expected at least 1")
+        if labels is not None and batch_size not in (1, batch):
+            raise ValueError(f"batch_size={batch_size} with {batch} class_labels: one image per label; pass "
+                             "batch_size only for unconditional images (class_labels=None)")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and int(value) < 1:
+                raise ValueError(f"{name}={value}; expected a positive size in pixels (None: the model's own)")
         scale = self.vae_scale_factor
-        height = int(height or config.sample_size * scale)
-        width = int(width or config.sample_size * scale)
+        height = int(height if height is not None else config.sample_size * scale)
+        width = int(width if width is not None else config.sample_size * scale)
         if height % scale or width % scale:
             raise ValueError(f"height={height} and width={width} must be multiples of the VAE factor {scale}")
         shape = (batch, int(config.in_channels), height // scale, width // scale)

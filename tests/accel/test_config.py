@@ -23,7 +23,7 @@ def test_defaults_are_valid_and_described():
     rows = {r["name"]: r for r in Demo.describe()}
     assert Demo().density == 0.125
     assert rows["density"]["allowed"] == "a finite value in (0.0, 1.0]"
-    assert rows["steps"]["allowed"] == "a finite value in [0, inf)"
+    assert rows["steps"]["allowed"] == "an integer in [0, inf)"
     assert rows["order"]["choices"] == ("hybrid", "zeroth")
     assert rows["density"]["help"] == "kept fraction"
 

@@ -286,6 +286,18 @@ def test_on_diffusion_gemma_state_is_per_call_and_unpatch_restores(gemma):
     assert torch.equal(gemma(**_gemma_args(gemma)).sequences, stock)
 
 
+def test_on_diffusion_gemma_a_static_cache_is_refused_unless_exact(gemma):
+    """The static cache's keys are the whole buffer (context, canvas, unused slots): the last block of keys
+    is not the canvas, so reuse would freeze the canvas' own attention; refresh=1 stays exact."""
+    static = _gemma_args(gemma, cache_implementation="static")
+    stock = gemma(**static).sequences
+    with accel.patch(gemma, method="flashblock"):
+        with pytest.raises(UnsupportedInputError, match="static"):
+            gemma(**_gemma_args(gemma, cache_implementation="static"))
+    with accel.patch(gemma, method="flashblock", refresh=1):
+        assert torch.equal(gemma(**_gemma_args(gemma, cache_implementation="static")).sequences, stock)
+
+
 def test_on_diffusion_gemma_turning_its_own_cache_off_is_refused(gemma):
     with pytest.raises(InvalidOptionError, match="prefix_cache=False"):
         accel.patch(gemma, method="flashblock", prefix_cache=False)

@@ -89,6 +89,12 @@ def test_output_types_sizes_and_refusals(dico, lego):
         dico([10])
     with pytest.raises(ValueError, match="multiples of the VAE factor 2"):
         dico([1], height=15)
+    with pytest.raises(ValueError, match="height=0"):
+        dico([1], height=0)
+    with pytest.raises(ValueError, match="batch_size=5 with 2 class_labels"):
+        dico([1, 2], batch_size=5)
+    with pytest.raises(ValueError, match="empty"):
+        dico([])
     # without a VAE: pixel space, grey images, any size the bricks allow
     pixel = LEGOPipeline(transformer=lego.transformer, scheduler=EDMEulerScheduler())
     pixel.set_progress_bar_config(disable=True)
