@@ -173,7 +173,7 @@ class FlashBlock(Method):
                "block and merged by log-sum-exp (FlashBlock).")
     paper = "FlashBlock, arXiv 2602.05305"
     claims = frozenset({"forward", "attention"})
-    denoising = False  # block diffusion of text: its own check below
+    denoising = False  # block diffusion and chunk-wise video: its own pipeline check below
     Config = FlashBlockConfig
     exact_options = {"refresh": 1}
     exact_atol = 1e-6  # bit-exact on the language pipelines; AnyFlow-FAR's steps run SDPA instead of flex

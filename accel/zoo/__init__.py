@@ -32,14 +32,15 @@ from .vlm import image_token_ids, vlm_inputs
 DLLM_NAMES = ("llada2", "diffusion-gemma")  # block-diffusion language pipelines (dllm.py), loaded on demand
 CHUNK_NAMES = ("anyflow-far",)  # chunk-wise autoregressive video pipelines with a KV cache (far.py)
 BACKBONE_NAMES = ("dico", "lego")  # accel.models' native backbones in their own pipelines (backbones.py)
+TEXT_TRAINED = ("digits-copy", "digits-copy-gemma")  # trained block-diffusion language pipelines
 
 __all__ = ["built_from", "is_text", "is_vlm", "default_resolution", "evaluate", "family_of", "generate", "image_token_ids", "inputs", "load",
            "names", "resizable", "vlm_inputs"]
 
 
 def names() -> list[str]:
-    """The zoo entry names, in a stable order (random-weight pipelines, random-weight VLMs, random-weight
-    block-diffusion language pipelines, then trained ones)."""
+    """The zoo entry names, in a stable order (random-weight pipelines, VLMs, block-diffusion language
+    pipelines, chunk-wise video pipelines and native backbones, then trained ones)."""
     return [*ENTRIES, *VLM_NAMES, *DLLM_NAMES, *CHUNK_NAMES, *BACKBONE_NAMES, *TRAINED]
 
 
@@ -47,9 +48,6 @@ def is_vlm(name: str) -> bool:
     """Whether the entry is a transformers VLM (the random-weight families and the trained digits-vqa)
     rather than a diffusers pipeline."""
     return name in VLM_NAMES or name == "digits-vqa"
-
-
-TEXT_TRAINED = ("digits-copy", "digits-copy-gemma")  # trained block-diffusion language pipelines
 
 
 def is_text(name: str) -> bool:
