@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_ints_csv, help="explicit step counts for fewer-steps rows")
     p.add_argument("--steps", type=counting(1), help="denoising steps of an image or video pipeline (default 10; "
-                   "block-diffusion and chunk-wise pipelines run their zoo size's steps per block)")
+                   "refused for block-diffusion and chunk-wise pipelines, which run their zoo size's steps)")
     p.add_argument("--height", type=counting(1))
     p.add_argument("--width", type=counting(1))
     p.add_argument("--frames", type=counting(1))

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from accel.config import MethodConfig, option
-from accel.errors import InvalidOptionError
+from accel.errors import InvalidOptionError, UnsupportedModelError
 from accel.journal import Journal
 from accel.method import Method
 from accel.steps import StepTracker
@@ -78,6 +78,10 @@ class LEGOSkip(Method):
         option, its value and what this stack allows."""
         cfg = self.config
         n = model.num_bricks
+        if n < 2:
+            raise UnsupportedModelError(
+                f"accel: method 'lego-skip' skips a brick that a lower brick stands in for; this "
+                f"{type(model).__name__} has {n} brick, so there is none to skip.")
         try:
             (brick,) = model.check_skip((cfg.brick,))
         except ValueError as err:

@@ -81,7 +81,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     rows = {r["label"]: r for r in result["rows"]}
     dit, lego = rows["digits-dit"], rows["digits-lego"]
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"one batch of {result['batch']} images (labels 0..9), DDIM {result['steps']} steps, guidance "
+    head += (f"one batch of {result['batch']} images (labels cycling 0..9), DDIM {result['steps']} steps, guidance "
              f"{result['guidance']}, median of {result['repeat']} interleaved repeats; task accuracy: the digits "
              f"judge over {result['accuracy_n']} samples (seed 0); lego-skip at fraction {result['fraction']}; "
              f"fp32, device: {result['env']['device']}\n\n")

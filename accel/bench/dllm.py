@@ -188,6 +188,10 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
                  f"device: {result['env']['device']}\n\n")
     acc = any(r["accuracy"] is not None for r in rows)
     cuda = str(spec.get("device", "cpu")).startswith("cuda")  # on a CPU the RSS growth depends on the rows' order
+    if video:
+        head += ("The stock pipeline's attention is flex attention (on a CPU unfused); FlashBlock's rows run the "
+                 "chunk steps by SDPA: the exact row's speedup is that kernel's, the reuse's gain is FlashBlock "
+                 "against the exact row.\n\n")
     if not cuda:
         head += ("Peak memory is not shown on a CPU: the process's RSS growth is paid by whichever row runs "
                  "first.\n\n")

@@ -114,6 +114,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         other than the labels' count, a size that is not positive or not a multiple of the VAE factor, or
         `latents` of the wrong shape.
         """
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}; expected a positive integer")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}; expected one of {', '.join(map(repr, OUTPUT_TYPES))}")
         config = self.transformer.config

@@ -59,7 +59,7 @@ def is_text(name: str) -> bool:
 
 def _check(name: str, size: str) -> None:
     if name not in ENTRIES:
-        valid = [*ENTRIES, *VLM_NAMES]
+        valid = names()
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         if name in VLM_NAMES:

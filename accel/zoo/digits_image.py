@@ -98,7 +98,11 @@ def sample(pipe: Any, labels: list[int], seed: int = 0, steps: int = STEPS, guid
 
 def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str, float]:
     """Task accuracy of a (possibly accel-patched) pipeline: the judge's class accuracy over n samples,
-    labels cycling 0..9, deterministic for a seed. `options`: steps, guidance, batch (see `sample`)."""
+    labels cycling 0..9, deterministic for a seed. `options`: steps, guidance, batch (see `sample`).
+    Raises `ValueError` for n or steps that are not positive integers."""
+    for name, value in (("n", n), ("steps", options.get("steps", STEPS))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"evaluate: {name}={value!r}; expected a positive integer")
     labels = [i % 10 for i in range(n)]
     images = sample(pipe, labels, seed=seed, **options)
     judge = judges.load()

@@ -94,6 +94,10 @@ def test_bad_options_and_models_are_refused_before_anything_changes(lego):
         assert snapshot(lego) == before and accel.patch_of(lego) is None
     with pytest.raises(accel.UnsupportedModelError, match="supports: lego"):
         accel.patch(accel.zoo.load("dico"), method="lego-skip")
+    single = LEGOModel(sample_size=8, in_channels=4, hidden_size=32, num_heads=2, brick_sizes=(4,),
+                       patch_sizes=(1,), depths=(1,), num_classes=10)
+    with pytest.raises(accel.UnsupportedModelError, match="has 1 brick, so there is none to skip"):
+        accel.patch(single, method="lego-skip")
 
 
 def test_unpatch_is_bit_identical_and_fraction_zero_is_exact(lego):

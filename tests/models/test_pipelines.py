@@ -95,6 +95,9 @@ def test_output_types_sizes_and_refusals(dico, lego):
         dico([1, 2], batch_size=5)
     with pytest.raises(ValueError, match="empty"):
         dico([])
+    for steps in (0, -1):
+        with pytest.raises(ValueError, match=f"num_inference_steps={steps}"):
+            dico([1], num_inference_steps=steps)
     # without a VAE: pixel space, grey images, any size the bricks allow
     pixel = LEGOPipeline(transformer=lego.transformer, scheduler=EDMEulerScheduler())
     pixel.set_progress_bar_config(disable=True)

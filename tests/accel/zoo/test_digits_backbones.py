@@ -146,3 +146,16 @@ def test_trained_entry_meets_the_judges_bar(kind):
         with accel.patch(pipe, method="lego-skip"):
             skipped = accel.zoo.evaluate(name, pipe, n=20, seed=0)
         assert skipped["accuracy"] >= bar - 0.05, skipped
+
+
+def test_evaluate_refuses_what_is_not_a_sample_count():
+    pipe = recipe.pipeline("dico", recipe.build("dico"))
+    for options, match in [({"n": 0}, "n=0"), ({"n": 2.5}, "n=2.5"), ({"n": 2, "steps": 0}, "steps=0")]:
+        with pytest.raises(ValueError, match=match):
+            recipe.evaluate(pipe, **options)
+
+
+def test_an_unknown_zoo_name_lists_every_entry():
+    with pytest.raises(ValueError) as err:
+        accel.zoo.load("no-such-model")
+    assert all(name in str(err.value) for name in ("digits-lego", "anyflow-far", "llada2", "dico"))
