@@ -5,7 +5,7 @@ parameter count, trained on the same digits with the same budget, so they can be
     accel.zoo.evaluate("digits-dico", pipe, n=100, seed=0)  # "digits-dit": DiTPipeline
     python -m accel.zoo.train digits-dico                   # or: python -m accel.models.train dico --data digits
 
-Each entry lives in its own thin module (`digits_dico`, `digits_lego`, `digits_dit`); this module holds
+The three entries are this module's functions with their kind bound (`reference.TRAINED`); this module holds
 what they share, and everything it can take from `digits_image` it imports from there:
 
 - **latent space**: `digits_image`'s 32x32 digits through its weight-free `PixelShuffleVAE`, so every

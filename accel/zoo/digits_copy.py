@@ -64,7 +64,7 @@ def load(dtype: torch.dtype = torch.float32) -> Any:
     model = dllm.build_model(SIZE)
     state = {k: v.float() for k, v in load_file(str(CHECKPOINT)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
+    if unexpected or set(missing) - set(dllm.tied_keys(model)):
         raise ValueError(f"{CHECKPOINT} does not match the digits-copy config: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     return dllm.pipeline(model.to(dtype).eval(), BLOCK)
@@ -172,15 +172,7 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 100) -> Any:
     return model.eval()
 
 
-def save(model: Any, path: Path = CHECKPOINT) -> None:
-    """fp16 safetensors without the tied `lm_head.weight`."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, str(path))
-
-
 def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps) -> None:
     """`python -m accel.zoo.train digits-copy`: train, save, evaluate."""
-    save(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)))
+    dllm.save_weights(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)), CHECKPOINT)
     print("evaluate", evaluate(load(), n=200, seed=0), flush=True)

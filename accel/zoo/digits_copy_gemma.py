@@ -62,7 +62,7 @@ def load(dtype: torch.dtype = torch.float32) -> Any:
         model = dllm.build_gemma(SIZE)
     state = {k: v.float() for k, v in load_file(str(CHECKPOINT)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - set(_tied(model)):
+    if unexpected or set(missing) - set(dllm.tied_keys(model)):
         raise ValueError(f"{CHECKPOINT} does not match the {NAME} config: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     return pipeline(model.to(dtype).eval())
@@ -178,28 +178,7 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 100) -> Any:
     return model.eval()
 
 
-def _tied(model: Any) -> list[str]:
-    """The state-dict keys whose tensor an earlier key already holds (the decoder's layers and embeddings
-    are the encoder's, `lm_head` the embeddings): loading the first sets both."""
-    seen: set[int] = set()
-    tied = []
-    for key, value in model.state_dict().items():
-        if value.data_ptr() in seen:
-            tied.append(key)
-        seen.add(value.data_ptr())
-    return tied
-
-
-def save(model: Any, path: Path = CHECKPOINT) -> None:
-    """fp16 safetensors, each shared tensor once (see `_tied`)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tied = set(_tied(model))
-    save_file({k: v.half().contiguous() for k, v in model.state_dict().items() if k not in tied}, str(path))
-
-
 def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps) -> None:
     """`python -m accel.zoo.train digits-copy-gemma`: train, save, evaluate."""
-    save(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)))
+    dllm.save_weights(train(TrainConfig(seed=seed, steps=steps, minutes=minutes)), CHECKPOINT)
     print("evaluate", evaluate(load(), n=200, seed=0), flush=True)

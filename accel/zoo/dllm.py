@@ -130,6 +130,29 @@ def pipeline(model: transformers.PreTrainedModel, block_length: int) -> Any:
     return pipe
 
 
+def tied_keys(model: torch.nn.Module) -> list[str]:
+    """The state-dict keys whose tensor an earlier key already holds (a tied `lm_head`; DiffusionGemma's
+    decoder layers and embeddings, which are its encoder's): loading the first key sets both."""
+    seen: set[int] = set()
+    tied = []
+    for key, value in model.state_dict().items():
+        if value.data_ptr() in seen:
+            tied.append(key)
+        seen.add(value.data_ptr())
+    return tied
+
+
+def save_weights(model: torch.nn.Module, path: Any) -> None:
+    """fp16 safetensors of a trained entry's weights, each shared tensor once (`tied_keys` left out)."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tied = set(tied_keys(model))
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items() if k not in tied}, str(path))
+
+
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}={% endif %}")
 

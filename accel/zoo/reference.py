@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -38,11 +39,15 @@ class _Trained(Mapping[str, TrainedEntry]):
 
     MODULES = {"digits-image": "digits_image", "digits-video": "digits_video", "digits-vqa": "digits_vqa",
                "digits-copy": "digits_copy", "digits-copy-gemma": "digits_copy_gemma",
-               # the backbone comparison: one recipe (digits_backbones), three entries
-               "digits-dico": "digits_dico", "digits-lego": "digits_lego", "digits-dit": "digits_dit"}
+               # the backbone comparison: one recipe, three entries ("digits-<kind>")
+               "digits-dico": "digits_backbones", "digits-lego": "digits_backbones", "digits-dit": "digits_backbones"}
 
     def __getitem__(self, name: str) -> TrainedEntry:
         module = importlib.import_module(f"{__package__}.{self.MODULES[name]}")
+        if self.MODULES[name] == "digits_backbones":
+            kind = name.removeprefix("digits-")
+            return TrainedEntry(name, partial(module.load, kind), module.evaluate, partial(module.reproduce, kind),
+                                module.STEPS)
         return TrainedEntry(module.NAME, module.load, module.evaluate, module.reproduce, getattr(module, "STEPS", None))
 
     def __contains__(self, name: object) -> bool:
