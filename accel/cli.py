@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AccelError
-from .method import method_class
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -76,6 +75,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _methods_csv(text: str) -> tuple[str, ...]:
+    """`--methods`: comma-separated rows, a comma inside a token's brackets kept (tdc(order=1,threshold=0.5))."""
+    from .bench.variants import split_methods
+
+    return split_methods(text)
 
 
 def counting(low: int) -> Callable[[str], int]:
@@ -193,17 +199,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import variants
 
     entries = given.get("methods") or ()
-    for entry in entries:
-        for name in variants.method_parts(entry) if entry != "auto" else ():
-            method_class(name)  # an unknown name is refused before anything runs
-    for entry, opts in options.items():  # and so is a bad option, or one for a row that is not asked for
+    for entry in options:  # an option for a row that is not asked for is refused before anything runs
         if entry not in entries:
             raise AccelError(f"--option {entry}.*: {entry!r} is not among --methods ({', '.join(entries) or 'auto'})")
-        parts = variants.method_parts(entry)
-        if len(parts) > 1:
-            variants.accel_method(entry, 1, opts)  # builds, so checks, each method's config
-        else:
-            method_class(parts[0]).Config.from_options(**opts)
+    for entry in entries:  # and so is an unknown name or a bad option: building the row checks each config
+        if entry != "auto":
+            variants.accel_method(entry, 1, options.get(entry))
     unknown = [b for b in given.get("backends") or () if b not in variants.BACKENDS]
     if unknown:
         raise AccelError(f"--backends {','.join(unknown)}: unknown; expected some of {', '.join(variants.BACKENDS)}")
@@ -270,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default flux)")
     p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
-    p.add_argument("--methods", type=_csv, help="accel methods, comma-separated ('a+b': one patch with both); 'auto' (default) = none + every method that supports the model; "
+    p.add_argument("--methods", type=_methods_csv, help="accel methods, comma-separated ('a+b': one patch with both); 'auto' (default) = none + every method that supports the model; "
+                   "options in the token: 'tdc(order=1,threshold=0.5)' (the row's label); "
                    "'name:label' adds another row of a method, with options --option name:label.key=value")
     p.add_argument("--option", type=_option, action="append", metavar="METHOD.KEY=VALUE")
     p.add_argument(

@@ -40,40 +40,144 @@ def fewer_steps(steps: int, matched: str) -> Variant:
     return Variant(f"fewer-steps({steps})", "fewer-steps", steps, note=note)
 
 
+# ---- method rows: names, options and compositions in one command-line token --------------------------
+
+MethodParts = list[tuple[str, dict[str, Any]]]  # (method name, its options) per part of a composition
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` where it stands outside brackets and quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def split_methods(text: str) -> tuple[str, ...]:
+    """`--methods` as entries: split at the commas outside brackets, so that
+    "none,tdc(order=1,threshold=0.5),pisa+tdc" is three rows."""
+    return tuple(t.strip() for t in _split(text, ",") if t.strip())
+
+
+def _value(raw: str) -> Any:
+    """A Python literal (1, 0.5, False, 'pooled'), or the bare text as a string (pooled, a/path.json)."""
+    import ast
+
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def format_value(value: Any) -> str:
+    """An option value as it is written in a token: bare where it reads back as itself, else its repr."""
+    text = str(value) if isinstance(value, str) else repr(value)
+    if isinstance(value, str) and (_value(text) != value or any(c in text for c in ",()+:= '\"")):
+        text = repr(value)
+    return text
+
+
+def token(name: str, options: dict[str, Any]) -> str:
+    """The token of one method with options: `tdc(order=1,threshold=0.5)`; the bare name without any."""
+    if not options:
+        return name
+    return f"{name}(" + ",".join(f"{k}={format_value(v)}" for k, v in options.items()) + ")"
+
+
+def parse_entry(entry: str) -> MethodParts:
+    """The methods of one row and the options each names in the token: "pisa" -> [("pisa", {})],
+    "tdc(order=1,threshold=0.5)" -> [("tdc", {"order": 1, "threshold": 0.5})], "pisa(density=0.1)+tdc"
+    a composition (one patch with both); a trailing ":label" names a second row of the same methods.
+    Raises `InvalidOptionError` for a malformed token (names are checked when the row is built)."""
+    from accel.errors import InvalidOptionError
+
+    body = _split(entry, ":")[0]
+    parts: MethodParts = []
+    for part in _split(body, "+"):
+        part = part.strip()
+        name, bracket, rest = part.partition("(")
+        name = name.strip()
+        options: dict[str, Any] = {}
+        if bracket:
+            if not rest.endswith(")"):
+                raise InvalidOptionError(f"--methods {entry!r}: {part!r} opens a bracket it does not close; "
+                                         "expected NAME(KEY=VALUE,...), e.g. tdc(order=1,threshold=0.5)")
+            for item in (i.strip() for i in _split(rest[:-1], ",")):
+                key, eq, raw = item.partition("=")
+                key = key.strip()
+                if not item and not options:
+                    continue  # tdc(): no options
+                if not (eq and key.isidentifier() and raw.strip()):
+                    raise InvalidOptionError(f"--methods {entry!r}: {item!r} in {name}(...) is not KEY=VALUE; "
+                                             "expected e.g. tdc(order=1,threshold=0.5)")
+                if key in options:
+                    raise InvalidOptionError(f"--methods {entry!r}: option {key!r} of {name} is given twice")
+                options[key] = _value(raw.strip())
+        if not name:
+            raise InvalidOptionError(f"--methods {entry!r}: a method name is missing; expected e.g. tdc or "
+                                     "pisa+tdc(order=1)")
+        parts.append((name, options))
+    return parts
+
+
 def method_parts(entry: str) -> list[str]:
-    """The method names of a row: "pisa", "pisa:label" (a second row of a method), or a composition
-    "pisa+delta-dit" (one patch with both)."""
-    return entry.partition(":")[0].split("+")
+    """The method names of a row: "pisa", "pisa:label" (a second row of a method), a composition
+    "pisa+delta-dit" (one patch with both), each part possibly with options: "tdc(order=1)"."""
+    return [name for name, _ in parse_entry(entry)]
+
+
+def entry_configs(entry: str, options: dict[str, Any] | None = None) -> list[Any]:
+    """The validated method configs of a row: the token's own options, plus `options` (`--option`: a
+    single method's keys, or a composition's "method.key"); a key given both ways is refused."""
+    from accel.errors import InvalidOptionError
+    from accel.method import method_class
+
+    parts = parse_entry(entry)
+    per = [dict(opts) for _, opts in parts]
+    names = [name for name, _ in parts]
+    for key, value in (options or {}).items():
+        if len(parts) == 1:
+            index, field = 0, key
+        else:
+            part, _, field = key.partition(".")
+            if part not in names or not field:
+                raise InvalidOptionError(f"--option {entry}.{key}: a composition's options name their method, "
+                                         f"e.g. {entry}.{names[0]}.<option>=<value>")
+            index = names.index(part)
+        if field in per[index]:
+            raise InvalidOptionError(f"--option {entry}.{key}: {names[index]}'s option {field!r} is already "
+                                     f"set in the token {entry!r}")
+        per[index][field] = value
+    return [method_class(name).Config.from_options(**opts) for name, opts in zip(names, per, strict=True)]
 
 
 def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) -> Variant:
-    """The row of one accel method. `entry` is the method's name, or "name:label" for a second row of the
-    same method with other options (e.g. "pisa:keep-or-drop" with `pisa:keep-or-drop.order=none`), or a
-    composition "a+b" whose options name their method (`pisa+delta-dit.pisa.density=0.1`)."""
-    parts = method_parts(entry)
-    options = dict(options or {})
-    method: Any = parts[0]
-    if len(parts) > 1:
-        from accel.errors import InvalidOptionError
-        from accel.method import method_class
-
-        per: dict[str, dict[str, Any]] = {part: {} for part in parts}
-        for key, value in options.items():
-            part, _, field = key.partition(".")
-            if part not in per or not field:
-                raise InvalidOptionError(f"--option {entry}.{key}: a composition's options name their method, "
-                                         f"e.g. {entry}.{parts[0]}.<option>=<value>")
-            per[part][field] = value
-        method = [method_class(part).Config.from_options(**per[part]) for part in parts]
-        opts: dict[str, Any] = {}
-    else:
-        opts = options
+    """The row of accel methods named by `entry` (see `parse_entry`): "tdc", "tdc(order=1,threshold=0.5)",
+    "pisa(density=0.1)+tdc", or "name:label" with `options` from `--option` ("pisa:keep-or-drop" with
+    `pisa:keep-or-drop.order=none`; a composition's name their method: `pisa+delta-dit.pisa.density=0.1`).
+    Every config is built, so checked, here: a bad name or option is refused before any run."""
+    configs = entry_configs(entry, options)
+    method: Any = configs[0] if len(configs) == 1 else configs
+    parts = parse_entry(entry)
+    given = parts[0][1] if len(parts) == 1 else {f"{n}.{k}": v for n, opts in parts for k, v in opts.items()}
+    shown = {**given, **(options or {})}
 
     def enable(pipe: Any) -> accel.Patch:
-        return accel.patch(pipe, method=method, **opts)
+        return accel.patch(pipe, method=method)
 
     return Variant(
-        entry, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=options
+        entry, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=shown
     )
 
 
