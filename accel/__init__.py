@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """`accel.zoo` and `accel.load` are imported on first use: `import accel` loads no model code."""
+    """`accel.zoo`, `accel.load` and `accel.load_config` are imported on first use: `import accel` loads no model code."""
     if name == "zoo":
         import importlib
 
@@ -38,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from .zoo.local import load
 
         return load
+    if name == "load_config":  # a configuration written by `accel tune`, for accel.patch(pipe, method=...)
+        from .tune.config import load_config
+
+        return load_config
     raise AttributeError(f"module 'accel' has no attribute {name!r}")
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "UnknownMethodError",
     "UnsupportedModelError",
     "load",
+    "load_config",
     "methods",
     "option",
     "patch",

@@ -235,6 +235,47 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    """`accel tune`: the fastest configuration that keeps a quality floor (accel/tune)."""
+    from .tune import Floor, TuneSpec, run
+
+    floor = Floor.parse(args.floor)
+    if not _writable_dir(Path(args.out)):
+        raise AccelError(f"--out {args.out}: not a directory that can be written (checked before the run)")
+    if args.doc and not _writable_dir(Path(args.doc).parent):
+        raise AccelError(f"--doc {args.doc}: its directory cannot be written (checked before the run)")
+    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    spec = TuneSpec(model=args.model, floor=floor, out=args.out, prompts=args.prompts, methods=args.methods or (),
+                    steps=args.steps, samples=args.samples, held_out=args.held_out, seed=args.seed,
+                    budget_minutes=args.budget_minutes, size=args.size, device=args.device,
+                    progress=args.progress, command=command)
+    result, paths = run(spec)
+    text = paths["md"].read_text()
+    print(text)
+    if args.doc:
+        from .bench.report import update_doc
+
+        key = args.doc_key or command
+        update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
+        paths["doc"] = Path(args.doc)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if result.best is not None:
+        print(f"apply: accel.patch(pipe, method=accel.load_config({str(paths['config'])!r}))"
+              + (f", and run at num_inference_steps={result.best.candidate.steps}"
+                 if result.best.candidate.steps != result.base_steps else ""))
+    return 0 if result.best is not None else 1
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not positive; expected minutes > 0")
+    return value
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.app import main as launch
 
@@ -350,6 +391,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_linear_parser(sub)
     from accel.bench.backbones import add_parser as add_bench_backbones_parser
     add_bench_backbones_parser(sub)
+
+    p = sub.add_parser("tune", help="the fastest methods, options and steps that keep a quality floor on your model")
+    p.add_argument("--model", required=True, help="zoo name, local pipeline directory, or hub id in the local cache")
+    p.add_argument("--floor", required=True, metavar="METRIC=VALUE",
+                   help="psnr=DB (mean PSNR against the exact output of the same seeds), accuracy-drop=POINTS "
+                        "(task accuracy below the exact run's; trained reference models), agreement=SHARE")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line (pipelines with a text encoder)")
+    p.add_argument("--methods", type=_methods_csv, default=None,
+                   help="methods to search (default: every one that applies); a token with options, e.g. "
+                        "'tdc(order=1)', is searched as it is")
+    p.add_argument("--budget-minutes", type=_minutes, default=20.0, help="time for the search (default 20)")
+    p.add_argument("--steps", type=counting(2), default=None,
+                   help="the exact run's steps (default: the trained entry's, else 20)")
+    p.add_argument("--samples", type=counting(1), default=None,
+                   help="tuning samples at the last rung (default 40 for accuracy-drop, 8 seeds for psnr)")
+    p.add_argument("--held-out", type=counting(1), default=None, help="held-out samples (default: as --samples)")
+    p.add_argument("--seed", type=int, default=0, help="first tuning seed; held-out seeds start 10,000 later")
+    p.add_argument("--size", choices=("tiny", "bench"), default="bench", help="zoo model size (default bench)")
+    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--out", default="tune-results", help="folder for tuned.json, results.md/.json, pareto.png")
+    p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
+    p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")
