@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from . import parallel
 from .config import MethodConfig
 from .errors import (
     AccelError,
@@ -45,6 +46,7 @@ class Patch:
         self.methods = tuple(methods)
         self.tracker = tracker
         self._journal = journal
+        self.parallel_stats: dict[str, Any] = {}  # filled by accel.parallel under ring attention
 
     @property
     def active(self) -> bool:
@@ -61,6 +63,8 @@ class Patch:
         out: dict[str, Any] = {"methods": [m.name for m in self.methods], "steps": self.tracker.stats()}
         for m in self.methods:
             out[m.name] = m.stats()
+        if self.parallel_stats:  # attention calls run as ring attention on accel's engine
+            out["parallel"] = dict(self.parallel_stats)
         return out
 
     def reset(self, num_steps: int | None = None) -> None:
@@ -184,6 +188,7 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
     _check_compatible(methods)
     for m in methods:
         m.check(resolved)
+    parallel.check(resolved, methods)  # diffusers' context parallelism: what accel can serve
 
     tracker = StepTracker()
     with Journal() as journal:
@@ -192,10 +197,13 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
             tracker.on_branch_end(m.end_branch)
             tracker.on_call_end(m.note_held)
             m.apply(resolved, journal, tracker)
+        ring_stats: dict[str, Any] = {}
+        parallel.attach(resolved, methods, journal, ring_stats)  # ring attention: accel's LSE forward op
         tracker.needs_step_count = [m.name for m in methods if m.needs_step_count()]
         for d in resolved.denoisers:
             watch(tracker, d.module, d.adapter, journal, TRACKER_HOOK)
         handle = Patch(resolved, methods, tracker, journal)
+        handle.parallel_stats = ring_stats
         for obj in (resolved.obj, *(d.module for d in resolved.denoisers)):
             _register(obj, handle, journal)
     return handle

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from accel import parallel
 from accel.adapters import BlockRef
 from accel.journal import Journal
 from accel.method import Method
@@ -27,6 +28,9 @@ class SpanCacheMethod(Method):
         self.spans: list[Span] = []
         for d in target.denoisers:
             spans = self.make_spans(d.adapter.blocks(d.module), tracker, joined=d.adapter.stacks_joined)
+            cp = parallel.of(d.module)  # under context parallelism, decisions are reduced over the ranks
+            for span in spans:
+                span.cp = cp
             attach_spans(spans, journal, f"accel.{self.name}")
             self.spans += spans
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from accel import compat
+from accel import compat, parallel
 from accel.adapters import BlockRef
 from accel.adapters.block_io import BlockIO, block_io
 from accel.journal import Journal
@@ -62,14 +62,20 @@ def always_keep(state: SpanState, step: int) -> bool:
     return True
 
 
-def relative_change(new: Residual, old: Residual) -> float:
-    """sum |new - old| / sum |old| over both streams (one host sync)."""
+def relative_change(new: Residual, old: Residual, cp: parallel.ContextParallel | None = None) -> float:
+    """sum |new - old| / sum |old| over both streams (one host sync). Under context parallelism (`cp`) the
+    sums run over the whole sequence, every rank's shard (one all-reduce): every rank gets the same
+    value, the one a single process gets."""
     num = (new[0] - old[0]).abs().sum()
     den = old[0].abs().sum()
     if new[1] is not None and old[1] is not None:
-        num = num + (new[1] - old[1]).abs().sum()
-        den = den + old[1].abs().sum()
-    return float(num / den.clamp_min(1e-12))
+        w = parallel.stream_weight(cp, "encoder")
+        num = num + w * (new[1] - old[1]).abs().sum()
+        den = den + w * old[1].abs().sum()
+    if cp is None:
+        return float(num / den.clamp_min(1e-12))
+    num_all, den_all = parallel.sums(cp, [num, den])
+    return num_all / max(den_all, 1e-12)
 
 
 class Span:
@@ -89,6 +95,9 @@ class Span:
         """`order` 0 replays the last residual as stored; 1 extrapolates it along a line through the last
         two computed residuals (at the cost of keeping both)."""
         self.blocks = blocks
+        # the denoiser's context-parallel setup (`accel.parallel.of`, set by the method): every
+        # data-dependent decision is reduced over its ranks
+        self.cp: parallel.ContextParallel | None = None
         self.order = order
         self.tracker = tracker
         self.policy = policy
@@ -158,7 +167,8 @@ class Span:
             encoder - state.encoder_in if encoder is not None and state.encoder_in is not None else None,
         )
         state.hidden_in = state.encoder_in = None
-        if not _finite(residual):  # never replayed: the steps that would have used it compute instead
+        # never replayed: the steps that would have used it compute instead (on every rank, or on none)
+        if not parallel.all_ranks(self.cp, _finite(residual)):
             state.residual = state.slope = state.change = None
             self.counters["nonfinite_residuals"] = self.counters.get("nonfinite_residuals", 0) + 1
             if not self.warned_nonfinite:
@@ -168,7 +178,7 @@ class Span:
             return
         same_shape = state.residual is not None and state.residual[0].shape == residual[0].shape
         if self.track_change and same_shape:
-            state.change = relative_change(residual, state.residual)
+            state.change = relative_change(residual, state.residual, self.cp)
         if self.order == 1:
             state.slope = _slope(residual, state.residual, state.refreshed_at - state.residual_at) if same_shape else None
         state.residual, state.residual_at = residual, state.refreshed_at
@@ -227,6 +237,8 @@ class SpanBlockHook(ModelHook):
     def before(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> Any | None:
         """Decide for every span that starts here; when one holding this block is skipped, the block's
         output without running it (its input, plus the residual of each span that ends here)."""
+        # under context parallelism: the rank's shard, as the block sees it (a split hook may sit inside)
+        args, kwargs = parallel.split_inputs(module, args, kwargs)
         for span, i in self.spans:
             if i == 0:
                 span.begin(module, args, kwargs)

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from accel import parallel
 from accel.adapters.block_io import block_io
 from accel.config import MethodConfig, option
 from accel.errors import AccelError, InvalidOptionError, UnsupportedModelError
@@ -213,6 +214,8 @@ class SixBit(Method):
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         cfg = self.config
         self.tracker = tracker
+        # under context parallelism the router's statistics are summed over the ranks before deciding
+        self.cp = next((cp for cp in map(parallel.of, (d.module for d in target.denoisers)) if cp), None)
         self.alpha, self.beta, self.threshold, per_layer = self._calibrated()
         self.blocks: dict[str, BlockState] = {}
         self.layers: list[LayerState] = []
@@ -265,7 +268,7 @@ class SixBit(Method):
             route = layer.route
             if route == "refresh":  # Purified Delta Refresh: outlier-heavy inputs are not quantized
                 magnitude = x.detach().abs().float()
-                route = "a16" if magnitude.amax() > self.config.outlier_ratio * magnitude.mean() else "int8"
+                route = "a16" if self._outliers(magnitude) else "int8"
             if route == "int8":
                 out, path = self._int8(layer, x)
             elif route == "a16":
@@ -297,6 +300,15 @@ class SixBit(Method):
             return out, path + " (packed per call)"
         return formats.int8_linear(x, weight, layer.bias)
 
+    def _outliers(self, magnitude: torch.Tensor) -> bool:
+        """Purified Delta Refresh's test: the input's largest magnitude above `outlier_ratio` times its mean
+        (over the whole sequence, every rank's shard, under context parallelism)."""
+        if self.cp is None:
+            return bool(magnitude.amax() > self.config.outlier_ratio * magnitude.mean())
+        (peak,) = parallel.maxes(self.cp, [magnitude.amax()])
+        total, count = parallel.sums(self.cp, [magnitude.sum(), torch.tensor(float(magnitude.numel()))])
+        return peak > self.config.outlier_ratio * total / count
+
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
 
@@ -318,6 +330,7 @@ class SixBit(Method):
                     volatile = gamma is None or layer.alpha * gamma + layer.beta > self.threshold
                     layer.route = "int8" if volatile else "nvfp4"
             state.ran = False
+            args, kwargs = parallel.split_inputs(module, args, kwargs)  # the rank's shard, as the block sees it
             state.hidden_in = io.inputs(module, args, kwargs)[0]
 
         def after(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -337,7 +350,12 @@ class SixBit(Method):
             hidden_out = io.outputs(output)[0]
             if isinstance(hidden_in, torch.Tensor) and hidden_out.shape == hidden_in.shape:
                 change = (hidden_out.float() - hidden_in.float()).abs().sum()
-                state.gamma[self.tracker.branch] = float(change / hidden_in.float().abs().sum().clamp_min(1e-12))
+                base = hidden_in.float().abs().sum()
+                if self.cp is None:
+                    state.gamma[self.tracker.branch] = float(change / base.clamp_min(1e-12))
+                else:  # the whole sequence's Gamma on every rank: the same route everywhere
+                    change_all, base_all = parallel.sums(self.cp, [change, base])
+                    state.gamma[self.tracker.branch] = change_all / max(base_all, 1e-12)
 
         disable = torch.compiler.disable
         journal.add_torch_hook(state.module.register_forward_pre_hook(disable(before), with_kwargs=True))

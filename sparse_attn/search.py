@@ -35,7 +35,7 @@ attention time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -328,6 +328,7 @@ def tiles_from_mass(
     diagonal: bool = True,
     *,
     dense_query_tiles: Iterable[int] = (),
+    forced: torch.Tensor | None = None,
 ) -> TileIndex:
     """The index (ids ascending) of q_len query / kv_len key tokens in tiles of `tile_size` that keeps,
     per (batch, head, query tile), the forced tiles plus the k_h = max(1, ceil(density_h * Nk)) others of
@@ -335,7 +336,8 @@ def tiles_from_mass(
     (text sink; negative ids count from the end), with `diagonal` key tile i * Nk // Nq for query tile i,
     and every key tile for the query tiles in `dense_query_tiles` (text queries). Forced tiles come on top
     of k_h, as in `selection.topk_tiles`. `density_per_head`: a float, [H] or [B, H], in (0, 1]; density 1
-    keeps every tile.
+    keeps every tile. `forced` ([Nq, Nk] bool) replaces the forced tiles the other arguments give (under
+    ring attention a rank's query tiles are rows of the whole sequence's matrix).
     """
     _check_mass(mass)
     q_tile, kv_tile = tile_sizes(tile_size)
@@ -344,7 +346,8 @@ def tiles_from_mass(
         raise ValueError(f"mass has {nq} x {nk} tiles; {q_len} x {kv_len} tokens in tiles of {q_tile} x {kv_tile} "
                          "make a different count")
     density = _density_tensor(density_per_head, B, H, mass.device)
-    forced = _forced(nq, nk, sink_tiles, diagonal, dense_query_tiles, mass.device)
+    if forced is None:
+        forced = _forced(nq, nk, sink_tiles, diagonal, dense_query_tiles, mass.device)
     if nq == 0 or nk == 0:
         return TileIndex(torch.zeros(B, H, nq, dtype=torch.int32, device=mass.device),
                          torch.zeros(B, H, nq, 1, dtype=torch.int32, device=mass.device), q_tile, kv_tile, q_len,
@@ -365,15 +368,27 @@ def index_recall(mass: torch.Tensor, index: TileIndex) -> torch.Tensor:
     """[B, H] fp32: the share of each head's mass that the index keeps, sum(kept) / sum(all), every query
     tile weighted alike (AdaSpa's Recall; with a fresh LSE sum(all) = Nq). An index with a batch or head
     dim of 1 is broadcast."""
+    return _recall(*recall_sums(mass, index))
+
+
+def recall_sums(mass: torch.Tensor, index: TileIndex) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, H] kept mass, [B, H] total mass) of `index_recall`, before the division: sums that add up
+    over query tiles held apart (ranks of a ring) and concatenate over heads held apart (Ulysses)."""
     _check_mass(mass)
     B, H, nq, nk = mass.shape
     index = index.expand(B, H)
     width = index.indices.shape[-1]
     used = torch.arange(width, device=mass.device) < index.counts.unsqueeze(-1)
     kept = torch.where(used, mass.float().gather(-1, index.indices.long().clamp(0, max(nk - 1, 0))), 0.0)
-    kept = kept.sum(dim=(2, 3))
-    total = mass.float().sum(dim=(2, 3))
+    return kept.sum(dim=(2, 3)), mass.float().sum(dim=(2, 3))
+
+
+def _recall(kept: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, kept / total.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
+
+
+# (kept, total) [B, H_local] -> the same sums over every head and query tile of the sequence [B, H]
+RecallReduce = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def head_adaptive_density(
@@ -386,6 +401,8 @@ def head_adaptive_density(
     *,
     diagonal: bool = True,
     dense_query_tiles: Iterable[int] = (),
+    forced: torch.Tensor | None = None,
+    reduce: RecallReduce | None = None,
 ) -> torch.Tensor:
     """Density per head, [B, H] fp32, averaging `base_density` over the heads of each batch element.
 
@@ -395,7 +412,9 @@ def head_adaptive_density(
     lowest recall d + delta, the rest d. The paper's delta = d / 2 (sparsity s -> (1+s)/2 and (3s-1)/2);
     here delta = min(d / 2, max_density - d, d - min_density), so both moves stay inside
     [min_density, max_density] and the mean stays exactly d (a clamp on one side only would break it).
-    Ties in recall go to the lower head index (stable sort).
+    Ties in recall go to the lower head index (stable sort). Under context parallelism `reduce` sums the
+    recall's (kept, total) over the ranks first, so every rank ranks the same heads alike (Ulysses: the
+    result then covers every head, [B, H_all]); `forced` is passed on to `tiles_from_mass`.
     """
     _check_mass(mass)
     if not 0.0 < base_density <= 1.0:
@@ -409,8 +428,12 @@ def head_adaptive_density(
     B, H, nq, nk = mass.shape
     # recall only reads the tile ids: any tile size with this many tiles will do
     index = tiles_from_mass(mass, base_density, 16, nq * 16, nk * 16, sink_tiles, diagonal,
-                            dense_query_tiles=dense_query_tiles)
-    recall = index_recall(mass, index)  # [B, H]
+                            dense_query_tiles=dense_query_tiles, forced=forced)
+    kept, total = recall_sums(mass, index)
+    if reduce is not None:
+        kept, total = reduce(kept, total)
+    recall = _recall(kept, total)  # [B, H]
+    H = recall.shape[1]
     delta = min(base_density / 2, max_density - base_density, base_density - min_density)
     density = torch.full((B, H), float(base_density), dtype=torch.float32, device=mass.device)
     n_high = (recall > recall_threshold).sum(dim=1).clamp(max=H // 2)  # [B]

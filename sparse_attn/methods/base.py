@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from accel import compat
+from accel import compat, parallel
 from accel.adapters import AttentionSite, TokenLayout
 from accel.config import MethodConfig, option
 from accel.errors import InvalidOptionError, UnsupportedModelError
@@ -36,7 +36,7 @@ from accel.target import PatchTarget
 
 from .. import paths
 from ..reorder import TokenOrder, tile_order
-from ..selection import text_tiles
+from ..selection import forced_tiles, pool_tiles, text_tiles
 from ..tiles import TILE_SIZES, TileIndex
 from .sdpa_route import SDPACall, SDPARoute
 
@@ -106,6 +106,91 @@ def tiled_sequence(layout: TokenLayout, kind: str, text_position: str, tile: int
     return TiledSequence(TokenOrder(perm.to(device), inverse.to(device)), sinks, tokens, text)
 
 
+def segments(layout: TokenLayout, kind: str, text_position: str) -> list[int]:
+    """The lengths of the parts of an attention call's sequence in model order ([text, image], [image,
+    text] or [image]): what diffusers' context parallelism splits over the ranks, part by part."""
+    text = layout.text_tokens if kind == "joint" and text_position != "none" else 0
+    if not text:
+        return [layout.image_tokens]
+    return [text, layout.image_tokens] if text_position == "first" else [layout.image_tokens, text]
+
+
+def gathered(order: TiledSequence, parts: list[int], world: int) -> TiledSequence:
+    """The same tiles over the sequence as Ulysses' all-to-all hands it to each rank: the ranks' local
+    sequences one after the other (`accel.parallel.gathered_positions`)."""
+    where = torch.empty(order.tokens, dtype=torch.int64)
+    where[parallel.gathered_positions(parts, world)] = torch.arange(order.tokens)
+    perm = where[order.order.perm.cpu()]
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.numel())
+    device = order.order.perm.device
+    return TiledSequence(TokenOrder(perm.to(device), inverse.to(device)), order.sink_tiles, order.tokens,
+                         order.text_tokens)
+
+
+@dataclass(frozen=True)
+class RingSequence:
+    """Under ring attention: the whole sequence's tiles (`full`), and for each ring rank the global ids of
+    the tiles it holds (`tiles`) and its local tokens in their tile order (`orders`). Every tile lies on
+    one rank: a rank's queries are whole query tiles of the single-process run, its keys whole key tiles."""
+
+    full: TiledSequence
+    orders: tuple[TokenOrder, ...]
+    tiles: tuple[torch.Tensor, ...]
+    tile: int
+
+    @property
+    def num_tiles(self) -> int:
+        return -(-self.full.tokens // self.tile)
+
+    def forced(self, rank: int, device: torch.device) -> torch.Tensor:
+        """[tiles of `rank`, all tiles] bool: the sink tiles and the diagonal, as the single process forces them."""
+        n = self.num_tiles
+        return forced_tiles(n, n, self.full.sink_tiles, True, device)[self.tiles[rank].to(device)]
+
+    def shard_index(self, index: TileIndex, shard: int) -> TileIndex:
+        """The part of `index` (this rank's query tiles over every key tile) on the keys of ring rank `shard`."""
+        dense = index.to_dense()[..., self.tiles[shard].to(index.device)]
+        return TileIndex.from_dense(dense, self.tile, index.q_len, self.orders[shard].perm.numel())
+
+    def gather_tiles(self, local: torch.Tensor, parallel_setup: parallel.ContextParallel) -> torch.Tensor:
+        """[B, H, N, X]: per-tile rows [B, H, n_local, X] of every ring rank (pooled keys, cheap), in global
+        tile order."""
+        parts = [torch.empty_like(local) for _ in range(parallel_setup.ring)]
+        torch.distributed.all_gather(parts, local.contiguous(), group=parallel_setup.ring_group)
+        out = local.new_empty(*local.shape[:2], self.num_tiles, local.shape[-1])
+        for rank, part in enumerate(parts):
+            out[:, :, self.tiles[rank].to(local.device)] = part
+        return out
+
+
+def ring_sequence(order: TiledSequence, parts: list[int], world: int, tile: int) -> RingSequence | str:
+    """The ring layout of `order`, or why the tiles do not fall whole on the ranks."""
+    tokens = order.tokens
+    local = tokens // world
+    if local % tile:
+        return (f"{local} tokens per rank, not a multiple of tile_size={tile} (every rank must hold whole "
+                "tiles)")
+    where = torch.empty(tokens, dtype=torch.int64)
+    where[parallel.gathered_positions(parts, world)] = torch.arange(tokens)
+    placed = where[order.order.perm.cpu()].view(-1, tile)  # [tiles, tile]: rank-major gathered positions
+    owner = placed // local
+    if not bool((owner == owner[:, :1]).all()):
+        return (f"a tile of tile_size={tile} spans two ranks (the sequence's parts {parts} split over {world} "
+                "ranks); choose sizes whose per-rank parts are whole tiles")
+    owner = owner[:, 0]
+    device = order.order.perm.device
+    orders, tiles = [], []
+    for rank in range(world):
+        ids = (owner == rank).nonzero().squeeze(1)
+        perm = (placed[ids] - rank * local).reshape(-1)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(perm.numel())
+        orders.append(TokenOrder(perm.to(device), inverse.to(device)))
+        tiles.append(ids)
+    return RingSequence(order, tuple(orders), tuple(tiles), tile)
+
+
 def gives_first_frame(pipeline: Any) -> bool:
     """Whether a pipeline passes its image as the clean first latent frame of the video (Wan 2.2 TI2V:
     `WanImageToVideoPipeline` with `expand_timesteps`): every later frame copies from those tokens."""
@@ -116,14 +201,19 @@ def gives_first_frame(pipeline: Any) -> bool:
 class SparseSiteHook(ModelHook):
     """On one attention module: runs its own forward, with the SDPA call inside routed to the method."""
 
-    def __init__(self, method: SparseAttentionMethod, site: AttentionSite, layer: int) -> None:
+    def __init__(self, method: SparseAttentionMethod, site: AttentionSite, layer: int,
+                 cp: parallel.ContextParallel | None = None) -> None:
         super().__init__()
         self.method = method
         self.site = site
         self.layer = layer
+        self.cp = cp  # the denoiser's context parallelism (accel.parallel), or None
 
     @torch.compiler.disable  # the routed attention runs eagerly between compiled graphs (see docs/guarantees.md)
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if self.cp is not None and self.cp.ring > 1:  # the processor's SDPA call on the local shard, routed
+            with parallel.processors_unaware(module), SDPARoute(lambda call: self.method.route_ring(self, call)):
+                return compat.original_forward(self)(*args, **kwargs)
         if not self.method.sparse_now(self.layer):
             self.method.count("dense_calls")
             return compat.original_forward(self)(*args, **kwargs)
@@ -156,7 +246,8 @@ class SparseAttentionMethod(Method):
     # (the CPU kernel's summation order depends on the machine's vector width: 1.3e-4 at 3.4 with AVX2,
     # 3.1e-4 beside a largest latent of 730 with AVX-512)
     exact_atol, exact_rtol = 1e-5, 1e-4
-    kept_between_calls = frozenset({"_orders"})  # the token permutation per layout (O(S) int64 each)
+    # the token permutation per layout (O(S) int64 each), and its per-rank parts under ring attention
+    kept_between_calls = frozenset({"_orders", "_rings"})
     stats_keys = frozenset({"sparse_calls", "dense_calls", "density", "kernel", "kernel_fallback", "fallbacks",
                             "sink"})
 
@@ -190,11 +281,13 @@ class SparseAttentionMethod(Method):
         self._orders: dict[tuple, TiledSequence] = {}
         self._warned: set[str] = set()
         self.hooks: list[SparseSiteHook] = []
+        self._rings: dict[tuple, RingSequence | str] = {}
         for d in target.denoisers:
             layers = {id(b.module): i for i, b in enumerate(d.adapter.blocks(d.module))}
+            cp = parallel.of(d.module)
             for site in d.adapter.attention_sites(d.module):
-                if site.kind in ("self", "joint"):
-                    hook = SparseSiteHook(self, site, layers[id(site.block.module)])
+                if site.kind in ("self", "joint") or (cp is not None and cp.ring > 1):
+                    hook = SparseSiteHook(self, site, layers[id(site.block.module)], cp)
                     journal.add_model_hook(site.module, hook, f"accel.{self.name}")
                     self.hooks.append(hook)
 
@@ -216,7 +309,7 @@ class SparseAttentionMethod(Method):
         reason = call.unsupported()
         layout = self.tracker.layout
         if reason is None:
-            order = self._tiled_sequence(layout, hook.site, call.query.device)
+            order = self._tiled_sequence(layout, hook.site, call.query.device, hook.cp)
             if call.query.shape[2] != order.tokens or call.key.shape[2] != order.tokens:
                 reason = (
                     f"a sequence of {call.query.shape[2]} query / {call.key.shape[2]} key tokens where the "
@@ -267,13 +360,116 @@ class SparseAttentionMethod(Method):
         element]) for state kept across steps."""
         raise NotImplementedError
 
-    def _tiled_sequence(self, layout: TokenLayout, site: AttentionSite, device: torch.device) -> TiledSequence:
+    def _tiled_sequence(self, layout: TokenLayout, site: AttentionSite, device: torch.device,
+                        cp: parallel.ContextParallel | None = None) -> TiledSequence:
+        """The tile order of the call's sequence; under Ulysses (`cp`), of the sequence as the all-to-all
+        gathers it (each rank's shard of every part, rank after rank)."""
         cfg = self.config
-        key = (layout, site.kind, site.text_position, cfg.tile_size, device)
+        world = cp.world if cp is not None else 1
+        key = (layout, site.kind, site.text_position, cfg.tile_size, device, world)
         if key not in self._orders:
-            self._orders[key] = tiled_sequence(layout, site.kind, site.text_position, cfg.tile_size, device,
-                                               self.first_frame_sink)
+            order = tiled_sequence(layout, site.kind, site.text_position, cfg.tile_size, device,
+                                   self.first_frame_sink)
+            if world > 1:
+                parts = segments(layout, site.kind, site.text_position)
+                parallel.check_split(parts, world, f"{site.name}'s sequence")
+                order = gathered(order, parts, world)
+            self._orders[key] = order
         return self._orders[key]
+
+    # ---- ring attention (accel.parallel) -----------------------------------------------------------
+    def route_ring(self, hook: SparseSiteHook, call: SDPACall) -> torch.Tensor:
+        """One attention call under ring parallelism, on this rank's shard of the sequence: diffusers'
+        ring attention with accel's forward op, block-sparse (`attend_ring`) where the schedule says so,
+        else exact (dense tiles, with the LSE the ring merge needs)."""
+        cp = hook.cp
+        assert cp is not None
+        reason = call.unsupported() or ("an attention mask" if call.attn_mask is not None else None)
+        if reason is not None:
+            raise UnsupportedModelError(f"{self.name}: {reason} is not supported under ring attention")
+        site = hook.site
+        if site.kind == "cross" or not self.sparse_now(hook.layer):
+            self.count("dense_calls")
+            return self._dense_ring(call, cp)
+        ring = self._ring_sequence(self.tracker.layout, site, call.query.device, cp)
+        if isinstance(ring, str):
+            raise UnsupportedModelError(f"{self.name} under ring attention ({cp.describe()}) at {site.name}: {ring}")
+        local = ring.orders[cp.ring_rank].perm.numel()
+        if call.query.shape[2] != local or call.key.shape[2] != local:
+            self.note_fallback(f"a ring shard of {call.query.shape[2]} tokens where the layout gives {local}")
+            return self._dense_ring(call, cp)
+        slot = (id(hook), self.tracker.branch)
+        with paths.capture() as seen:
+            out = self.attend_ring(slot, call.query, call.key, call.value, call.scale, ring, cp)
+        self.count("sparse_calls")
+        if seen:
+            self.counters["kernel"] = f"{seen[-1].kernel} ({seen[-1].precision})"
+        self.counters["parallel"] = f"ring={cp.ring}"
+        return out
+
+    def _dense_ring(self, call: SDPACall, cp: parallel.ContextParallel) -> torch.Tensor:
+        def shard(_: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return parallel.dense_shard(_, q, k, v, call.scale)
+
+        return parallel.ring_attention(cp, call.query, call.key, call.value, call.scale, shard)
+
+    def _ring_sequence(self, layout: TokenLayout, site: AttentionSite, device: torch.device,
+                       cp: parallel.ContextParallel) -> RingSequence | str:
+        key = (layout, site.kind, site.text_position, self.config.tile_size, device, cp.ring)
+        if key not in self._rings:
+            parts = segments(layout, site.kind, site.text_position)
+            parallel.check_split(parts, cp.ring, f"{site.name}'s sequence")
+            order = tiled_sequence(layout, site.kind, site.text_position, self.config.tile_size, device,
+                                   self.first_frame_sink)
+            self._rings[key] = ring_sequence(order, parts, cp.ring, self.config.tile_size)
+        return self._rings[key]
+
+    def attend_ring(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                    ring: RingSequence, cp: parallel.ContextParallel) -> torch.Tensor:
+        """This rank's queries over every rank's keys, [B, H, S_local, D] in the model's order: the
+        method's index over the whole key sequence for this rank's query tiles (`ring_index`), split by key
+        shard, each shard's partial (`attend_shard`, with its LSE) merged by diffusers' ring."""
+        mine = ring.orders[cp.ring_rank]
+        qt = mine.apply(q, dim=2)
+        index = self.ring_index(slot, qt, mine.apply(k, dim=2), scale, ring, cp)
+        self.record_tiles(index)
+        return self.ring_partials(q, k, v, scale, ring, cp, index)
+
+    def ring_partials(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                      ring: RingSequence, cp: parallel.ContextParallel, index: TileIndex | None) -> torch.Tensor:
+        """diffusers' ring over the key shards with `attend_shard` on each (every tile when index is None)."""
+        mine = ring.orders[cp.ring_rank]
+
+        def shard(j: int, q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            theirs = ring.orders[j]
+            qt, kt, vt = mine.apply(q_, dim=2), theirs.apply(k_, dim=2), theirs.apply(v_, dim=2)
+            part = ring.shard_index(index, j) if index is not None else None
+            if part is None:
+                out, lse = parallel.dense_shard(j, qt, kt, vt, scale)
+            else:
+                out, lse = self.attend_shard(qt, kt, vt, part, scale)
+            return mine.restore(out, dim=2), mine.restore(lse, dim=2)
+
+        return parallel.ring_attention(cp, q, k, v, scale, shard)
+
+    def ring_index(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, scale: float | None, ring: RingSequence,
+                   cp: parallel.ContextParallel) -> TileIndex:
+        """The key tiles (global ids) each of this rank's query tiles keeps; q, k: this rank's, tile-ordered."""
+        raise NotImplementedError
+
+    def attend_shard(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: TileIndex,
+                     scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out, lse) of tile-ordered q over one key shard's tiles listed in `index`."""
+        raise NotImplementedError
+
+    def pooled_ring_scores(self, q: torch.Tensor, k: torch.Tensor, scale: float | None, ring: RingSequence,
+                           cp: parallel.ContextParallel) -> torch.Tensor:
+        """[B, H, n_local, N] pooled scores of this rank's query tiles against every key tile (the pooled
+        keys gathered from the ring: one small all-gather)."""
+        tile = self.config.tile_size
+        keys = ring.gather_tiles(pool_tiles(k, tile), cp)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return pool_tiles(q, tile) @ keys.transpose(-1, -2) * scale
 
     def _fallback(self, reason: str, call: SDPACall) -> torch.Tensor:
         self.note_fallback(reason)

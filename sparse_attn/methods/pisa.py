@@ -13,11 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from accel import parallel
 from accel.config import option
 
 from ..attention import block_sparse_attention
 from ..pisa import pisa_attention, route
-from .base import SparseAttentionConfig, SparseAttentionMethod
+from ..selection import topk_tiles
+from ..tiles import TileIndex
+from .base import RingSequence, SparseAttentionConfig, SparseAttentionMethod
 
 VIDEO_DENSITY, IMAGE_DENSITY = 0.125, 0.15  # the paper's defaults (Wan/HunyuanVideo; FLUX)
 
@@ -65,3 +68,22 @@ class PISA(SparseAttentionMethod):
         if cfg.order == "none":
             return block_sparse_attention(q, k, v, index, scale=scale)
         return pisa_attention(q, k, v, order=cfg.order, index=index, scale=scale)
+
+    # ---- under ring attention (accel.parallel): the same tiles, the Taylor tail per key shard ----------
+    def ring_index(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, scale: float | None, ring: RingSequence,
+                   cp: parallel.ContextParallel) -> TileIndex:
+        """The single process's routing for this rank's query tiles: top-k of the pooled scores against
+        every key tile (pooled keys gathered), plus the sinks and the diagonal."""
+        scores = self.pooled_ring_scores(q, k, scale, ring, cp)
+        forced = ring.forced(cp.ring_rank, q.device)
+        return topk_tiles(scores, self.density(), self.config.tile_size, q.shape[2], ring.full.tokens, forced)
+
+    def attend_shard(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: TileIndex,
+                     scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One key shard's partial: its critical tiles exact and (unless order="none") its other tiles
+        through the Taylor tail, in one softmax whose LSE lets the shards merge exactly."""
+        if self.config.order == "none":
+            out, lse = block_sparse_attention(q, k, v, index, scale=scale, return_lse=True)
+        else:
+            out, lse = pisa_attention(q, k, v, order=self.config.order, index=index, scale=scale, return_lse=True)
+        return out, lse
