@@ -178,6 +178,7 @@ class TuneResult:
     stopped: str = "done"  # "done" | "budget" | "interrupted"
     elapsed_s: float = 0.0
     measurements: int = 0  # quality and speed measurements made (the cost of the search)
+    min_speedup: float = 1.05  # a candidate measured slower than this is not an acceleration
 
     @property
     def complete(self) -> bool:
@@ -229,7 +230,7 @@ def tune(
     base = measure.base_steps
     grid = sorted({s for s in steps_grid if 1 <= s <= base} | {base}, reverse=True)
     start = clock()
-    result = TuneResult(floor, rungs, held_out_n, base, [])
+    result = TuneResult(floor, rungs, held_out_n, base, [], min_speedup=min_speedup)
 
     def spend() -> None:
         if clock() - start > budget_s:
@@ -296,6 +297,8 @@ def tune(
         bar.close()
     if result.stopped != "done":
         for trial in result.trials:
+            if trial.status == "trying":
+                trial.status = "stopped while measured (its figures are partial)"
             if trial.status == "not tried":
                 trial.status = f"not tried: {'out of time' if result.stopped == 'budget' else 'interrupted'}"
     result.elapsed_s = clock() - start
@@ -313,7 +316,8 @@ def _compositions(screened: list[Trial], composable: Callable[[str, str], bool],
             fastest.setdefault(parts[0][0], [])
             if len(fastest[parts[0][0]]) < top:
                 fastest[parts[0][0]].append(t)
-    names = list(fastest)
+    order = [t.candidate.parts[0][0] for t in screened]  # a composition lists its methods as the variants do
+    names = sorted(fastest, key=order.index)
     out: list[Parts] = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -338,6 +342,9 @@ def _try(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend
             return
     spend()
     trial.speedup = measure.speed(trial.candidate, 3)
+    if trial.speedup < result.min_speedup:
+        trial.status = f"holds the floor; measured {trial.speedup:.2f}x, not faster than the exact run"
+        return
     best = result.best
     if best is not None and best.speedup is not None and trial.speedup <= best.speedup:
         trial.status = "holds the floor; slower than the best"
