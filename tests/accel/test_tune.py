@@ -11,7 +11,7 @@ import pytest
 
 import accel
 from accel.cli import main
-from accel.tune import Candidate, Floor, load_config, read, rungs_for, tune
+from accel.tune import Candidate, Floor, read, rungs_for, tune
 from accel.tune import report as R
 from accel.tune.search import Trial, pareto
 
