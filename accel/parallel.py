@@ -183,12 +183,13 @@ def _forward_only(ctx: Any, grad_out: torch.Tensor, *args: Any, **kwargs: Any) -
 
 
 def ring_attention(parallel: ContextParallel, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                   scale: float | None, shard_attention: ShardAttention) -> torch.Tensor:
+                   scale: float | None, shard_attention: ShardAttention, return_lse: bool = False) -> Any:
     """Attention of this rank's queries over the keys of every ring rank, [B, H, S_local, D] each.
 
     Runs diffusers' `TemplatedRingAttention` (all-gather of K/V, the loop over key shards, the LSE merge),
     with `shard_attention(shard, q, k, v) -> (out [B, H, Sq, D], lse [B, H, Sq] fp32)` as its forward op:
-    `shard` is the ring rank whose keys k, v are (diffusers visits shard (rank + i) % ring at step i)."""
+    `shard` is the ring rank whose keys k, v are (diffusers visits shard (rank + i) % ring at step i).
+    With `return_lse`, also the merged LSE [B, H, S_local] fp32."""
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
     calls = itertools.count()
@@ -201,10 +202,41 @@ def ring_attention(parallel: ContextParallel, query: torch.Tensor, key: torch.Te
 
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     out = _templated_context_parallel_attention(
-        q, k, v, None, 0.0, False, scale, False, False, forward_op=forward_op, backward_op=_forward_only,
+        q, k, v, None, 0.0, False, scale, False, return_lse, forward_op=forward_op, backward_op=_forward_only,
         _parallel_config=parallel.config,
     )
+    if return_lse:
+        out, lse = out
+        return out.transpose(1, 2).to(query.dtype), lse.transpose(1, 2).float()
     return out.transpose(1, 2).to(query.dtype)
+
+
+def gather_ring(parallel: ContextParallel, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every ring rank's `x` (equal shapes), in ring order."""
+    parts = [torch.empty_like(x) for _ in range(parallel.ring)]
+    dist.all_gather(parts, x.contiguous(), group=parallel.ring_group)
+    return parts
+
+
+def recall_reduce(parallel: ContextParallel | None) -> Callable[[torch.Tensor, torch.Tensor],
+                                                                 tuple[torch.Tensor, torch.Tensor]] | None:
+    """For a head-adaptive statistic of sums [B, heads] (AdaSpa's recall: kept and total mass): under
+    ring, the sums over every rank's query tiles (all-reduce); under Ulysses, every rank's heads side by
+    side, [B, H] (all-gather, in head order: Ulysses gives rank u heads u*H/n...(u+1)*H/n - 1)."""
+    if parallel is None:
+        return None
+
+    def reduce(kept: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        both = torch.stack([kept, total])
+        if parallel.ring > 1:
+            dist.all_reduce(both, group=parallel.ring_group)
+            return both[0], both[1]
+        parts = [torch.empty_like(both) for _ in range(parallel.ulysses)]
+        dist.all_gather(parts, both.contiguous(), group=parallel.ulysses_group)
+        both = torch.cat(parts, dim=-1)
+        return both[0], both[1]
+
+    return reduce
 
 
 def dense_shard(shard: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

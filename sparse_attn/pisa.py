@@ -34,6 +34,7 @@ pooled keys for U, combined exactly through the log-sum-exp (merge algebra).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -125,6 +126,12 @@ def key_tile_stats(k: torch.Tensor, v: torch.Tensor, kv_tile: int) -> KeyTileSta
     centred = (kb - means.unsqueeze(3)).view(B, H, n * kv_tile, D)  # padded rows meet zero values below
     moment = centred.transpose(-1, -2) @ vb.view(B, H, n * kv_tile, D) / k.shape[2]
     return KeyTileStats(means, vb.sum(dim=3), counts, moment)
+
+
+def key_moment_sum(k: torch.Tensor, v: torch.Tensor, kv_tile: int) -> torch.Tensor:
+    """sum_t (k_t - k̄_{blk(t)})^T v_t [B, H, D, D] fp32 over these keys (whole tiles): h̄ times their count,
+    which adds up over key shards (then divided by the whole count: h̄ of the whole sequence)."""
+    return key_tile_stats(k, v, kv_tile).moment * k.shape[2]
 
 
 def moment_deviation(k: torch.Tensor, v: torch.Tensor, kv_tile: int, chunk_elements: int = 1 << 22) -> torch.Tensor:
@@ -267,6 +274,7 @@ def pisa_attention(
     backend: str = "auto",
     *,
     return_lse: bool = False,
+    moment: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """PISA attention of q [B, H, Sq, D] over k, v [B, H, Skv, D] (fp32/fp16/bf16) -> out like q.
 
@@ -276,6 +284,9 @@ def pisa_attention(
     "auto" (Triton on CUDA, the CPU kernel on CPU), "triton", "cpu-kernel" or "torch" (the last two: the
     exact part's kernel; the pooled part is PyTorch). With `return_lse`, also the row log-sum-exp of the
     approximated denominator [B, H, Sq] fp32. The path is recorded as "pisa+<kernel>" (`paths.capture()`).
+    `moment` [B, H, D, D] fp32 replaces the shared first-order moment h̄ of these keys: for a partial over
+    one shard of a longer key sequence (ring attention), the whole sequence's h̄ (`key_moment_sum`),
+    so that the shards' partials merge by LSE into the single call's result.
     """
     args = _PisaArgs(density, index.tile_size if index is not None else tile_size, order, routing,
                      tuple(sink_tiles), scale, backend)
@@ -293,6 +304,8 @@ def pisa_attention(
             if index is None:
                 index = route(q, k, v, args.density, args.tile_size, args.routing, args.sink_tiles, scale)
             stats = key_tile_stats(k, v, index.kv_tile)
+            if moment is not None:
+                stats = dataclasses.replace(stats, moment=moment.float())
             path, (out, lse) = _pisa(path, args, q, k, v, index, scale, stats)
             if path.device == "cpu":
                 out, lse = poison_nonfinite(q, k, out, lse, None)

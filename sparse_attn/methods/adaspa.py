@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
+from accel import parallel
 from accel.config import option
 
 from ..attention import block_sparse_attention
 from ..search import dense_attention_with_tile_mass, head_adaptive_density, tile_mass, tiles_from_mass
-from ..selection import select_tiles
+from ..selection import select_tiles, topk_tiles
 from ..tiles import PackedTiles, TileIndex
-from .base import SparseAttentionConfig, SparseAttentionMethod
+from .base import RingSequence, SparseAttentionConfig, SparseAttentionMethod
 
 logger = logging.getLogger("accel")
 
@@ -137,8 +138,81 @@ class AdaSpa(SparseAttentionMethod):
         cfg = self.config
         density: float | torch.Tensor = 1.0 - cfg.sparsity
         if cfg.head_adaptive:
-            density = head_adaptive_density(mass, density, cfg.recall_threshold, sink_tiles=sinks)
+            # under Ulysses this rank holds some heads: the recall of every head decides (all-gathered)
+            density = head_adaptive_density(mass, density, cfg.recall_threshold, sink_tiles=sinks,
+                                            reduce=parallel.recall_reduce(self.cp))
+            if self.cp is not None and self.cp.ulysses > 1:
+                heads = mass.shape[1]
+                rank = self.cp.rank % self.cp.ulysses
+                density = density[:, rank * heads:(rank + 1) * heads]
         self._store(state, tiles_from_mass(mass, density, cfg.tile_size, q_len, kv_len, sink_tiles=sinks), step)
+
+    # ---- under ring attention (accel.parallel) -------------------------------------------------------
+    def attend_ring(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                    ring: RingSequence, cp: parallel.ContextParallel) -> torch.Tensor:
+        """The single process's schedule on this rank's query tiles: the search step runs exact ring
+        attention, keeps the merged LSE and computes the tile mass against every key shard (keys
+        gathered from the ring at search and refresh steps only); recall sums are reduced over the ring,
+        so every rank gives its heads the same densities; other steps run block-sparse partials per shard."""
+        cfg = self.config
+        step = self.tracker.step
+        state = self.states.setdefault(slot, SiteState())
+        mine = ring.orders[cp.ring_rank]
+        qt, kt = mine.apply(q, dim=2), mine.apply(k, dim=2)
+        forced = ring.forced(cp.ring_rank, q.device)
+
+        def sparse(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
+                   part: TileIndex) -> tuple[torch.Tensor, torch.Tensor]:
+            return block_sparse_attention(qs, ks, vs, part, scale=scale, return_lse=True)
+
+        if state.tiles is None or state.shape != tuple(q.shape):
+            state.shape = tuple(q.shape)
+            self.count("searches")
+            if cfg.search == "pooled":
+                index = topk_tiles(self.pooled_ring_scores(qt, kt, scale, ring, cp), 1.0 - cfg.sparsity,
+                                   cfg.tile_size, qt.shape[2], ring.full.tokens, forced)
+                self._store(state, index, step)
+                self.record_tiles(index)
+                return self.ring_partials(q, k, v, scale, ring, cp, index, sparse)
+            out, lse = parallel.ring_attention(
+                cp, q, k, v, scale, lambda j, qs, ks, vs: parallel.dense_shard(j, qs, ks, vs, scale), return_lse=True)
+            state.lse = mine.apply(lse, dim=2)
+            self._select_ring(state, self._ring_mass(qt, k, state.lse, scale, ring, cp), forced, qt.shape[2],
+                              ring, step)
+            return out
+        refresh = round(cfg.refresh_at * self.tracker.num_steps) if cfg.refresh_at else -1
+        if step >= refresh > state.searched_at:
+            self.count("refreshes")
+            if cfg.search == "pooled":
+                self._store(state, topk_tiles(self.pooled_ring_scores(qt, kt, scale, ring, cp), 1.0 - cfg.sparsity,
+                                              cfg.tile_size, qt.shape[2], ring.full.tokens, forced), step)
+            else:
+                self._select_ring(state, self._ring_mass(qt, k, state.lse, scale, ring, cp), forced, qt.shape[2],
+                                  ring, step)
+        index = state.tiles.unpack()
+        self.record_tiles(index)
+        return self.ring_partials(q, k, v, scale, ring, cp, index, sparse)
+
+    def _ring_mass(self, qt: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, scale: float | None,
+                   ring: RingSequence, cp: parallel.ContextParallel) -> torch.Tensor:
+        """[B, H, n_local, N]: the tile mass of this rank's query tiles against every key shard's tiles,
+        from the whole sequence's LSE (so it is the single process's mass)."""
+        assert lse is not None
+        mass = qt.new_zeros(*qt.shape[:2], qt.shape[2] // ring.tile, ring.num_tiles, dtype=torch.float32)
+        for j, kj in enumerate(parallel.gather_ring(cp, k)):
+            part = tile_mass(qt, ring.orders[j].apply(kj, dim=2), lse, self.config.tile_size, scale)
+            mass[..., ring.tiles[j].to(mass.device)] = part
+        return mass
+
+    def _select_ring(self, state: SiteState, mass: torch.Tensor, forced: torch.Tensor, q_len: int,
+                     ring: RingSequence, step: int) -> None:
+        cfg = self.config
+        density: float | torch.Tensor = 1.0 - cfg.sparsity
+        if cfg.head_adaptive:
+            density = head_adaptive_density(mass, density, cfg.recall_threshold, forced=forced,
+                                            reduce=parallel.recall_reduce(self.cp))
+        self._store(state, tiles_from_mass(mass, density, cfg.tile_size, q_len, ring.full.tokens, forced=forced),
+                    step)
 
     def _store(self, state: SiteState, index: TileIndex, step: int) -> None:
         state.tiles = index.pack()

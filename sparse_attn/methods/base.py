@@ -19,6 +19,7 @@ gives the reason.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,10 @@ def gathered(order: TiledSequence, parts: list[int], world: int) -> TiledSequenc
                          order.text_tokens)
 
 
+# (q, k, v of one key shard, tile-ordered; the index of the shard's tiles) -> (out, lse)
+ShardAttend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, TileIndex], tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class RingSequence:
     """Under ring attention: the whole sequence's tiles (`full`), and for each ring rank the global ids of
@@ -156,8 +161,7 @@ class RingSequence:
     def gather_tiles(self, local: torch.Tensor, parallel_setup: parallel.ContextParallel) -> torch.Tensor:
         """[B, H, N, X]: per-tile rows [B, H, n_local, X] of every ring rank (pooled keys, cheap), in global
         tile order."""
-        parts = [torch.empty_like(local) for _ in range(parallel_setup.ring)]
-        torch.distributed.all_gather(parts, local.contiguous(), group=parallel_setup.ring_group)
+        parts = parallel.gather_ring(parallel_setup, local)
         out = local.new_empty(*local.shape[:2], self.num_tiles, local.shape[-1])
         for rank, part in enumerate(parts):
             out[:, :, self.tiles[rank].to(local.device)] = part
@@ -249,7 +253,7 @@ class SparseAttentionMethod(Method):
     # the token permutation per layout (O(S) int64 each), and its per-rank parts under ring attention
     kept_between_calls = frozenset({"_orders", "_rings"})
     stats_keys = frozenset({"sparse_calls", "dense_calls", "density", "kernel", "kernel_fallback", "fallbacks",
-                            "sink"})
+                            "sink", "parallel"})
 
     def check(self, target: PatchTarget) -> None:
         """Also refuses attention modules whose diffusers backend does not end in SDPA (the call this method
@@ -282,6 +286,9 @@ class SparseAttentionMethod(Method):
         self._warned: set[str] = set()
         self.hooks: list[SparseSiteHook] = []
         self._rings: dict[tuple, RingSequence | str] = {}
+        # the context parallelism of the denoisers (one setup per pipeline in practice), for statistics
+        # that a method reduces over the ranks (AdaSpa's head-adaptive recall)
+        self.cp = next((cp for cp in map(parallel.of, (d.module for d in target.denoisers)) if cp), None)
         for d in target.denoisers:
             layers = {id(b.module): i for i, b in enumerate(d.adapter.blocks(d.module))}
             cp = parallel.of(d.module)
@@ -388,7 +395,9 @@ class SparseAttentionMethod(Method):
         if reason is not None:
             raise UnsupportedModelError(f"{self.name}: {reason} is not supported under ring attention")
         site = hook.site
-        if site.kind == "cross" or not self.sparse_now(hook.layer):
+        if site.kind == "cross":  # not a site of the method: exact, as ring attention needs it
+            return self._dense_ring(call, cp)
+        if not self.sparse_now(hook.layer):
             self.count("dense_calls")
             return self._dense_ring(call, cp)
         ring = self._ring_sequence(self.tracker.layout, site, call.query.device, cp)
@@ -427,40 +436,27 @@ class SparseAttentionMethod(Method):
     def attend_ring(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
                     ring: RingSequence, cp: parallel.ContextParallel) -> torch.Tensor:
         """This rank's queries over every rank's keys, [B, H, S_local, D] in the model's order: the
-        method's index over the whole key sequence for this rank's query tiles (`ring_index`), split by key
-        shard, each shard's partial (`attend_shard`, with its LSE) merged by diffusers' ring."""
-        mine = ring.orders[cp.ring_rank]
-        qt = mine.apply(q, dim=2)
-        index = self.ring_index(slot, qt, mine.apply(k, dim=2), scale, ring, cp)
-        self.record_tiles(index)
-        return self.ring_partials(q, k, v, scale, ring, cp, index)
+        method's tiles over the whole key sequence for this rank's query tiles, split by key shard, each
+        shard's partial computed with its LSE and merged by diffusers' ring (`ring_partials`)."""
+        raise NotImplementedError
 
     def ring_partials(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
-                      ring: RingSequence, cp: parallel.ContextParallel, index: TileIndex | None) -> torch.Tensor:
-        """diffusers' ring over the key shards with `attend_shard` on each (every tile when index is None)."""
+                      ring: RingSequence, cp: parallel.ContextParallel, index: TileIndex | None,
+                      attend: ShardAttend | None = None) -> torch.Tensor:
+        """diffusers' ring over the key shards: on each, `attend(q, k, v, index part)` -> (out, lse) on the
+        tile-ordered shard (every tile exact when `index` is None)."""
         mine = ring.orders[cp.ring_rank]
 
         def shard(j: int, q_: torch.Tensor, k_: torch.Tensor, v_: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             theirs = ring.orders[j]
             qt, kt, vt = mine.apply(q_, dim=2), theirs.apply(k_, dim=2), theirs.apply(v_, dim=2)
-            part = ring.shard_index(index, j) if index is not None else None
-            if part is None:
+            if index is None or attend is None:
                 out, lse = parallel.dense_shard(j, qt, kt, vt, scale)
             else:
-                out, lse = self.attend_shard(qt, kt, vt, part, scale)
+                out, lse = attend(qt, kt, vt, ring.shard_index(index, j))
             return mine.restore(out, dim=2), mine.restore(lse, dim=2)
 
         return parallel.ring_attention(cp, q, k, v, scale, shard)
-
-    def ring_index(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, scale: float | None, ring: RingSequence,
-                   cp: parallel.ContextParallel) -> TileIndex:
-        """The key tiles (global ids) each of this rank's query tiles keeps; q, k: this rank's, tile-ordered."""
-        raise NotImplementedError
-
-    def attend_shard(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: TileIndex,
-                     scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(out, lse) of tile-ordered q over one key shard's tiles listed in `index`."""
-        raise NotImplementedError
 
     def pooled_ring_scores(self, q: torch.Tensor, k: torch.Tensor, scale: float | None, ring: RingSequence,
                            cp: parallel.ContextParallel) -> torch.Tensor:

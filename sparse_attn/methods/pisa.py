@@ -17,7 +17,7 @@ from accel import parallel
 from accel.config import option
 
 from ..attention import block_sparse_attention
-from ..pisa import pisa_attention, route
+from ..pisa import key_moment_sum, pisa_attention, route
 from ..selection import topk_tiles
 from ..tiles import TileIndex
 from .base import RingSequence, SparseAttentionConfig, SparseAttentionMethod
@@ -78,12 +78,26 @@ class PISA(SparseAttentionMethod):
         forced = ring.forced(cp.ring_rank, q.device)
         return topk_tiles(scores, self.density(), self.config.tile_size, q.shape[2], ring.full.tokens, forced)
 
-    def attend_shard(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: TileIndex,
-                     scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One key shard's partial: its critical tiles exact and (unless order="none") its other tiles
-        through the Taylor tail, in one softmax whose LSE lets the shards merge exactly."""
-        if self.config.order == "none":
-            out, lse = block_sparse_attention(q, k, v, index, scale=scale, return_lse=True)
-        else:
-            out, lse = pisa_attention(q, k, v, order=self.config.order, index=index, scale=scale, return_lse=True)
-        return out, lse
+    def attend_ring(self, slot: tuple, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None,
+                    ring: RingSequence, cp: parallel.ContextParallel) -> torch.Tensor:
+        """Each key shard's partial: its critical tiles exact and (unless order="none") its other tiles
+        through the Taylor tail with the whole sequence's first-order moment h̄ (summed over the ring),
+        in one softmax whose LSE lets the shards merge into the single process's result."""
+        mine = ring.orders[cp.ring_rank]
+        qt, kt = mine.apply(q, dim=2), mine.apply(k, dim=2)
+        index = self.ring_index(slot, qt, kt, scale, ring, cp)
+        self.record_tiles(index)
+        order = self.config.order
+        moment = None
+        if order == "hybrid":
+            moment = key_moment_sum(kt, mine.apply(v, dim=2), self.config.tile_size)
+            torch.distributed.all_reduce(moment, group=cp.ring_group)
+            moment = moment / ring.full.tokens
+
+        def attend(qs: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
+                   part: TileIndex) -> tuple[torch.Tensor, torch.Tensor]:
+            if order == "none":
+                return block_sparse_attention(qs, ks, vs, part, scale=scale, return_lse=True)
+            return pisa_attention(qs, ks, vs, order=order, index=part, scale=scale, return_lse=True, moment=moment)
+
+        return self.ring_partials(q, k, v, scale, ring, cp, index, attend)

@@ -3,8 +3,8 @@
 Every rank builds the same tiny zoo pipeline twice: one stays whole (the single-process reference,
 computed on every rank alike), the other is sharded with diffusers' own context parallelism
 (`enable_parallelism`, gloo on CPU). Each method is patched onto both in turn and the outputs compared.
-Sizes are chosen so every rank holds whole tiles of 16 tokens: Flux 32x32 (8x8 = 64 image tokens) with a
-32-token prompt, Wan 13 frames (4 x 4 x 4 = 64 video tokens).
+Sizes are chosen so every rank holds whole tiles of 16 tokens: Flux 64x64 (16 x 16 = 256 image tokens)
+with a 32-token prompt, Wan 13 frames (4 x 4 x 4 = 64 video tokens).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from accel.zoo import inputs
 SPARSE = {"dense_steps": 0.0, "tile_size": 16}
 METHODS: dict[str, dict[str, Any]] = {
     "none": {},
-    "pisa": {"density": 0.5, "dense_layers": 0, **SPARSE},
+    "pisa": {"density": 0.25, "dense_layers": 0, **SPARSE},
     "adaspa": {"sparsity": 0.5, "refresh_at": 0.5, **SPARSE},
     "delta-dit": {"warmup": 1, "interval": 2},
     "tdc": {"threshold": 10.0, "warmup": 1, "max_skips": 1},
@@ -31,7 +31,7 @@ STEPS = 4
 
 def pipeline_inputs(pipe: Any, family: str) -> dict[str, Any]:
     if family == "flux":
-        kw = inputs(pipe, steps=STEPS, seed=0)
+        kw = inputs(pipe, steps=STEPS, seed=0, height=64, width=64)  # 16 x 16 = 256 image tokens
         kw["prompt_embeds"] = kw["prompt_embeds"].repeat(1, 4, 1)  # 32 text tokens: 16 per rank
         return kw
     return inputs(pipe, steps=STEPS, seed=0, num_frames=13)  # 4 latent frames of 4 x 4 tokens
