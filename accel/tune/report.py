@@ -99,7 +99,7 @@ def markdown(result: TuneResult, info: RunInfo) -> str:
         lines.append("| " + " | ".join([
             name, str(t.candidate.steps), f"{t.estimate:.2f}x" if t.estimate else "-",
             f"{t.speedup:.2f}x" if t.speedup else "-", quality, _q(t.held_out, floor.metric), status]) + " |")
-    untried = sum(1 for t in result.trials if t.status.startswith("not tried"))
+    untried = sum(1 for t in result.trials if t.status.startswith("not tried") and not t.screen)
     tail = f"\n{untried} more candidates were not tried (their estimates could not win, or the run stopped).\n" \
         if untried else ""
     return head + "\n".join(lines) + "\n" + tail

@@ -271,7 +271,7 @@ def tune(
             for steps in grid:
                 if exact and steps == base:
                     continue  # the exact run itself
-                est = trial.estimate * base / steps
+                est = (1.0 if exact else trial.estimate) * base / steps  # `none` is the exact model
                 if est >= min_speedup:
                     candidates.append(Trial(trial.candidate.at(steps), estimate=est))
         candidates.sort(key=lambda t: -(t.estimate or 0.0))
