@@ -29,11 +29,11 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """`accel.zoo`, `accel.load` and `accel.load_config` are imported on first use: `import accel` loads no model code."""
-    if name == "zoo":
+    """`accel.zoo`, `accel.tune`, `accel.load` and `accel.load_config` are imported on first use: `import accel` loads no model code."""
+    if name in ("zoo", "tune"):
         import importlib
 
-        return importlib.import_module(".zoo", __name__)
+        return importlib.import_module(f".{name}", __name__)
     if name == "load":
         from .zoo.local import load
 
@@ -65,6 +65,7 @@ __all__ = [
     "patch",
     "patch_of",
     "register_method",
+    "tune",
     "unpatch",
     "zoo",
 ]
