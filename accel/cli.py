@@ -225,13 +225,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = run(spec)
     print(markdown(result, command))
     paths = write_all(result, Path(args.out), command)
-    if args.doc:
+    publish = result.reliable or args.publish_unreliable
+    if args.doc and publish:
         from .bench.report import update_doc
 
         key = args.doc_key or command
         update_doc(Path(args.doc), key, f"### {key}\n\n{markdown(result, command)}")
         paths["doc"] = Path(args.doc)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.doc and not publish:  # a disturbed run is caught, not published
+        print(f"accel bench: unreliable timings; {args.doc} left unchanged (run it alone, or pass "
+              "--publish-unreliable)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -310,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="latency, memory and fidelity of methods and peers, side by side",
         argument_default=argparse.SUPPRESS,  # absent options keep BenchSpec's defaults
     )
-    p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default flux)")
+    p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default digits-video, "
+                   "trained: the quality columns are task accuracy)")
     p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
     p.add_argument("--methods", type=_methods_csv, help="accel methods, comma-separated ('a+b': one patch with both); 'auto' (default) = none + every method that supports the model; "
                    "options in the token: 'tdc(order=1,threshold=0.5)' (the row's label); "
@@ -324,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backends", type=_csv, help="extra dense attention backends: sdpa, flex, xformers")
     p.add_argument("--fewer-steps", type=_ints_csv, help="explicit step counts for fewer-steps rows")
-    p.add_argument("--steps", type=counting(1), help="denoising steps of an image or video pipeline (default 10; "
+    p.add_argument("--steps", type=counting(1), help="denoising steps of an image or video pipeline (default 20; "
                    "refused for block-diffusion and chunk-wise pipelines, which run their zoo size's steps)")
     p.add_argument("--height", type=counting(1))
     p.add_argument("--width", type=counting(1))
@@ -352,8 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--accuracy-n",
         type=counting(0),
-        help="task-accuracy samples per row on trained reference models (default 100; 0 = off)",
+        help="task-accuracy samples per row on trained reference models (default 20; 0 = off)",
     )
+    p.add_argument("--no-noise-floor", dest="noise_floor", action="store_false",
+                   help="leave out the noise-floor row (the exact model through SDPA's math kernel)")
+    p.add_argument("--settle-s", type=float, help="seconds of extra interleaved rounds, after --repeat, until no "
+                   "row's median moves 2%% (default 60; 0 = none)")
+    p.add_argument("--publish-unreliable", action="store_true", default=False,
+                   help="write --doc even when the timings are marked unreliable (default: leave it, exit 3)")
     p.add_argument(
         "--keep-sweep", type=_ratios_csv,
         help="VLMs: PyramidDrop rows at these keep ratios and FastV rows at the same visual-token budget "

@@ -1,12 +1,15 @@
-"""Measuring one run: wall time, peak memory, and the time spent in attention (torch.profiler)."""
+"""Measuring one run: wall time, what the machine did meanwhile, peak memory, and the time spent in
+attention (torch.profiler)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import psutil
 import torch
@@ -62,16 +65,88 @@ class PeakMemory:
             self.peak_bytes = peak[0] - start
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, int]:
-    """Run `fn` once: (result, seconds, peak memory increase in bytes)."""
+@dataclass(frozen=True)
+class Reading:
+    """The clock and the machine at one instant. `own_cpu_s`: this process's CPU time, every thread;
+    `busy_cpu_s`: the machine's busy CPU time, every process (steal included), None where unknown;
+    `load`: the 1-minute load average, None where the OS has none."""
+
+    wall_s: float
+    own_cpu_s: float = 0.0
+    busy_cpu_s: float | None = None
+    load: float | None = None
+
+
+class Probe(Protocol):
+    """Where a run's time and the machine's load are read; tests inject a scripted one."""
+
+    cpus: int
+
+    def read(self) -> Reading: ...
+
+
+class MachineProbe:
+    """The wall clock (`time.perf_counter`), this process's CPU time and the machine's busy CPU time
+    (psutil; on a VM these are the VM's CPUs) and `os.getloadavg()`."""
+
+    def __init__(self) -> None:
+        self.cpus = psutil.cpu_count() or 1
+        self._process = psutil.Process()
+
+    def read(self) -> Reading:
+        wall = time.perf_counter()
+        own = self._process.cpu_times()
+        machine = psutil.cpu_times()
+        idle = machine.idle + getattr(machine, "iowait", 0.0)
+        busy = sum(machine) - idle - getattr(machine, "guest", 0.0) - getattr(machine, "guest_nice", 0.0)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return Reading(wall, own.user + own.system, busy, load)
+
+
+class WallClock:
+    """The wall clock alone (no load readings): for callers that only want seconds."""
+
+    cpus = 1
+
+    def read(self) -> Reading:
+        return Reading(time.perf_counter())
+
+
+@dataclass(frozen=True)
+class RunSample:
+    """One timed run: `seconds` of wall time; `other_cpu`, the share of the machine's CPUs that other
+    processes used meanwhile (0 = none, 1 = all of them; None when unknown); `load` at its end."""
+
+    seconds: float
+    other_cpu: float | None = None
+    load: float | None = None
+
+    @classmethod
+    def between(cls, start: Reading, end: Reading, cpus: int) -> RunSample:
+        seconds = end.wall_s - start.wall_s
+        other = None
+        if start.busy_cpu_s is not None and end.busy_cpu_s is not None and seconds > 0:
+            foreign = (end.busy_cpu_s - start.busy_cpu_s) - (end.own_cpu_s - start.own_cpu_s)
+            other = min(1.0, max(0.0, foreign / (seconds * cpus)))
+        return cls(seconds, other, end.load)
+
+
+def watched(fn: Callable[[], Any], device: torch.device, probe: Probe) -> tuple[Any, RunSample, int]:
+    """Run `fn` once: (result, its `RunSample` read from `probe`, peak memory increase in bytes)."""
     memory = PeakMemory(device)
     _sync(device)
     with memory.track():
-        start = time.perf_counter()
+        start = probe.read()
         result = fn()
         _sync(device)
-        seconds = time.perf_counter() - start
-    return result, seconds, memory.peak_bytes
+        end = probe.read()
+    return result, RunSample.between(start, end, probe.cpus), memory.peak_bytes
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, int]:
+    """Run `fn` once: (result, seconds, peak memory increase in bytes)."""
+    result, sample, peak = watched(fn, device, WallClock())
+    return result, sample.seconds, peak
 
 
 @contextmanager

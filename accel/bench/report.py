@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import noise
 from .accuracy import has_task
 from .runner import BenchResult, RowResult
 
@@ -50,6 +51,53 @@ def _accuracy(row: RowResult) -> str:
     return f"{100 * row.accuracy:.1f}{delta}"
 
 
+def _spread(row: RowResult) -> str:
+    """`1.2`: the timed runs' interquartile range over their median, in percent; `(2/3)` disturbed runs."""
+    if row.spread is None:
+        return "-"
+    disturbed = f" ({row.disturbed_runs}/{row.latency_s.get('n')})" if row.disturbed_runs else ""
+    return f"{100 * row.spread:.1f}{disturbed}"
+
+
+def timing(result: BenchResult) -> str:
+    """What the machine did during the timed runs, whether the medians settled, and the verdict: an
+    unreliable table says so first, with its reasons."""
+    rel, cal = result.reliability, result.calibration
+    out = ""
+    if rel and not rel.get("reliable", True):
+        out += (f"**Unreliable timings: {'; '.join(rel['reasons'])}.** The speedups of this table are not to be "
+                "trusted; run it alone.\n\n")
+    if cal and not cal.get("reliable", True):
+        out += (f"**The fewer-steps rows are not timed to match any row: the calibration runs were disturbed "
+                f"({'; '.join(cal['reasons'])}).**\n\n")
+    if not rel:
+        return out
+    settle = result.spec.settle_tol
+    if rel.get("settled"):
+        settled = f"settled: no median moved {100 * settle:.0f}% in the last round"
+    elif rel.get("moved") is None:
+        settled = "no settling rounds"
+    else:
+        settled = f"not settled: the last round moved a median {100 * rel['moved']:.1f}% (budget spent)"
+    line = f"Timing: {rel['runs']} timed runs in {rel['rounds']} interleaved rounds ({settled})"
+    if rel.get("other_cpu") is not None:
+        line += (f"; other processes used {100 * rel['other_cpu']:.0f}% of the CPUs on average, more than "
+                 f"{100 * noise.DISTURBED_SHARE:.0f}% during {rel['disturbed_runs']} runs")
+    if rel.get("load"):
+        low, high = rel["load"]
+        line += f"; load average {low:.1f}-{high:.1f}"
+    if rel.get("none_vs_baseline") is not None:
+        line += (f"; `none` {100 * abs(rel['none_vs_baseline']):.1f}% from the baseline "
+                 f"(allowed: {100 * rel['tolerance']:.1f}%, the larger of {100 * noise.AGREE:.0f}% and their spreads)")
+    out += line + ". Spread: interquartile range over median; in brackets the disturbed runs.\n\n"
+    if any(r.kind == "noise-floor" for r in result.rows):
+        columns = "PSNR, SSIM and task accuracy" if result.model.get("task_accuracy") else "PSNR and SSIM"
+        out += (f"`{noise.NOISE_FLOOR}`: the exact model through SDPA's math kernel instead of the fused one, "
+                f"a second exact path; its {columns} are how far two exact runs already differ, the floor of "
+                "every quality column.\n\n")
+    return out
+
+
 def markdown(result: BenchResult, command: str | None = None) -> str:
     spec = result.spec
     task = result.model.get("task_accuracy")
@@ -59,13 +107,14 @@ def markdown(result: BenchResult, command: str | None = None) -> str:
         f"model `{spec.model}` ({result.model['pipeline']}, {size}), {spec.steps} steps, seeds "
         f"{','.join(map(str, spec.seeds))}, repeat {spec.repeat}, {spec.dtype}, device: {result.env['device']}\n\n"
     )
+    head += timing(result)
     if task:
         head += (
             f"Task accuracy: the entry's judge over {task['samples']} samples (seed {task['seed']}) per row, "
             "each row with its own steps and patch, outside the timed runs; in brackets the change from the "
             "baseline in points.\n\n"
         )
-    cols = ["row", "steps", "latency s (median [min-max])", "speedup", "attention s (share)", "peak MB",
+    cols = ["row", "steps", "latency s (median [min-max])", "spread %", "speedup", "attention s (share)", "peak MB",
             "PSNR dB", "SSIM", "rel L1", *(["task accuracy %"] if task else []), "stats / note"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result.rows:
@@ -75,7 +124,7 @@ def markdown(result: BenchResult, command: str | None = None) -> str:
         lat = r.latency_s
         attn = "-" if r.attention_s is None else f"{r.attention_s:.2f} ({100 * (r.attention_share or 0):.0f}%)"
         cells = [
-            r.label, str(r.steps), f"{lat['median']:.3f} [{lat['min']:.3f}-{lat['max']:.3f}]",
+            r.label, str(r.steps), f"{lat['median']:.3f} [{lat['min']:.3f}-{lat['max']:.3f}]", _spread(r),
             f"{r.speedup:.2f}x" if r.speedup else "-", attn, _fmt(r.peak_mem_mb, 1), _psnr(r),
             _fmt(r.fidelity.get("ssim"), 4), _fmt(r.fidelity.get("rel_l1"), 4),
             *([_accuracy(r)] if task else []), _stat_summary(r.stats) or r.note,
@@ -85,7 +134,8 @@ def markdown(result: BenchResult, command: str | None = None) -> str:
 
 
 def write_csv(result: BenchResult, path: Path) -> None:
-    fields = ["label", "kind", "steps", "status", "latency_median_s", "latency_min_s", "latency_max_s", "speedup",
+    fields = ["label", "kind", "steps", "status", "latency_median_s", "latency_min_s", "latency_max_s", "spread",
+              "disturbed_runs", "speedup",
               "attention_s", "attention_share", "peak_mem_mb", "psnr", "identical", "ssim", "rel_l1", "lpips",
               "accuracy", "accuracy_delta_pts"]
     with path.open("w", newline="") as f:
@@ -95,7 +145,8 @@ def write_csv(result: BenchResult, path: Path) -> None:
             writer.writerow({
                 "label": r.label, "kind": r.kind, "steps": r.steps, "status": r.status,
                 "latency_median_s": r.latency_s.get("median"), "latency_min_s": r.latency_s.get("min"),
-                "latency_max_s": r.latency_s.get("max"), "speedup": r.speedup, "attention_s": r.attention_s,
+                "latency_max_s": r.latency_s.get("max"), "spread": r.spread, "disturbed_runs": r.disturbed_runs,
+                "speedup": r.speedup, "attention_s": r.attention_s,
                 "attention_share": r.attention_share, "peak_mem_mb": r.peak_mem_mb,
                 **{k: r.fidelity.get(k) for k in ("psnr", "identical", "ssim", "rel_l1", "lpips")},
                 "accuracy": r.accuracy, "accuracy_delta_pts": r.accuracy_delta_pts,
@@ -111,7 +162,8 @@ def write_plot(result: BenchResult, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [r for r in result.rows if r.status == "ok" and r.speedup and r.label != "baseline"]
+    rows = [r for r in result.rows if r.status == "ok" and r.speedup and r.kind not in ("baseline", "noise-floor")]
+    floor = next((r.fidelity.get("psnr") for r in result.rows if r.kind == "noise-floor" and r.status == "ok"), None)
     finite = [r.fidelity["psnr"] for r in rows if r.fidelity.get("psnr") is not None]
     top = (max(finite) if finite else 40.0) + 5.0
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
@@ -124,8 +176,11 @@ def write_plot(result: BenchResult, path: Path) -> bool:
         ax.annotate(r.label, (r.speedup, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("speedup over baseline (x)")
-    ax.set_ylabel(f"PSNR vs baseline (dB); identical drawn at {top:.0f}")
-    ax.set_title(f"accel bench: {result.spec.model}, {result.spec.steps} steps ({result.env['device']})", fontsize=9)
+    floor_text = "" if floor is None else f"; noise floor {floor:.0f}"
+    ax.set_ylabel(f"PSNR vs baseline (dB); identical drawn at {top:.0f}{floor_text}")
+    unreliable = "" if result.reliable else " UNRELIABLE TIMINGS"
+    ax.set_title(f"accel bench: {result.spec.model}, {result.spec.steps} steps ({result.env['device']}){unreliable}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -28,6 +28,7 @@ def result():
         width=32,
         frames=5,
         progress=False,
+        settle_s=0.0,  # exactly `repeat` rounds
     )
     return run(spec)
 
@@ -67,8 +68,8 @@ def test_fewer_steps_row_is_inexact_and_runs_fewer_steps(result):
 def test_outputs_written_with_schema(result, tmp_path):
     paths = write_all(result, tmp_path)
     data = json.loads(paths["json"].read_text())
-    assert data["schema"] == "accel.bench/1"
-    assert {"spec", "env", "model", "rows"} <= set(data)
+    assert data["schema"] == "accel.bench/2"
+    assert {"spec", "env", "model", "rows", "reliability", "calibration"} <= set(data)
     assert data["env"]["device"].startswith("cpu")
     row_keys = {
         "label",
@@ -84,6 +85,8 @@ def test_outputs_written_with_schema(result, tmp_path):
         "fidelity",
         "stats",
         "options",
+        "spread",
+        "disturbed_runs",
     }
     for row in data["rows"]:
         assert row_keys <= set(row)
@@ -152,7 +155,8 @@ def test_quick_keeps_fixed_size_models_at_their_size():
     from accel.bench import quick
 
     assert quick(BenchSpec(model="dit", steps=20)).height is None
-    assert quick(BenchSpec(model="digits-image")).accuracy_n == 50 and quick(BenchSpec(accuracy_n=0)).accuracy_n == 0
+    assert quick(BenchSpec(model="digits-image")).accuracy_n == 10 and quick(BenchSpec(accuracy_n=0)).accuracy_n == 0
+    assert quick(BenchSpec()).settle_s == 0
     q = quick(BenchSpec(model="wan", steps=20))
     assert (q.steps, q.repeat, q.frames) == (8, 1, 41)  # half of the bench size's 81 frames (1 + 4k)
 
@@ -162,7 +166,7 @@ def trained_result():
     spec = BenchSpec(
         model="digits-image", steps=4, repeat=1, peers=("fewer-steps",), methods=("none", "delta-dit"),
         method_options={"delta-dit": {"interval": 2, "warmup": 1}}, accuracy_n=10, progress=False,
-        profile_attention=False,
+        profile_attention=False, settle_s=0.0,
     )
     return run(spec)
 
@@ -174,6 +178,8 @@ def test_trained_models_get_task_accuracy_per_row(trained_result, tmp_path):
         assert 0.0 <= r.accuracy <= 1.0
         assert r.accuracy_delta_pts == pytest.approx(100 * (r.accuracy - rows["baseline"].accuracy))
     assert rows["none"].accuracy == rows["baseline"].accuracy  # exact patch, same samples: same accuracy
+    floor = rows["noise-floor(sdpa-math)"]  # a second exact path: rounding apart, the same output
+    assert floor.fidelity["psnr"] is None or floor.fidelity["psnr"] > 100
     assert trained_result.model["task_accuracy"] == {"samples": 10, "seed": 0}
     table = markdown(trained_result)
     assert "task accuracy %" in table and "(digits-image" not in table and "(DiTPipeline, trained)" in table
