@@ -26,7 +26,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "delta-dit": {"warmup": 1, "interval": 2},
     "tdc": {"threshold": 10.0, "warmup": 1, "max_skips": 1},
 }
-STEPS = 4
+STEPS = 3
 
 
 def pipeline_inputs(pipe: Any, family: str) -> dict[str, Any]:
@@ -40,6 +40,44 @@ def pipeline_inputs(pipe: Any, family: str) -> dict[str, Any]:
 def generate(pipe: Any, family: str) -> torch.Tensor:
     with torch.inference_mode():
         return pipe(**pipeline_inputs(pipe, family), return_dict=False)[0].float()
+
+
+def suite(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+    """Everything tests/parallel checks, in one launch (process start-up and imports cost seconds)."""
+    out: dict[str, Any] = {}
+    for mode in args["modes"]:
+        out[mode] = equality(rank, world, {**args, "mode": mode})
+        out[f"{mode}/decisions"] = decisions(rank, world, {"mode": mode, "threshold": args["threshold"]})
+    out["statistic"] = statistic(rank, world, args)
+    out["misaligned"] = misaligned(rank, world, args)
+    return out
+
+
+def statistic(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+    """TDC's statistic on residuals that differ per rank, with and without the reduction over the ranks:
+    rank 0's shard barely changed (0.01), rank 1's a lot (1.0); a single process sees both halves."""
+    from accel import parallel
+
+    pipe = accel.zoo.load("flux", size="tiny")
+    enable(pipe.transformer, ulysses=world)
+    cp = parallel.of(pipe.transformer)
+    old = torch.ones(1, 8, 4)
+    new = old * (1.01 if rank == 0 else 2.0)
+    return {"local": span_cache.relative_change((new, None), (old, None)),
+            "reduced": span_cache.relative_change((new, None), (old, None), cp)}
+
+
+def misaligned(rank: int, world: int, args: dict[str, Any]) -> str:
+    """PISA under ring where a tile would span two ranks (8 prompt tokens: 4 per rank, tiles of 16)."""
+    pipe = accel.zoo.load("flux", size="tiny")
+    enable(pipe.transformer, ring=world)
+    try:
+        with accel.patch(pipe, method="pisa", **METHODS["pisa"]):
+            with torch.inference_mode():
+                pipe(**inputs(pipe, steps=2, seed=0), return_dict=False)
+    except accel.UnsupportedModelError as err:
+        return str(err)
+    return "no error"
 
 
 def equality(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
@@ -88,9 +126,13 @@ def decisions(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
     span_cache.relative_change = spy
     block = pipe.transformer.transformer_blocks[0]
 
-    def skew(module: Any, a: tuple, kw: dict) -> None:  # after diffusers' split: this rank's shard only
-        if rank == 1:
-            kw["hidden_states"] = kw["hidden_states"] * 3.0 + 1.0
+    calls = iter(range(1000))
+
+    def skew(module: Any, a: tuple, kw: dict) -> Any:  # after diffusers' split: this rank's shard only
+        if rank == 1:  # fresh noise at every step: rank 1's residuals change far more than rank 0's
+            noise = torch.randn(kw["hidden_states"].shape, generator=torch.Generator().manual_seed(next(calls)))
+            kw["hidden_states"] = kw["hidden_states"] + 3.0 * noise
+        return a, kw
 
     hook = block.register_forward_pre_hook(skew, with_kwargs=True)
     try:
