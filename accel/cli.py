@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from accel.sparse_attn.bench import add_bench_attn_parser
     add_bench_attn_parser(sub)
+    from .bench.scale_out import add_parser as add_bench_parallel_parser
+    add_bench_parallel_parser(sub)
     from .bench.attention_quality import add_parser as add_attention_quality_parser
     add_attention_quality_parser(sub)
     from accel.sparse_attn.gpu_check import add_parser as add_gpu_check_parser

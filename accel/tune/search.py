@@ -7,7 +7,8 @@ speedup over the exact run and for its quality at a number of samples, so that i
 measurement of known answers.
 
 1. Screen: every method variant at the full steps, one timed run (`Measure.speed(pairs=1)`); a variant
-   not at least `min_speedup` faster is dropped, except `none`, which stands for the exact model.
+   slower than the exact run is dropped (at fewer steps, fewer steps alone would beat it), except
+   `none`, which stands for the exact model.
 2. Cross the survivors with the step grid; a candidate's speed is estimated as its variant's times the
    ratio of steps (time is close to linear in steps), so the ordering costs no run.
 3. Fastest first, successive halving on the number of samples: each candidate's quality is measured at
@@ -263,9 +264,9 @@ def tune(
         candidates: list[Trial] = []  # 2. the survivors at every step count, by estimated speed
         for trial in screened:
             exact = trial.candidate.parts == (("none", ()),)
-            if trial.estimate is None or (not exact and trial.estimate < min_speedup):
+            if trial.estimate is None or (not exact and trial.estimate < 1.0):
                 if trial.estimate is not None:
-                    trial.status = f"dropped: {trial.estimate:.2f}x at full steps (< {min_speedup:g}x)"
+                    trial.status = f"dropped: {trial.estimate:.2f}x at full steps, slower than the exact run"
                 continue
             trial.status = "screened: crossed with the step grid"
             for steps in grid:
