@@ -14,6 +14,7 @@ zero on a machine without an accelerator; there, for the duration of that one ca
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -118,3 +119,178 @@ def _tail(logs: list[Any], chars: int = 4000) -> str:
         log.seek(0)
         out.append(f"--- rank {rank} ---\n{log.read()[-chars:]}")
     return "\n".join(out)
+
+
+# ---- accel bench-parallel ----------------------------------------------------------------------------
+MODES = ("ulysses", "ring")
+# per model: sizes whose per-rank parts are whole tiles of 64 tokens at 2 (and 4) ranks, and options
+# that keep the sparse methods sparse at the tiny size (tiles of 16)
+SIZES: dict[str, dict[str, dict[str, int]]] = {
+    "flux": {"tiny": {"height": 64, "width": 64, "text_tokens": 32},
+             "bench": {"height": 1024, "width": 1024, "text_tokens": 256}},
+    "wan": {"tiny": {"num_frames": 13}, "bench": {"num_frames": 29, "height": 256, "width": 448}},
+}
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "none": {}, "pisa": {}, "adaspa": {}, "delta-dit": {}, "tdc": {"threshold": 0.5, "max_skips": 3},
+}
+TINY_OPTIONS = {"pisa": {"tile_size": 16, "density": 0.25}, "adaspa": {"tile_size": 16}}
+
+
+def _inputs(pipe: Any, model: str, size: str, steps: int) -> dict[str, Any]:
+    from accel.zoo import inputs
+
+    dims = dict(SIZES[model][size])
+    text_tokens = dims.pop("text_tokens", None)
+    kw = inputs(pipe, steps=steps, seed=0, **dims)
+    if text_tokens is not None:  # a prompt whose per-rank share is whole tiles
+        embeds = kw["prompt_embeds"]
+        kw["prompt_embeds"] = embeds.repeat(1, -(-text_tokens // embeds.shape[1]), 1)[:, :text_tokens]
+    return kw
+
+
+def options(method: str, size: str) -> dict[str, Any]:
+    return {**METHOD_OPTIONS.get(method, {}), **(TINY_OPTIONS.get(method, {}) if size == "tiny" else {})}
+
+
+def worker(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
+    """One rank of one bench row group: every method on one pipeline, `world` ranks in `mode` (or one
+    process), timed between barriers (a run's time is the slowest rank's); rank 0 saves the outputs."""
+    import torch.distributed as dist
+
+    import accel
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = accel.zoo.load(args["model"], size=args["size"])
+    pipe.to(device)
+    if world > 1:
+        enable(pipe.transformer, **{args["mode"]: world})
+    kwargs = _inputs(pipe, args["model"], args["size"], args["steps"])
+    rows = {}
+    for method in args["methods"]:
+        with accel.patch(pipe, method=method, **options(method, args["size"])) as handle:
+            times = []
+            for i in range(args["repeat"] + 1):  # the first run is a warm-up
+                dist.barrier()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    out = pipe(**kwargs, return_dict=False)[0]
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+                if i:
+                    times.append(float(elapsed))
+            stats = handle.stats()
+        if rank == 0:
+            torch.save(out.float().cpu(), Path(args["out"]) / f"{args['tag']}-{method}.pt")
+        rows[method] = {"seconds": sorted(times)[len(times) // 2], "times": times,
+                        "kernel": stats[method].get("kernel") if isinstance(stats[method], dict) else None}
+    return rows
+
+
+def run(model: str, size: str, methods: list[str], world: int, modes: list[str], steps: int, repeat: int,
+        threads: int, timeout_s: float) -> dict[str, Any]:
+    """1 process with `threads` threads, then `world` processes with threads / world each (same cores on
+    a CPU; one GPU each on a GPU machine), per mode; outputs compared with the 1-process run's."""
+    from accel.info import device_name
+
+    with tempfile.TemporaryDirectory() as tmp:
+        common = {"model": model, "size": size, "methods": methods, "steps": steps, "repeat": repeat, "out": tmp}
+        single = launch(f"{__name__}:worker", 1, {**common, "tag": "single", "mode": "none"}, timeout_s,
+                        threads=threads)[0]
+        rows = [{"mode": "1 process", "ranks": 1, "method": m, **single[m], "ratio": 1.0, "error": 0.0}
+                for m in methods]
+        per_rank = max(1, threads // world)
+        for mode in modes:
+            result = launch(f"{__name__}:worker", world, {**common, "tag": mode, "mode": mode}, timeout_s,
+                            threads=per_rank)[0]
+            for m in methods:
+                ref = torch.load(Path(tmp) / f"single-{m}.pt")
+                out = torch.load(Path(tmp) / f"{mode}-{m}.pt")
+                error = float((out - ref).abs().max() / ref.abs().max())
+                rows.append({"mode": mode, "ranks": world, "method": m, **result[m],
+                             "ratio": result[m]["seconds"] / single[m]["seconds"], "error": error})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"model": model, "size": size, "steps": steps, "repeat": repeat, "world": world, "threads": threads,
+            "device": device_name() if device == "cpu" else torch.cuda.get_device_name(0),
+            "gpus": torch.cuda.device_count(), "rows": rows}
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    cpu = result["gpus"] == 0
+    lines = [
+        f"`{command}` on {result['device']}"
+        + (f" ({result['threads']} threads in all: 1 process with {result['threads']}, each of "
+           f"{result['world']} ranks with {max(1, result['threads'] // result['world'])}; gloo)" if cpu
+           else f" ({result['world']} GPUs, NCCL)")
+        + f"; {result['model']} ({result['size']}), {result['steps']} steps, median of {result['repeat']} runs "
+          "after a warm-up, the slowest rank's time.",
+        "",
+        "| parallelism | ranks | method | s / run | time vs 1 process | max rel. difference vs 1 process |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['mode']} | {r['ranks']} | {r['method']} | {r['seconds']:.3f} | {r['ratio']:.2f}x | "
+                     f"{r['error']:.1e} |")
+    lines.append("")
+    lines.append("On a CPU the ranks share the same cores as the single process, so the time ratio is the "
+                 "parallel path's overhead (collectives, the ring's K/V all-gather, per-shard partials), "
+                 "not a speedup; on a GPU machine each rank has its own GPU and the ratio is 1 / speedup.")
+    return "\n".join(lines)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .report import update_doc
+
+    command = "accel " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.doc_key is None else args.doc_key
+    result = run(args.model, args.size, args.methods, args.ranks, args.modes, args.steps, args.repeat,
+                 args.threads or torch.get_num_threads(), args.timeout)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-parallel.json").write_text(json.dumps(result, indent=2))
+    text = markdown(result, command)
+    (out / "bench-parallel.md").write_text(text + "\n")
+    print(text)
+    if args.doc:
+        update_doc(Path(args.doc), args.doc_key or f"bench-parallel-{args.model}-{args.size}-{args.ranks}", text)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `bench-parallel` on the `accel` command's subparsers."""
+    from accel.cli import counting
+
+    p = sub.add_parser("bench-parallel", help="one process vs N ranks under diffusers' context parallelism "
+                       "(Ulysses, ring), every method: time and difference")
+    p.add_argument("--model", choices=tuple(SIZES), default="flux")
+    p.add_argument("--size", choices=("tiny", "bench"), default="tiny")
+    p.add_argument("--methods", type=_names(tuple(METHOD_OPTIONS)), default=list(METHOD_OPTIONS),
+                   help=f"comma-separated among {', '.join(METHOD_OPTIONS)} (default all)")
+    p.add_argument("--ranks", type=counting(2), default=2, help="processes (GPUs on a GPU machine; default 2)")
+    p.add_argument("--modes", type=_names(MODES), default=list(MODES), help="ulysses,ring (default both)")
+    p.add_argument("--steps", type=counting(1), default=4)
+    p.add_argument("--repeat", type=counting(1), default=3)
+    p.add_argument("--threads", type=counting(1), default=None,
+                   help="CPU threads in all (default: torch's count); each rank gets threads / ranks")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds before every rank is killed")
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
+    p.add_argument("--doc-key", default=None, help="section name in --doc")
+    p.set_defaults(func=_cmd)
+    return p
+
+
+def _names(allowed: tuple[str, ...]) -> Any:
+    """An argparse type: comma-separated names among `allowed`, refused with the allowed ones."""
+    def parse(text: str) -> list[str]:
+        names = [n for n in text.split(",") if n]
+        bad = [n for n in names if n not in allowed]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated names among {', '.join(allowed)}")
+        return names
+    return parse
