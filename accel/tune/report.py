@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SCHEMA, method_dicts
+from .pipeline import IDENTICAL_DB
 from .search import METRICS, TuneResult, pareto
 
 
@@ -123,14 +124,18 @@ def write_plot(result: TuneResult, path: Path) -> bool:
         ax.scatter(t.speedup, t.final_quality(), marker=mark, s=120 if t is result.best else 40)
         ax.annotate(f"{t.candidate.token}@{t.candidate.steps}", (t.speedup, t.final_quality()),
                     textcoords="offset points", xytext=(4, 3), fontsize=6)
+    rejected = [t for t in result.trials if t.speedup is None and t.quality and t.estimate]
+    if rejected:  # stopped at an earlier rung: at their estimated speed, their last measured quality
+        ax.scatter([t.estimate for t in rejected], [t.final_quality() for t in rejected], marker="x", s=14,
+                   color="grey", alpha=0.6, label="stopped at an earlier rung (estimated speed)")
     front = pareto(result.trials, floor)
     if front:
         ax.plot([t.speedup for t in front], [t.final_quality() for t in front], color="grey", lw=0.8)
     ax.axhline(floor.value, color="red", lw=0.8, ls="--", label=f"floor {floor}")
     ax.set_xlabel("speedup over the exact run (x)")
-    ax.set_ylabel({"psnr": "PSNR vs exact (dB)", "accuracy-drop": "accuracy drop (points)"}.get(floor.metric,
-                                                                                               floor.metric))
-    ax.set_title(f"accel tune ({len(done)} candidates measured in full)", fontsize=9)
+    ax.set_ylabel({"psnr": f"PSNR vs exact (dB; identical drawn at {IDENTICAL_DB:g})",
+                   "accuracy-drop": "accuracy drop (points)"}.get(floor.metric, floor.metric))
+    ax.set_title(f"accel tune: {len(done)} candidates measured in full, {len(rejected)} stopped earlier", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
