@@ -59,7 +59,7 @@ def run(spec: TuneSpec) -> tuple[TuneResult, dict[str, Path]]:
     from accel import zoo
 
     from . import report, space
-    from .pipeline import PipelineMeasure, read_prompts
+    from .pipeline import PipelineMeasure, check_floor, read_prompts
 
     prompts = read_prompts(spec.prompts) if spec.prompts else None
     if prompts and spec.model in zoo.names():
@@ -69,6 +69,11 @@ def run(spec: TuneSpec) -> tuple[TuneResult, dict[str, Path]]:
                                       or spec.model in zoo.CHUNK_NAMES):
         raise accel.InvalidOptionError(f"tune: --model {spec.model}: accel tune searches image and video diffusion "
                                        "pipelines; this is a language model or a chunk-wise video pipeline")
+    check_floor(spec.model, spec.floor)
+    from accel.bench.variants import entry_configs
+
+    for entry in spec.methods:  # an unknown method or option is refused before the pipeline loads
+        entry_configs(entry)
     steps, samples, held_out = _defaults(spec)
     pipe: Any = zoo.load(spec.model, size=spec.size) if spec.model in zoo.names() else accel.load(spec.model)
     pipe = pipe.to(spec.device)

@@ -42,6 +42,22 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def check_floor(model: str, floor: Floor) -> None:
+    """Raise `InvalidOptionError` when an image or video pipeline `model` cannot measure `floor`."""
+    from accel.bench.accuracy import has_task
+
+    if floor.metric == "accuracy-drop" and not has_task(model):
+        from accel.zoo.reference import TRAINED
+
+        raise accel.InvalidOptionError(
+            f"tune: --floor {floor}: task accuracy needs a trained reference model with a judge "
+            f"({', '.join(TRAINED)}); {model!r} is not one. Use --floor psnr=DB.")
+    if floor.metric == "agreement":
+        raise accel.InvalidOptionError(
+            f"tune: --floor {floor}: agreement counts equal tokens of a language model; accel tune searches image "
+            "and video pipelines. Use --floor psnr=DB, or accuracy-drop=POINTS on a trained reference model.")
+
+
 class PipelineMeasure:
     """The `Measure` of `accel.tune.search` for a diffusers image or video pipeline.
 
@@ -52,18 +68,7 @@ class PipelineMeasure:
 
     def __init__(self, pipe: Any, model: str, floor: Floor, steps: int, seed: int = 0,
                  prompts: Sequence[str] | None = None, device: str = "cpu") -> None:
-        from accel.bench.accuracy import has_task
-
-        if floor.metric == "accuracy-drop" and not has_task(model):
-            from accel.zoo.reference import TRAINED
-
-            raise accel.InvalidOptionError(
-                f"tune: --floor {floor}: task accuracy needs a trained reference model with a judge "
-                f"({', '.join(TRAINED)}); {model!r} is not one. Use --floor psnr=DB.")
-        if floor.metric == "agreement":
-            raise accel.InvalidOptionError(
-                f"tune: --floor {floor}: agreement counts equal tokens of a language model; {type(pipe).__name__} "
-                "makes images or video. Use --floor psnr=DB, or accuracy-drop=POINTS on a trained reference model.")
+        check_floor(model, floor)
         self.pipe, self.model, self.floor = pipe, model, floor
         self.base_steps, self.seed, self.prompts = steps, seed, list(prompts or [])
         self.device = torch.device(device)

@@ -235,6 +235,8 @@ def test_refusals_before_any_run(capsys, tmp_path):
     assert main(["tune", "--model", "dit", "--size", "tiny", "--floor", "agreement=0.9",
                  "--out", str(tmp_path)]) == 2
     assert "agreement counts equal tokens" in capsys.readouterr().err
+    assert main(["tune", "--model", "dit", "--floor", "psnr=30", "--methods", "tdc(ordr=1)", "--out", str(tmp_path)]) == 2
+    assert "unknown option 'ordr'" in capsys.readouterr().err
     assert main(["tune", "--model", "llava", "--floor", "psnr=30", "--out", str(tmp_path)]) == 2
     assert "searches image and video diffusion" in capsys.readouterr().err
 
