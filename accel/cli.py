@@ -283,8 +283,11 @@ def _minutes(text: str) -> float:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.app import main as launch
+    from .demo.session import Preset
 
-    launch(args.host, args.port)
+    for path in args.config:  # a bad file is refused before the server starts
+        Preset.from_file(path)
+    launch(args.host, args.port, tuple(args.config))
     return 0
 
 
@@ -433,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the Gradio side-by-side demo on localhost (needs hf-accel[demo])")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=counting(1), default=7860)
+    p.add_argument("--config", action="append", default=[], metavar="PATH",
+                   help="a configuration written by `accel tune --out` (its folder or tuned.json), offered beside "
+                        "the methods; repeatable")
     p.set_defaults(func=_cmd_demo)
     return parser
 

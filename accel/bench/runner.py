@@ -389,28 +389,34 @@ def _composable(a: str, b: str) -> bool:
 COMPOSE_WITH = "tdc"  # "auto" composes every method that changes another part than the blocks with this cache
 
 
+def applicable_methods(pipe: Any) -> list[str]:
+    """Every registered method whose `check` accepts `pipe` (`none` included), in registry order."""
+    from accel.method import method_class
+    from accel.target import resolve_target
+
+    target = resolve_target(pipe)
+    found: list[str] = []
+    for info in accel.methods():
+        method = method_class(info.name)(method_class(info.name).Config())
+        try:
+            method.check(target)
+        except accel.UnsupportedModelError:
+            continue
+        found.append(info.name)
+    return found
+
+
 def _expand_methods(spec: BenchSpec, pipe: Any) -> list[tuple[str, dict[str, Any] | None]]:
     """The method rows (entry, options): each entry of `spec.methods` with its `method_options`, and
     "auto" replaced by `none`, every registered method that can patch this pipeline, and each of those
     that changes another part of the model than the blocks composed with `tdc` ("pisa+tdc",
     "sixbit+tdc"). An auto row of `sixbit` uses the model's committed calibration file, if any."""
-    from accel.method import method_class
-    from accel.target import resolve_target
-
     out: list[tuple[str, dict[str, Any] | None]] = []
     for name in spec.methods:
         if name != "auto":
             out.append((name, spec.method_options.get(name)))
             continue
-        target = resolve_target(pipe)
-        found: list[str] = []
-        for info in accel.methods():
-            method = method_class(info.name)(method_class(info.name).Config())
-            try:
-                method.check(target)
-            except accel.UnsupportedModelError:
-                continue
-            found.append(info.name)
+        found = applicable_methods(pipe)
         pairs = [f"{n}+{COMPOSE_WITH}" for n in found
                  if COMPOSE_WITH in found and n not in ("none", COMPOSE_WITH) and _composable(n, COMPOSE_WITH)]
         calibration = _calibration_file(spec.model)

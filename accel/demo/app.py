@@ -1,5 +1,8 @@
 """The Gradio side-by-side app: `accel demo` or `python demos/app.py`.
 
+It opens on the trained `digits-video` (a real digit, moving; the task-accuracy column is its judge's),
+offers every method that applies to the chosen model and the tuned configurations (`session.Preset`:
+the one measured on digits-video, and any `accel demo --config PATH` from `accel tune --out`).
 Controls for each method's options are generated from its config dataclass (`MethodConfig.describe`),
 so the app offers exactly the options, defaults and ranges that `accel.patch` validates.
 """
@@ -13,7 +16,7 @@ import accel
 from accel import zoo
 
 from .render import TABLE_HEADERS, render
-from .session import DemoSession, Settings
+from .session import DEFAULT_MODEL, DemoSession, Preset, Settings, default_presets, default_steps
 
 
 def _control(gr: Any, method: str, opt: dict[str, Any]) -> Any:
@@ -47,26 +50,30 @@ def build_app(session: DemoSession | None = None) -> Any:
     layout: list[tuple[str, dict[str, Any]]] = []
     controls: list[Any] = []
 
+    choices = session.choices(DEFAULT_MODEL, "tiny")
     with gr.Blocks(title="accel: side by side") as app:
         gr.Markdown(
             "# accel: side by side\nThe baseline and the accelerated pipeline run with the same seed. "
-            "Zoo models are offline with small weights; a local path or a cached hub id loads a real pipeline."
+            f"`{DEFAULT_MODEL}` is trained here (a real digit, moving as its prompt says): the task accuracy is "
+            "its judge's, per generated frame. Other zoo models are offline with small random weights; a local "
+            "path or a cached hub id loads a real pipeline."
         )
         with gr.Row():
             with gr.Column(scale=1):
                 model = gr.Dropdown(
                     [n for n in zoo.names() if not zoo.is_vlm(n) and not zoo.is_text(n) and n not in zoo.CHUNK_NAMES],
-                    value="pixart-alpha",
+                    value=DEFAULT_MODEL,
                     allow_custom_value=True,
                     label="model (zoo name, local path or cached hub id)",
                 )
-                size = gr.Radio(["tiny", "bench"], value="tiny", label="zoo size")
-                names = [m.name for m in infos]
-                first = "delta-dit" if "delta-dit" in names else names[0]  # a fixed default, not registration order
-                methods = gr.CheckboxGroup(names, value=[first], label="methods")
+                size = gr.Radio(["tiny", "bench"], value="tiny", label="zoo size (random-weight entries)")
+                methods = gr.CheckboxGroup(choices, value=list(session.presets)[:1] or choices[:1],
+                                           label="methods and tuned configurations (those that apply to the model)")
                 with gr.Row():
-                    steps = gr.Number(value=10, precision=0, label="steps")
+                    steps = gr.Number(value=default_steps(DEFAULT_MODEL), precision=0, label="steps")
                     seed = gr.Number(value=0, precision=0, label="seed")
+                    samples = gr.Number(value=Settings().accuracy_n, precision=0,
+                                        label="task-accuracy samples (trained models)")
                 with gr.Row():
                     height = gr.Number(value=0, precision=0, label="height (0: model default)")
                     width = gr.Number(value=0, precision=0, label="width (0: model default)")
@@ -90,10 +97,21 @@ def build_app(session: DemoSession | None = None) -> Any:
                 )
                 stats = gr.JSON(label="method stats")
 
-        def compare(model_v, size_v, methods_v, steps_v, seed_v, h, w, f, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
+        def offer(model_v, size_v, chosen):
+            """The model changed: offer what applies to it, keep what still does, its own steps."""
+            try:
+                names = session.choices(str(model_v), size_v)
+            except Exception as err:
+                raise gr.Error(f"{type(err).__name__}: {err}") from err
+            kept = [c for c in chosen or [] if c in names]
+            return gr.update(choices=names, value=kept), gr.update(value=default_steps(str(model_v)))
+
+        model.change(offer, [model, size, methods], [methods, steps])
+
+        def compare(model_v, size_v, methods_v, steps_v, seed_v, n_v, h, w, f, *values, progress=gr.Progress()):  # noqa: B008 (Gradio idiom)
             try:
                 settings = Settings(
-                    str(model_v), size_v, int(steps_v), int(seed_v), _int(h), _int(w), _int(f)
+                    str(model_v), size_v, int(steps_v), int(seed_v), _int(h), _int(w), _int(f), int(n_v or 0)
                 )
                 result = session.compare(
                     settings,
@@ -108,7 +126,7 @@ def build_app(session: DemoSession | None = None) -> Any:
 
         run.click(
             compare,
-            [model, size, methods, steps, seed, height, width, frames, *controls],
+            [model, size, methods, steps, seed, samples, height, width, frames, *controls],
             [outputs, figures, heat, stats],
         )
     app.queue(default_concurrency_limit=1)  # one generation at a time; other users wait in the queue
@@ -122,5 +140,8 @@ def _int(value: Any) -> int | None:
     return int(value)
 
 
-def main(host: str = "127.0.0.1", port: int = 7860) -> None:
-    build_app().launch(server_name=host, server_port=port)
+def main(host: str = "127.0.0.1", port: int = 7860, configs: tuple[str, ...] = ()) -> None:
+    """Serve the app; `configs`: files (or folders) written by `accel tune --out`, offered as presets
+    beside the built-in tuned configuration."""
+    presets = default_presets() + [Preset.from_file(path) for path in configs]
+    build_app(DemoSession(presets)).launch(server_name=host, server_port=port)

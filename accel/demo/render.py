@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,15 +26,20 @@ def _pil(image: torch.Tensor) -> Image.Image:
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
+def _slug(label: str) -> str:
+    """A file name for a row label ("tuned: tdc(order=1,threshold=0.5)" -> "tuned-tdc-order-1-threshold-0.5")."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-") or "run"
+
+
 def visual(result: Result, out_dir: Path) -> str:
     """A PNG for an image, an animated GIF (a playable clip) for a video; returns the file path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if not result.is_video:
-        path = out_dir / f"{result.label}.png"
+        path = out_dir / f"{_slug(result.label)}.png"
         _pil(result.output).save(path)
         return str(path)
     frames = [_pil(f) for f in result.output]
-    path = out_dir / f"{result.label}.gif"
+    path = out_dir / f"{_slug(result.label)}.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
     return str(path)
 
@@ -47,7 +53,7 @@ def heatmap(base: Result, other: Result, out_dir: Path) -> str:
     diff = diff.mean(dim=0).numpy()
     peak = float(diff.max())
     rgb = colormaps["inferno"](diff / peak if peak > 0 else diff)[..., :3]
-    path = out_dir / f"{other.label}-diff.png"
+    path = out_dir / f"{_slug(other.label)}-diff.png"
     _pil(torch.from_numpy(rgb).permute(2, 0, 1).float()).save(path)
     return str(path)
 

@@ -1,17 +1,22 @@
 """What the demo computes, with no UI: baseline and accelerated runs of one pipeline, side by side.
 
 `DemoSession.compare` runs the baseline (cached per model, settings and seed, so switching methods is
-quick) and each requested method with the same seed, and returns outputs, latencies, speedups,
-PSNR/SSIM against the baseline, the methods' stats, and task accuracy where a judge exists (the trained
-reference entries: the same evaluation as `accel bench`, on `Settings.accuracy_n` samples, so it stays
-interactive).
+quick) and each requested method or tuned configuration (`Preset`) with the same seed, and returns
+outputs, latencies, speedups, PSNR/SSIM against the baseline, the methods' stats, and task accuracy
+where a judge exists (the trained reference entries: the same evaluation as `accel bench`, on
+`Settings.accuracy_n` samples, so it stays interactive).
+
+The demo opens on `digits-video` (a trained model: a real digit, moving), so the accuracy column is
+its judge's. It offers the tuned configuration measured on it (`TUNED`) and any file written by
+`accel tune --out` (`Preset.from_file`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,14 +26,78 @@ from accel import zoo
 from accel.bench.accuracy import has_task, task_accuracy
 from accel.bench.metrics import psnr, ssim
 
+DEFAULT_MODEL = "digits-video"  # trained: the accuracy column is its judge's (per generated frame)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A configuration the demo offers beside the single methods: `method` for `accel.patch` (a config,
+    or a tuple of them to compose), run at `step_fraction` of the request's steps (a tuned configuration
+    may run fewer steps than the exact one); `source` says where it comes from."""
+
+    label: str
+    method: Any
+    step_fraction: float = 1.0
+    source: str = ""
+
+    @classmethod
+    def from_token(cls, token: str, source: str = "") -> Preset:
+        """A preset from a `--methods` token: "tdc(order=1,threshold=0.5)", "pisa+tdc(order=1)"."""
+        from accel.bench.variants import entry_configs
+
+        configs = entry_configs(token)
+        return cls(f"tuned: {token}", configs[0] if len(configs) == 1 else tuple(configs), 1.0, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Preset:
+        """The configuration `accel tune --out DIR` wrote (DIR or its tuned.json), via `accel.tune.read`
+        (`accel.load_config` reads the same file). Raises FileNotFoundError or InvalidOptionError."""
+        from accel.tune.config import read
+
+        tuned = read(path)
+        record = tuned.record
+        base = int(record.get("base_steps") or tuned.steps)
+        token = record.get("token") or str(tuned.method)
+        steps = f" at {tuned.steps} of {base} steps" if tuned.steps < base else ""
+        return cls(f"tuned ({Path(path).name}): {token}{steps}", tuned.method, tuned.steps / base,
+                   f"{path}: accel tune on {record.get('model', '?')}")
+
+    def steps(self, requested: int) -> int:
+        return max(1, round(requested * self.step_fraction))
+
+
+# The fastest configuration measured on digits-video that beats fewer steps at equal time (docs/benchmarks.md:
+# TDC with order 1, threshold 0.5, at most 3 skips in a row: 2.84x at -0.6 points, where 8 steps give 2.49x).
+TUNED = "tdc(order=1,threshold=0.5,max_skips=3)"
+
+
+def default_presets() -> list[Preset]:
+    return [Preset.from_token(TUNED, "measured on digits-video at 20 steps (docs/benchmarks.md)")]
+
+
+def applicable(pipe: Any) -> list[str]:
+    """The methods that can patch `pipe`, `none` left out (the baseline is shown anyway)."""
+    from accel.bench.runner import applicable_methods
+
+    return [name for name in applicable_methods(pipe) if name != "none"]
+
+
+def default_steps(model: str, fallback: int = 10) -> int:
+    """The steps a trained entry's figures use (digits-video: 20), else `fallback`."""
+    if has_task(model):
+        from accel.zoo.reference import TRAINED
+
+        return TRAINED[model].steps or fallback
+    return fallback
+
 
 @dataclass(frozen=True)
 class Settings:
     """One generation request: what identifies a baseline output."""
 
-    model: str
+    model: str = DEFAULT_MODEL
     size: str = "tiny"
-    steps: int = 10
+    steps: int = 20
     seed: int = 0
     height: int | None = None
     width: int | None = None
@@ -67,12 +136,14 @@ class Comparison:
 
 
 class DemoSession:
-    """Holds loaded pipelines and baseline results; one comparison at a time (the app queues users)."""
+    """Holds loaded pipelines, baseline results and the offered presets (`default_presets()` unless
+    given); one comparison at a time (the app queues users)."""
 
-    def __init__(self) -> None:
+    def __init__(self, presets: list[Preset] | None = None) -> None:
         self._pipes: dict[tuple[str, str], Any] = {}
         self._baselines: dict[Settings, Result] = {}
         self._lock = threading.Lock()
+        self.presets = {p.label: p for p in (default_presets() if presets is None else presets)}
 
     def pipeline(self, model: str, size: str) -> Any:
         key = (model, size)
@@ -110,12 +181,21 @@ class DemoSession:
             )
         return self._baselines[s]
 
+    def choices(self, model: str, size: str) -> list[str]:
+        """What the demo offers for `model`: every method that applies, then the presets."""
+        return applicable(self.pipeline(model, size)) + list(self.presets)
+
     def accelerated(self, s: Settings, method: str, options: dict[str, Any], base: Result) -> Result:
+        """One method (its name and options) or preset (its label; options are its own), with `base`'s
+        seed; a preset's steps are its fraction of `s.steps` (stats()["steps"] says how many ran)."""
         pipe = self.pipeline(s.model, s.size)
-        with accel.patch(pipe, method=method, **options) as handle:
-            out, seconds = self._run(pipe, s)
+        preset = self.presets.get(method)
+        run = s if preset is None else replace(s, steps=preset.steps(s.steps))
+        patch = accel.patch(pipe, method=method, **options) if preset is None else accel.patch(pipe, method=preset.method)
+        with patch as handle:
+            out, seconds = self._run(pipe, run)
             stats = handle.stats()
-            accuracy = self._accuracy(pipe, s)
+            accuracy = self._accuracy(pipe, run)
         stats.pop("methods", None)
         delta = None if accuracy is None or base.accuracy is None else 100 * (accuracy - base.accuracy)
         return Result(

@@ -13,6 +13,7 @@ import accel
 from accel.demo import DemoSession, Settings
 from accel.demo.app import _options
 from accel.demo.render import TABLE_HEADERS, render, table
+from accel.demo.session import TUNED, Preset, default_steps
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -54,6 +55,45 @@ def test_trained_models_show_task_accuracy_and_its_change(session):
     assert plain.methods[0].accuracy is None and table(plain)[1][col] == "-"
     with pytest.raises(accel.InvalidOptionError, match="accuracy_n=-1"):
         Settings("digits-image", accuracy_n=-1)
+
+
+def test_the_demo_opens_on_a_trained_model_with_what_applies_and_the_tuned_configuration(session):
+    s = Settings()
+    assert (s.model, s.steps) == ("digits-video", 20) and default_steps("digits-video") == 20
+    offered = session.choices("digits-video", "tiny")
+    assert {"adaspa", "delta-dit", "pisa", "sixbit", "tdc"} <= set(offered) and f"tuned: {TUNED}" in offered
+    assert not {"none", "pyramid-drop", "fastv", "lego-skip", "flashblock"} & set(offered)  # they do not apply
+    assert "lego-skip" in session.choices("digits-lego", "tiny")
+
+
+def test_a_tuned_configuration_runs_as_one_patch_and_gets_task_accuracy(session):
+    c = session.compare(Settings("digits-image", steps=6, accuracy_n=10), [f"tuned: {TUNED}"])
+    tuned = c.methods[0]
+    assert tuned.label == f"tuned: {TUNED}" and tuned.stats["tdc"]["block_calls"] > 0
+    assert tuned.accuracy is not None and tuned.accuracy_delta_pts is not None
+    assert len(render(c)[2]) == 2  # labels with brackets and commas make valid file names
+
+
+def test_a_config_from_accel_tune_is_offered_at_its_steps(session, tmp_path):
+    import json
+
+    from accel.tune.config import SCHEMA, method_dicts
+
+    from accel.method import method_class
+
+    config = method_class("tdc").Config(order=1, threshold=0.5)
+    record = {"schema": SCHEMA, "model": "digits-image", "methods": method_dicts([config]),
+              "token": "tdc(order=1,threshold=0.5)", "steps": 10, "base_steps": 20}
+    (tmp_path / "tuned.json").write_text(json.dumps(record))
+    preset = Preset.from_file(tmp_path)
+    assert preset.label == f"tuned ({tmp_path.name}): tdc(order=1,threshold=0.5) at 10 of 20 steps"
+    assert preset.method == config and preset.steps(20) == 10 and preset.steps(6) == 3
+    own = DemoSession([preset])
+    c = own.compare(Settings("digits-image", steps=6, accuracy_n=0), [preset.label])
+    assert c.methods[0].stats["steps"]["num_steps"] == 3  # half the steps, as the file was measured
+    with pytest.raises(accel.InvalidOptionError, match="expected schema"):
+        (tmp_path / "bad.json").write_text("{}")
+        Preset.from_file(tmp_path / "bad.json")
 
 
 def test_bad_options_and_models_raise_clear_errors(session):
@@ -108,12 +148,14 @@ def test_end_to_end_in_headless_chromium(session, tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            page.get_by_label("steps").fill("6")
+            page.get_by_label("steps", exact=True).fill("6")
+            page.get_by_label("task-accuracy samples (trained models)").fill("4")
             page.click("#generate")
             figures = page.locator("#figures")
             expect(figures).to_contain_text("skip_rate", timeout=120_000)
             text = figures.inner_text()
-            assert "baseline" in text and "delta-dit" in text and "1.00x" in text
+            assert "baseline" in text and "tuned: tdc" in text and "1.00x" in text
+            assert "%" in text  # digits-video: the task-accuracy column is filled
             assert page.locator("#outputs img").count() >= 2  # baseline and accelerated, side by side
             assert page.locator("#heat img").count() >= 1
             shot = tmp_path / "demo.png"
