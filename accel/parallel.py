@@ -113,33 +113,35 @@ def of(model: torch.nn.Module) -> ContextParallel | None:
 def sums(parallel: ContextParallel | None, values: Sequence[torch.Tensor]) -> list[float]:
     """The scalar tensors `values`, each summed over every rank of the sequence (one all-reduce, in
     float64), as Python floats; on one rank, the values themselves. Every rank gets the same numbers."""
-    stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values])
-    if parallel is not None:
-        stacked = stacked.cpu() if _gloo(parallel) else stacked
-        dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=parallel.group)
-    return stacked.tolist()
+    return _reduced(parallel, values, dist.ReduceOp.SUM)
 
 
 def maxes(parallel: ContextParallel | None, values: Sequence[torch.Tensor]) -> list[float]:
     """Like `sums`, with the maximum over the ranks."""
-    stacked = torch.stack([v.detach().reshape(()).to(torch.float64) for v in values])
-    if parallel is not None:
-        stacked = stacked.cpu() if _gloo(parallel) else stacked
-        dist.all_reduce(stacked, op=dist.ReduceOp.MAX, group=parallel.group)
-    return stacked.tolist()
+    return _reduced(parallel, values, dist.ReduceOp.MAX)
 
 
 def all_ranks(parallel: ContextParallel | None, flag: bool | torch.Tensor) -> bool:
     """Whether `flag` holds on every rank (the same answer on all of them)."""
     if parallel is None:
         return bool(flag)
-    t = torch.tensor([1.0 if bool(flag) else 0.0], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=parallel.group)
-    return bool(t.item() > 0.5)
+    return _reduced(parallel, [torch.tensor(1.0 if bool(flag) else 0.0)], dist.ReduceOp.MIN)[0] > 0.5
 
 
-def _gloo(parallel: ContextParallel) -> bool:
-    return dist.get_backend(parallel.group) == "gloo"
+def _reduced(parallel: ContextParallel | None, values: Sequence[torch.Tensor], op: Any) -> list[float]:
+    device = _collective_device(parallel)
+    stacked = torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float64) for v in values])
+    if parallel is not None:
+        dist.all_reduce(stacked, op=op, group=parallel.group)
+    return stacked.tolist()
+
+
+def _collective_device(parallel: ContextParallel | None) -> torch.device:
+    """Where a small tensor must be for the group's backend: the CPU for gloo (and without a group),
+    the current CUDA device for NCCL."""
+    if parallel is None or dist.get_backend(parallel.group) == "gloo":
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def stream_weight(parallel: ContextParallel | None, stream: str) -> float:
