@@ -328,16 +328,20 @@ def _compositions(screened: list[Trial], composable: Callable[[str, str], bool],
 
 
 def _try(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend: Callable[[], None]) -> None:
-    """One candidate through the rungs, its interleaved speed, and the held-out check."""
-    final = result.rungs[-1]
+    """One candidate through the rungs, its interleaved speed, and the held-out check; a candidate that
+    fails to run (methods that cannot run on this input) is a row that says so."""
     trial.status = "trying"
+    try:
+        _rungs(measure, floor, trial, result, spend)
+    except (ValueError, TypeError, RuntimeError) as err:
+        trial.status = f"failed: {type(err).__name__}: {err}"
+
+
+def _rungs(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend: Callable[[], None]) -> None:
+    final = result.rungs[-1]
     for n in result.rungs:
         spend()
-        try:
-            trial.quality[n] = q = measure.quality(trial.candidate, n)
-        except (ValueError, TypeError, RuntimeError) as err:
-            trial.status = f"failed: {type(err).__name__}: {err}"
-            return
+        trial.quality[n] = q = measure.quality(trial.candidate, n)
         if not floor.ok(q, floor.slack(n, final)):
             trial.status = f"below the floor at {n} samples"
             return

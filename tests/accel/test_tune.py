@@ -259,3 +259,15 @@ def test_a_real_tuning_run_on_a_tiny_pipeline_writes_a_configuration_that_patche
         accel.patch(pipe, method=accel.load_config(out / "tuned.json")).unpatch()
     else:
         assert "no candidate held the floor" in (out / "tuned.json").read_text()
+
+
+def test_a_candidate_that_fails_to_run_is_a_row_that_says_so():
+    class Broken(Fake):
+        def quality(self, c, n, held_out=False):
+            if c.steps == 5:
+                raise RuntimeError("no kernel for this")
+            return super().quality(c, n, held_out)
+
+    result = _tune(Broken(0), Floor("psnr", 50.0))
+    failed = [t for t in result.trials if t.status.startswith("failed: RuntimeError: no kernel")]
+    assert failed and all(t.candidate.steps == 5 for t in failed) and result.best is not None
