@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         default=False,
-        help="half resolution, <= 8 steps, one repeat: under two minutes",
+        help="half resolution (random-weight models), <= 8 steps, one repeat, no settling rounds, <= 10 accuracy "
+             "samples: about two minutes",
     )
     p.add_argument(
         "--no-profile",

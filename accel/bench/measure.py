@@ -115,7 +115,8 @@ class WallClock:
 @dataclass(frozen=True)
 class RunSample:
     """One timed run: `seconds` of wall time; `other_cpu`, the share of the machine's CPUs that other
-    processes used meanwhile (0 = none, 1 = all of them; None when unknown); `load` at its end."""
+    processes used meanwhile (0 = none, 1 = all of them; None when unknown); `load` at its end. The OS
+    counts CPU time in ticks (10 ms on Linux), so runs shorter than about 0.2 s read it coarsely."""
 
     seconds: float
     other_cpu: float | None = None

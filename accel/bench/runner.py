@@ -425,8 +425,10 @@ def _expand_methods(spec: BenchSpec, pipe: Any) -> list[tuple[str, dict[str, Any
             if options is None and calibration and "sixbit" in V.method_parts(entry):
                 options = {"calibration": calibration} if entry == "sixbit" else {"sixbit.calibration": calibration}
             out.append((entry, options))
-    unique = list({entry: (entry, options) for entry, options in reversed(out)}.values())[::-1]
-    return sorted(unique, key=lambda e: e[0] != "none")  # none first, the others in their order
+    first: dict[str, dict[str, Any] | None] = {}
+    for entry, options in out:  # an entry named twice is one row, with its first options
+        first.setdefault(entry, options)
+    return sorted(first.items(), key=lambda e: e[0] != "none")  # none first, the others in their order
 
 
 def quick(spec: BenchSpec) -> BenchSpec:

@@ -220,3 +220,22 @@ def test_a_composition_row_is_one_patch_with_each_method_s_options(tiny):
         row.disable(pipe, handle)
     with pytest.raises(accel.InvalidOptionError, match=r"name their method, e.g. pisa\+delta-dit.pisa"):
         V.accel_method("pisa+delta-dit", 4, {"density": 0.5})
+
+
+def test_the_default_job_is_every_method_and_composition_on_the_trained_digits_video():
+    from accel import zoo
+    from accel.bench.runner import _expand_methods
+
+    spec = BenchSpec()
+    assert (spec.model, spec.steps, spec.noise_floor, spec.accuracy_n) == ("digits-video", 20, True, 20)
+    assert spec.measures_accuracy and "fewer-steps" in spec.peers and {"fbc", "taylorseer", "pab"} <= set(spec.peers)
+    rows = dict(_expand_methods(spec, zoo.load("digits-video")))
+    assert list(rows)[0] == "none"
+    assert {"adaspa", "delta-dit", "pisa", "sixbit", "tdc", "pisa+tdc", "adaspa+tdc", "sixbit+tdc"} == set(rows) - {"none"}
+    assert "delta-dit+tdc" not in rows  # two caches change the same blocks: no composition
+    from pathlib import Path
+
+    committed = (Path(zoo.__file__).parent / "checkpoints" / "digits-video" / "sixbit_calibration.json").resolve()
+    assert Path(rows["sixbit"]["calibration"]).resolve() == committed
+    assert rows["sixbit+tdc"] == {"sixbit.calibration": rows["sixbit"]["calibration"]}
+    assert rows["pisa"] is None  # defaults
