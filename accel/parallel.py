@@ -257,7 +257,7 @@ def processors_unaware(module: torch.nn.Module) -> Iterator[None]:
     """While active, the attention module's processor sees no parallel config: its dispatcher call is a
     plain SDPA call on the local shard, which accel routes (and hands to diffusers' templated CP
     attention itself). Per instance; restored on exit."""
-    processor = getattr(module, "processor", None)
+    processor: Any = getattr(module, "processor", None)
     saved = getattr(processor, "_parallel_config", None)
     if saved is None:
         yield
@@ -341,6 +341,11 @@ def check(target: Any, methods: Sequence[Any]) -> None:
             raise UnsupportedModelError(
                 f"accel: {model} has {heads} attention heads, which do not split over ulysses_degree="
                 f"{parallel.ulysses}; choose a degree dividing {heads}.")
+        if attention and not parallel.encoder_sharded and any(
+                site.kind == "joint" for site in d.adapter.attention_sites(d.module)):
+            raise UnsupportedModelError(
+                f"accel: {model}'s joint attention under context parallelism with a text stream the CP plan does "
+                f"not split; {', '.join(sorted(attention))} need every part of the joint sequence split evenly.")
         for m in methods:
             if m.name in attention and getattr(m.config, "routing", "pooled") != "pooled" and parallel.ring > 1:
                 raise UnsupportedModelError(

@@ -31,7 +31,7 @@ import torch
 DEFAULT_TIMEOUT_S = 120.0
 
 
-def enable(model: torch.nn.Module, ulysses: int = 1, ring: int = 1) -> None:
+def enable(model: Any, ulysses: int = 1, ring: int = 1) -> None:
     """Shard `model`'s sequence over the process group with diffusers' own context parallelism."""
     from diffusers import ContextParallelConfig
 
@@ -133,13 +133,13 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "none": {}, "pisa": {}, "adaspa": {}, "delta-dit": {}, "tdc": {"threshold": 0.5, "max_skips": 3},
 }
-TINY_OPTIONS = {"pisa": {"tile_size": 16, "density": 0.25}, "adaspa": {"tile_size": 16}}
+TINY_OPTIONS: dict[str, dict[str, Any]] = {"pisa": {"tile_size": 16, "density": 0.25}, "adaspa": {"tile_size": 16}}
 
 
 def _inputs(pipe: Any, model: str, size: str, steps: int) -> dict[str, Any]:
     from accel.zoo import inputs
 
-    dims = dict(SIZES[model][size])
+    dims: dict[str, Any] = dict(SIZES[model][size])
     text_tokens = dims.pop("text_tokens", None)
     kw = inputs(pipe, steps=steps, seed=0, **dims)
     if text_tokens is not None:  # a prompt whose per-rank share is whole tiles

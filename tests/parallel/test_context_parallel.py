@@ -20,11 +20,14 @@ import accel
 from accel.bench.scale_out import launch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-METHODS = ["none", "pisa", "adaspa", "delta-dit", "tdc"]
+METHODS = ["none", "pisa", "adaspa", "delta-dit", "tdc", "sixbit"]
 FAMILIES = ["flux", "wan"]
 MODES = ["ulysses", "ring"]
 THRESHOLD = 0.1
 TOLERANCE = 1e-5  # fp32: max |2 ranks - 1 process| / max |1 process| (observed at most ~7e-7)
+# sixbit: its INT8 route quantizes activations with one dynamic scale per tensor (PyTorch's x86
+# linear_dynamic), which is each rank's shard under parallelism: the same routes, a different rounding
+SIXBIT_TOLERANCE = 2e-2
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +38,14 @@ def ranks():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family,method", [(f, m) for f in FAMILIES for m in METHODS
+                                           if m != "sixbit" or f == "flux"])  # the router: on Flux
 def test_two_ranks_equal_one_process(ranks, mode, family, method):
     results = [rank[mode][f"{family}/{method}"] for rank in ranks]
     for result in results:
-        assert result["error"] < TOLERANCE, result
+        assert result["error"] < (SIXBIT_TOLERANCE if method == "sixbit" else TOLERANCE), result
+        if method == "sixbit":  # per step: layer calls in NVFP4, INT8, A16 and skipped blocks, as one process
+            assert result["stats"]["per_step"] == result["reference_stats"]["per_step"]
         stats, reference = result["stats"], result["reference_stats"]
         for key in ("sparse_calls", "dense_calls", "blocks_skipped", "block_calls"):
             assert stats.get(key) == reference.get(key), key  # the same calls, the same skips
