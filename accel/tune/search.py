@@ -17,7 +17,8 @@ measurement of known answers.
    that holds it gets its speed measured against the exact run in interleaved pairs, and, if it is the
    fastest so far, its quality on held-out samples; holding there too makes it the best.
 4. Stop when the next candidate's estimate is clearly below the best's measured speed (nothing left can
-   win), when the time budget is spent, or on Ctrl-C: what was measured is kept either way.
+   win), when the time budget is spent (no measurement starts after it, except the speed and held-out
+   check of a candidate that held every rung), or on Ctrl-C: what was measured is kept either way.
 """
 
 from __future__ import annotations
@@ -233,8 +234,10 @@ def tune(
     start = clock()
     result = TuneResult(floor, rungs, held_out_n, base, [], min_speedup=min_speedup)
 
-    def spend() -> None:
-        if clock() - start > budget_s:
+    def spend(finishing: bool = False) -> None:
+        """Count a measurement; out of time, stop, unless it finishes a candidate that held every rung
+        (its speed and held-out check), which would otherwise be lost."""
+        if clock() - start > budget_s and not finishing:
             raise _OutOfBudget
         result.measurements += 1
 
@@ -327,7 +330,7 @@ def _compositions(screened: list[Trial], composable: Callable[[str, str], bool],
     return out
 
 
-def _try(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend: Callable[[], None]) -> None:
+def _try(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend: Callable[..., None]) -> None:
     """One candidate through the rungs, its interleaved speed, and the held-out check; a candidate that
     fails to run (methods that cannot run on this input) is a row that says so."""
     trial.status = "trying"
@@ -337,7 +340,7 @@ def _try(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend
         trial.status = f"failed: {type(err).__name__}: {err}"
 
 
-def _rungs(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend: Callable[[], None]) -> None:
+def _rungs(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spend: Callable[..., None]) -> None:
     final = result.rungs[-1]
     for n in result.rungs:
         spend()
@@ -345,7 +348,7 @@ def _rungs(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spe
         if not floor.ok(q, floor.slack(n, final)):
             trial.status = f"below the floor at {n} samples"
             return
-    spend()
+    spend(finishing=True)
     trial.speedup = measure.speed(trial.candidate, 3)
     if trial.speedup < result.min_speedup:
         trial.status = f"holds the floor; measured {trial.speedup:.2f}x, not faster than the exact run"
@@ -354,7 +357,7 @@ def _rungs(measure: Measure, floor: Floor, trial: Trial, result: TuneResult, spe
     if best is not None and best.speedup is not None and trial.speedup <= best.speedup:
         trial.status = "holds the floor; slower than the best"
         return
-    spend()
+    spend(finishing=True)
     trial.held_out = measure.quality(trial.candidate, result.held_out_n, held_out=True)
     if not floor.ok(trial.held_out):
         trial.status = "holds the floor on the tuning samples, not on the held-out ones"
