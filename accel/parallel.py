@@ -246,8 +246,8 @@ def dense_shard(shard: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Exact attention with its LSE on accel's engine (every key tile kept)."""
     from accel.sparse_attn import TileIndex, block_sparse_attention
 
-    index = TileIndex.from_dense(torch.ones(1, 1, -(-q.shape[2] // 64), -(-k.shape[2] // 64), dtype=torch.bool),
-                                 64, q.shape[2], k.shape[2])
+    every = torch.ones(1, 1, -(-q.shape[2] // 64), -(-k.shape[2] // 64), dtype=torch.bool, device=q.device)
+    index = TileIndex.from_dense(every, 64, q.shape[2], k.shape[2])
     out, lse = block_sparse_attention(q, k, v, index, scale, return_lse=True)
     return out, lse
 
