@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import SCHEMA, method_dicts
 from .pipeline import IDENTICAL_DB
-from .search import METRICS, TuneResult, pareto
+from .search import METRICS, Trial, TuneResult, pareto
 
 
 @dataclass
@@ -117,20 +117,24 @@ def write_plot(result: TuneResult, path: Path) -> bool:
     except ImportError:
         return False
     floor = result.floor
+    def point(t: Trial, x: float | None) -> tuple[float, float]:
+        return float(x or 0.0), float(t.final_quality() or 0.0)
+
     done = [t for t in result.trials if t.speedup is not None and t.quality]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     for t in done:
         mark = "*" if t is result.best else ("^" if t.candidate.parts == (("none", ()),) else "o")
-        ax.scatter(t.speedup, t.final_quality(), marker=mark, s=120 if t is result.best else 40)
-        ax.annotate(f"{t.candidate.token}@{t.candidate.steps}", (t.speedup, t.final_quality()),
-                    textcoords="offset points", xytext=(4, 3), fontsize=6)
-    rejected = [t for t in result.trials if t.speedup is None and t.quality and t.estimate]
+        x, y = point(t, t.speedup)
+        ax.scatter(x, y, marker=mark, s=120 if t is result.best else 40)
+        ax.annotate(f"{t.candidate.token}@{t.candidate.steps}", (x, y), textcoords="offset points", xytext=(4, 3),
+                    fontsize=6)
+    rejected = [point(t, t.estimate) for t in result.trials if t.speedup is None and t.quality and t.estimate]
     if rejected:  # stopped at an earlier rung: at their estimated speed, their last measured quality
-        ax.scatter([t.estimate for t in rejected], [t.final_quality() for t in rejected], marker="x", s=14,
-                   color="grey", alpha=0.6, label="stopped at an earlier rung (estimated speed)")
-    front = pareto(result.trials, floor)
+        ax.scatter([x for x, _ in rejected], [y for _, y in rejected], marker="x", s=14, color="grey", alpha=0.6,
+                   label="stopped at an earlier rung (estimated speed)")
+    front = [point(t, t.speedup) for t in pareto(result.trials, floor)]
     if front:
-        ax.plot([t.speedup for t in front], [t.final_quality() for t in front], color="grey", lw=0.8)
+        ax.plot([x for x, _ in front], [y for _, y in front], color="grey", lw=0.8)
     ax.axhline(floor.value, color="red", lw=0.8, ls="--", label=f"floor {floor}")
     ax.set_xlabel("speedup over the exact run (x)")
     ax.set_ylabel({"psnr": f"PSNR vs exact (dB; identical drawn at {IDENTICAL_DB:g})",
