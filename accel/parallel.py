@@ -109,6 +109,28 @@ def of(model: torch.nn.Module) -> ContextParallel | None:
     return ContextParallel(config, ulysses, ring, _splits(getattr(model, "_cp_plan", None), "encoder_hidden_states"))
 
 
+class Watched:
+    """The context-parallel setup of each denoiser at patch time. A method calls `check()` at the start of
+    every run: a setup changed after patching (`enable_parallelism` called on a patched model) is refused,
+    since the method's hooks were built for the other one and ranks could diverge."""
+
+    def __init__(self, target: Any, method: str) -> None:
+        self.method = method
+        self.entries = [(d.module, of(d.module)) for d in target.denoisers]
+
+    def first(self) -> ContextParallel | None:
+        return next((cp for _, cp in self.entries if cp is not None), None)
+
+    def check(self) -> None:
+        for module, cp in self.entries:
+            now = of(module)
+            if (now is None) != (cp is None) or (now is not None and cp is not None and now.config is not cp.config):
+                raise UnsupportedModelError(
+                    f"{self.method}: the context parallelism of {type(module).__name__} changed after accel.patch "
+                    f"(was {cp.describe() if cp else 'none'}, now {now.describe() if now else 'none'}); unpatch, "
+                    "call enable_parallelism, then patch again.")
+
+
 # ---- rank-consistent statistics -----------------------------------------------------------------------
 def sums(parallel: ContextParallel | None, values: Sequence[torch.Tensor]) -> list[float]:
     """The scalar tensors `values`, each summed over every rank of the sequence (one all-reduce, in

@@ -26,6 +26,7 @@ class SpanCacheMethod(Method):
 
     def apply(self, target: PatchTarget, journal: Journal, tracker: StepTracker) -> None:
         self.spans: list[Span] = []
+        self.parallel_setup = parallel.Watched(target, self.name)
         for d in target.denoisers:
             spans = self.make_spans(d.adapter.blocks(d.module), tracker, joined=d.adapter.stacks_joined)
             cp = parallel.of(d.module)  # under context parallelism, decisions are reduced over the ranks
@@ -44,6 +45,7 @@ class SpanCacheMethod(Method):
 
     def reset_run(self) -> None:
         super().reset_run()
+        self.parallel_setup.check()
         for span in self.spans:
             span.reset()
 

@@ -215,7 +215,8 @@ class SixBit(Method):
         cfg = self.config
         self.tracker = tracker
         # under context parallelism the router's statistics are summed over the ranks before deciding
-        self.cp = next((cp for cp in map(parallel.of, (d.module for d in target.denoisers)) if cp), None)
+        self.parallel_setup = parallel.Watched(target, self.name)
+        self.cp = self.parallel_setup.first()
         self.alpha, self.beta, self.threshold, per_layer = self._calibrated()
         self.blocks: dict[str, BlockState] = {}
         self.layers: list[LayerState] = []
@@ -420,6 +421,7 @@ class SixBit(Method):
                                               "originals", "predictor") if k in self.counters}
         super().reset_run()
         self.counters.update(keep)
+        self.parallel_setup.check()
         if self.unsupported:
             self.counters["unsupported_layers"] = len(self.unsupported)
         for block in self.blocks.values():

@@ -288,7 +288,8 @@ class SparseAttentionMethod(Method):
         self._rings: dict[tuple, RingSequence | str] = {}
         # the context parallelism of the denoisers (one setup per pipeline in practice), for statistics
         # that a method reduces over the ranks (AdaSpa's head-adaptive recall)
-        self.cp = next((cp for cp in map(parallel.of, (d.module for d in target.denoisers)) if cp), None)
+        self.parallel_setup = parallel.Watched(target, self.name)
+        self.cp = self.parallel_setup.first()
         for d in target.denoisers:
             layers = {id(b.module): i for i, b in enumerate(d.adapter.blocks(d.module))}
             cp = parallel.of(d.module)
@@ -297,6 +298,10 @@ class SparseAttentionMethod(Method):
                     hook = SparseSiteHook(self, site, layers[id(site.block.module)], cp)
                     journal.add_model_hook(site.module, hook, f"accel.{self.name}")
                     self.hooks.append(hook)
+
+    def reset_run(self) -> None:
+        super().reset_run()
+        self.parallel_setup.check()
 
     # ---- schedule ----------------------------------------------------------------------------
     def needs_step_count(self) -> bool:

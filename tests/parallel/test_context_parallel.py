@@ -113,3 +113,16 @@ def test_unsupported_setups_are_refused_at_patch_time(tiny, setup, method, optio
         assert accel.patch_of(pipe) is None  # nothing applied
     finally:
         pipe.transformer._parallel_config = None
+
+
+@pytest.mark.parametrize("method", ["tdc", "pisa", "sixbit"])
+def test_parallelism_enabled_after_patching_is_refused_at_the_next_call(tiny, method):
+    pipe = tiny("flux")
+    with accel.patch(pipe, method=method):
+        _fake_parallel(pipe.transformer, ulysses=2)
+        try:
+            with pytest.raises(accel.UnsupportedModelError, match="changed after accel.patch"):
+                accel.zoo.generate(pipe, steps=2)
+        finally:
+            pipe.transformer._parallel_config = None
+        accel.zoo.generate(pipe, steps=2)  # the setup it was patched for: runs
