@@ -123,23 +123,32 @@ def _tail(logs: list[Any], chars: int = 4000) -> str:
 
 # ---- accel bench-parallel ----------------------------------------------------------------------------
 MODES = ("ulysses", "ring")
-# per model: sizes whose per-rank parts are whole tiles of 64 tokens at 2 (and 4) ranks, and options
-# that keep the sparse methods sparse at the tiny size (tiles of 16)
-SIZES: dict[str, dict[str, dict[str, int]]] = {
-    "flux": {"tiny": {"height": 64, "width": 64, "text_tokens": 32},
-             "bench": {"height": 1024, "width": 1024, "text_tokens": 256}},
-    "wan": {"tiny": {"num_frames": 13}, "bench": {"num_frames": 29, "height": 256, "width": 448}},
-}
+# per model and size: inputs whose per-rank parts are whole tiles (64 tokens at the bench size, 16 at tiny)
+# for `world` ranks: Flux's prompt is 64 tokens per rank (16 at tiny); Wan has 4 latent frames per rank
+# (its video tiles are 4 frames deep) at the bench size
+SIZES = ("tiny", "bench")
+MODELS = ("flux", "wan")
+
+
+def sizes(model: str, size: str, world: int) -> dict[str, int]:
+    if model == "flux":
+        side = 64 if size == "tiny" else 1024
+        return {"height": side, "width": side, "text_tokens": (16 if size == "tiny" else 64) * world}
+    if size == "tiny":
+        return {"num_frames": 13}  # 4 latent frames of 4 x 4 tokens
+    return {"num_frames": 16 * world - 3, "height": 256, "width": 448}  # 4 * world latent frames of 16 x 28
+
+
 METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "none": {}, "pisa": {}, "adaspa": {}, "delta-dit": {}, "tdc": {"threshold": 0.5, "max_skips": 3},
 }
 TINY_OPTIONS: dict[str, dict[str, Any]] = {"pisa": {"tile_size": 16, "density": 0.25}, "adaspa": {"tile_size": 16}}
 
 
-def _inputs(pipe: Any, model: str, size: str, steps: int) -> dict[str, Any]:
+def _inputs(pipe: Any, model: str, size: str, steps: int, world: int) -> dict[str, Any]:
     from accel.zoo import inputs
 
-    dims: dict[str, Any] = dict(SIZES[model][size])
+    dims: dict[str, Any] = sizes(model, size, world)
     text_tokens = dims.pop("text_tokens", None)
     kw = inputs(pipe, steps=steps, seed=0, **dims)
     if text_tokens is not None:  # a prompt whose per-rank share is whole tiles
@@ -165,7 +174,7 @@ def worker(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
     pipe.to(device)
     if world > 1:
         enable(pipe.transformer, **{args["mode"]: world})
-    kwargs = _inputs(pipe, args["model"], args["size"], args["steps"])
+    kwargs = _inputs(pipe, args["model"], args["size"], args["steps"], args["world"])
     rows = {}
     for method in args["methods"]:
         with accel.patch(pipe, method=method, **options(method, args["size"])) as handle:
@@ -198,7 +207,8 @@ def run(model: str, size: str, methods: list[str], world: int, modes: list[str],
     from accel.info import device_name
 
     with tempfile.TemporaryDirectory() as tmp:
-        common = {"model": model, "size": size, "methods": methods, "steps": steps, "repeat": repeat, "out": tmp}
+        common = {"model": model, "size": size, "methods": methods, "steps": steps, "repeat": repeat, "out": tmp,
+                  "world": world}  # the inputs fit `world` ranks, for the 1-process run too
         single = launch(f"{__name__}:worker", 1, {**common, "tag": "single", "mode": "none"}, timeout_s,
                         threads=threads)[0]
         rows = [{"mode": "1 process", "ranks": 1, "method": m, **single[m], "ratio": 1.0, "error": 0.0}
@@ -267,8 +277,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench-parallel", help="one process vs N ranks under diffusers' context parallelism "
                        "(Ulysses, ring), every method: time and difference")
-    p.add_argument("--model", choices=tuple(SIZES), default="flux")
-    p.add_argument("--size", choices=("tiny", "bench"), default="tiny")
+    p.add_argument("--model", choices=MODELS, default="flux")
+    p.add_argument("--size", choices=SIZES, default="tiny")
     p.add_argument("--methods", type=_names(tuple(METHOD_OPTIONS)), default=list(METHOD_OPTIONS),
                    help=f"comma-separated among {', '.join(METHOD_OPTIONS)} (default all)")
     p.add_argument("--ranks", type=counting(2), default=2, help="processes (GPUs on a GPU machine; default 2)")

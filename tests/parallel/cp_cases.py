@@ -156,3 +156,19 @@ def _plain(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     return value if isinstance(value, int | float | str | bool | type(None)) else str(value)
+
+
+def stall(rank: int, world: int, args: dict[str, Any]) -> None:
+    """Rank 0 waits in a collective that rank 1 never joins (as a rank that skipped a block would)."""
+    import time
+
+    import torch.distributed as dist
+
+    if rank == 0:
+        dist.all_reduce(torch.ones(1))
+    else:
+        time.sleep(600)
+
+
+def fail(rank: int, world: int, args: dict[str, Any]) -> None:
+    raise ValueError(f"rank {rank} fails on purpose")
