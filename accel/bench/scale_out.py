@@ -257,7 +257,11 @@ def _cmd(args: argparse.Namespace) -> int:
 
     from .report import update_doc
 
-    command = "accel " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if args.doc_key is None else args.doc_key
+    gpus = torch.cuda.device_count()
+    if gpus and args.ranks > gpus:
+        raise SystemExit(f"accel bench-parallel: --ranks {args.ranks} on a machine with {gpus} GPU(s); NCCL needs "
+                         f"one GPU per rank: choose --ranks <= {gpus}")
+    command = "accel " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     result = run(args.model, args.size, args.methods, args.ranks, args.modes, args.steps, args.repeat,
                  args.threads or torch.get_num_threads(), args.timeout)
     out = Path(args.out)
