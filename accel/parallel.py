@@ -35,9 +35,8 @@ from diffusers.hooks import ModelHook
 from . import compat
 from .errors import UnsupportedModelError
 
-# attention methods that support each kind of sharding (the others are refused at patch time)
-ULYSSES_METHODS = frozenset({"pisa", "adaspa"})
-RING_METHODS = frozenset({"pisa", "adaspa"})
+# the methods that route attention themselves under context parallelism (tile orders per layout)
+SPARSE_METHODS = frozenset({"pisa", "adaspa"})
 
 ShardAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -350,7 +349,7 @@ def check(target: Any, methods: Sequence[Any]) -> None:
             raise UnsupportedModelError(
                 f"accel: {model} runs diffusers' ulysses_anything/ring_anything (uneven shards); accel supports "
                 "context parallelism with even shards only (ulysses_anything=False, ring_anything=False).")
-        attention = names & (ULYSSES_METHODS | RING_METHODS)
+        attention = names & SPARSE_METHODS
         if parallel.ulysses > 1 and parallel.ring > 1:
             raise UnsupportedModelError(
                 f"accel: {model} runs unified context parallelism ({parallel.describe()}); accel supports "
