@@ -271,3 +271,22 @@ def test_a_candidate_that_fails_to_run_is_a_row_that_says_so():
     result = _tune(Broken(0), Floor("psnr", 50.0))
     failed = [t for t in result.trials if t.status.startswith("failed: RuntimeError: no kernel")]
     assert failed and all(t.candidate.steps == 5 for t in failed) and result.best is not None
+
+
+def test_the_accuracy_drop_of_a_real_trained_pipeline_is_measured_against_the_exact_run_s():
+    from accel.bench.accuracy import task_accuracy
+    from accel.tune.pipeline import PipelineMeasure
+
+    pipe = accel.zoo.load("digits-image")
+    measure = PipelineMeasure(pipe, "digits-image", Floor("accuracy-drop", 1.0), steps=4)
+    fewer = Candidate(NONE, 2)
+    drop = measure.quality(fewer, 5)
+    exact = task_accuracy("digits-image", pipe, 5, 0, 4)
+    with accel.patch(pipe, method="none"):
+        mine = task_accuracy("digits-image", pipe, 5, 0, 2)
+    assert drop == pytest.approx(100 * (exact - mine))
+    assert measure.exact_accuracy["tuning"] == exact
+    assert measure.quality(Candidate(NONE, 4), 5) == 0.0  # the exact model at its own steps loses nothing
+    measure.quality(fewer, 5, held_out=True)
+    assert set(measure.exact_accuracy) == {"tuning", "held-out"}
+    assert measure.speed(fewer, 1) > 0 and measure.exact_times  # timed beside exact runs
