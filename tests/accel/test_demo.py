@@ -77,9 +77,8 @@ def test_a_tuned_configuration_runs_as_one_patch_and_gets_task_accuracy(session)
 def test_a_config_from_accel_tune_is_offered_at_its_steps(session, tmp_path):
     import json
 
-    from accel.tune.config import SCHEMA, method_dicts
-
     from accel.method import method_class
+    from accel.tune.config import SCHEMA, method_dicts
 
     config = method_class("tdc").Config(order=1, threshold=0.5)
     record = {"schema": SCHEMA, "model": "digits-image", "methods": method_dicts([config]),
