@@ -14,6 +14,7 @@ from accel.sparse_attn.methods.base import ring_sequence, segments, tiled_sequen
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow
 def test_a_rank_waiting_forever_is_killed_at_the_timeout():
     with pytest.raises(TimeoutError, match="ran past 20 s"):
         scale_out.launch("cp_cases:stall", 2, {}, timeout_s=20, pythonpath=[HERE])
