@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from accel.config import MethodConfig
 from accel.errors import InvalidOptionError
 
 SCHEMA = "accel.tune/1"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,5 +86,12 @@ def read(path: str | Path) -> TunedConfig:
 def load_config(path: str | Path) -> MethodConfig | tuple[MethodConfig, ...]:
     """The methods of a configuration written by `accel tune`, for `accel.patch(pipe, method=...)`: one
     method config, or a tuple of them (a composition). Run the pipeline at the file's `steps`
-    (`accel.tune.read(path).call_kwargs()`) when it is below the exact run's."""
-    return read(path).method
+    (`accel.tune.read(path).call_kwargs()`) when it is below the exact run's: the patch alone does not
+    change the step count, so this logs a warning naming it."""
+    tuned = read(path)
+    base = int(tuned.record.get("base_steps", tuned.steps))
+    if tuned.steps < base:
+        logger.warning("accel tune config %s was measured at num_inference_steps=%d (the exact run: %d); the patch "
+                       "does not set the step count: pass num_inference_steps=%d to the pipeline", path, tuned.steps,
+                       base, tuned.steps)
+    return tuned.method
