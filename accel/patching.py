@@ -175,12 +175,10 @@ def _register(obj: Any, patch: Patch, journal: Journal) -> None:
     journal.call_on_undo(forget)
 
 
-def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **options: Any) -> Patch:
-    """Apply `method` (a name, a config, or a list of them to compose) to `target`.
-
-    `target` is a diffusers pipeline, a diffusers denoiser, or a transformers model. Options are the
-    method's config fields. Returns a `Patch` with `.unpatch()`, `.config` and `.stats()`.
-    """
+def _checked(target: Any, method: MethodSpec | Sequence[MethodSpec],
+             options: dict[str, Any]) -> tuple[PatchTarget, list[Method]]:
+    """Every check `patch` makes before it touches anything: options, target, composition, the methods'
+    own model checks, context parallelism. Returns the resolved target and the methods; changes nothing."""
     configs = _configs(method, options)
     methods = [method_class(c.method)(c) for c in configs]
     resolved = resolve_target(target)
@@ -189,7 +187,23 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
     for m in methods:
         m.check(resolved)
     parallel.check(resolved, methods)  # diffusers' context parallelism: what accel can serve
+    return resolved, methods
 
+
+def check(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **options: Any) -> None:
+    """Raise what `patch(target, method, **options)` would raise before touching anything (an `AccelError`:
+    a bad option, an unsupported model, methods that do not compose); return None where it would patch.
+    Nothing is changed."""
+    _checked(target, method, options)
+
+
+def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **options: Any) -> Patch:
+    """Apply `method` (a name, a config, or a list of them to compose) to `target`.
+
+    `target` is a diffusers pipeline, a diffusers denoiser, or a transformers model. Options are the
+    method's config fields. Returns a `Patch` with `.unpatch()`, `.config` and `.stats()`.
+    """
+    resolved, methods = _checked(target, method, options)
     tracker = StepTracker()
     with Journal() as journal:
         for m in methods:

@@ -461,7 +461,9 @@ def run(spec: BenchSpec, probe: Probe | None = None) -> BenchResult:
     if spec.noise_floor:
         bench.add(noise.noise_floor(spec.steps))
     for entry, options in entries:
-        bench.add(V.accel_method(entry, spec.steps, options))
+        variant = V.accel_method(entry, spec.steps, options)
+        variant.check(bench.pipe)  # an unsupported model or composition is refused before any run
+        bench.add(variant)
     if spec.noise_floor and entries and entries[0][0] == "none":  # the exact rows together: baseline, none, floor
         bench.rows.insert(1, bench.rows.pop(2))
     for peer in spec.peers:

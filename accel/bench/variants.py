@@ -29,6 +29,7 @@ class Variant:
     stats: Callable[[Any], dict[str, Any]] = lambda handle: {}
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    check: Callable[[Any], None] = lambda pipe: None  # raises what `enable` would refuse, changing nothing
 
 
 def baseline(steps: int) -> Variant:
@@ -62,6 +63,23 @@ def _split(text: str, sep: str) -> list[str]:
             start = i + 1
     parts.append(text[start:])
     return parts
+
+
+def _balanced(text: str) -> bool:
+    """No bracket of `text` closes one it did not open, and every one it opens is closed (quotes aside)."""
+    depth, quote = 0, ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
 
 
 def split_methods(text: str) -> tuple[str, ...]:
@@ -113,6 +131,10 @@ def parse_entry(entry: str) -> MethodParts:
             if not rest.endswith(")"):
                 raise InvalidOptionError(f"--methods {entry!r}: {part!r} opens a bracket it does not close; "
                                          "expected NAME(KEY=VALUE,...), e.g. tdc(order=1,threshold=0.5)")
+            if not _balanced(rest[:-1]):
+                raise InvalidOptionError(f"--methods {entry!r}: {part!r} has text after the bracket that closes "
+                                         f"{name}(...) or unbalanced brackets; expected NAME(KEY=VALUE,...), "
+                                         "e.g. tdc(order=1,threshold=0.5)")
             for item in (i.strip() for i in _split(rest[:-1], ",")):
                 key, eq, raw = item.partition("=")
                 key = key.strip()
@@ -176,8 +198,13 @@ def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) 
     def enable(pipe: Any) -> accel.Patch:
         return accel.patch(pipe, method=method)
 
+    def check(pipe: Any) -> None:
+        from accel.patching import check as check_patch
+
+        check_patch(pipe, method=method)
+
     return Variant(
-        entry, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=shown
+        entry, "accel", steps, enable, lambda pipe, h: h.unpatch(), lambda h: h.stats(), options=shown, check=check
     )
 
 

@@ -29,7 +29,7 @@ class RunInfo:
 
 
 def _status(result: TuneResult) -> str:
-    return {"done": "complete", "budget": "stopped: the time budget was spent",
+    return {"running": "running: the search has not ended (partial)", "done": "complete", "budget": "stopped: the time budget was spent",
             "interrupted": "stopped: interrupted (Ctrl-C)"}[result.stopped]
 
 

@@ -177,7 +177,7 @@ class TuneResult:
     base_steps: int
     trials: list[Trial]
     best: Trial | None = None
-    stopped: str = "done"  # "done" | "budget" | "interrupted"
+    stopped: str = "running"  # "running" (files written during the search) | "done" | "budget" | "interrupted"
     elapsed_s: float = 0.0
     measurements: int = 0  # quality and speed measurements made (the cost of the search)
     min_speedup: float = 1.05  # a candidate measured slower than this is not an acceleration
@@ -240,6 +240,7 @@ def tune(
         if clock() - start > budget_s and not finishing:
             raise _OutOfBudget
         result.measurements += 1
+        result.elapsed_s = clock() - start
 
     screened = [Trial(Candidate(parts, base), screen=True) for parts in dict.fromkeys(variants)]
     result.trials.extend(screened)
@@ -299,6 +300,8 @@ def tune(
         result.stopped = "interrupted"
     finally:
         bar.close()
+    if result.stopped == "running":
+        result.stopped = "done"
     if result.stopped != "done":
         for trial in result.trials:
             if trial.status == "trying":

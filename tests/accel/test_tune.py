@@ -157,7 +157,9 @@ def test_ctrl_c_keeps_a_valid_partial_result(tmp_path):
             return super().quality(c, n, held_out)
 
     def save(result):
-        R.write_all(result, _info(), tmp_path, plot=False)
+        paths = R.write_all(result, _info(), tmp_path, plot=False)
+        # a file written during the search says so, never "complete"
+        assert json.loads(paths["config"].read_text())["status"].startswith("running")
         if not saved or saved[-1] is None:
             fake.at = fake.calls["quality"] + 2
         saved.append(result.best)

@@ -35,6 +35,9 @@ def test_the_label_is_the_token_and_reads_back_as_the_same_options():
 
 @pytest.mark.parametrize(("entry", "message"), [
     ("tdc(order=1", "opens a bracket it does not close"),
+    ("tdc(order=1)(x=2)", "text after the bracket"),
+    ("tdc(order=1))", "text after the bracket"),
+    ("pisa(density=0.1)x+tdc", "opens a bracket it does not close"),
     ("tdc(order)", "is not KEY=VALUE"),
     ("tdc(order=1,order=0)", "given twice"),
     ("tdc(ordr=1)", "unknown option 'ordr'"),
@@ -68,3 +71,19 @@ def test_a_token_row_patches_with_its_configs(tiny):
 def test_the_bench_command_refuses_a_bad_token_before_any_run(capsys):
     assert main(["bench", "--model", "dit", "--size", "tiny", "--methods", "none,tdc(threshold=-1)"]) == 2
     assert "threshold=-1 is out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("methods", "message"), [
+    ("none,pisa+pisa", "appears twice"),
+    ("none,tdc+delta-dit", "tdc"),
+    ("none,pyramid-drop", "pyramid-drop"),
+])
+def test_the_bench_command_refuses_a_row_the_model_cannot_take_before_any_run(methods, message, capsys, monkeypatch):
+    from accel.bench import runner
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a row ran before the refusal")
+
+    monkeypatch.setattr(runner._Bench, "run_once", no_run)
+    assert main(["bench", "--model", "dit", "--size", "tiny", "--methods", methods, "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
