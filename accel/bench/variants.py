@@ -46,27 +46,9 @@ def fewer_steps(steps: int, matched: str) -> Variant:
 MethodParts = list[tuple[str, dict[str, Any]]]  # (method name, its options) per part of a composition
 
 
-def _split(text: str, sep: str) -> list[str]:
-    """`text` split at `sep` where it stands outside brackets and quotes."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
-
-
-def _balanced(text: str) -> bool:
-    """No bracket of `text` closes one it did not open, and every one it opens is closed (quotes aside)."""
+def _depths(text: str) -> list[int | None]:
+    """The bracket depth at each character of `text` after reading it; None inside quotes."""
+    out: list[int | None] = []
     depth, quote = 0, ""
     for ch in text:
         if quote:
@@ -77,9 +59,20 @@ def _balanced(text: str) -> bool:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0
+        out.append(None if quote else depth)
+    return out
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` where it stands outside brackets and quotes."""
+    cuts = [i for i, (ch, d) in enumerate(zip(text, _depths(text), strict=True)) if ch == sep and d == 0]
+    return [text[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(text)], strict=True)]
+
+
+def _balanced(text: str) -> bool:
+    """No bracket of `text` closes one it did not open, and every one it opens is closed (quotes aside)."""
+    depths = [d for d in _depths(text) if d is not None]
+    return min(depths, default=0) >= 0 and (depths[-1] if depths else 0) == 0
 
 
 def split_methods(text: str) -> tuple[str, ...]:
