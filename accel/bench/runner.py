@@ -168,7 +168,8 @@ def _call_kwargs(pipe: Any, spec: BenchSpec, steps: int, seed: int) -> dict[str,
     return kwargs
 
 
-def _output(result: Any) -> torch.Tensor:
+def pipeline_output(result: Any) -> torch.Tensor:
+    """The tensor a pipeline call returned (`images` or `frames`, or the first of a tuple); shared by `accel tune`."""
     for name in ("images", "frames"):
         value = getattr(result, name, None)
         if isinstance(value, torch.Tensor):
@@ -204,7 +205,7 @@ class _Bench:
             stats = variant.stats(handle)
         finally:
             variant.disable(self.pipe, handle)
-        return _output(result), sample, peak, stats
+        return pipeline_output(result), sample, peak, stats
 
     def add(self, variant: V.Variant) -> RowResult:
         row = RowResult(variant.label, variant.kind, variant.steps, variant.note, options=variant.options)

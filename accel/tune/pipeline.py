@@ -93,7 +93,7 @@ class PipelineMeasure:
 
     def _run(self, candidate: Candidate | None, seed: int) -> tuple[torch.Tensor, float]:
         """One run (None: the exact pipeline at the base steps): (its output on the CPU, seconds)."""
-        from accel.bench.runner import _output
+        from accel.bench.runner import pipeline_output
 
         steps = self.base_steps if candidate is None else candidate.steps
         kwargs = self._kwargs(steps, seed)
@@ -104,7 +104,7 @@ class PipelineMeasure:
         finally:
             if handle is not None:
                 handle.unpatch()
-        return _output(result).detach().to("cpu", torch.float32), seconds
+        return pipeline_output(result).detach().to("cpu", torch.float32), seconds
 
     def _exact(self, seed: int) -> float:
         out, seconds = self._run(None, seed)
