@@ -5,6 +5,9 @@ Per row, in one process: the parameters a forward can read (`digits_backbones.re
 sampling latency of one batch of class-conditional images (labels 0..9 cycling, DDIM 20 steps, guidance 4:
 the judge's call) as the median of interleaved repeats after a warm-up, images/s and the speed against
 the DiT, and the judge's task accuracy over `n` samples (seed 0) outside the timed runs.
+
+`--train-seeds 0,1,2` runs the accuracy comparison across training runs instead (`seed_study`): each backbone
+trained once per seed with the shared budget, each judged, the mean and spread per architecture.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +81,64 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
             "rows": [{**asdict(row), "median_s": row.median} for row in rows]}
 
 
+def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), steps: int | None = None,
+               accuracy_n: int = 500, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Task accuracy across training runs: every backbone of `kinds` trained once per seed with the entries'
+    shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
+    entries' budget), its EMA weights rounded through the fp16 checkpoint format exactly as the committed
+    entries are, then judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is
+    written. Returns per kind the accuracy and training seconds per seed."""
+    import tempfile
+
+    from accel.info import info
+    from accel.zoo import digits_backbones as bb
+
+    cfg = bb.TrainConfig() if steps is None else bb.TrainConfig(steps=steps)
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            for seed in seeds:
+                run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed}), log=None)
+                path = Path(tmp) / f"{kind}-{seed}.safetensors"
+                bb.save(run.ema, path)
+                with torch.random.fork_rng(devices=[]):
+                    pipe = bb.pipeline(kind, bb.load_weights(bb.build(kind), path))
+                accuracy = bb.evaluate(pipe, n=accuracy_n, seed=0)["accuracy"]
+                runs.append({"kind": kind, "seed": seed, "steps": run.steps, "capped": run.capped,
+                             "train_s": run.seconds, "accuracy": accuracy})
+                if log:
+                    log(f"{bb.entry_name(kind)} seed {seed}: {run.steps} steps in {run.seconds:.0f}s"
+                        f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
+    return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
+            "steps": cfg.steps, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs}
+
+
+def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
+    """One row per architecture: accuracy per training seed, mean and sample standard deviation; then each
+    architecture's mean difference to the first one's with its standard error."""
+    seeds, kinds = result["seeds"], result["kinds"]
+    acc = {k: [100 * r["accuracy"] for r in result["runs"] if r["kind"] == k] for k in kinds}
+    head = f"Command: `{command}`\n\n" if command else ""
+    head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, "
+             f"{result['threads']} threads), fp16 EMA weights, judged over {result['accuracy_n']} samples (seed 0); "
+             f"device: {result['env']['device']}\n\n")
+    cols = ["backbone", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for k in kinds:
+        secs = [r["train_s"] for r in result["runs"] if r["kind"] == k]
+        sd = statistics.stdev(acc[k]) if len(acc[k]) > 1 else float("nan")
+        lines.append("| " + " | ".join([f"digits-{k}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}",
+                                        f"{sd:.2f}", f"{statistics.mean(secs):.0f}"]) + " |")
+    base = kinds[0]
+    notes = []
+    for k in kinds[1:]:
+        diff = statistics.mean(acc[k]) - statistics.mean(acc[base])
+        se = (sum(statistics.variance(acc[x]) / len(acc[x]) for x in (k, base)) ** 0.5
+              if min(len(acc[k]), len(acc[base])) > 1 else float("nan"))
+        notes.append(f"digits-{k} minus digits-{base}: {diff:+.2f} points (standard error {se:.2f})")
+    return head + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
 def markdown(result: dict[str, Any], command: str | None = None) -> str:
     rows = {r["label"]: r for r in result["rows"]}
     dit, lego = rows["digits-dit"], rows["digits-lego"]
@@ -107,8 +169,12 @@ def _cmd(args: argparse.Namespace) -> int:
 
     method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
-    result = run(args.batch, args.repeat, args.accuracy_n, args.fraction)
-    text = markdown(result, command)
+    if args.train_seeds is not None:
+        result = seed_study(args.train_seeds, steps=args.train_steps, accuracy_n=args.accuracy_n)
+        text = seed_markdown(result, command)
+    else:
+        result = run(args.batch, args.repeat, args.accuracy_n, args.fraction)
+        text = markdown(result, command)
     print(text)
     if args.out:
         out = Path(args.out)
@@ -121,6 +187,18 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_list(text: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]: distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--train-seeds={text!r}: expected distinct non-negative integers "
+                                         "separated by commas, e.g. 0,1,2")
+    return seeds
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from accel.cli import counting
 
@@ -130,6 +208,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=counting(1), default=3, help="interleaved timed repeats (default 3)")
     p.add_argument("--accuracy-n", type=counting(1), default=100, help="judged samples per row (default 100)")
     p.add_argument("--fraction", type=float, default=0.4, help="lego-skip's share of skipped steps (default 0.4)")
+    p.add_argument("--train-seeds", type=seed_list, default=None, metavar="0,1,2",
+                   help="instead of the timed rows: train the DiT and DiCo once per seed (about 10 and 2 minutes "
+                   "each on 2 threads, alone) and compare their accuracy across the runs")
+    p.add_argument("--train-steps", type=counting(1), default=None,
+                   help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
     p.add_argument("--doc", default=None)
     p.add_argument("--doc-key", default=None)

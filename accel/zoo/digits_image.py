@@ -16,6 +16,7 @@ from typing import Any
 import diffusers
 import torch
 import torch.nn.functional as F
+from diffusers import ModelMixin  # by name in this module: diffusers' loader looks the base class up here
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 
@@ -26,7 +27,7 @@ CHECKPOINT = Path(__file__).parent / "checkpoints" / NAME / "transformer.safeten
 STEPS, GUIDANCE = 20, 4.0
 
 
-class PixelShuffleVAE(diffusers.ModelMixin, ConfigMixin):
+class PixelShuffleVAE(ModelMixin, ConfigMixin):
     """A lossless, weight-free "VAE": 2x2 space-to-depth, so a 32x32 digit is a 4x16x16 latent
     (256 tokens at patch size 1) and DiTPipeline's decode path runs unchanged."""
 
@@ -37,6 +38,13 @@ class PixelShuffleVAE(diffusers.ModelMixin, ConfigMixin):
         self.post_quant_conv = None  # zoo.generate captures DiT latents at the decoder's input
         self.decoder = torch.nn.PixelShuffle(factor)
         self.register_buffer("_device_anchor", torch.zeros(1), persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> PixelShuffleVAE:
+        """Weight-free, so its saved folder holds config.json alone (`save_pretrained` writes no weights file,
+        which ModelMixin's loader would ask for): rebuilt from that config; loading options are ignored."""
+        path = Path(pretrained_model_name_or_path) / (kwargs.get("subfolder") or "")
+        return cls.from_config(cls.load_config(path))
 
     def encode_pixels(self, images: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(images, self.config.factor)

@@ -28,10 +28,15 @@ def load(path_or_id: str, *, dtype: torch.dtype | None = None, **kwargs: Any) ->
         kwargs["dtype"] = dtype  # diffusers >= 0.42 and transformers >= 5 both call it `dtype`
     try:
         if (root / "model_index.json").is_file():
-            return diffusers.DiffusionPipeline.from_pretrained(root, **_absent_components(root, kwargs))
+            cls = _diffusers_class(_read_json(root / "model_index.json").get("_class_name"))
+            return (cls or diffusers.DiffusionPipeline).from_pretrained(root, **_absent_components(root, kwargs))
         config = _read_json(root / "config.json")
         if "_class_name" in config:  # a diffusers model directory, e.g. a pipeline's transformer/
-            return getattr(diffusers, config["_class_name"]).from_pretrained(root, **kwargs)
+            cls = _diffusers_class(config["_class_name"])
+            if cls is None:
+                raise FileNotFoundError(_missing(path_or_id, f"{config['_class_name']} (config.json's _class_name) "
+                                                 "is neither a diffusers class nor one of accel.models"))
+            return cls.from_pretrained(root, **kwargs)
         if config.get("architectures"):
             return _load_transformers(root, config["architectures"][0], kwargs)
     except OSError as err:  # from_pretrained's "file not found" family (weights or sub-folders missing)
@@ -39,6 +44,19 @@ def load(path_or_id: str, *, dtype: torch.dtype | None = None, **kwargs: Any) ->
     raise FileNotFoundError(
         _missing(path_or_id, f"{root} has neither model_index.json nor a config.json naming a model class")
     )
+
+
+def _diffusers_class(name: Any) -> Any:
+    """The class a saved pipeline or model names: diffusers' own, or one of accel's native backbones and
+    their pipelines (`accel.models`: DiCoModel, LEGOPipeline...), which diffusers cannot look up by name."""
+    if not isinstance(name, str):
+        return None
+    found = getattr(diffusers, name, None)
+    if found is None:
+        from accel import models
+
+        found = getattr(models, name, None) if name in models.__all__ else None
+    return found
 
 
 def _absent_components(root: Path, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -29,3 +29,23 @@ def test_rows_and_columns(tmp_path, capsys):
 def test_a_bad_fraction_is_refused_before_any_run(capsys):
     assert main(["bench-backbones", "--fraction", "1.5"]) != 0
     assert "fraction=1.5" in capsys.readouterr().err
+
+
+def test_the_seed_study_trains_each_backbone_once_per_seed(tmp_path, capsys):
+    assert main(["bench-backbones", "--train-seeds", "0,3", "--train-steps", "2", "--accuracy-n", "4",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["kind"], r["seed"], r["steps"]) for r in result["runs"]] == [
+        ("dit", 0, 2), ("dit", 3, 2), ("dico", 0, 2), ("dico", 3, 2)]
+    table = (tmp_path / "results.md").read_text()
+    for kind in ("dit", "dico"):
+        accs = [100 * r["accuracy"] for r in result["runs"] if r["kind"] == kind]
+        assert f"| digits-{kind} | {accs[0]:.1f} | {accs[1]:.1f} | {sum(accs) / 2:.2f} |" in table
+    assert "digits-dico minus digits-dit:" in table and "seed 3 %" in table
+
+
+@pytest.mark.parametrize("seeds", ["1,1", "-1", "a,b", ""])
+def test_bad_training_seeds_are_refused(seeds, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench-backbones", "--train-seeds", seeds])
+    assert "--train-seeds" in capsys.readouterr().err
