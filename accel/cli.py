@@ -81,7 +81,10 @@ def _methods_csv(text: str) -> tuple[str, ...]:
     """`--methods`: comma-separated rows, a comma inside a token's brackets kept (tdc(order=1,threshold=0.5))."""
     from .bench.variants import split_methods
 
-    return split_methods(text)
+    try:
+        return split_methods(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def counting(low: int) -> Callable[[str], int]:

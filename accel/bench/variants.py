@@ -77,8 +77,13 @@ def _balanced(text: str) -> bool:
 
 def split_methods(text: str) -> tuple[str, ...]:
     """`--methods` as entries: split at the commas outside brackets, so that
-    "none,tdc(order=1,threshold=0.5),pisa+tdc" is three rows."""
-    return tuple(t.strip() for t in _split(text, ",") if t.strip())
+    "none,tdc(order=1,threshold=0.5),pisa+tdc" is three rows. A row given twice is refused (ValueError:
+    argparse reports it against --methods): it would be measured once."""
+    entries = tuple(t.strip() for t in _split(text, ",") if t.strip())
+    twice = sorted({e for e in entries if entries.count(e) > 1})
+    if twice:
+        raise ValueError(f"--methods={text!r} names {', '.join(twice)} more than once; give each row once")
+    return entries
 
 
 def _value(raw: str) -> Any:

@@ -33,12 +33,17 @@ DEFAULT_MODEL = "digits-video"  # trained: the accuracy column is its judge's (p
 class Preset:
     """A configuration the demo offers beside the single methods: `method` for `accel.patch` (a config,
     or a tuple of them to compose), run at `step_fraction` of the request's steps (a tuned configuration
-    may run fewer steps than the exact one); `source` says where it comes from."""
+    may run fewer steps than the exact one); `source` says where it comes from; `model`, when set, is the
+    one model it was tuned for, and the only one it is offered on."""
 
     label: str
     method: Any
     step_fraction: float = 1.0
     source: str = ""
+    model: str | None = None
+
+    def offered_on(self, model: str) -> bool:
+        return self.model is None or self.model == model
 
     @classmethod
     def from_token(cls, token: str, source: str = "") -> Preset:
@@ -60,7 +65,7 @@ class Preset:
         token = record.get("token") or str(tuned.method)
         steps = f" at {tuned.steps} of {base} steps" if tuned.steps < base else ""
         return cls(f"tuned ({Path(path).name}): {token}{steps}", tuned.method, tuned.steps / base,
-                   f"{path}: accel tune on {record.get('model', '?')}")
+                   f"{path}: accel tune on {record.get('model', '?')}", record.get("model"))
 
     def steps(self, requested: int) -> int:
         return max(1, round(requested * self.step_fraction))
@@ -182,8 +187,9 @@ class DemoSession:
         return self._baselines[s]
 
     def choices(self, model: str, size: str) -> list[str]:
-        """What the demo offers for `model`: every method that applies, then the presets."""
-        return applicable(self.pipeline(model, size)) + list(self.presets)
+        """What the demo offers for `model`: every method that applies, then the presets tuned for it (or
+        for no particular model)."""
+        return applicable(self.pipeline(model, size)) + [k for k, p in self.presets.items() if p.offered_on(model)]
 
     def accelerated(self, s: Settings, method: str, options: dict[str, Any], base: Result) -> Result:
         """One method (its name and options) or preset (its label; options are its own), with `base`'s
@@ -221,6 +227,13 @@ class DemoSession:
         options = options or {}
         if not methods:
             raise accel.AccelError("demo: choose at least one method to compare with the baseline.")
+        for method in methods:  # before any run
+            preset = self.presets.get(method)
+            if preset is not None and not preset.offered_on(s.model):
+                raise accel.InvalidOptionError(
+                    f"demo: {method!r} was tuned on {preset.model}, not on {s.model}; its thresholds and steps were "
+                    f"measured there. Tune {s.model} with `accel tune --model {s.model} ...`, or choose another "
+                    "method.")
         with self._lock:
             cached = s in self._baselines
             if progress:

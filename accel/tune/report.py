@@ -162,7 +162,11 @@ def write_all(result: TuneResult, info: RunInfo, out: Path, plot: bool = True) -
         tmp = paths[key].with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(paths[key])  # never a half-written file, even when stopped mid-write
-    if plot and write_plot(result, out / "pareto.png"):
-        paths["plot"] = out / "pareto.png"
+    if plot:
+        try:
+            if write_plot(result, out / "pareto.png"):
+                paths["plot"] = out / "pareto.png"
+        except KeyboardInterrupt:  # a Ctrl-C while plotting: the results above are complete; no plot
+            print(f"tune: interrupted while plotting; {out / 'pareto.png'} not written (the results are)", flush=True)
     return paths
 

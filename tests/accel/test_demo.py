@@ -90,6 +90,10 @@ def test_a_config_from_accel_tune_is_offered_at_its_steps(session, tmp_path):
     own = DemoSession([preset])
     c = own.compare(Settings("digits-image", steps=6, accuracy_n=0), [preset.label])
     assert c.methods[0].stats["steps"]["num_steps"] == 3  # half the steps, as the file was measured
+    assert preset.label in own.choices("digits-image", "tiny")
+    assert preset.label not in own.choices("digits-video", "tiny")  # tuned on digits-image only
+    with pytest.raises(accel.InvalidOptionError, match="tuned on digits-image, not on digits-video"):
+        own.compare(Settings("digits-video", steps=2, accuracy_n=0), [preset.label])
     with pytest.raises(accel.InvalidOptionError, match="expected schema"):
         (tmp_path / "bad.json").write_text("{}")
         Preset.from_file(tmp_path / "bad.json")

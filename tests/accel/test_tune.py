@@ -180,6 +180,19 @@ def test_ctrl_c_keeps_a_valid_partial_result(tmp_path):
     assert tuned.method == result.best.candidate.configs()[0]
 
 
+def test_ctrl_c_while_plotting_keeps_the_finished_files(tmp_path, monkeypatch):
+    result = _tune(Fake(0), Floor("psnr", 45.0))
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(R, "write_plot", interrupted)
+    paths = R.write_all(result, _info(), tmp_path)  # no traceback
+    assert "plot" not in paths and not (tmp_path / "pareto.png").exists()
+    assert read(tmp_path).record["status"] == json.loads(paths["config"].read_text())["status"]
+    assert json.loads(paths["json"].read_text())["stopped"] == result.stopped
+
+
 def test_no_configuration_found_is_said_and_refused_on_reading(tmp_path):
     result = _tune(Fake(0), Floor("psnr", 99.0))
     assert result.best is None

@@ -87,3 +87,14 @@ def test_the_bench_command_refuses_a_row_the_model_cannot_take_before_any_run(me
     monkeypatch.setattr(runner._Bench, "run_once", no_run)
     assert main(["bench", "--model", "dit", "--size", "tiny", "--methods", methods, "--no-progress"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_row_given_twice_is_refused_by_name(capsys):
+    from accel.cli import main
+
+    with pytest.raises(ValueError, match="names tdc more than once"):
+        V.split_methods("tdc,none,tdc")
+    with pytest.raises(SystemExit):
+        main(["bench", "--methods", "tdc(order=1),tdc(order=1)"])
+    assert "names tdc(order=1) more than once" in capsys.readouterr().err
+    assert V.split_methods("tdc(order=1),tdc(order=0)") == ("tdc(order=1)", "tdc(order=0)")  # different rows
