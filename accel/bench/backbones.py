@@ -4,7 +4,8 @@ side on the digits task (`digits-dit`, `digits-dico`, `digits-lego`, and LEGO wi
 Per row, in one process: the parameters a forward can read (`digits_backbones.reachable_parameters`), the
 sampling latency of one batch of class-conditional images (labels 0..9 cycling, DDIM 20 steps, guidance 4:
 the judge's call) as the median of interleaved repeats after a warm-up, images/s and the speed against
-the DiT, and the judge's task accuracy over `n` samples (seed 0) outside the timed runs.
+the DiT, and over `n` samples (seed 0) outside the timed runs the judge's task accuracy and the Fréchet
+distance of the samples' judge features to the real digits' (`digits_image.fd`: FID with the digit judge).
 
 `--train-seeds 0,1,2` runs the accuracy comparison across training runs instead (`seed_study`): each backbone
 trained once per seed with the shared budget, each judged, the mean and spread per architecture.
@@ -33,6 +34,7 @@ class BackboneRow:
     parameters: int = 0
     latency_s: list[float] = field(default_factory=list)
     accuracy: float | None = None
+    fd: float | None = None
 
     @property
     def median(self) -> float:
@@ -71,7 +73,8 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
         pipe = pipes[row.entry]
         handle = accel.patch(pipe, method=row.method, fraction=fraction) if row.method else None
         try:
-            row.accuracy = zoo.evaluate(row.entry, pipe, n=accuracy_n, seed=0)["accuracy"]
+            quality = digits_image.fd(pipe, n=accuracy_n, seed=0)
+            row.accuracy, row.fd = quality["accuracy"], quality["fd"]
         finally:
             if handle is not None:
                 handle.unpatch()
@@ -82,10 +85,11 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
 
 
 def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), steps: int | None = None,
-               accuracy_n: int = 500, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+               accuracy_n: int = 500, lr: float | None = None,
+               log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Task accuracy across training runs: every backbone of `kinds` trained once per seed with the entries'
     shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
-    entries' budget), its EMA weights rounded through the fp16 checkpoint format exactly as the committed
+    entries' budget; `lr` the peak learning rate, default the recipe's), its EMA weights rounded through the fp16 checkpoint format exactly as the committed
     entries are, then judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is
     written. Returns per kind the accuracy and training seconds per seed."""
     import tempfile
@@ -93,7 +97,8 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
     from accel.info import info
     from accel.zoo import digits_backbones as bb
 
-    cfg = bb.TrainConfig() if steps is None else bb.TrainConfig(steps=steps)
+    given = {"steps": steps, "lr": lr}
+    cfg = bb.TrainConfig(**{k: v for k, v in given.items() if v is not None})
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
@@ -110,7 +115,8 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
                     log(f"{bb.entry_name(kind)} seed {seed}: {run.steps} steps in {run.seconds:.0f}s"
                         f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
     return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
-            "steps": cfg.steps, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs}
+            "steps": cfg.steps, "lr": cfg.lr, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(),
+            "runs": runs}
 
 
 def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
@@ -119,8 +125,8 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     seeds, kinds = result["seeds"], result["kinds"]
     acc = {k: [100 * r["accuracy"] for r in result["runs"] if r["kind"] == k] for k in kinds}
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, "
-             f"{result['threads']} threads), fp16 EMA weights, judged over {result['accuracy_n']} samples (seed 0); "
+    head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, peak lr "
+             f"{result.get('lr', 1e-3):g}, {result['threads']} threads), fp16 EMA weights, judged over {result['accuracy_n']} samples (seed 0); "
              f"device: {result['env']['device']}\n\n")
     cols = ["backbone", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -145,10 +151,12 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     head = f"Command: `{command}`\n\n" if command else ""
     head += (f"one batch of {result['batch']} images (labels cycling 0..9), DDIM {result['steps']} steps, guidance "
              f"{result['guidance']}, median of {result['repeat']} interleaved repeats; task accuracy: the digits "
-             f"judge over {result['accuracy_n']} samples (seed 0); lego-skip at fraction {result['fraction']}; "
+             f"judge over {result['accuracy_n']} samples (seed 0); FD: the Fréchet distance of those samples' judge "
+             "features to the 1,438 real training digits' (FID with the digit judge; lower is closer to the data); "
+             f"lego-skip at fraction {result['fraction']}; "
              f"fp32, device: {result['env']['device']}\n\n")
     cols = ["row", "parameters", "latency s (median [min-max])", "images/s", "speed vs DiT", "time vs LEGO",
-            "task accuracy %"]
+            "task accuracy %", "FD"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         s = r["latency_s"]
@@ -156,7 +164,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             r["label"], f"{r['parameters']:,}", f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]",
             f"{result['batch'] / r['median_s']:.1f}", f"{dit['median_s'] / r['median_s']:.2f}x",
             f"{100 * (r['median_s'] / lego['median_s'] - 1):+.0f}%" if r["entry"] == "digits-lego" else "-",
-            f"{100 * r['accuracy']:.1f}"]) + " |")
+            f"{100 * r['accuracy']:.1f}", f"{r['fd']:.1f}" if r.get("fd") is not None else "-"]) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -170,7 +178,7 @@ def _cmd(args: argparse.Namespace) -> int:
     method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     if args.train_seeds is not None:
-        result = seed_study(args.train_seeds, steps=args.train_steps, accuracy_n=args.accuracy_n)
+        result = seed_study(args.train_seeds, args.train_kinds, args.train_steps, args.accuracy_n, args.train_lr)
         text = seed_markdown(result, command)
     else:
         result = run(args.batch, args.repeat, args.accuracy_n, args.fraction)
@@ -199,6 +207,27 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected a learning rate in (0, 1), e.g. 1e-3")
+    return value
+
+
+def kind_list(text: str) -> tuple[str, ...]:
+    """"dit,dico" -> ("dit", "dico"): distinct backbones of `digits_backbones.KINDS`."""
+    from accel.zoo.digits_backbones import KINDS
+
+    kinds = tuple(part.strip() for part in text.split(","))
+    if not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise argparse.ArgumentTypeError(f"--train-kinds={text!r}: expected distinct names of {', '.join(KINDS)} "
+                                         "separated by commas, e.g. dit,dico")
+    return kinds
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from accel.cli import counting
 
@@ -213,6 +242,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "each on 2 threads, alone) and compare their accuracy across the runs")
     p.add_argument("--train-steps", type=counting(1), default=None,
                    help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
+    p.add_argument("--train-kinds", type=kind_list, default=("dit", "dico"), metavar="dit,dico",
+                   help="the backbones trained with --train-seeds (default dit,dico; the first is the reference)")
+    p.add_argument("--train-lr", type=learning_rate, default=None,
+                   help="peak learning rate of the --train-seeds runs (default: the entries' recipe, 1e-3)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
     p.add_argument("--doc", default=None)
     p.add_argument("--doc-key", default=None)

@@ -117,6 +117,19 @@ def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str
     return {"accuracy": judges.accuracy(judge, images, torch.tensor(labels)), "n": n}
 
 
+def fd(pipe: Any, n: int = 500, seed: int = 0, **options: Any) -> dict[str, float]:
+    """How close the samples' distribution is to the real digits': the Fréchet distance between the judge's
+    features of n samples (labels cycling 0..9, as `evaluate`) and of the train split's 1,438 real digits
+    (`judges.frechet_distance`: FID with the digit judge as feature extractor; lower is better, 0 for the
+    data itself up to sampling error). Returns {"fd", "accuracy", "n"} from the same samples."""
+    labels = [i % 10 for i in range(n)]
+    images = sample(pipe, labels, seed=seed, **options)
+    judge = judges.load()
+    real = judges.features(judge, digits.load("train").images)
+    return {"fd": judges.frechet_distance(judges.features(judge, images), real),
+            "accuracy": judges.accuracy(judge, images, torch.tensor(labels)), "n": n}
+
+
 def training_latents() -> tuple[torch.Tensor, torch.Tensor]:
     """The train split as latents [N, 4, 16, 16] (through `PixelShuffleVAE`) and labels [N]."""
     data = digits.load("train")

@@ -63,6 +63,34 @@ def accuracy(model: DigitJudge, images: torch.Tensor, labels: torch.Tensor) -> f
     return (model.predict(images) == labels).float().mean().item()
 
 
+@torch.no_grad()
+def features(model: DigitJudge, images: torch.Tensor) -> torch.Tensor:
+    """The judge's penultimate activations (what its classifier layer reads): [N, 256] float32 for
+    [N, 1, H, W] images in [-1, 1]."""
+    x = images.float()
+    if x.shape[-2:] != (digits.SIDE, digits.SIDE):
+        x = nn.functional.interpolate(x, size=(digits.SIDE, digits.SIDE), mode="bilinear")
+    return model.eval().net[:-1](x)
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] and [M, D] (N, M > 1):
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64. This is FID (Heusel et
+    al., 2017, eq. 6) with the digit judge's features in place of Inception's; like FID it is biased
+    upwards at small N, so compare values computed over the same number of samples."""
+    a, b = a.double(), b.double()
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+
+    def sqrt_psd(m: torch.Tensor) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh((m + m.T) / 2)
+        return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+
+    root = sqrt_psd(sa)
+    cross = torch.linalg.eigvalsh(root @ sb @ root).clamp(min=0).sqrt().sum()
+    return max(0.0, float(mu @ mu + sa.trace() + sb.trace() - 2 * cross))  # >= 0 up to rounding
+
+
 def save(model: DigitJudge, path: Path = CHECKPOINT) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path))

@@ -32,8 +32,8 @@ def test_a_bad_fraction_is_refused_before_any_run(capsys):
 
 
 def test_the_seed_study_trains_each_backbone_once_per_seed(tmp_path, capsys):
-    assert main(["bench-backbones", "--train-seeds", "0,3", "--train-steps", "2", "--accuracy-n", "4",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["bench-backbones", "--train-seeds", "0,3", "--train-steps", "2", "--train-lr", "2e-3",
+                 "--accuracy-n", "4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert [(r["kind"], r["seed"], r["steps"]) for r in result["runs"]] == [
         ("dit", 0, 2), ("dit", 3, 2), ("dico", 0, 2), ("dico", 3, 2)]
@@ -41,11 +41,13 @@ def test_the_seed_study_trains_each_backbone_once_per_seed(tmp_path, capsys):
     for kind in ("dit", "dico"):
         accs = [100 * r["accuracy"] for r in result["runs"] if r["kind"] == kind]
         assert f"| digits-{kind} | {accs[0]:.1f} | {accs[1]:.1f} | {sum(accs) / 2:.2f} |" in table
-    assert "digits-dico minus digits-dit:" in table and "seed 3 %" in table
+    assert "digits-dico minus digits-dit:" in table and "seed 3 %" in table and "peak lr 0.002" in table
 
 
-@pytest.mark.parametrize("seeds", ["1,1", "-1", "a,b", ""])
-def test_bad_training_seeds_are_refused(seeds, capsys):
+@pytest.mark.parametrize("option, value", [("--train-seeds", "1,1"), ("--train-seeds", "-1"), ("--train-seeds", "a,b"),
+                                           ("--train-seeds", ""), ("--train-kinds", "dico,dico"),
+                                           ("--train-kinds", "unet"), ("--train-lr", "0"), ("--train-lr", "fast")])
+def test_bad_training_options_are_refused_by_name(option, value, capsys):
     with pytest.raises(SystemExit):
-        main(["bench-backbones", "--train-seeds", seeds])
-    assert "--train-seeds" in capsys.readouterr().err
+        main(["bench-backbones", "--train-seeds", "0", option, value])
+    assert f"{option}={value!r}" in capsys.readouterr().err
