@@ -85,38 +85,38 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
 
 
 def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), steps: int | None = None,
-               accuracy_n: int = 500, lr: float | None = None,
+               accuracy_n: int = 500, lr: float | dict[str, float] | None = None,
                log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Task accuracy across training runs: every backbone of `kinds` trained once per seed with the entries'
     shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
-    entries' budget; `lr` the peak learning rate, default the recipe's), its EMA weights rounded through the fp16 checkpoint format exactly as the committed
-    entries are, then judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is
+    entries' budget; `lr` the peak learning rate, one for all or one per kind, default the recipe's), its
+    EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is
     written. Returns per kind the accuracy and training seconds per seed."""
     import tempfile
 
     from accel.info import info
     from accel.zoo import digits_backbones as bb
 
-    given = {"steps": steps, "lr": lr}
-    cfg = bb.TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    cfg = bb.TrainConfig() if steps is None else bb.TrainConfig(steps=steps)
+    rates = lr if isinstance(lr, dict) else {kind: lr or cfg.lr for kind in kinds}
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
             for seed in seeds:
-                run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed}), log=None)
+                rate = rates.get(kind, cfg.lr)
+                run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed, "lr": rate}), log=None)
                 path = Path(tmp) / f"{kind}-{seed}.safetensors"
                 bb.save(run.ema, path)
                 with torch.random.fork_rng(devices=[]):
                     pipe = bb.pipeline(kind, bb.load_weights(bb.build(kind), path))
                 accuracy = bb.evaluate(pipe, n=accuracy_n, seed=0)["accuracy"]
-                runs.append({"kind": kind, "seed": seed, "steps": run.steps, "capped": run.capped,
+                runs.append({"kind": kind, "seed": seed, "lr": rate, "steps": run.steps, "capped": run.capped,
                              "train_s": run.seconds, "accuracy": accuracy})
                 if log:
-                    log(f"{bb.entry_name(kind)} seed {seed}: {run.steps} steps in {run.seconds:.0f}s"
+                    log(f"{bb.entry_name(kind)} seed {seed} lr {rate:g}: {run.steps} steps in {run.seconds:.0f}s"
                         f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
     return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
-            "steps": cfg.steps, "lr": cfg.lr, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(),
-            "runs": runs}
+            "steps": cfg.steps, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs}
 
 
 def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
@@ -125,15 +125,16 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     seeds, kinds = result["seeds"], result["kinds"]
     acc = {k: [100 * r["accuracy"] for r in result["runs"] if r["kind"] == k] for k in kinds}
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, peak lr "
-             f"{result.get('lr', 1e-3):g}, {result['threads']} threads), fp16 EMA weights, judged over {result['accuracy_n']} samples (seed 0); "
-             f"device: {result['env']['device']}\n\n")
-    cols = ["backbone", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
+    head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, "
+             f"{result['threads']} threads) at the row's peak learning rate, fp16 EMA weights, judged over "
+             f"{result['accuracy_n']} samples (seed 0); device: {result['env']['device']}\n\n")
+    cols = ["backbone", "peak lr", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kinds:
         secs = [r["train_s"] for r in result["runs"] if r["kind"] == k]
         sd = statistics.stdev(acc[k]) if len(acc[k]) > 1 else float("nan")
-        lines.append("| " + " | ".join([f"digits-{k}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}",
+        rate = next(r.get("lr", 1e-3) for r in result["runs"] if r["kind"] == k)
+        lines.append("| " + " | ".join([f"digits-{k}", f"{rate:g}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}",
                                         f"{sd:.2f}", f"{statistics.mean(secs):.0f}"]) + " |")
     base = kinds[0]
     notes = []
@@ -207,14 +208,27 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected a learning rate in (0, 1), e.g. 1e-3")
-    return value
+def learning_rates(text: str) -> float | dict[str, float]:
+    """"2e-3" (every backbone) or "dit=2e-3,dico=4e-3" (per backbone; the others keep the recipe's)."""
+    from accel.zoo.digits_backbones import KINDS
+
+    def rate(part: str) -> float:
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < 1:
+            raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected a learning rate in (0, 1), e.g. 1e-3, "
+                                             "or one per backbone, e.g. dit=2e-3,dico=4e-3")
+        return value
+
+    if "=" not in text:
+        return rate(text)
+    pairs = [part.split("=", 1) for part in text.split(",")]
+    if any(len(p) != 2 or p[0].strip() not in KINDS for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
+        raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected kind=rate pairs of {', '.join(KINDS)}, "
+                                         "e.g. dit=2e-3,dico=4e-3")
+    return {k.strip(): rate(v) for k, v in pairs}
 
 
 def kind_list(text: str) -> tuple[str, ...]:
@@ -244,8 +258,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
     p.add_argument("--train-kinds", type=kind_list, default=("dit", "dico"), metavar="dit,dico",
                    help="the backbones trained with --train-seeds (default dit,dico; the first is the reference)")
-    p.add_argument("--train-lr", type=learning_rate, default=None,
-                   help="peak learning rate of the --train-seeds runs (default: the entries' recipe, 1e-3)")
+    p.add_argument("--train-lr", type=learning_rates, default=None, metavar="RATE|dit=RATE,dico=RATE",
+                   help="peak learning rate of the --train-seeds runs, for all or per backbone (default: the "
+                   "entries' recipe, 1e-3)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
     p.add_argument("--doc", default=None)
     p.add_argument("--doc-key", default=None)
