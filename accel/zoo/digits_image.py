@@ -108,26 +108,30 @@ def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str
     """Task accuracy of a (possibly accel-patched) pipeline: the judge's class accuracy over n samples,
     labels cycling 0..9, deterministic for a seed. `options`: steps, guidance, batch (see `sample`).
     Raises `ValueError` for n or steps that are not positive integers."""
-    for name, value in (("n", n), ("steps", options.get("steps", STEPS))):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"evaluate: {name}={value!r}; expected a positive integer")
-    labels = [i % 10 for i in range(n)]
-    images = sample(pipe, labels, seed=seed, **options)
-    judge = judges.load()
-    return {"accuracy": judges.accuracy(judge, images, torch.tensor(labels)), "n": n}
+    judge, images, labels = _judged_samples("evaluate", pipe, n, seed, options)
+    return {"accuracy": judges.accuracy(judge, images, labels), "n": n}
 
 
 def fd(pipe: Any, n: int = 500, seed: int = 0, **options: Any) -> dict[str, float]:
     """How close the samples' distribution is to the real digits': the Fréchet distance between the judge's
     features of n samples (labels cycling 0..9, as `evaluate`) and of the train split's 1,438 real digits
     (`judges.frechet_distance`: FID with the digit judge as feature extractor; lower is better, 0 for the
-    data itself up to sampling error). Returns {"fd", "accuracy", "n"} from the same samples."""
-    labels = [i % 10 for i in range(n)]
-    images = sample(pipe, labels, seed=seed, **options)
-    judge = judges.load()
+    data itself up to sampling error). Returns {"fd", "accuracy", "n"} from the same samples; raises as
+    `evaluate` does."""
+    judge, images, labels = _judged_samples("fd", pipe, n, seed, options)
     real = judges.features(judge, digits.load("train").images)
     return {"fd": judges.frechet_distance(judges.features(judge, images), real),
-            "accuracy": judges.accuracy(judge, images, torch.tensor(labels)), "n": n}
+            "accuracy": judges.accuracy(judge, images, labels), "n": n}
+
+
+def _judged_samples(caller: str, pipe: Any, n: int, seed: int,
+                    options: dict[str, Any]) -> tuple[judges.DigitJudge, torch.Tensor, torch.Tensor]:
+    """The judge, n samples of labels cycling 0..9 and those labels; n and steps checked first."""
+    for name, value in (("n", n), ("steps", options.get("steps", STEPS))):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{caller}: {name}={value!r}; expected a positive integer")
+    labels = [i % 10 for i in range(n)]
+    return judges.load(), sample(pipe, labels, seed=seed, **options), torch.tensor(labels)
 
 
 def training_latents() -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,9 +30,13 @@ class DigitJudge(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.resize(x))
+
+    @staticmethod
+    def resize(x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (digits.SIDE, digits.SIDE):
             x = nn.functional.interpolate(x, size=(digits.SIDE, digits.SIDE), mode="bilinear")
-        return self.net(x)
+        return x
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,10 +71,7 @@ def accuracy(model: DigitJudge, images: torch.Tensor, labels: torch.Tensor) -> f
 def features(model: DigitJudge, images: torch.Tensor) -> torch.Tensor:
     """The judge's penultimate activations (what its classifier layer reads): [N, 256] float32 for
     [N, 1, H, W] images in [-1, 1]."""
-    x = images.float()
-    if x.shape[-2:] != (digits.SIDE, digits.SIDE):
-        x = nn.functional.interpolate(x, size=(digits.SIDE, digits.SIDE), mode="bilinear")
-    return model.eval().net[:-1](x)
+    return model.eval().net[:-1](model.resize(images.float()))
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
