@@ -132,17 +132,17 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kinds:
         secs = [r["train_s"] for r in result["runs"] if r["kind"] == k]
-        sd = statistics.stdev(acc[k]) if len(acc[k]) > 1 else float("nan")
+        sd = f"{statistics.stdev(acc[k]):.2f}" if len(acc[k]) > 1 else "-"
         rate = next(r.get("lr", 1e-3) for r in result["runs"] if r["kind"] == k)
         lines.append("| " + " | ".join([f"digits-{k}", f"{rate:g}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}",
-                                        f"{sd:.2f}", f"{statistics.mean(secs):.0f}"]) + " |")
+                                        sd, f"{statistics.mean(secs):.0f}"]) + " |")
     base = kinds[0]
     notes = []
     for k in kinds[1:]:
         diff = statistics.mean(acc[k]) - statistics.mean(acc[base])
-        se = (sum(statistics.variance(acc[x]) / len(acc[x]) for x in (k, base)) ** 0.5
-              if min(len(acc[k]), len(acc[base])) > 1 else float("nan"))
-        notes.append(f"digits-{k} minus digits-{base}: {diff:+.2f} points (standard error {se:.2f})")
+        se = (f" (standard error {sum(statistics.variance(acc[x]) / len(acc[x]) for x in (k, base)) ** 0.5:.2f})"
+              if min(len(acc[k]), len(acc[base])) > 1 else " (one seed: no standard error)")
+        notes.append(f"digits-{k} minus digits-{base}: {diff:+.2f} points{se}")
     return head + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
@@ -178,6 +178,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
     method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    _check_training_options(args)
     if args.train_seeds is not None:
         result = seed_study(args.train_seeds, args.train_kinds, args.train_steps, args.accuracy_n, args.train_lr)
         text = seed_markdown(result, command)
@@ -194,6 +195,23 @@ def _cmd(args: argparse.Namespace) -> int:
         key = args.doc_key or command
         update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
     return 0
+
+
+def _check_training_options(args: argparse.Namespace) -> None:
+    """--train-* options act only with --train-seeds, and a per-backbone rate only for a backbone trained."""
+    from accel.errors import InvalidOptionError
+
+    given = [f"--{name.replace('_', '-')}" for name in ("train_steps", "train_lr")
+             if getattr(args, name) is not None]
+    if args.train_kinds != ("dit", "dico"):
+        given.append("--train-kinds")
+    if args.train_seeds is None and given:
+        raise InvalidOptionError(f"bench-backbones: {', '.join(given)} acts only with --train-seeds (the training "
+                                 "runs); without it the committed checkpoints are timed")
+    if isinstance(args.train_lr, dict) and set(args.train_lr) - set(args.train_kinds):
+        extra = ", ".join(sorted(set(args.train_lr) - set(args.train_kinds)))
+        raise InvalidOptionError(f"bench-backbones: --train-lr gives a rate for {extra}, which --train-kinds "
+                                 f"({','.join(args.train_kinds)}) does not train")
 
 
 def seed_list(text: str) -> list[int]:

@@ -77,13 +77,27 @@ def _balanced(text: str) -> bool:
 
 def split_methods(text: str) -> tuple[str, ...]:
     """`--methods` as entries: split at the commas outside brackets, so that
-    "none,tdc(order=1,threshold=0.5),pisa+tdc" is three rows. A row given twice is refused (ValueError:
-    argparse reports it against --methods): it would be measured once."""
+    "none,tdc(order=1,threshold=0.5),pisa+tdc" is three rows. A row given twice, also when written two ways
+    (`tdc(order=1,threshold=0.5)` and `tdc(threshold=0.5,order=1)`, or an option at its default), is
+    refused (ValueError: argparse reports it against --methods): it would be measured twice as two rows."""
     entries = tuple(t.strip() for t in _split(text, ",") if t.strip())
-    twice = sorted({e for e in entries if entries.count(e) > 1})
-    if twice:
-        raise ValueError(f"--methods={text!r} names {', '.join(twice)} more than once; give each row once")
+    seen: dict[str, str] = {}
+    for entry in entries:
+        key = _row_key(entry)
+        if key in seen:
+            same = entry if seen[key] == entry else f"{seen[key]} and {entry} (the same configuration)"
+            raise ValueError(f"--methods={text!r} names {same} more than once; give each row once")
+        seen[key] = entry
     return entries
+
+
+def _row_key(entry: str) -> str:
+    """What makes a row: its validated configs and its ":label" (a labelled row takes other --option
+    values); the entry itself when it is not an accel method (a peer) or cannot be parsed (refused later)."""
+    try:
+        return repr(entry_configs(entry)) + ":" + ":".join(_split(entry, ":")[1:])
+    except Exception:  # an unknown name or a bad value is refused, with its own message, when the row is built
+        return entry
 
 
 def _value(raw: str) -> Any:

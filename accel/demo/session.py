@@ -46,12 +46,13 @@ class Preset:
         return self.model is None or self.model == model
 
     @classmethod
-    def from_token(cls, token: str, source: str = "") -> Preset:
-        """A preset from a `--methods` token: "tdc(order=1,threshold=0.5)", "pisa+tdc(order=1)"."""
+    def from_token(cls, token: str, source: str = "", model: str | None = None) -> Preset:
+        """A preset from a `--methods` token: "tdc(order=1,threshold=0.5)", "pisa+tdc(order=1)"; `model`: the
+        one it was tuned for (None: offered on every model)."""
         from accel.bench.variants import entry_configs
 
         configs = entry_configs(token)
-        return cls(f"tuned: {token}", configs[0] if len(configs) == 1 else tuple(configs), 1.0, source)
+        return cls(f"tuned: {token}", configs[0] if len(configs) == 1 else tuple(configs), 1.0, source, model)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Preset:
@@ -77,7 +78,7 @@ TUNED = "tdc(order=1,threshold=0.5,max_skips=3)"
 
 
 def default_presets() -> list[Preset]:
-    return [Preset.from_token(TUNED, "measured on digits-video at 20 steps (docs/benchmarks.md)")]
+    return [Preset.from_token(TUNED, "measured on digits-video at 20 steps (docs/benchmarks.md)", DEFAULT_MODEL)]
 
 
 def applicable(pipe: Any) -> list[str]:
@@ -114,6 +115,14 @@ class Settings:
             raise accel.InvalidOptionError(
                 f"demo: accuracy_n={self.accuracy_n}; expected 0 (off) or a positive sample count"
             )
+        if self.steps < 1 or self.seed < 0:
+            raise accel.InvalidOptionError(f"demo: steps={self.steps}, seed={self.seed}; expected steps >= 1 and "
+                                           "seed >= 0")
+        for name in ("height", "width", "frames"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise accel.InvalidOptionError(f"demo: {name}={value}; expected a positive size, or None for "
+                                               "the model's default")
 
 
 @dataclass

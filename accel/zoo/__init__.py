@@ -24,7 +24,7 @@ import diffusers
 import torch
 
 from .calls import family_of, generate, inputs
-from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS
+from .families import BUILT, ENTRIES, SIZES, TEXT_COMPONENTS, keep_labels
 from .reference import TRAINED, evaluate
 from .vlm import NAMES as VLM_NAMES
 from .vlm import image_token_ids, vlm_inputs
@@ -131,6 +131,8 @@ def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
             if isinstance(value, diffusers.ModelMixin):
                 _cast(value, dtype)
     pipe = cls(**components)
+    if "id2label" in components:
+        keep_labels(pipe)
     pipe.set_progress_bar_config(disable=True)
     BUILT[pipe] = (name, size)
     return pipe

@@ -57,6 +57,9 @@ def family_of(pipe: Any) -> str:
     for cls in type(pipe).__mro__:
         if cls.__name__ in FAMILIES:
             return FAMILIES[cls.__name__]
+    if isinstance(pipe, torch.nn.Module):
+        raise ValueError(f"accel.zoo.inputs takes a pipeline; {type(pipe).__name__} is a model (a pipeline's "
+                         "transformer?). Load the pipeline's folder, not its transformer/ subfolder.")
     raise ValueError(
         f"accel.zoo.inputs does not know {type(pipe).__name__}; supported pipelines: {', '.join(FAMILIES)}."
     )

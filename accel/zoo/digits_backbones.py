@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from . import digits_image
+from .families import keep_labels
 
 KINDS = ("dico", "lego", "dit")
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
@@ -130,6 +131,7 @@ def pipeline(kind: str, transformer: torch.nn.Module) -> Any:
     if kind == "dit":
         pipe = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
                                      id2label={i: str(i) for i in range(NUM_CLASSES)})
+        keep_labels(pipe)
     else:
         cls = DiCoPipeline if kind == "dico" else LEGOPipeline
         pipe = cls(transformer=transformer, scheduler=scheduler, vae=vae)

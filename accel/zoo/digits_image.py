@@ -21,6 +21,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 
 from . import digits, judges
+from .families import keep_labels
 
 NAME = "digits-image"
 CHECKPOINT = Path(__file__).parent / "checkpoints" / NAME / "transformer.safetensors"
@@ -84,6 +85,7 @@ def load(dtype: torch.dtype = torch.float32) -> diffusers.DiTPipeline:
     pipe = diffusers.DiTPipeline(
         transformer=transformer, vae=PixelShuffleVAE(), scheduler=scheduler(), id2label={i: str(i) for i in range(10)}
     )
+    keep_labels(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -118,6 +120,8 @@ def fd(pipe: Any, n: int = 500, seed: int = 0, **options: Any) -> dict[str, floa
     (`judges.frechet_distance`: FID with the digit judge as feature extractor; lower is better, 0 for the
     data itself up to sampling error). Returns {"fd", "accuracy", "n"} from the same samples; raises as
     `evaluate` does."""
+    if isinstance(n, int) and not isinstance(n, bool) and n == 1:
+        raise ValueError("fd: n=1; expected at least 2 samples (a covariance needs two)")
     judge, images, labels = _judged_samples("fd", pipe, n, seed, options)
     real = judges.features(judge, digits.load("train").images)
     return {"fd": judges.frechet_distance(judges.features(judge, images), real),

@@ -222,6 +222,17 @@ def build_dit(size: str) -> dict[str, Any]:
     }
 
 
+def keep_labels(pipe: Any) -> None:
+    """Writes a DiTPipeline's class names (`pipe.labels`, made from its `id2label`) into its config, so that
+    `save_pretrained` keeps them in model_index.json and `from_pretrained` passes them back: diffusers keeps
+    them in `pipe.labels` alone, and a reloaded pipeline without them has no class names (`zoo.generate`
+    then draws any of DiT's 1,000 label ids, most of which a digits model never learned)."""
+    names: dict[str, list[str]] = {}
+    for label, index in pipe.labels.items():
+        names.setdefault(str(index), []).append(label)
+    pipe.register_to_config(id2label={index: ", ".join(labels) for index, labels in names.items()})
+
+
 def build_wan(size: str) -> dict[str, Any]:
     heads, head_dim = _HEADS[size]
     z_dim = 4 if size == "tiny" else 16

@@ -79,6 +79,9 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64. This is FID (Heusel et
     al., 2017, eq. 6) with the digit judge's features in place of Inception's; like FID it is biased
     upwards at small N, so compare values computed over the same number of samples."""
+    if a.dim() != 2 or b.dim() != 2 or min(len(a), len(b)) < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance: feature sets of shapes {tuple(a.shape)} and {tuple(b.shape)}; expected "
+                         "[N, D] and [M, D] with N, M >= 2 (a covariance needs two samples)")
     a, b = a.double(), b.double()
     mu = a.mean(0) - b.mean(0)
     sa, sb = torch.cov(a.T), torch.cov(b.T)

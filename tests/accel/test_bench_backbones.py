@@ -53,3 +53,14 @@ def test_bad_training_options_are_refused_by_name(option, value, capsys):
     with pytest.raises(SystemExit):
         main(["bench-backbones", "--train-seeds", "0", option, value])
     assert f"{option}={value!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--train-kinds", "dico"], "--train-kinds acts only with --train-seeds"),
+    (["--train-lr", "1e-3"], "--train-lr acts only with --train-seeds"),
+    (["--train-seeds", "0", "--train-lr", "lego=1e-3"], "gives a rate for lego"),
+    (["--train-seeds", "0", "--train-kinds", "dico", "--train-lr", "dit=1e-3"], "gives a rate for dit"),
+])
+def test_training_options_that_would_be_ignored_are_refused(argv, says, capsys):
+    assert main(["bench-backbones", *argv]) != 0
+    assert says in capsys.readouterr().err

@@ -55,6 +55,10 @@ def test_trained_models_show_task_accuracy_and_its_change(session):
     assert plain.methods[0].accuracy is None and table(plain)[1][col] == "-"
     with pytest.raises(accel.InvalidOptionError, match="accuracy_n=-1"):
         Settings("digits-image", accuracy_n=-1)
+    for bad, says in (({"steps": 0}, "steps=0"), ({"seed": -1}, "seed=-1"), ({"height": 0}, "height=0"),
+                      ({"frames": -3}, "frames=-3")):
+        with pytest.raises(accel.InvalidOptionError, match=says):
+            Settings("digits-image", **bad)
 
 
 def test_the_demo_opens_on_a_trained_model_with_what_applies_and_the_tuned_configuration(session):
@@ -67,6 +71,8 @@ def test_the_demo_opens_on_a_trained_model_with_what_applies_and_the_tuned_confi
 
 
 def test_a_tuned_configuration_runs_as_one_patch_and_gets_task_accuracy(session):
+    assert f"tuned: {TUNED}" not in session.choices("digits-image", "tiny")  # measured on digits-video only
+    session = DemoSession([Preset.from_token(TUNED)])  # a preset for no particular model: offered on every one
     c = session.compare(Settings("digits-image", steps=6, accuracy_n=10), [f"tuned: {TUNED}"])
     tuned = c.methods[0]
     assert tuned.label == f"tuned: {TUNED}" and tuned.stats["tdc"]["block_calls"] > 0

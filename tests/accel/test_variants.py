@@ -98,3 +98,9 @@ def test_a_row_given_twice_is_refused_by_name(capsys):
         main(["bench", "--methods", "tdc(order=1),tdc(order=1)"])
     assert "names tdc(order=1) more than once" in capsys.readouterr().err
     assert V.split_methods("tdc(order=1),tdc(order=0)") == ("tdc(order=1)", "tdc(order=0)")  # different rows
+    with pytest.raises(ValueError, match=r"tdc\(order=1,threshold=0.5\) and tdc\(threshold=0.5,order=1\)"):
+        V.split_methods("tdc(order=1,threshold=0.5),tdc(threshold=0.5,order=1)")
+    default = V.entry_configs("tdc")[0].order
+    with pytest.raises(ValueError, match="the same configuration"):
+        V.split_methods(f"tdc,tdc(order={default})")
+    assert V.split_methods("pyramid-drop,pyramid-drop:compact") == ("pyramid-drop", "pyramid-drop:compact")

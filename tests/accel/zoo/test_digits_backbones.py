@@ -175,7 +175,11 @@ def test_a_saved_trained_pipeline_loads_back_through_accel_load(kind, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     model = accel.load(str(tmp_path / "transformer"))
     assert type(model) is type(pipe.transformer)
+    with pytest.raises(ValueError, match="takes a pipeline; .* is a model"):
+        accel.zoo.generate(model, steps=1)
     loaded.set_progress_bar_config(disable=True)
     want = pipe(class_labels=[3], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
     got = loaded(class_labels=[3], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert torch.equal(want.images, got.images)
+    # zoo.generate picks class labels from the pipeline: the reloaded one must still know its ten classes
+    assert torch.equal(accel.zoo.generate(pipe, steps=2, seed=0), accel.zoo.generate(loaded, steps=2, seed=0))

@@ -35,5 +35,8 @@ def test_fd_judges_the_same_samples_as_evaluate():
     got = digits_image.fd(pipe, n=10, seed=0, steps=4)
     assert got["accuracy"] == digits_image.evaluate(pipe, n=10, seed=0, steps=4)["accuracy"]
     assert got["fd"] > 0 and got["n"] == 10
-    with pytest.raises(ValueError, match="fd: n=0"):
-        digits_image.fd(pipe, n=0)
+    for n in (0, 1):  # one sample has no covariance
+        with pytest.raises(ValueError, match=f"fd: n={n}"):
+            digits_image.fd(pipe, n=n)
+    with pytest.raises(ValueError, match="N, M >= 2"):
+        judges.frechet_distance(torch.zeros(1, 4), torch.zeros(5, 4))
