@@ -20,8 +20,10 @@ import torch
 
 import accel
 from accel import zoo
+from accel.errors import InvalidOptionError
 
 from .measure import timed
+from .variants import parse_entry
 
 DECODE_TOKENS = 16
 
@@ -97,9 +99,17 @@ def _rows(spec: Any, depth: int) -> list[VLMRow]:
     if methods == ["auto"]:
         methods = ["none", "pyramid-drop", "fastv"]
     rows = [VLMRow("baseline", "baseline")]
-    for entry in methods:
-        name = entry.split(":")[0]
-        rows.append(VLMRow(entry, name, dict(spec.method_options.get(entry, {}))))
+    for entry in methods:  # "pyramid-drop", "pyramid-drop:label" (options by --option), "fastv(layer=3)"
+        parts = parse_entry(entry)
+        if len(parts) != 1:
+            raise InvalidOptionError(f"--methods {entry!r}: a VLM row runs one pruning method; compositions "
+                                     "apply to diffusion pipelines")
+        name, options = parts[0]
+        extra = dict(spec.method_options.get(entry, {}))
+        if set(options) & set(extra):
+            raise InvalidOptionError(f"--option {entry}: {', '.join(sorted(set(options) & set(extra)))} is "
+                                     f"already set in the token {entry!r}")
+        rows.append(VLMRow(entry, name, {**options, **extra}))
     for ratio in spec.keep_sweep:
         options = {"keep_ratio": ratio}
         rows.append(VLMRow(f"pyramid-drop@{ratio:g}", "pyramid-drop", options))

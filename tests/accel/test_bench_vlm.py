@@ -26,3 +26,13 @@ def test_vlm_rows_with_a_keep_sweep(tmp_path, capsys):
     assert abs(same_row["budget"] - rows["pyramid-drop@0.25"]["budget"]) < 0.01
     assert all(r["prefill_s"] and r["decode_tps"] > 0 for r in result["rows"])
     assert "| pyramid-drop |" in capsys.readouterr().out
+
+
+def test_vlm_rows_take_options_in_their_tokens(tmp_path):
+    assert main(["bench", "--model", "llava", "--size", "tiny", "--repeat", "1", "--warmup", "0", "--methods",
+                 "pyramid-drop(stages=(0.5,)),fastv(layer=3,keep_ratio=0.25)", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "results.json").read_text())["rows"]}
+    assert rows["pyramid-drop(stages=(0.5,))"]["stats"]["kept_visual"] == [18]  # one boundary, keep 0.5 of 36
+    assert rows["fastv(layer=3,keep_ratio=0.25)"]["stats"]["kept_visual"] == [9]
+    assert main(["bench", "--model", "llava", "--size", "tiny", "--methods", "pyramid-drop+fastv"]) != 0
