@@ -90,20 +90,20 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
     """Task accuracy across training runs: every backbone of `kinds` trained once per seed with the entries'
     shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
     entries' budget; `lr` the peak learning rate, one for all or one per kind, default the recipe's), its
-    EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is
-    written. Returns per kind the accuracy and training seconds per seed."""
+    EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then
+    judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is written. Returns
+    per run the kind, seed, rate, steps, training seconds and accuracy."""
     import tempfile
 
     from accel.info import info
     from accel.zoo import digits_backbones as bb
 
     cfg = bb.TrainConfig() if steps is None else bb.TrainConfig(steps=steps)
-    rates = lr if isinstance(lr, dict) else {kind: lr or cfg.lr for kind in kinds}
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
             for seed in seeds:
-                rate = rates.get(kind, cfg.lr)
+                rate = lr.get(kind, cfg.lr) if isinstance(lr, dict) else lr or cfg.lr
                 run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed, "lr": rate}), log=None)
                 path = Path(tmp) / f"{kind}-{seed}.safetensors"
                 bb.save(run.ema, path)
@@ -134,8 +134,9 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
         secs = [r["train_s"] for r in result["runs"] if r["kind"] == k]
         sd = f"{statistics.stdev(acc[k]):.2f}" if len(acc[k]) > 1 else "-"
         rate = next(r.get("lr", 1e-3) for r in result["runs"] if r["kind"] == k)
-        lines.append("| " + " | ".join([f"digits-{k}", f"{rate:g}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}",
-                                        sd, f"{statistics.mean(secs):.0f}"]) + " |")
+        cells = [f"digits-{k}", f"{rate:g}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}", sd,
+                 f"{statistics.mean(secs):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     base = kinds[0]
     notes = []
     for k in kinds[1:]:
