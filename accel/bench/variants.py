@@ -172,10 +172,17 @@ def method_parts(entry: str) -> list[str]:
 
 
 def entry_configs(entry: str, options: dict[str, Any] | None = None) -> list[Any]:
-    """The validated method configs of a row: the token's own options, plus `options` (`--option`: a
-    single method's keys, or a composition's "method.key"); a key given both ways is refused."""
-    from accel.errors import InvalidOptionError
+    """The validated method configs of a row (`entry_options`)."""
     from accel.method import method_class
+
+    return [method_class(name).Config.from_options(**opts) for name, opts in entry_options(entry, options)]
+
+
+def entry_options(entry: str, options: dict[str, Any] | None = None) -> MethodParts:
+    """The methods of a row with all their options: the token's own, plus `options` (`--option`: a single
+    method's keys, or a composition's "method.key"); a key given both ways is refused. Not yet validated
+    against the methods' configs (`entry_configs` does that)."""
+    from accel.errors import InvalidOptionError
 
     parts = parse_entry(entry)
     per = [dict(opts) for _, opts in parts]
@@ -193,7 +200,7 @@ def entry_configs(entry: str, options: dict[str, Any] | None = None) -> list[Any
             raise InvalidOptionError(f"--option {entry}.{key}: {names[index]}'s option {field!r} is already "
                                      f"set in the token {entry!r}")
         per[index][field] = value
-    return [method_class(name).Config.from_options(**opts) for name, opts in zip(names, per, strict=True)]
+    return list(zip(names, per, strict=True))
 
 
 def accel_method(entry: str, steps: int, options: dict[str, Any] | None = None) -> Variant:

@@ -23,7 +23,7 @@ from accel import zoo
 from accel.errors import InvalidOptionError
 
 from .measure import timed
-from .variants import parse_entry
+from .variants import entry_options
 
 DECODE_TOKENS = 16
 
@@ -100,16 +100,11 @@ def _rows(spec: Any, depth: int) -> list[VLMRow]:
         methods = ["none", "pyramid-drop", "fastv"]
     rows = [VLMRow("baseline", "baseline")]
     for entry in methods:  # "pyramid-drop", "pyramid-drop:label" (options by --option), "fastv(layer=3)"
-        parts = parse_entry(entry)
+        parts = entry_options(entry, spec.method_options.get(entry))
         if len(parts) != 1:
             raise InvalidOptionError(f"--methods {entry!r}: a VLM row runs one pruning method; compositions "
                                      "apply to diffusion pipelines")
-        name, options = parts[0]
-        extra = dict(spec.method_options.get(entry, {}))
-        if set(options) & set(extra):
-            raise InvalidOptionError(f"--option {entry}: {', '.join(sorted(set(options) & set(extra)))} is "
-                                     f"already set in the token {entry!r}")
-        rows.append(VLMRow(entry, name, {**options, **extra}))
+        rows.append(VLMRow(entry, *parts[0]))
     for ratio in spec.keep_sweep:
         options = {"keep_ratio": ratio}
         rows.append(VLMRow(f"pyramid-drop@{ratio:g}", "pyramid-drop", options))

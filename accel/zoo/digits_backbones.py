@@ -43,12 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 import torch.nn.functional as F
 
 from . import digits_image
-from .families import keep_labels
 
 KINDS = ("dico", "lego", "dit")
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
@@ -126,15 +124,10 @@ def pipeline(kind: str, transformer: torch.nn.Module) -> Any:
     """The entry's pipeline around `transformer` (eval mode), with `digits_image`'s VAE and scheduler."""
     from accel.models import DiCoPipeline, LEGOPipeline
 
-    vae, scheduler = digits_image.PixelShuffleVAE(), digits_image.scheduler()
-    transformer = transformer.eval()
     if kind == "dit":
-        pipe = diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
-                                     id2label={i: str(i) for i in range(NUM_CLASSES)})
-        keep_labels(pipe)
-    else:
-        cls = DiCoPipeline if kind == "dico" else LEGOPipeline
-        pipe = cls(transformer=transformer, scheduler=scheduler, vae=vae)
+        return digits_image.pipeline(transformer)
+    cls = DiCoPipeline if kind == "dico" else LEGOPipeline
+    pipe = cls(transformer=transformer.eval(), scheduler=digits_image.scheduler(), vae=digits_image.PixelShuffleVAE())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

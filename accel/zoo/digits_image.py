@@ -81,10 +81,14 @@ def load(dtype: torch.dtype = torch.float32) -> diffusers.DiTPipeline:
 
     transformer = digits_image_transformer()
     transformer.load_state_dict({k: v.float() for k, v in load_file(str(CHECKPOINT)).items()})
-    transformer = (transformer if dtype == torch.float32 else transformer.to(dtype)).eval()
-    pipe = diffusers.DiTPipeline(
-        transformer=transformer, vae=PixelShuffleVAE(), scheduler=scheduler(), id2label={i: str(i) for i in range(10)}
-    )
+    return pipeline(transformer if dtype == torch.float32 else transformer.to(dtype))
+
+
+def pipeline(transformer: diffusers.DiTTransformer2DModel) -> diffusers.DiTPipeline:
+    """A DiTPipeline around a digits DiT (eval mode): the weight-free VAE, the DDIM scheduler and the ten
+    digits as class names, kept in its config through save/load (`families.keep_labels`)."""
+    pipe = diffusers.DiTPipeline(transformer=transformer.eval(), vae=PixelShuffleVAE(), scheduler=scheduler(),
+                                 id2label={i: str(i) for i in range(10)})
     keep_labels(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -120,20 +124,18 @@ def fd(pipe: Any, n: int = 500, seed: int = 0, **options: Any) -> dict[str, floa
     (`judges.frechet_distance`: FID with the digit judge as feature extractor; lower is better, 0 for the
     data itself up to sampling error). Returns {"fd", "accuracy", "n"} from the same samples; raises as
     `evaluate` does."""
-    if isinstance(n, int) and not isinstance(n, bool) and n == 1:
-        raise ValueError("fd: n=1; expected at least 2 samples (a covariance needs two)")
-    judge, images, labels = _judged_samples("fd", pipe, n, seed, options)
+    judge, images, labels = _judged_samples("fd", pipe, n, seed, options, least=2)  # a covariance needs two
     real = judges.features(judge, digits.load("train").images)
     return {"fd": judges.frechet_distance(judges.features(judge, images), real),
             "accuracy": judges.accuracy(judge, images, labels), "n": n}
 
 
-def _judged_samples(caller: str, pipe: Any, n: int, seed: int,
-                    options: dict[str, Any]) -> tuple[judges.DigitJudge, torch.Tensor, torch.Tensor]:
-    """The judge, n samples of labels cycling 0..9 and those labels; n and steps checked first."""
-    for name, value in (("n", n), ("steps", options.get("steps", STEPS))):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{caller}: {name}={value!r}; expected a positive integer")
+def _judged_samples(caller: str, pipe: Any, n: int, seed: int, options: dict[str, Any],
+                    least: int = 1) -> tuple[judges.DigitJudge, torch.Tensor, torch.Tensor]:
+    """The judge, n samples of labels cycling 0..9 and those labels; n (>= `least`) and steps checked first."""
+    for name, value, low in (("n", n, least), ("steps", options.get("steps", STEPS), 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{caller}: {name}={value!r}; expected an integer >= {low}")
     labels = [i % 10 for i in range(n)]
     return judges.load(), sample(pipe, labels, seed=seed, **options), torch.tensor(labels)
 
