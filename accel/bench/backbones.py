@@ -97,6 +97,7 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
 
     from accel.info import info
     from accel.zoo import digits_backbones as bb
+    from accel.zoo import judges
 
     cfg = bb.TrainConfig() if steps is None else bb.TrainConfig(steps=steps)
     runs: list[dict[str, Any]] = []
@@ -116,7 +117,8 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
                     log(f"{bb.entry_name(kind)} seed {seed} lr {rate:g}: {run.steps} steps in {run.seconds:.0f}s"
                         f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
     return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
-            "steps": cfg.steps, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs}
+            "steps": cfg.steps, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs,
+            "judge_held_out": judges.held_out_accuracy()}
 
 
 def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
@@ -128,6 +130,10 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, "
              f"{result['threads']} threads) at the row's peak learning rate, fp16 EMA weights, judged over "
              f"{result['accuracy_n']} samples (seed 0); device: {result['env']['device']}\n\n")
+    if "judge_held_out" in result:
+        real = result["judge_held_out"]
+        head += (f"The judge itself on the {real['n']} real held-out digits: {100 * real['accuracy']:.1f}% "
+                 "(the ceiling these accuracies sit against).\n\n")
     cols = ["backbone", "peak lr", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kinds:

@@ -67,6 +67,13 @@ def accuracy(model: DigitJudge, images: torch.Tensor, labels: torch.Tensor) -> f
     return (model.predict(images) == labels).float().mean().item()
 
 
+def held_out_accuracy(model: DigitJudge | None = None) -> dict[str, float]:
+    """The judge's own accuracy on the real digits' test split (the ceiling a generator's task accuracy is
+    read against: a sample the judge cannot tell apart from a real digit scores like one)."""
+    test = digits.load("test")
+    return {"accuracy": accuracy(model or load(), test.images, test.labels), "n": len(test.labels)}
+
+
 @torch.no_grad()
 def features(model: DigitJudge, images: torch.Tensor) -> torch.Tensor:
     """The judge's penultimate activations (what its classifier layer reads): [N, 256] float32 for
