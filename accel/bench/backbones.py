@@ -133,7 +133,7 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     if "judge_held_out" in result:
         real = result["judge_held_out"]
         head += (f"The judge itself on the {real['n']} real held-out digits: {100 * real['accuracy']:.1f}% "
-                 "(the ceiling these accuracies sit against).\n\n")
+                 "(samples scoring above it are read more surely than real digits: the accuracy is saturated).\n\n")
     cols = ["backbone", "peak lr", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kinds:

@@ -68,8 +68,8 @@ def accuracy(model: DigitJudge, images: torch.Tensor, labels: torch.Tensor) -> f
 
 
 def held_out_accuracy(model: DigitJudge | None = None) -> dict[str, float]:
-    """The judge's own accuracy on the real digits' test split (the ceiling a generator's task accuracy is
-    read against: a sample the judge cannot tell apart from a real digit scores like one)."""
+    """The judge's own accuracy on the real digits' test split: what a generator whose samples were as
+    legible as real digits would score (a higher score means samples more prototypical than real ones)."""
     test = digits.load("test")
     return {"accuracy": accuracy(model or load(), test.images, test.labels), "n": len(test.labels)}
 

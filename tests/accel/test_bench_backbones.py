@@ -43,7 +43,7 @@ def test_the_seed_study_trains_each_backbone_once_per_seed(tmp_path, capsys):
         rate = "0.002" if kind == "dico" else "0.001"  # dico's own rate; the DiT keeps the recipe's
         assert f"| digits-{kind} | {rate} | {accs[0]:.1f} | {accs[1]:.1f} | {sum(accs) / 2:.2f} |" in table
     assert "digits-dico minus digits-dit:" in table and "seed 3 %" in table
-    assert "The judge itself on the 359 real held-out digits: 98.3%" in table  # the committed judge's ceiling
+    assert "The judge itself on the 359 real held-out digits: 98.3%" in table  # the committed judge on real digits
 
 
 @pytest.mark.parametrize("option, value", [("--train-seeds", "1,1"), ("--train-seeds", "-1"), ("--train-seeds", "a,b"),
