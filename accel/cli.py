@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="zoo name, local directory, or hub id in the local cache (default digits-video, "
                    "trained: the quality columns are task accuracy)")
     p.add_argument("--size", choices=("tiny", "bench"), help="zoo model size (default bench)")
+    p.add_argument("--weights", help="with --model digits-vqa: another checkpoint of its architecture (a safetensors "
+                   "file, e.g. one trained by digits_vqa.train_full_depth) in place of the committed one")
     p.add_argument("--methods", type=_methods_csv, help="accel methods, comma-separated ('a+b': one patch with both); 'auto' (default) = none + every method that supports the model + each that is not a step cache composed with tdc; "
                    "options in the token: 'tdc(order=1,threshold=0.5)' (the row's label); "
                    "'name:label' adds another row of a method, with options --option name:label.key=value")

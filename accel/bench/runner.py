@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ class BenchSpec:
 
     model: str = "digits-video"  # a zoo name, a local directory, or a hub id already in the local cache
     size: str = "bench"  # zoo size: "tiny" or "bench" (trained reference entries have one size)
+    weights: str | None = None  # digits-vqa: another checkpoint of its architecture (a safetensors file) in place of the committed one
     # "auto": none, every method that supports the model, and each one that changes another part than
     # the blocks composed with tdc ("pisa+tdc"); "name:label": a 2nd row; "tdc(order=1)": options in the token
     methods: tuple[str, ...] = ("auto",)
@@ -86,6 +88,11 @@ class BenchSpec:
             raise accel.InvalidOptionError(
                 f"bench: settle_s={self.settle_s}, settle_tol={self.settle_tol}; expected settle_s >= 0 (seconds) "
                 "and settle_tol in (0, 1)"
+            )
+        if self.weights is not None and (self.model != "digits-vqa" or not Path(self.weights).is_file()):
+            raise accel.InvalidOptionError(
+                f"bench: weights={self.weights!r} with model={self.model!r}; weights takes a safetensors file of "
+                "the digits-vqa architecture and acts only with model digits-vqa"
             )
         if self.accuracy_n < 0:
             raise accel.InvalidOptionError(
@@ -370,8 +377,6 @@ def _fewer_steps(bench: _Bench, seconds: dict[str, float]) -> list[V.Variant]:
 def _calibration_file(model: str) -> str | None:
     """A committed sixbit calibration for `model`: the zoo entry's checkpoint folder, or a local pipeline
     directory, holding `sixbit_calibration.json` (what `accel calibrate` writes there)."""
-    from pathlib import Path
-
     folder = Path(zoo.__file__).parent / "checkpoints" / model if model in zoo.names() else Path(model)
     path = folder / "sixbit_calibration.json"
     if not path.is_file():

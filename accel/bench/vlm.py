@@ -21,6 +21,7 @@ import torch
 import accel
 from accel import zoo
 from accel.errors import InvalidOptionError
+from accel.zoo import digits_vqa
 
 from .measure import timed
 from .variants import entry_options
@@ -121,8 +122,10 @@ def run_vlm(spec: Any) -> dict[str, Any]:
     from .runner import DTYPES
 
     dtype = DTYPES[spec.dtype]
-    model = zoo.load(spec.model, size=spec.size, dtype=dtype) if spec.model != "digits-vqa" else zoo.load(
-        spec.model, dtype=dtype)
+    if spec.model == "digits-vqa":
+        model = digits_vqa.load(dtype, Path(spec.weights) if spec.weights else digits_vqa.CHECKPOINT)
+    else:
+        model = zoo.load(spec.model, size=spec.size, dtype=dtype)
     model = model.to(spec.device)
     device = torch.device(spec.device)
     x = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _inputs(model, spec.model,
@@ -171,13 +174,15 @@ def run_vlm(spec: Any) -> dict[str, Any]:
         for row in rows:
             row.accuracy = with_row(row, lambda h: zoo.evaluate("digits-vqa", model, n=spec.accuracy_n,
                                                                  seed=spec.seeds[0])["accuracy"])
+    reads = [round(x, 2) for x in digits_vqa.quadrant_attention(model)] if spec.model == "digits-vqa" else None
     visual = int(torch.isin(x["input_ids"], torch.tensor(zoo.image_token_ids(model), device=device)).sum())
     return {
         "schema": "accel.bench-vlm/1",
         "spec": asdict(spec),
         "env": info(),
         "model": {"name": spec.model, "class": type(model).__name__, "layers": depth,
-                  "prompt_tokens": int(x["input_ids"].shape[1]), "visual_tokens": visual},
+                  "prompt_tokens": int(x["input_ids"].shape[1]), "visual_tokens": visual,
+                  "weights": spec.weights, "quadrant_attention": reads},
         "rows": [{**asdict(row), "prefill_median_s": row.prefill_median, "decode_tps": row.decode_tps}
                  for row in rows],
     }
@@ -190,6 +195,12 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     head += (f"model `{m['name']}` ({m['class']}, {spec['size'] if m['name'] != 'digits-vqa' else 'trained'}, "
              f"{m['layers']} LM layers), prompt {m['prompt_tokens']} tokens of which {m['visual_tokens']} "
              f"visual, repeat {spec['repeat']}, {spec['dtype']}, device: {result['env']['device']}\n\n")
+    if m.get("weights"):
+        head += f"weights: `{m['weights']}` in place of the committed checkpoint\n\n"
+    if m.get("quadrant_attention"):
+        head += ("Where the unpatched model reads the image (`digits_vqa.quadrant_attention`: per LM layer, the asked "
+                 "quadrant's share of the last prompt token's image attention, 64 questions; chance 0.25): "
+                 + " ".join(f"{x:.2f}" for x in m["quadrant_attention"]) + "\n\n")
     acc = any(r["accuracy"] is not None for r in rows)
     cols = ["row", "prefill s (median [min-max])", "prefill speedup", "decode tok/s", "peak MB", "KV cache MB",
             "FLOPs ratio", "visual budget", "tokens = exact", *(["accuracy %"] if acc else []), "kept visual"]

@@ -140,10 +140,11 @@ def init_positions(model: transformers.LlavaForConditionalGeneration) -> None:
             row[4 + cell + c % cell] = 1.0
 
 
-def load(dtype: torch.dtype = torch.float32) -> transformers.LlavaForConditionalGeneration:
-    """The trained model from the committed fp16 checkpoint, cast to `dtype`, in eval mode, with its
-    LlavaProcessor at `model.processor` (built in code, so nothing but the weights is stored)."""
-    model = _load_weights(build(), CHECKPOINT)
+def load(dtype: torch.dtype = torch.float32, path: Path = CHECKPOINT) -> transformers.LlavaForConditionalGeneration:
+    """The trained model from the committed fp16 checkpoint (or another of this architecture at `path`;
+    ValueError if it does not match), cast to `dtype`, in eval mode, with its LlavaProcessor at
+    `model.processor` (built in code, so nothing but the weights is stored)."""
+    model = _load_weights(build(), path)
     return (model if dtype == torch.float32 else model.to(dtype)).eval()
 
 
@@ -176,6 +177,53 @@ def grow(path: Path, layers: int) -> transformers.LlavaForConditionalGeneration:
             layer.mlp.down_proj.weight.zero_()
     model.tie_weights()
     return model
+
+
+VISION_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
+
+
+def with_vision_of(path: Path, layers: int) -> transformers.LlavaForConditionalGeneration:
+    """A fresh model (`layers`-deep LM at random initialisation) whose vision tower and projector are the
+    checkpoint's at `path`: LLaVA's own recipe of a trained vision encoder joined to a language model that
+    is then trained at its full depth."""
+    from safetensors.torch import load_file
+
+    model = build(layers)
+    state = {k: v.float() for k, v in load_file(str(path)).items() if k.startswith(VISION_PREFIXES)}
+    if not state:
+        raise ValueError(f"with_vision_of: {path} holds no vision tower or projector weights")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(k.startswith(VISION_PREFIXES) for k in missing):
+        raise ValueError(f"{path} does not match the digits-vqa vision config: unexpected {unexpected}")
+    return model
+
+
+@torch.no_grad()
+def quadrant_attention(model: Any, n: int = 64, seed: int = 0) -> list[float]:
+    """Where the model reads the image: per LM layer, the share of the last prompt token's attention to
+    image tokens that falls on the asked quadrant's 64 tokens (0.25 is chance), averaged over heads and
+    over n held-out questions. Runs eager attention once (`output_attentions`); the model is returned to
+    its attention implementation afterwards."""
+    model, proc = _model_and_processor(model)
+    q = questions("test", n, seed)
+    images = [Image.fromarray(g.numpy(), mode="L") for g in q.grids]
+    inputs = proc(images=images, text=[prompt(t) for t in q.questions], return_tensors="pt", padding=True)
+    is_image = inputs["input_ids"] == model.config.image_token_id  # [n, L]; left padding: the last token is last
+    side, cell = SIDE // PATCH, digits.SIDE // PATCH
+    rows, cols = torch.arange(side * side) // side, torch.arange(side * side) % side
+    quadrant = 2 * (rows // cell) + cols // cell  # [256]: each image token's quadrant, `POSITIONS` order
+    asked = quadrant[None, :] == torch.tensor(q.positions)[:, None]  # [n, 256]
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out = model(**inputs, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    shares = []
+    for attn in out.attentions:  # [n, heads, L, L]
+        row = attn[:, :, -1].mean(1)[is_image].view(n, -1)  # [n, 256]: the last prompt token over the image
+        shares.append(float(((row * asked).sum(-1) / row.sum(-1)).mean()))
+    return shares
 
 
 def save(model: transformers.LlavaForConditionalGeneration, path: Path = CHECKPOINT) -> None:
@@ -310,11 +358,15 @@ class TrainConfig:
     aux_weight: float = 0.0  # weight of the quadrant-classification loss on the projected image tokens
     restate: bool = True  # answers as "top-left 7" (phases 1-3) or the digit alone (the released format)
     layers: int = 8  # LM depth; a deeper model than init_from's gets new identity layers on top (`grow`)
+    vision_from: str | None = None  # a checkpoint whose vision tower and projector start a fresh `layers`-deep LM
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.init_from is not None and self.vision_from is not None:
+            raise ValueError("TrainConfig: init_from (the whole model) and vision_from (its vision side only) "
+                             "exclude each other")
 
 
 def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers.LlavaForConditionalGeneration:
@@ -325,11 +377,13 @@ def train(cfg: TrainConfig = TrainConfig(), log_every: int = 50) -> transformers
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     data = digits.load("train")
-    if cfg.init_from is None:
+    if cfg.init_from is not None:
+        model = grow(Path(cfg.init_from), cfg.layers)
+    elif cfg.vision_from is not None:
+        model = with_vision_of(Path(cfg.vision_from), cfg.layers)
+    else:
         model = build(cfg.layers)
         init_positions(model)
-    else:
-        model = grow(Path(cfg.init_from), cfg.layers)
     model.train()
     tok = tokenizer()
     tok.padding_side = "right"
@@ -416,6 +470,27 @@ PROBE_PHASE = TrainConfig(seed=3, steps=3000, lr=1e-3, warmup=20, minutes=48.0, 
 DIRECT_PHASE = TrainConfig(seed=4, steps=600, lr=5e-4, warmup=20, minutes=40.0, single_class=0.0, aux_weight=1.0,
                            restate=False, threads=2)
 GROW_PHASE = replace(DIRECT_PHASE, seed=5, steps=400, layers=LAYERS)
+
+
+# The full-depth comparison (not the released model): the committed vision tower and projector joined to a
+# fresh 16-layer LM trained at its full depth, restating answers first, then the digit alone.
+FULL_DEPTH_RESTATE = TrainConfig(seed=7, steps=600, lr=1e-3, warmup=20, minutes=40.0, single_class=0.0,
+                                 aux_weight=1.0, threads=2, layers=LAYERS)
+FULL_DEPTH_DIRECT = replace(DIRECT_PHASE, seed=8, steps=600, layers=LAYERS)
+
+
+def train_full_depth(path: Path) -> transformers.LlavaForConditionalGeneration:
+    """LLaVA's own recipe at this scale, for comparison with the released model (whose top 8 layers were
+    grown onto an 8-layer model): `FULL_DEPTH_RESTATE` from the committed vision side (`with_vision_of`),
+    then `FULL_DEPTH_DIRECT`; saves to `path` (never the committed checkpoint) and returns the model.
+    About 16 minutes on 2 threads. `accel bench --model digits-vqa --weights PATH` measures it."""
+    path = Path(path)
+    if path.resolve() == CHECKPOINT.resolve():
+        raise ValueError(f"train_full_depth: {path} is the committed checkpoint; give another path")
+    save(train(replace(FULL_DEPTH_RESTATE, vision_from=str(CHECKPOINT)), log_every=25), path)
+    model = train(replace(FULL_DEPTH_DIRECT, init_from=str(path)), log_every=25)
+    save(model, path)
+    return model
 
 
 def reproduce(seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps) -> None:

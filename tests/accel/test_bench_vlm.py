@@ -36,3 +36,23 @@ def test_vlm_rows_take_options_in_their_tokens(tmp_path):
     assert rows["pyramid-drop(stages=(0.5,))"]["stats"]["kept_visual"] == [18]  # one boundary, keep 0.5 of 36
     assert rows["fastv(layer=3,keep_ratio=0.25)"]["stats"]["kept_visual"] == [9]
     assert main(["bench", "--model", "llava", "--size", "tiny", "--methods", "pyramid-drop+fastv"]) != 0
+
+
+def test_digits_vqa_rows_with_other_weights_say_where_the_model_reads(tmp_path, capsys):
+    """--weights swaps the checkpoint (here the committed one, by path); the table names it and the model's
+    per-layer localisation (`digits_vqa.quadrant_attention`), and the accuracy column is the weights'."""
+    from accel.zoo import digits_vqa
+
+    path = str(digits_vqa.CHECKPOINT)
+    assert main(["bench", "--model", "digits-vqa", "--weights", path, "--methods", "none", "--repeat", "1",
+                 "--warmup", "0", "--accuracy-n", "8", "--no-progress", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    reads = [round(x, 2) for x in digits_vqa.quadrant_attention(digits_vqa.load())]
+    assert result["model"]["weights"] == path and result["model"]["quadrant_attention"] == reads
+    table = (tmp_path / "results.md").read_text()
+    assert f"weights: `{path}`" in table and " ".join(f"{x:.2f}" for x in reads) in table
+    assert result["rows"][0]["accuracy"] == digits_vqa.evaluate(digits_vqa.load(), n=8)["accuracy"]
+    for argv in (["--model", "llava", "--size", "tiny", "--weights", path],
+                 ["--model", "digits-vqa", "--weights", str(tmp_path / "missing.safetensors")]):
+        assert main(["bench", *argv, "--no-progress", "--out", str(tmp_path)]) != 0
+        assert "weights=" in capsys.readouterr().err

@@ -189,6 +189,29 @@ def test_grow_appends_identity_layers(model: transformers.LlavaForConditionalGen
         digits_vqa.grow(digits_vqa.CHECKPOINT, 4)
 
 
+def test_with_vision_of_keeps_the_vision_side_and_starts_a_fresh_lm() -> None:
+    stored = digits_vqa.load().state_dict()
+    fresh = digits_vqa.with_vision_of(digits_vqa.CHECKPOINT, 4).state_dict()
+    vision = [k for k in fresh if k.startswith(digits_vqa.VISION_PREFIXES)]
+    assert vision and all(torch.equal(fresh[k], stored[k]) for k in vision)
+    lm = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert fresh[lm].shape == stored[lm].shape and not torch.equal(fresh[lm], stored[lm])
+    assert sum(k.startswith("model.language_model.layers.") for k in fresh) == 4 * 9  # 4 layers of 9 tensors
+    with pytest.raises(ValueError, match="exclude each other"):
+        digits_vqa.TrainConfig(init_from="a", vision_from="b")
+
+
+def test_quadrant_attention_measures_where_the_model_reads(model: transformers.LlavaForConditionalGeneration) -> None:
+    """Per layer, the asked quadrant's share of the last prompt token's image attention: in [0, 1], one
+    per LM layer, well above chance (0.25) somewhere (the model reads the asked quadrant: the answers
+    follow it), and the model keeps its attention implementation."""
+    before = model.config._attn_implementation
+    shares = digits_vqa.quadrant_attention(model, n=16)
+    assert len(shares) == digits_vqa.LAYERS and all(0.0 <= s <= 1.0 for s in shares)
+    assert max(shares) > 0.4 and min(shares) < 0.3
+    assert model.config._attn_implementation == before
+
+
 def test_bad_input_is_refused(model: transformers.LlavaForConditionalGeneration) -> None:
     with pytest.raises(ValueError, match="LlavaForConditionalGeneration"):
         digits_vqa.evaluate(object(), n=4)
