@@ -203,8 +203,15 @@ def quadrant_attention(model: Any, n: int = 64, seed: int = 0) -> list[float]:
     """Where the model reads the image: per LM layer, the share of the last prompt token's attention to
     image tokens that falls on the asked quadrant's 64 tokens (0.25 is chance), averaged over heads and
     over n held-out questions. Runs eager attention once (`output_attentions`); the model is returned to
-    its attention implementation afterwards."""
+    its attention implementation afterwards. ValueError for n < 1, a model that is not a digits-vqa LLaVA,
+    or one patched by accel (it measures the model itself; a pruned one has fewer image tokens per layer)."""
+    import accel
+
+    if n < 1:
+        raise ValueError(f"quadrant_attention: n={n}; expected a positive number of questions")
     model, proc = _model_and_processor(model)
+    if accel.patch_of(model) is not None:
+        raise ValueError("quadrant_attention measures the unpatched model; call accel.unpatch(model) first")
     q = questions("test", n, seed)
     images = [Image.fromarray(g.numpy(), mode="L") for g in q.grids]
     inputs = proc(images=images, text=[prompt(t) for t in q.questions], return_tensors="pt", padding=True)

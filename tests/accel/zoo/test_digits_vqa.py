@@ -210,6 +210,14 @@ def test_quadrant_attention_measures_where_the_model_reads(model: transformers.L
     assert len(shares) == digits_vqa.LAYERS and all(0.0 <= s <= 1.0 for s in shares)
     assert max(shares) > 0.4 and min(shares) < 0.3
     assert model.config._attn_implementation == before
+    with pytest.raises(ValueError, match="n=0"):
+        digits_vqa.quadrant_attention(model, n=0)
+    handle = accel.patch(model, method="pyramid-drop")
+    try:
+        with pytest.raises(ValueError, match="unpatched model"):
+            digits_vqa.quadrant_attention(model, n=4)
+    finally:
+        handle.unpatch()
 
 
 def test_bad_input_is_refused(model: transformers.LlavaForConditionalGeneration) -> None:
