@@ -18,6 +18,7 @@ Facts, defaults and the transformers 5.x traps: ../shared/research/pruning_quant
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,12 @@ class PyramidDropConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         stages = self.stages
-        if isinstance(stages, list):
-            stages = tuple(stages)
+        numbers_only = isinstance(stages, tuple | list) and all(
+            isinstance(f, numbers.Real) and not isinstance(f, bool) for f in stages)
+        if numbers_only:  # a list, numpy or torch scalars: stored as a tuple of Python floats
+            stages = tuple(float(f) for f in stages)
             object.__setattr__(self, "stages", stages)
-        ok = (isinstance(stages, tuple) and len(stages) > 0
-              and all(isinstance(f, float | int) and not isinstance(f, bool) and 0 < f < 1 for f in stages)
+        ok = (numbers_only and len(stages) > 0 and all(0 < f < 1 for f in stages)
               and all(a < b for a, b in zip(stages, stages[1:], strict=False)))
         if not ok:
             raise InvalidOptionError(f"pyramid-drop: option stages={self.stages!r} is not allowed; expected a "

@@ -181,11 +181,19 @@ def _cmd(args: argparse.Namespace) -> int:
     import shlex
 
     from accel.bench.report import update_doc
+    from accel.errors import InvalidOptionError
     from accel.method import method_class
 
     method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     _check_training_options(args)
+    for option, path in (("--out", args.out and Path(args.out)), ("--doc", args.doc and Path(args.doc).parent)):
+        if path and path.exists() and not path.is_dir():
+            raise InvalidOptionError(f"bench-backbones: {option}={getattr(args, option[2:])!r}: {path} is a file; "
+                                     "expected a directory (made if missing)" if option == "--out" else
+                                     f"bench-backbones: --doc={args.doc!r}: its folder {path} is a file")
+    if args.doc_key and not args.doc:
+        raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
     if args.train_seeds is not None:
         result = seed_study(args.train_seeds, args.train_kinds, args.train_steps, args.accuracy_n, args.train_lr)
         text = seed_markdown(result, command)
@@ -205,7 +213,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def _check_training_options(args: argparse.Namespace) -> None:
-    """--train-* options act only with --train-seeds, and a per-backbone rate only for a backbone trained."""
+    """--train-* options act only with --train-seeds, the timing options only without it, and a per-backbone
+    rate only for a backbone trained."""
     from accel.errors import InvalidOptionError
 
     given = [f"--{name.replace('_', '-')}" for name in ("train_steps", "train_lr")
@@ -215,6 +224,11 @@ def _check_training_options(args: argparse.Namespace) -> None:
     if args.train_seeds is None and given:
         raise InvalidOptionError(f"bench-backbones: {', '.join(given)} acts only with --train-seeds (the training "
                                  "runs); without it the committed checkpoints are timed")
+    timing = [f"--{name}" for name, default in (("batch", 20), ("repeat", 3), ("fraction", 0.4))
+              if getattr(args, name) != default]
+    if args.train_seeds is not None and timing:
+        raise InvalidOptionError(f"bench-backbones: {', '.join(timing)} times the committed checkpoints; with "
+                                 "--train-seeds (the training runs) it has no effect")
     if isinstance(args.train_lr, dict) and set(args.train_lr) - set(args.train_kinds):
         extra = ", ".join(sorted(set(args.train_lr) - set(args.train_kinds)))
         raise InvalidOptionError(f"bench-backbones: --train-lr gives a rate for {extra}, which --train-kinds "

@@ -45,7 +45,7 @@ DEFAULT_PEERS = ("fewer-steps", *V.DIFFUSERS_CACHES)
 class BenchSpec:
     """What to benchmark. Defaults are the README's `accel bench` run: the trained digits-video model
     (task accuracy is its judge's), every method, the compositions, diffusers' caches, fewer steps and
-    the noise floor, about 10 minutes on 2 cores."""
+    the noise floor, 10-15 minutes on 2 cores."""
 
     model: str = "digits-video"  # a zoo name, a local directory, or a hub id already in the local cache
     size: str = "bench"  # zoo size: "tiny" or "bench" (trained reference entries have one size)
@@ -89,11 +89,15 @@ class BenchSpec:
                 f"bench: settle_s={self.settle_s}, settle_tol={self.settle_tol}; expected settle_s >= 0 (seconds) "
                 "and settle_tol in (0, 1)"
             )
-        if self.weights is not None and (self.model != "digits-vqa" or not Path(self.weights).is_file()):
-            raise accel.InvalidOptionError(
-                f"bench: weights={self.weights!r} with model={self.model!r}; weights takes a safetensors file of "
-                "the digits-vqa architecture and acts only with model digits-vqa"
-            )
+        if self.weights is not None:
+            weights = Path(self.weights)
+            problem = ("acts only with model digits-vqa" if self.model != "digits-vqa" else
+                       "is a directory" if weights.is_dir() else None if weights.is_file() else "does not exist")
+            if problem:
+                raise accel.InvalidOptionError(
+                    f"bench: weights={self.weights!r} (model={self.model!r}) {problem}; weights takes a safetensors "
+                    "file of the digits-vqa architecture, with model digits-vqa"
+                )
         if self.accuracy_n < 0:
             raise accel.InvalidOptionError(
                 f"bench: accuracy_n={self.accuracy_n}; expected 0 (off) or a positive sample count"

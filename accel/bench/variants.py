@@ -79,8 +79,12 @@ def split_methods(text: str) -> tuple[str, ...]:
     """`--methods` as entries: split at the commas outside brackets, so that
     "none,tdc(order=1,threshold=0.5),pisa+tdc" is three rows. A row given twice, also when written two ways
     (`tdc(order=1,threshold=0.5)` and `tdc(threshold=0.5,order=1)`, or an option at its default), is
-    refused (ValueError: argparse reports it against --methods): it would be measured twice as two rows."""
-    entries = tuple(t.strip() for t in _split(text, ",") if t.strip())
+    refused (ValueError: argparse reports it against --methods): it would be measured twice as two rows;
+    so is an empty entry ("none,,tdc", a trailing comma), which would otherwise vanish unnoticed."""
+    entries = tuple(t.strip() for t in _split(text, ","))
+    if not all(entries):
+        raise ValueError(f"--methods={text!r} has an empty entry (two commas in a row, or one at an end); "
+                         "give comma-separated method names")
     seen: dict[str, str] = {}
     for entry in entries:
         key = _row_key(entry)

@@ -12,15 +12,18 @@ FastV rows at the same average visual-token budget, and a plot of accuracy again
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 import accel
 from accel import zoo
 from accel.errors import InvalidOptionError
+from accel.patching import check
 from accel.zoo import digits_vqa
 
 from .measure import timed
@@ -35,7 +38,7 @@ class VLMRow:
     method: str  # "baseline" or an accel method name
     options: dict[str, Any] = field(default_factory=dict)
     prefill_s: list[float] = field(default_factory=list)
-    generate_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)  # the DECODE_TOKENS - 1 decode steps of one generate call
     peak_mb: float = 0.0
     kv_cache_mb: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
@@ -49,8 +52,22 @@ class VLMRow:
 
     @property
     def decode_tps(self) -> float:
-        decode = statistics.median(self.generate_s) - self.prefill_median
-        return (DECODE_TOKENS - 1) / decode if decode > 0 else float("nan")
+        return (DECODE_TOKENS - 1) / statistics.median(self.decode_s)
+
+
+class _StepClock(LogitsProcessor):
+    """Stamps the time at each generation step (a logits processor runs once per forward, after it), so
+    a generate call's decode time is read inside that call: from the first step (the prefill's) to the
+    last, DECODE_TOKENS - 1 decode forwards, not a difference of two separately timed calls."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.stamps = device, []  # type: list[float]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.stamps.append(time.perf_counter())
+        return scores
 
 
 def _inputs(model: Any, name: str, seed: int) -> dict[str, Any]:
@@ -95,7 +112,9 @@ def fastv_at_budget(budget: float, depth: int, layer: int = 2) -> dict[str, Any]
     return {"layer": layer, "keep_ratio": round(min(1.0, max(1e-3, keep)), 4)}
 
 
-def _rows(spec: Any, depth: int) -> list[VLMRow]:
+def _rows(spec: Any, model: Any) -> list[VLMRow]:
+    """The table's rows, each refused (`accel.check`: an unsupported method, a bad option) before any run."""
+    depth = len(model.model.language_model.layers)
     methods = list(spec.methods)
     if methods == ["auto"]:
         methods = ["none", "pyramid-drop", "fastv"]
@@ -105,6 +124,7 @@ def _rows(spec: Any, depth: int) -> list[VLMRow]:
         if len(parts) != 1:
             raise InvalidOptionError(f"--methods {entry!r}: a VLM row runs one pruning method; compositions "
                                      "apply to diffusion pipelines")
+        check(model, parts[0][0], **parts[0][1])
         rows.append(VLMRow(entry, *parts[0]))
     for ratio in spec.keep_sweep:
         options = {"keep_ratio": ratio}
@@ -123,7 +143,10 @@ def run_vlm(spec: Any) -> dict[str, Any]:
 
     dtype = DTYPES[spec.dtype]
     if spec.model == "digits-vqa":
-        model = digits_vqa.load(dtype, Path(spec.weights) if spec.weights else digits_vqa.CHECKPOINT)
+        try:
+            model = digits_vqa.load(dtype, Path(spec.weights) if spec.weights else digits_vqa.CHECKPOINT)
+        except ValueError as err:  # another architecture's file, or no safetensors file at all
+            raise InvalidOptionError(f"bench: weights={spec.weights!r}: {err}") from None
     else:
         model = zoo.load(spec.model, size=spec.size, dtype=dtype)
     model = model.to(spec.device)
@@ -131,16 +154,17 @@ def run_vlm(spec: Any) -> dict[str, Any]:
     x = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in _inputs(model, spec.model,
                                                                                       spec.seeds[0]).items()}
     depth = len(model.model.language_model.layers)
-    rows = _rows(spec, depth)
+    rows = _rows(spec, model)
     tokens: dict[str, torch.Tensor] = {}
 
     def prefill() -> Any:
         with torch.no_grad():
             return model(**x, use_cache=True, logits_to_keep=1)
 
-    def generate() -> torch.Tensor:
+    def generate(clock: _StepClock | None = None) -> torch.Tensor:
         with torch.no_grad():
-            return model.generate(**x, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS, do_sample=False)
+            return model.generate(**x, max_new_tokens=DECODE_TOKENS, min_new_tokens=DECODE_TOKENS, do_sample=False,
+                                  logits_processor=LogitsProcessorList([clock] if clock else []))
 
     def with_row(row: VLMRow, fn: Any) -> Any:
         handle = None if row.method == "baseline" else accel.patch(model, method=row.method, **row.options)
@@ -165,7 +189,9 @@ def run_vlm(spec: Any) -> dict[str, Any]:
         for row in rows:
             def measure(handle: Any, row: VLMRow = row) -> None:
                 row.prefill_s.append(timed(prefill, device)[1])
-                row.generate_s.append(timed(generate, device)[1])
+                clock = _StepClock(device)
+                generate(clock)
+                row.decode_s.append(clock.stamps[-1] - clock.stamps[0])
             with_row(row, measure)
     base = tokens["baseline"]
     for row in rows:
@@ -196,7 +222,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
              f"{m['layers']} LM layers), prompt {m['prompt_tokens']} tokens of which {m['visual_tokens']} "
              f"visual, repeat {spec['repeat']}, {spec['dtype']}, device: {result['env']['device']}\n\n")
     if m.get("weights"):
-        head += f"weights: `{m['weights']}` in place of the committed checkpoint\n\n"
+        head += f"weights: `{m['weights']}`\n\n"
     if m.get("quadrant_attention"):
         head += ("Where the unpatched model reads the image (`digits_vqa.quadrant_attention`: per LM layer, the asked "
                  "quadrant's share of the last prompt token's image attention, 64 questions; chance 0.25): "

@@ -148,13 +148,36 @@ def load(dtype: torch.dtype = torch.float32, path: Path = CHECKPOINT) -> transfo
     return (model if dtype == torch.float32 else model.to(dtype)).eval()
 
 
-def _load_weights(model: transformers.LlavaForConditionalGeneration, path: Path) -> transformers.LlavaForConditionalGeneration:
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ValueError (one line) for a missing path, a directory or another format."""
     from safetensors.torch import load_file
 
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to the input embedding
-        raise ValueError(f"{path} does not match the digits-vqa config: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} {'is a directory' if path.is_dir() else 'does not exist'}; expected a safetensors file")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors' SafetensorError, or the OS refusing the file
+        raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, partial: bool = False) -> None:
+    """Loads `state` (cast to float32) into `model`; ValueError naming what does not fit, in one line: tensors the
+    model lacks, of another shape, or (unless `partial`) the model's tensors the file lacks (bar the tied lm_head)."""
+    target = model.state_dict()
+    unexpected = [k for k in state if k not in target]
+    reshaped = [k for k in state if k in target and state[k].shape != target[k].shape]
+    missing = [] if partial else [k for k in target if k not in state and k != "lm_head.weight"]
+    if unexpected or reshaped or missing:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in (("unexpected tensors", unexpected),
+                 ("tensors of another shape", reshaped), ("missing tensors", missing)) if v]
+        raise ValueError(f"{path} does not match the digits-vqa architecture: {'; '.join(parts)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+
+
+def _load_weights(model: transformers.LlavaForConditionalGeneration, path: Path) -> transformers.LlavaForConditionalGeneration:
+    _load_into(model, _read(path), path)
+    model.tie_weights()  # lm_head is tied to the input embedding
     return model
 
 
@@ -162,9 +185,10 @@ def grow(path: Path, layers: int) -> transformers.LlavaForConditionalGeneration:
     """The checkpoint at `path` with its LM deepened to `layers`: the stored layers first, then new ones
     whose output projections (attention `o_proj`, MLP `down_proj`) are zero, so that each starts as the
     identity on the residual stream and the deeper model computes exactly what the stored one did."""
-    from safetensors.torch import load_file
-
-    stored = 1 + max(int(k.split(".")[3]) for k in load_file(str(path)) if k.startswith("model.language_model.layers."))
+    stored = 1 + max((int(k.split(".")[3]) for k in _read(path) if k.startswith("model.language_model.layers.")),
+                     default=-1)
+    if stored < 1:
+        raise ValueError(f"grow: {path} holds no digits-vqa language-model layers")
     if layers < stored:
         raise ValueError(f"grow: {path} has {stored} LM layers; cannot shrink it to {layers}")
     model = build(layers)
@@ -186,15 +210,15 @@ def with_vision_of(path: Path, layers: int) -> transformers.LlavaForConditionalG
     """A fresh model (`layers`-deep LM at random initialisation) whose vision tower and projector are the
     checkpoint's at `path`: LLaVA's own recipe of a trained vision encoder joined to a language model that
     is then trained at its full depth."""
-    from safetensors.torch import load_file
-
+    if layers < 1:
+        raise ValueError(f"with_vision_of: layers={layers}; expected a positive LM depth")
     model = build(layers)
-    state = {k: v.float() for k, v in load_file(str(path)).items() if k.startswith(VISION_PREFIXES)}
-    if not state:
-        raise ValueError(f"with_vision_of: {path} holds no vision tower or projector weights")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or any(k.startswith(VISION_PREFIXES) for k in missing):
-        raise ValueError(f"{path} does not match the digits-vqa vision config: unexpected {unexpected}")
+    state = {k: v for k, v in _read(path).items() if k.startswith(VISION_PREFIXES)}
+    vision = [k for k in model.state_dict() if k.startswith(VISION_PREFIXES)]
+    if set(state) != set(vision):
+        raise ValueError(f"with_vision_of: {path} does not hold the digits-vqa vision tower and projector "
+                         f"({len(state)} of their {len(vision)} tensors)")
+    _load_into(model, state, path, partial=True)
     return model
 
 
@@ -202,35 +226,39 @@ def with_vision_of(path: Path, layers: int) -> transformers.LlavaForConditionalG
 def quadrant_attention(model: Any, n: int = 64, seed: int = 0) -> list[float]:
     """Where the model reads the image: per LM layer, the share of the last prompt token's attention to
     image tokens that falls on the asked quadrant's 64 tokens (0.25 is chance), averaged over heads and
-    over n held-out questions. Runs eager attention once (`output_attentions`); the model is returned to
-    its attention implementation afterwards. ValueError for n < 1, a model that is not a digits-vqa LLaVA,
+    over n held-out questions. Runs eager attention (`output_attentions`) 16 questions at a time; the model
+    is returned to its attention implementation afterwards. ValueError for n < 1, a model that is not a digits-vqa LLaVA,
     or one patched by accel (it measures the model itself; a pruned one has fewer image tokens per layer)."""
     import accel
 
-    if n < 1:
-        raise ValueError(f"quadrant_attention: n={n}; expected a positive number of questions")
+    _count("quadrant_attention: n", n)
+    given = model
     model, proc = _model_and_processor(model)
-    if accel.patch_of(model) is not None:
+    if accel.patch_of(given) is not None or accel.patch_of(model) is not None:
         raise ValueError("quadrant_attention measures the unpatched model; call accel.unpatch(model) first")
     q = questions("test", n, seed)
-    images = [Image.fromarray(g.numpy(), mode="L") for g in q.grids]
-    inputs = proc(images=images, text=[prompt(t) for t in q.questions], return_tensors="pt", padding=True)
-    is_image = inputs["input_ids"] == model.config.image_token_id  # [n, L]; left padding: the last token is last
     side, cell = SIDE // PATCH, digits.SIDE // PATCH
     rows, cols = torch.arange(side * side) // side, torch.arange(side * side) % side
     quadrant = 2 * (rows // cell) + cols // cell  # [256]: each image token's quadrant, `POSITIONS` order
-    asked = quadrant[None, :] == torch.tensor(q.positions)[:, None]  # [n, 256]
+    totals = torch.zeros(model.config.text_config.num_hidden_layers, dtype=torch.float64)
     before = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        out = model(**inputs, output_attentions=True)
+        for i in range(0, n, 16):  # 16 questions per forward: the eager attention maps are [16, heads, L, L] per layer
+            images = [Image.fromarray(g.numpy(), mode="L") for g in q.grids[i : i + 16]]
+            inputs = proc(images=images, text=[prompt(t) for t in q.questions[i : i + 16]], return_tensors="pt",
+                          padding=True)
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            is_image = inputs["input_ids"] == model.config.image_token_id  # [b, L]; left padding: the last token is last
+            asked = quadrant[None, :] == torch.tensor(q.positions[i : i + 16])[:, None]  # [b, 256]
+            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+            out = model(**inputs, position_ids=positions, output_attentions=True)
+            for k, attn in enumerate(out.attentions):  # [b, heads, L, L]
+                row = attn[:, :, -1].float().mean(1)[is_image].view(len(asked), -1)  # the last token over the image
+                totals[k] += ((row * asked).sum(-1) / row.sum(-1)).sum().item()
     finally:
         model.set_attn_implementation(before)
-    shares = []
-    for attn in out.attentions:  # [n, heads, L, L]
-        row = attn[:, :, -1].mean(1)[is_image].view(n, -1)  # [n, 256]: the last prompt token over the image
-        shares.append(float(((row * asked).sum(-1) / row.sum(-1)).mean()))
-    return shares
+    return (totals / n).tolist()
 
 
 def save(model: transformers.LlavaForConditionalGeneration, path: Path = CHECKPOINT) -> None:
@@ -283,7 +311,16 @@ def questions(split: str, n: int, seed: int) -> Questions:
     return Questions(compose(data.images[idx]), labels, texts, answers, positions)
 
 
+def _count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}; expected a positive integer")
+
+
 def _model_and_processor(model: Any) -> tuple[torch.nn.Module, transformers.LlavaProcessor]:
+    """The LLaVA itself, also from a holder of it at `.model` (as accel.patch takes VLMs), and its processor."""
+    if not isinstance(model, transformers.LlavaForConditionalGeneration) and isinstance(
+            getattr(model, "model", None), transformers.LlavaForConditionalGeneration):
+        model = model.model
     if not isinstance(model, transformers.LlavaForConditionalGeneration):
         raise ValueError(f"digits-vqa evaluates a LlavaForConditionalGeneration (accel.zoo.load('digits-vqa')), "
                          f"got {type(model).__name__}")
@@ -310,8 +347,8 @@ def evaluate(model: Any, n: int = 200, seed: int = 0, batch: int = 50, **options
     digits, deterministic for a seed, via greedy `generate`. Works on a model patched in place by accel (it just calls generate)."""
     if options:
         raise ValueError(f"digits-vqa evaluate takes n, seed and batch; got unknown options {sorted(options)}")
-    if n < 1:
-        raise ValueError(f"n must be a positive number of questions, got {n}")
+    _count("evaluate: n (questions)", n)
+    _count("evaluate: batch", batch)
     q = questions("test", n, seed)
     got = answer(model, q.grids, q.questions, batch=batch)
     want = [reply(p, a) for p, a in zip(q.positions, q.answers, strict=True)]
@@ -368,9 +405,17 @@ class TrainConfig:
     vision_from: str | None = None  # a checkpoint whose vision tower and projector start a fresh `layers`-deep LM
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "threads"):
+        for name in ("steps", "batch", "threads", "warmup", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name, ok in (("lr", self.lr > 0), ("minutes", self.minutes > 0), ("aux_weight", self.aux_weight >= 0),
+                         ("single_class", 0 <= self.single_class <= 1)):
+            if not ok:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: expected lr > 0, minutes > 0, "
+                                 "aux_weight >= 0 and single_class in [0, 1]")
+        for name in ("init_from", "vision_from"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).is_file():
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not a checkpoint file")
         if self.init_from is not None and self.vision_from is not None:
             raise ValueError("TrainConfig: init_from (the whole model) and vision_from (its vision side only) "
                              "exclude each other")
@@ -489,11 +534,16 @@ FULL_DEPTH_DIRECT = replace(DIRECT_PHASE, seed=8, steps=600, layers=LAYERS)
 def train_full_depth(path: Path) -> transformers.LlavaForConditionalGeneration:
     """LLaVA's own recipe at this scale, for comparison with the released model (whose top 8 layers were
     grown onto an 8-layer model): `FULL_DEPTH_RESTATE` from the committed vision side (`with_vision_of`),
-    then `FULL_DEPTH_DIRECT`; saves to `path` (never the committed checkpoint) and returns the model.
+    then `FULL_DEPTH_DIRECT`; saves to `path` and returns the model. ValueError, before training, for a
+    path that is not a .safetensors file in an existing folder or lies among the zoo's checkpoints.
     About 16 minutes on 2 threads. `accel bench --model digits-vqa --weights PATH` measures it."""
     path = Path(path)
-    if path.resolve() == CHECKPOINT.resolve():
-        raise ValueError(f"train_full_depth: {path} is the committed checkpoint; give another path")
+    committed = CHECKPOINT.parent.parent.resolve()  # every zoo entry's checkpoints
+    if path.suffix != ".safetensors" or path.is_dir() or not path.parent.is_dir():
+        raise ValueError(f"train_full_depth: path={str(path)!r}; expected a .safetensors file in an existing folder")
+    if path.resolve().is_relative_to(committed):
+        raise ValueError(f"train_full_depth: {path} is inside the zoo's committed checkpoints ({committed}); "
+                         "give a path elsewhere")
     save(train(replace(FULL_DEPTH_RESTATE, vision_from=str(CHECKPOINT)), log_every=25), path)
     model = train(replace(FULL_DEPTH_DIRECT, init_from=str(path)), log_every=25)
     save(model, path)

@@ -61,6 +61,10 @@ def test_bad_training_options_are_refused_by_name(option, value, capsys):
     (["--train-lr", "1e-3"], "--train-lr acts only with --train-seeds"),
     (["--train-seeds", "0", "--train-lr", "lego=1e-3"], "gives a rate for lego"),
     (["--train-seeds", "0", "--train-kinds", "dico", "--train-lr", "dit=1e-3"], "gives a rate for dit"),
+    (["--train-seeds", "0", "--batch", "7", "--repeat", "9"], "--batch, --repeat times the committed checkpoints"),
+    (["--train-seeds", "0", "--fraction", "0.5"], "--fraction times the committed checkpoints"),
+    (["--doc-key", "k"], "--doc-key='k' acts only with --doc"),
+    (["--out", "pyproject.toml"], "is a file; expected a directory"),
 ])
 def test_training_options_that_would_be_ignored_are_refused(argv, says, capsys):
     assert main(["bench-backbones", *argv]) != 0

@@ -38,6 +38,13 @@ def test_vlm_rows_take_options_in_their_tokens(tmp_path):
     assert main(["bench", "--model", "llava", "--size", "tiny", "--methods", "pyramid-drop+fastv"]) != 0
 
 
+def test_a_method_that_does_not_act_on_vlms_is_refused_before_any_run(tmp_path, capsys):
+    for method in ("pisa", "tdc"):
+        assert main(["bench", "--model", "llava", "--size", "tiny", "--methods", f"none,{method}", "--no-progress",
+                     "--out", str(tmp_path)]) == 2
+        assert f"method '{method}'" in capsys.readouterr().err and not (tmp_path / "results.json").exists()
+
+
 def test_digits_vqa_rows_with_other_weights_say_where_the_model_reads(tmp_path, capsys):
     """--weights swaps the checkpoint (here the committed one, by path); the table names it and the model's
     per-layer localisation (`digits_vqa.quadrant_attention`), and the accuracy column is the weights'."""
@@ -50,7 +57,7 @@ def test_digits_vqa_rows_with_other_weights_say_where_the_model_reads(tmp_path, 
     reads = [round(x, 2) for x in digits_vqa.quadrant_attention(digits_vqa.load())]
     assert result["model"]["weights"] == path and result["model"]["quadrant_attention"] == reads
     table = (tmp_path / "results.md").read_text()
-    assert f"weights: `{path}`" in table and " ".join(f"{x:.2f}" for x in reads) in table
+    assert f"weights: `{path}`\n" in table and " ".join(f"{x:.2f}" for x in reads) in table
     assert result["rows"][0]["accuracy"] == digits_vqa.evaluate(digits_vqa.load(), n=8)["accuracy"]
     for argv in (["--model", "llava", "--size", "tiny", "--weights", path],
                  ["--model", "digits-vqa", "--weights", str(tmp_path / "missing.safetensors")]):

@@ -10,8 +10,14 @@ from accel.cli import main
 
 
 def test_commas_inside_a_token_s_brackets_do_not_split_rows():
-    assert V.split_methods("none, tdc(order=1,threshold=0.5),pisa(density=0.1)+tdc:x,") == (
+    assert V.split_methods("none, tdc(order=1,threshold=0.5),pisa(density=0.1)+tdc:x") == (
         "none", "tdc(order=1,threshold=0.5)", "pisa(density=0.1)+tdc:x")
+
+
+@pytest.mark.parametrize("text", ["none,,tdc", "none,tdc,", ",tdc", " , "])
+def test_an_empty_entry_is_refused(text):
+    with pytest.raises(ValueError, match="empty entry"):
+        V.split_methods(text)
 
 
 def test_a_token_s_options_are_literals_or_bare_strings():

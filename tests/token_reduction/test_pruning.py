@@ -212,6 +212,13 @@ def test_bad_options_are_refused_before_anything_changes(models, options, match)
     assert not model.model.language_model.layers[1]._forward_pre_hooks
 
 
+def test_stages_of_numpy_scalars_are_plain_fractions():
+    from token_reduction.methods import PyramidDropConfig
+
+    assert PyramidDropConfig(stages=(np.float32(0.5), np.float64(0.75))).stages == (0.5, 0.75)
+    assert PyramidDropConfig(stages=[0.25, 0.5]).stages == (0.25, 0.5)
+
+
 def test_fastv_layer_out_of_range_and_non_vlm_targets(models):
     with pytest.raises(InvalidOptionError, match="layer=4"):
         accel.patch(models("llava"), method="fastv", layer=4)

@@ -198,7 +198,7 @@ def test_with_vision_of_keeps_the_vision_side_and_starts_a_fresh_lm() -> None:
     assert fresh[lm].shape == stored[lm].shape and not torch.equal(fresh[lm], stored[lm])
     assert sum(k.startswith("model.language_model.layers.") for k in fresh) == 4 * 9  # 4 layers of 9 tensors
     with pytest.raises(ValueError, match="exclude each other"):
-        digits_vqa.TrainConfig(init_from="a", vision_from="b")
+        digits_vqa.TrainConfig(init_from=str(digits_vqa.CHECKPOINT), vision_from=str(digits_vqa.CHECKPOINT))
 
 
 def test_quadrant_attention_measures_where_the_model_reads(model: transformers.LlavaForConditionalGeneration) -> None:
@@ -223,12 +223,38 @@ def test_quadrant_attention_measures_where_the_model_reads(model: transformers.L
 def test_bad_input_is_refused(model: transformers.LlavaForConditionalGeneration) -> None:
     with pytest.raises(ValueError, match="LlavaForConditionalGeneration"):
         digits_vqa.evaluate(object(), n=4)
-    with pytest.raises(ValueError, match="n must be"):
-        digits_vqa.evaluate(model, n=0)
+    for options in ({"n": 0}, {"n": 2.5}, {"n": True}, {"batch": 0}):
+        with pytest.raises(ValueError, match="expected a positive integer"):
+            digits_vqa.evaluate(model, **options)
     with pytest.raises(ValueError, match="unknown options"):
         accel.zoo.evaluate("digits-vqa", model, n=4, steps=20)
     with pytest.raises(ValueError, match="TrainConfig.steps"):
         digits_vqa.TrainConfig(steps=0)
+    for bad in ({"warmup": 0}, {"layers": 0}, {"lr": -1.0}, {"minutes": 0.0}, {"single_class": 2.0},
+                {"aux_weight": -1.0}, {"init_from": "/nonexistent.safetensors"}, {"vision_from": "/"}):
+        with pytest.raises(ValueError, match=f"TrainConfig.{next(iter(bad))}"):
+            digits_vqa.TrainConfig(**bad)
+
+
+def test_other_checkpoints_are_refused_in_one_line(tmp_path) -> None:
+    """A missing file, a folder, another format and another model's checkpoint: ValueError, one line, from
+    `load`, `with_vision_of` and `grow`; `train_full_depth` refuses a path among the zoo's checkpoints or
+    not a .safetensors file in an existing folder before it trains."""
+    (tmp_path / "notes.safetensors").write_text("not safetensors")
+    other = digits_vqa.CHECKPOINT.parent.parent / "judge" / "digits-judge.safetensors"  # another model's file
+    for path, message in ((tmp_path / "missing.safetensors", "does not exist"), (tmp_path, "is a directory"),
+                          (tmp_path / "notes.safetensors", "not a readable safetensors file"),
+                          (other, "does not match the digits-vqa architecture|no digits-vqa language-model|vision tower")):
+        for call in (lambda p: digits_vqa.load(path=p), lambda p: digits_vqa.with_vision_of(p, 2),
+                     lambda p: digits_vqa.grow(p, 16)):
+            with pytest.raises(ValueError, match=message) as err:
+                call(path)
+            assert "\n" not in str(err.value) and len(str(err.value)) < 400
+    with pytest.raises(ValueError, match="layers=0"):
+        digits_vqa.with_vision_of(digits_vqa.CHECKPOINT, 0)
+    for path in (other, digits_vqa.CHECKPOINT, tmp_path / "x.pt", tmp_path / "no" / "x.safetensors", tmp_path):
+        with pytest.raises(ValueError, match="train_full_depth"):
+            digits_vqa.train_full_depth(path)
 
 
 def test_training_with_the_probe_runs_and_removes_its_hook() -> None:
