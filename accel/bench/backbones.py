@@ -187,11 +187,8 @@ def _cmd(args: argparse.Namespace) -> int:
     method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     _check_training_options(args)
-    for option, path in (("--out", args.out and Path(args.out)), ("--doc", args.doc and Path(args.doc).parent)):
-        if path and path.exists() and not path.is_dir():
-            raise InvalidOptionError(f"bench-backbones: {option}={getattr(args, option[2:])!r}: {path} is a file; "
-                                     "expected a directory (made if missing)" if option == "--out" else
-                                     f"bench-backbones: --doc={args.doc!r}: its folder {path} is a file")
+    if args.out and Path(args.out).is_file():
+        raise InvalidOptionError(f"bench-backbones: --out={args.out!r} is a file; expected a directory (made if missing)")
     if args.doc_key and not args.doc:
         raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
     if args.train_seeds is not None:
@@ -212,6 +209,9 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+TIMING_DEFAULTS = {"batch": 20, "repeat": 3, "fraction": 0.4}  # the timed table's options (not the training runs')
+
+
 def _check_training_options(args: argparse.Namespace) -> None:
     """--train-* options act only with --train-seeds, the timing options only without it, and a per-backbone
     rate only for a backbone trained."""
@@ -224,8 +224,7 @@ def _check_training_options(args: argparse.Namespace) -> None:
     if args.train_seeds is None and given:
         raise InvalidOptionError(f"bench-backbones: {', '.join(given)} acts only with --train-seeds (the training "
                                  "runs); without it the committed checkpoints are timed")
-    timing = [f"--{name}" for name, default in (("batch", 20), ("repeat", 3), ("fraction", 0.4))
-              if getattr(args, name) != default]
+    timing = [f"--{name}" for name, default in TIMING_DEFAULTS.items() if getattr(args, name) != default]
     if args.train_seeds is not None and timing:
         raise InvalidOptionError(f"bench-backbones: {', '.join(timing)} times the committed checkpoints; with "
                                  "--train-seeds (the training runs) it has no effect")
@@ -286,10 +285,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench-backbones", help="the trained DiT, DiCo and LEGO (and lego-skip) of equal parameter "
                        "count side by side on the digits task: sampling speed and task accuracy")
-    p.add_argument("--batch", type=counting(1), default=20, help="images per timed call (default 20)")
-    p.add_argument("--repeat", type=counting(1), default=3, help="interleaved timed repeats (default 3)")
+    p.add_argument("--batch", type=counting(1), default=TIMING_DEFAULTS["batch"],
+                   help=f"images per timed call (default {TIMING_DEFAULTS['batch']})")
+    p.add_argument("--repeat", type=counting(1), default=TIMING_DEFAULTS["repeat"],
+                   help=f"interleaved timed repeats (default {TIMING_DEFAULTS['repeat']})")
     p.add_argument("--accuracy-n", type=counting(1), default=100, help="judged samples per row (default 100)")
-    p.add_argument("--fraction", type=float, default=0.4, help="lego-skip's share of skipped steps (default 0.4)")
+    p.add_argument("--fraction", type=float, default=TIMING_DEFAULTS["fraction"],
+                   help=f"lego-skip's share of skipped steps (default {TIMING_DEFAULTS['fraction']})")
     p.add_argument("--train-seeds", type=seed_list, default=None, metavar="0,1,2",
                    help="instead of the timed rows: train the DiT and DiCo once per seed (about 10 and 2 minutes "
                    "each on 2 threads, alone) and compare their accuracy across the runs")

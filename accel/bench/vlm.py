@@ -61,7 +61,8 @@ class _StepClock(LogitsProcessor):
     last, DECODE_TOKENS - 1 decode forwards, not a difference of two separately timed calls."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.stamps = device, []  # type: list[float]
+        self.device = device
+        self.stamps: list[float] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.device.type == "cuda":
@@ -72,14 +73,8 @@ class _StepClock(LogitsProcessor):
 
 def _inputs(model: Any, name: str, seed: int) -> dict[str, Any]:
     if name == "digits-vqa":
-        from PIL import Image
-
-        from accel.zoo import digits_vqa as dv
-
-        q = dv.questions("test", 1, seed)
-        images = [Image.fromarray(g.numpy(), mode="L") for g in q.grids]
-        x = model.processor(images=images, text=[dv.prompt(t) for t in q.questions], return_tensors="pt")
-        return dict(x.to(model.dtype))
+        q = digits_vqa.questions("test", 1, seed)
+        return dict(digits_vqa.model_inputs(model, q.grids, q.questions))
     return dict(zoo.vlm_inputs(model, seed=seed))
 
 

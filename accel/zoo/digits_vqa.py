@@ -233,7 +233,7 @@ def quadrant_attention(model: Any, n: int = 64, seed: int = 0) -> list[float]:
 
     _count("quadrant_attention: n", n)
     given = model
-    model, proc = _model_and_processor(model)
+    model = _model_and_processor(model)[0]
     if accel.patch_of(given) is not None or accel.patch_of(model) is not None:
         raise ValueError("quadrant_attention measures the unpatched model; call accel.unpatch(model) first")
     q = questions("test", n, seed)
@@ -241,16 +241,14 @@ def quadrant_attention(model: Any, n: int = 64, seed: int = 0) -> list[float]:
     rows, cols = torch.arange(side * side) // side, torch.arange(side * side) % side
     quadrant = 2 * (rows // cell) + cols // cell  # [256]: each image token's quadrant, `POSITIONS` order
     totals = torch.zeros(model.config.text_config.num_hidden_layers, dtype=torch.float64)
+    chunk = 16  # questions per forward: the eager attention maps are [chunk, heads, L, L] per layer
     before = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
-        for i in range(0, n, 16):  # 16 questions per forward: the eager attention maps are [16, heads, L, L] per layer
-            images = [Image.fromarray(g.numpy(), mode="L") for g in q.grids[i : i + 16]]
-            inputs = proc(images=images, text=[prompt(t) for t in q.questions[i : i + 16]], return_tensors="pt",
-                          padding=True)
-            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        for i in range(0, n, chunk):
+            inputs = model_inputs(model, q.grids[i : i + chunk], q.questions[i : i + chunk])
             is_image = inputs["input_ids"] == model.config.image_token_id  # [b, L]; left padding: the last token is last
-            asked = quadrant[None, :] == torch.tensor(q.positions[i : i + 16])[:, None]  # [b, 256]
+            asked = quadrant[None, :] == torch.tensor(q.positions[i : i + chunk])[:, None]  # [b, 256]
             positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
             out = model(**inputs, position_ids=positions, output_attentions=True)
             for k, attn in enumerate(out.attentions):  # [b, heads, L, L]
@@ -327,15 +325,20 @@ def _model_and_processor(model: Any) -> tuple[torch.nn.Module, transformers.Llav
     return model, getattr(model, "processor", None) or processor()
 
 
+def model_inputs(model: Any, grids: torch.Tensor, texts: list[str]) -> transformers.BatchFeature:
+    """The processor's inputs for uint8 grids [N, 64, 64] and their questions (`prompt` added, left padding),
+    pixel values in the model's dtype."""
+    model, proc = _model_and_processor(model)
+    images = [Image.fromarray(g.numpy(), mode="L") for g in grids]
+    return proc(images=images, text=[prompt(q) for q in texts], return_tensors="pt", padding=True).to(model.dtype)
+
+
 def answer(model: Any, grids: torch.Tensor, texts: list[str], batch: int = 50) -> list[str]:
     """Greedy answers of `model` (possibly accel-patched) through the standard processor -> generate path."""
     model, proc = _model_and_processor(model)
     out: list[str] = []
     for i in range(0, len(texts), batch):
-        images = [Image.fromarray(g.numpy(), mode="L") for g in grids[i : i + batch]]
-        inputs = proc(images=images, text=[prompt(q) for q in texts[i : i + batch]], return_tensors="pt",
-                      padding=True)
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        inputs = model_inputs(model, grids[i : i + batch], texts[i : i + batch])
         with torch.no_grad():
             ids = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         out += [s.strip() for s in proc.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]

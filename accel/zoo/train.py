@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from . import digits, judges, reference
+from . import judges, reference
 
 
 def save_state(model: torch.nn.Module, path: Path) -> None:
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.name == "judge":
         torch.set_num_threads(2)
         model = judges.train_judge(seed=args.seed)
-        test = digits.load("test")
-        print(f"judge held-out accuracy {judges.accuracy(model, test.images, test.labels):.4f}")
+        print(f"judge held-out accuracy {judges.held_out_accuracy(model)['accuracy']:.4f}")
         judges.save(model)
     else:
         reproduce = reference.TRAINED[args.name].reproduce
