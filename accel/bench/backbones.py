@@ -8,7 +8,10 @@ the DiT, and over `n` samples (seed 0) outside the timed runs the judge's task a
 distance of the samples' judge features to the real digits' (`digits_image.fd`: FID with the digit judge).
 
 `--train-seeds 0,1,2` runs the accuracy comparison across training runs instead (`seed_study`): each backbone
-trained once per seed with the shared budget, each judged, the mean and spread per architecture.
+trained once per seed with the shared budget, each judged, the mean and spread per architecture. The budget
+is equal optimizer steps, or with `--train-budget compute` equal training compute: the first backbone takes
+`--train-steps` steps and every other one as many as cost the same forward multiply-accumulates
+(`digits_backbones.forward_macs`; the DiT paper's "training compute", its figure 9).
 """
 
 from __future__ import annotations
@@ -84,15 +87,31 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
             "rows": [{**asdict(row), "median_s": row.median} for row in rows]}
 
 
+BUDGETS = ("steps", "compute")
+
+
+def budget_steps(steps: int, macs: dict[str, int], budget: str = "steps") -> dict[str, int]:
+    """Optimizer steps per backbone of `macs` (kind -> forward MACs per sample, `forward_macs`; the first is
+    the reference): `steps` for all with budget "steps"; with "compute", `steps` for the reference and for
+    each other the count whose MACs x steps equal the reference's, rounded to the nearest step. Raises
+    `ValueError` for another budget."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r}; expected one of {', '.join(BUDGETS)}")
+    reference = macs[next(iter(macs))]
+    return {k: steps if budget == "steps" else max(1, round(steps * reference / m)) for k, m in macs.items()}
+
+
 def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), steps: int | None = None,
-               accuracy_n: int = 500, lr: float | dict[str, float] | None = None,
+               accuracy_n: int = 500, lr: float | dict[str, float] | None = None, budget: str = "steps",
                log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Task accuracy across training runs: every backbone of `kinds` trained once per seed with the entries'
     shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
-    entries' budget; `lr` the peak learning rate, one for all or one per kind, default the recipe's), its
+    entries' budget, for every kind or, with `budget="compute"`, for the first and equal forward MACs for
+    the others (`budget_steps`); `lr` the peak learning rate, one for all or one per kind, default the
+    recipe's), its
     EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then
     judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is written. Returns
-    per run the kind, seed, rate, steps, training seconds and accuracy."""
+    per run the kind, seed, rate, steps, forward MACs per sample, training seconds and accuracy."""
     import tempfile
 
     from accel.info import info
@@ -100,24 +119,27 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
     from accel.zoo import judges
 
     cfg = bb.TrainConfig() if steps is None else bb.TrainConfig(steps=steps)
+    macs = {k: bb.forward_macs(k) for k in kinds}
+    per_kind = budget_steps(cfg.steps, macs, budget)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
             for seed in seeds:
                 rate = lr.get(kind, cfg.lr) if isinstance(lr, dict) else lr or cfg.lr
-                run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed, "lr": rate}), log=None)
+                run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed, "lr": rate,
+                                                       "steps": per_kind[kind]}), log=None)
                 path = Path(tmp) / f"{kind}-{seed}.safetensors"
                 bb.save(run.ema, path)
                 with torch.random.fork_rng(devices=[]):
                     pipe = bb.pipeline(kind, bb.load_weights(bb.build(kind), path))
                 accuracy = bb.evaluate(pipe, n=accuracy_n, seed=0)["accuracy"]
-                runs.append({"kind": kind, "seed": seed, "lr": rate, "steps": run.steps, "capped": run.capped,
-                             "train_s": run.seconds, "accuracy": accuracy})
+                runs.append({"kind": kind, "seed": seed, "lr": rate, "steps": run.steps, "macs": macs[kind],
+                             "capped": run.capped, "train_s": run.seconds, "accuracy": accuracy})
                 if log:
                     log(f"{bb.entry_name(kind)} seed {seed} lr {rate:g}: {run.steps} steps in {run.seconds:.0f}s"
                         f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
     return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
-            "steps": cfg.steps, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs,
+            "steps": cfg.steps, "budget": budget, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs,
             "judge_held_out": judges.held_out_accuracy()}
 
 
@@ -127,21 +149,28 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     seeds, kinds = result["seeds"], result["kinds"]
     acc = {k: [100 * r["accuracy"] for r in result["runs"] if r["kind"] == k] for k in kinds}
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"each backbone trained once per seed with the shared recipe ({result['steps']} steps, "
-             f"{result['threads']} threads) at the row's peak learning rate, fp16 EMA weights, judged over "
+    if result.get("budget") == "compute":
+        budget = (f"at equal training compute (digits-{kinds[0]} {result['steps']} steps, every other backbone as "
+                  "many as cost the same forward multiply-accumulates)")
+    else:
+        budget = f"({result['steps']} steps)"
+    head += (f"each backbone trained once per seed with the shared recipe {budget} on {result['threads']} "
+             "threads at the row's peak learning rate, fp16 EMA weights, judged over "
              f"{result['accuracy_n']} samples (seed 0); device: {result['env']['device']}\n\n")
     if "judge_held_out" in result:
         real = result["judge_held_out"]
         head += (f"The judge itself on the {real['n']} real held-out digits: {100 * real['accuracy']:.1f}% "
                  "(samples scoring above it are read more surely than real digits: the accuracy is saturated).\n\n")
-    cols = ["backbone", "peak lr", *(f"seed {s} %" for s in seeds), "mean %", "sd", "train s (mean)"]
+    cols = ["backbone", "peak lr", "steps", "forward MMACs", *(f"seed {s} %" for s in seeds), "mean %", "sd",
+            "train s (mean)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for k in kinds:
         secs = [r["train_s"] for r in result["runs"] if r["kind"] == k]
         sd = f"{statistics.stdev(acc[k]):.2f}" if len(acc[k]) > 1 else "-"
-        rate = next(r.get("lr", 1e-3) for r in result["runs"] if r["kind"] == k)
-        cells = [f"digits-{k}", f"{rate:g}", *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}", sd,
-                 f"{statistics.mean(secs):.0f}"]
+        first = next(r for r in result["runs"] if r["kind"] == k)
+        macs = f"{first['macs'] / 1e6:.1f}" if "macs" in first else "-"
+        cells = [f"digits-{k}", f"{first.get('lr', 1e-3):g}", str(first["steps"]), macs,
+                 *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}", sd, f"{statistics.mean(secs):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     base = kinds[0]
     notes = []
@@ -192,7 +221,8 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.doc_key and not args.doc:
         raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
     if args.train_seeds is not None:
-        result = seed_study(args.train_seeds, args.train_kinds, args.train_steps, args.accuracy_n, args.train_lr)
+        result = seed_study(args.train_seeds, args.train_kinds, args.train_steps, args.accuracy_n, args.train_lr,
+                            args.train_budget)
         text = seed_markdown(result, command)
     else:
         result = run(args.batch, args.repeat, args.accuracy_n, args.fraction)
@@ -217,8 +247,9 @@ def _check_training_options(args: argparse.Namespace) -> None:
     rate only for a backbone trained."""
     from accel.errors import InvalidOptionError
 
-    given = [f"--{name.replace('_', '-')}" for name in ("train_steps", "train_lr")
-             if getattr(args, name) is not None]
+    given = [f"--{name.replace('_', '-')}" for name in ("train_steps", "train_lr") if getattr(args, name) is not None]
+    if args.train_budget != "steps":
+        given.append("--train-budget")
     if args.train_kinds != ("dit", "dico"):
         given.append("--train-kinds")
     if args.train_seeds is None and given:
@@ -299,6 +330,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
     p.add_argument("--train-kinds", type=kind_list, default=("dit", "dico"), metavar="dit,dico",
                    help="the backbones trained with --train-seeds (default dit,dico; the first is the reference)")
+    p.add_argument("--train-budget", choices=BUDGETS, default="steps",
+                   help="with --train-seeds: 'steps', every backbone --train-steps optimizer steps (default), or "
+                   "'compute', the first backbone --train-steps steps and every other one as many as cost the same "
+                   "forward multiply-accumulates")
     p.add_argument("--train-lr", type=learning_rates, default=None, metavar="RATE|dit=RATE,dico=RATE",
                    help="peak learning rate of the --train-seeds runs, for all or per backbone (default: the "
                    "entries' recipe, 1e-3)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from accel.cli import main
 from accel.zoo import digits_backbones
@@ -41,9 +42,49 @@ def test_the_seed_study_trains_each_backbone_once_per_seed(tmp_path, capsys):
     for kind in ("dit", "dico"):
         accs = [100 * r["accuracy"] for r in result["runs"] if r["kind"] == kind]
         rate = "0.002" if kind == "dico" else "0.001"  # dico's own rate; the DiT keeps the recipe's
-        assert f"| digits-{kind} | {rate} | {accs[0]:.1f} | {accs[1]:.1f} | {sum(accs) / 2:.2f} |" in table
+        macs = f"{digits_backbones.forward_macs(kind) / 1e6:.1f}"
+        assert f"| digits-{kind} | {rate} | 2 | {macs} | {accs[0]:.1f} | {accs[1]:.1f} | {sum(accs) / 2:.2f} |" in table
     assert "digits-dico minus digits-dit:" in table and "seed 3 %" in table
     assert "The judge itself on the 359 real held-out digits: 98.3%" in table  # the committed judge on real digits
+
+
+def test_an_equal_compute_budget_gives_each_backbone_the_reference_forward_macs(tmp_path):
+    assert main(["bench-backbones", "--train-seeds", "1", "--train-steps", "3", "--train-budget", "compute",
+                 "--accuracy-n", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    steps = {r["kind"]: r["steps"] for r in result["runs"]}
+    macs = {r["kind"]: r["macs"] for r in result["runs"]}
+    assert steps["dit"] == 3 and steps["dico"] == round(3 * macs["dit"] / macs["dico"]) > 3  # DiCo is cheaper
+    assert abs(steps["dico"] * macs["dico"] - 3 * macs["dit"]) <= macs["dico"] / 2  # equal to within half a step
+    assert result["budget"] == "compute" and "at equal training compute (digits-dit 3 steps" in \
+        (tmp_path / "results.md").read_text()
+
+
+def test_budget_steps():
+    from accel.bench.backbones import budget_steps
+
+    macs = {"dico": 30, "dit": 120, "lego": 100}
+    assert budget_steps(1200, macs) == {"dico": 1200, "dit": 1200, "lego": 1200}
+    assert budget_steps(1200, macs, "compute") == {"dico": 1200, "dit": 300, "lego": 360}  # the first is the reference
+    assert budget_steps(2, {"dit": 120, "dico": 30}, "compute") == {"dit": 2, "dico": 8}
+    assert budget_steps(1, {"dico": 30, "dit": 120}, "compute")["dit"] == 1  # never below one step
+    with pytest.raises(ValueError, match="budget='flops'; expected one of steps, compute"):
+        budget_steps(10, macs, "flops")
+
+
+def test_forward_macs_counts_the_entries_forward_and_keeps_the_rng():
+    state = torch.random.get_rng_state()
+    macs = {kind: digits_backbones.forward_macs(kind) for kind in digits_backbones.KINDS}
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # FlopCounterMode on the entries' configs: DiT 4 layers of width 96 over 256 tokens, DiCo's U-net at width 24
+    assert round(macs["dit"] / 1e5) == 1139 and round(macs["dico"] / 1e5) == 296 and round(macs["lego"] / 1e5) == 1019
+    assert macs == {kind: digits_backbones.forward_macs(kind) for kind in digits_backbones.KINDS}
+
+
+def test_a_bad_budget_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench-backbones", "--train-seeds", "0", "--train-budget", "flops"])
+    assert "--train-budget: invalid choice: 'flops'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option, value", [("--train-seeds", "1,1"), ("--train-seeds", "-1"), ("--train-seeds", "a,b"),
@@ -59,6 +100,7 @@ def test_bad_training_options_are_refused_by_name(option, value, capsys):
 @pytest.mark.parametrize("argv, says", [
     (["--train-kinds", "dico"], "--train-kinds acts only with --train-seeds"),
     (["--train-lr", "1e-3"], "--train-lr acts only with --train-seeds"),
+    (["--train-budget", "compute"], "--train-budget acts only with --train-seeds"),
     (["--train-seeds", "0", "--train-lr", "lego=1e-3"], "gives a rate for lego"),
     (["--train-seeds", "0", "--train-kinds", "dico", "--train-lr", "dit=1e-3"], "gives a rate for dit"),
     (["--train-seeds", "0", "--batch", "7", "--repeat", "9"], "--batch, --repeat times the committed checkpoints"),
