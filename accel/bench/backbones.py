@@ -11,7 +11,8 @@ distance of the samples' judge features to the real digits' (`digits_image.fd`: 
 trained once per seed with the shared budget, each judged, the mean and spread per architecture. The budget
 is equal optimizer steps, or with `--train-budget compute` equal training compute: the first backbone takes
 `--train-steps` steps and every other one as many as cost the same forward multiply-accumulates
-(`digits_backbones.forward_macs`; the DiT paper's "training compute", its figure 9).
+(`digits_backbones.forward_macs`; training compute as the DiT paper counts it, Gflops x batch x steps x 3,
+the batch and the factor being the same for every backbone).
 """
 
 from __future__ import annotations
