@@ -168,9 +168,12 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     for k in kinds:
         secs = [r["train_s"] for r in result["runs"] if r["kind"] == k]
         sd = f"{statistics.stdev(acc[k]):.2f}" if len(acc[k]) > 1 else "-"
-        first = next(r for r in result["runs"] if r["kind"] == k)
+        runs = [r for r in result["runs"] if r["kind"] == k]
+        first = runs[0]
         macs = f"{first['macs'] / 1e6:.1f}" if "macs" in first else "-"
-        cells = [f"digits-{k}", f"{first.get('lr', 1e-3):g}", str(first["steps"]), macs,
+        steps = "/".join(str(n) for n in sorted({r["steps"] for r in runs}))  # every seed's count
+        steps += " (time cap)" if any(r.get("capped") for r in runs) else ""
+        cells = [f"digits-{k}", f"{first.get('lr', 1e-3):g}", steps, macs,
                  *(f"{a:.1f}" for a in acc[k]), f"{statistics.mean(acc[k]):.2f}", sd, f"{statistics.mean(secs):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     base = kinds[0]
@@ -217,8 +220,15 @@ def _cmd(args: argparse.Namespace) -> int:
     method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     _check_training_options(args)
-    if args.out and Path(args.out).is_file():
-        raise InvalidOptionError(f"bench-backbones: --out={args.out!r} is a file; expected a directory (made if missing)")
+    if args.out and not _can_be_dir(Path(args.out)):
+        raise InvalidOptionError(f"bench-backbones: --out={args.out!r} is or lies under a file; expected a directory "
+                                 "(made if missing)")
+    if args.doc and (Path(args.doc).is_dir() or not Path(args.doc).parent.is_dir()):
+        raise InvalidOptionError(f"bench-backbones: --doc={args.doc!r}: expected a markdown file (made if missing) "
+                                 "in an existing directory")
+    if args.doc_key is not None and not args.doc_key.strip():
+        raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} is empty; expected the section's key, "
+                                 "or no --doc-key for the command as the key")
     if args.doc_key and not args.doc:
         raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
     if args.train_seeds is not None:
@@ -238,6 +248,11 @@ def _cmd(args: argparse.Namespace) -> int:
         key = args.doc_key or command
         update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
     return 0
+
+
+def _can_be_dir(path: Path) -> bool:
+    """Whether `path` is a directory or could be made one: no part of it is an existing file."""
+    return not any(p.exists() and not p.is_dir() for p in (path, *path.parents))
 
 
 TIMING_DEFAULTS = {"batch": 20, "repeat": 3, "fraction": 0.4}  # the timed table's options (not the training runs')
@@ -260,6 +275,9 @@ def _check_training_options(args: argparse.Namespace) -> None:
     if args.train_seeds is not None and timing:
         raise InvalidOptionError(f"bench-backbones: {', '.join(timing)} times the committed checkpoints; with "
                                  "--train-seeds (the training runs) it has no effect")
+    if args.train_budget == "compute" and len(args.train_kinds) < 2:
+        raise InvalidOptionError(f"bench-backbones: --train-budget compute matches other backbones to the first's "
+                                 f"compute; --train-kinds={','.join(args.train_kinds)} trains only one")
     if isinstance(args.train_lr, dict) and set(args.train_lr) - set(args.train_kinds):
         extra = ", ".join(sorted(set(args.train_lr) - set(args.train_kinds)))
         raise InvalidOptionError(f"bench-backbones: --train-lr gives a rate for {extra}, which --train-kinds "
@@ -294,11 +312,11 @@ def learning_rates(text: str) -> float | dict[str, float]:
 
     if "=" not in text:
         return rate(text)
-    pairs = [part.split("=", 1) for part in text.split(",")]
-    if any(len(p) != 2 or p[0].strip() not in KINDS for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
+    pairs = [[side.strip() for side in part.split("=", 1)] for part in text.split(",")]
+    if any(len(p) != 2 or p[0] not in KINDS for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
         raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected kind=rate pairs of {', '.join(KINDS)}, "
                                          "e.g. dit=2e-3,dico=4e-3")
-    return {k.strip(): rate(v) for k, v in pairs}
+    return {k: rate(v) for k, v in pairs}
 
 
 def kind_list(text: str) -> tuple[str, ...]:
@@ -321,12 +339,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"images per timed call (default {TIMING_DEFAULTS['batch']})")
     p.add_argument("--repeat", type=counting(1), default=TIMING_DEFAULTS["repeat"],
                    help=f"interleaved timed repeats (default {TIMING_DEFAULTS['repeat']})")
-    p.add_argument("--accuracy-n", type=counting(1), default=100, help="judged samples per row (default 100)")
+    p.add_argument("--accuracy-n", type=counting(1), default=100,
+                   help="judged samples per row, or per training run with --train-seeds (default 100)")
     p.add_argument("--fraction", type=float, default=TIMING_DEFAULTS["fraction"],
                    help=f"lego-skip's share of skipped steps (default {TIMING_DEFAULTS['fraction']})")
     p.add_argument("--train-seeds", type=seed_list, default=None, metavar="0,1,2",
-                   help="instead of the timed rows: train the DiT and DiCo once per seed (about 10 and 2 minutes "
-                   "each on 2 threads, alone) and compare their accuracy across the runs")
+                   help="instead of the timed rows: train each of --train-kinds once per seed (at 1,200 steps the "
+                   "DiT takes 5-7 minutes, DiCo 1.5-3, on 2 threads alone) and compare their accuracy across the runs")
     p.add_argument("--train-steps", type=counting(1), default=None,
                    help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
     p.add_argument("--train-kinds", type=kind_list, default=("dit", "dico"), metavar="dit,dico",
@@ -339,6 +358,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="peak learning rate of the --train-seeds runs, for all or per backbone (default: the "
                    "entries' recipe, 1e-3)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
-    p.add_argument("--doc", default=None)
-    p.add_argument("--doc-key", default=None)
+    p.add_argument("--doc", default=None, help="a markdown file to write the table into, in a section marked by "
+                   "--doc-key (replaced in place when the key is there, appended otherwise)")
+    p.add_argument("--doc-key", default=None, help="the section's key and heading in --doc (default: the command)")
     p.set_defaults(func=_cmd)

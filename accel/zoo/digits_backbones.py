@@ -122,16 +122,18 @@ def reachable_parameters(model: torch.nn.Module) -> int:
 
 def forward_macs(kind: str) -> int:
     """Multiply-accumulates of one forward of the entry's model over one latent ([1, 4, 16, 16], a class
-    label, one timestep), counted by `torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2): the
-    per-sample cost that an equal training-compute budget is matched on (a training step costs about three
-    forwards for every backbone). Measured: DiT 113.9 M, DiCo 29.6 M, LEGO 101.9 M. Deterministic; the
-    global RNG is left as it was."""
+    label, one timestep), counted by `torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2) with
+    attention on SDPA's math kernel, whose matmuls the counter sees (it has no formula for the CPU flash
+    kernel, and would leave attention out): the per-sample cost that an equal training-compute budget is
+    matched on (a training step costs about three forwards for every backbone). Measured: DiT 164.2 M (113.9 M
+    without attention), DiCo 29.6 M, LEGO 136.7 M. Deterministic; the global RNG is left as it was."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.random.fork_rng(devices=[]):
         model = build(kind).eval()
         x = torch.zeros(1, CHANNELS, SAMPLE_SIZE, SAMPLE_SIZE)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             model(x, timestep=torch.tensor([500]), class_labels=torch.tensor([0]))
     return counter.get_total_flops() // 2
 

@@ -69,7 +69,9 @@ def test_labels_timesteps_and_return_types():
     x = torch.randn(1, 4, 8, 8).expand(3, -1, -1, -1).contiguous()
     out = model(x, 7, [1, 10, 1000]).sample
     # every id >= num_classes is the null class (row 10), as DiTPipeline's hard-coded 1000 needs
-    assert torch.equal(out[1], out[2]) and not torch.equal(out[0], out[1])
+    # rows of one batch may round differently by their position (vector lanes): equal to rounding, not bits
+    torch.testing.assert_close(out[1], out[2], atol=1e-5, rtol=1e-5)
+    assert (out[0] - out[1]).abs().max() > 1e-2  # a real class is not the null class
     assert torch.equal(model(x, torch.tensor(7), [1, 10, 10]).sample, out)  # 0-d timestep broadcast
     (tup,) = model(x, [7, 7, 7], [1, 10, 10], return_dict=False)
     assert torch.equal(tup, out)

@@ -123,8 +123,10 @@ def test_labels_null_and_unconditional():
     model = randomized(tiny())
     x = torch.randn(1, 1, 8, 8).expand(3, -1, -1, -1).contiguous()
     out = model(x, 0.2, [4, 10, 1000]).sample
-    assert torch.equal(out[1], out[2]) and not torch.equal(out[0], out[1])  # ids >= 10: the zero one-hot
-    assert torch.equal(model(x, 0.2, None).sample[0], out[1])  # None: unconditional = null
+    # rows of one batch may round differently by their position (vector lanes): equal to rounding, not bits
+    torch.testing.assert_close(out[1], out[2], atol=1e-5, rtol=1e-5)  # ids >= 10: the zero one-hot
+    assert (out[0] - out[1]).abs().max() > 1e-2  # a real class is not the null class
+    torch.testing.assert_close(model(x, 0.2, None).sample, out[1:2].expand(3, -1, -1, -1), atol=1e-5, rtol=1e-5)  # None: null
     uncond = randomized(tiny(num_classes=0))
     assert uncond.y_embedder is None
     assert torch.equal(uncond(x, 0.2, [4, 5, 6]).sample, uncond(x, 0.2, None).sample)
