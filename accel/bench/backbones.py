@@ -1,10 +1,10 @@
 """`accel bench-backbones`: the trained backbones of equal parameter count and equal training budget side by
-side on the digits task (`digits-dit`, `digits-dico`, `digits-lego`, and LEGO with `lego-skip`).
+side on the digits task (`digits-dit`, `digits-dit-p2`, `digits-dico`, `digits-lego`, and LEGO with `lego-skip`).
 
 Per row, in one process: the parameters a forward can read (`digits_backbones.reachable_parameters`), the
 sampling latency of one batch of class-conditional images (labels 0..9 cycling, DDIM 20 steps, guidance 4:
 the judge's call) as the median of interleaved repeats after a warm-up, images/s and the speed against
-the DiT, and over `n` samples (seed 0) outside the timed runs the judge's task accuracy and the Fréchet
+each DiT (patch 1 and patch 2), and over `n` samples (seed 0) outside the timed runs the judge's task accuracy and the Fréchet
 distance of the samples' judge features to the real digits' (`digits_image.fd`: FID with the digit judge).
 
 `--train-seeds 0,1,2` runs the accuracy comparison across training runs instead (`seed_study`): each backbone
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-ROWS = ("digits-dit", "digits-dico", "digits-lego", "digits-lego+lego-skip")
+ROWS = ("digits-dit", "digits-dit-p2", "digits-dico", "digits-lego", "digits-lego+lego-skip")
 
 
 @dataclass
@@ -188,7 +188,7 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
 
 def markdown(result: dict[str, Any], command: str | None = None) -> str:
     rows = {r["label"]: r for r in result["rows"]}
-    dit, lego = rows["digits-dit"], rows["digits-lego"]
+    dits, lego = [rows["digits-dit"], rows["digits-dit-p2"]], rows["digits-lego"]
     head = f"Command: `{command}`\n\n" if command else ""
     head += (f"one batch of {result['batch']} images (labels cycling 0..9), DDIM {result['steps']} steps, guidance "
              f"{result['guidance']}, median of {result['repeat']} interleaved repeats; task accuracy: the digits "
@@ -196,14 +196,15 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
              "features to the 1,438 real training digits' (FID with the digit judge; lower is closer to the data); "
              f"lego-skip at fraction {result['fraction']}; "
              f"fp32, device: {result['env']['device']}\n\n")
-    cols = ["row", "parameters", "latency s (median [min-max])", "images/s", "speed vs DiT", "time vs LEGO",
+    cols = ["row", "parameters", "latency s (median [min-max])", "images/s", "speed vs DiT", "speed vs DiT-p2",
+            "time vs LEGO",
             "task accuracy %", "FD"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         s = r["latency_s"]
         lines.append("| " + " | ".join([
             r["label"], f"{r['parameters']:,}", f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]",
-            f"{result['batch'] / r['median_s']:.1f}", f"{dit['median_s'] / r['median_s']:.2f}x",
+            f"{result['batch'] / r['median_s']:.1f}", *(f"{d['median_s'] / r['median_s']:.2f}x" for d in dits),
             f"{100 * (r['median_s'] / lego['median_s'] - 1):+.0f}%" if r["entry"] == "digits-lego" else "-",
             f"{100 * r['accuracy']:.1f}", f"{r['fd']:.1f}" if r.get("fd") is not None else "-"]) + " |")
     return head + "\n".join(lines) + "\n"

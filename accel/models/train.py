@@ -1,8 +1,8 @@
 """Train a native backbone, or the DiT baseline, on a reference data set:
 
-    python -m accel.models.train dico|lego|dit --data digits [--seed 0] [--minutes M] [--steps N] [--threads T]
+    python -m accel.models.train dico|lego|dit|dit-p2 --data digits [--seed 0] [--minutes M] [--steps N] [--threads T]
 
-The runs are the zoo's trained entries ("digits-dico", "digits-lego", "digits-dit": one recipe and one
+The runs are the zoo's trained entries ("digits-dico", "digits-lego", "digits-dit", "digits-dit-p2": one recipe and one
 budget, accel/zoo/digits_backbones.py), so this forwards to `python -m accel.zoo.train digits-<backbone>`,
 which saves the checkpoint under accel/zoo/checkpoints/ and prints the judged accuracy.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-BACKBONES = ("dico", "lego", "dit")
+BACKBONES = ("dico", "lego", "dit", "dit-p2")
 DATA = ("digits",)  # the reference data that ships offline (accel/zoo/digits.py)
 
 

@@ -1,11 +1,11 @@
-"""The shared recipe behind "digits-dico", "digits-lego" and "digits-dit": three backbones of about equal
-parameter count, trained on the same digits with the same budget, so they can be compared fairly.
+"""The shared recipe behind "digits-dico", "digits-lego", "digits-dit" and "digits-dit-p2": backbones of about
+equal parameter count, trained on the same digits with the same budget, so they can be compared fairly.
 
     pipe = accel.zoo.load("digits-dico")                    # DiCoPipeline; "digits-lego": LEGOPipeline,
-    accel.zoo.evaluate("digits-dico", pipe, n=100, seed=0)  # "digits-dit": DiTPipeline
+    accel.zoo.evaluate("digits-dico", pipe, n=100, seed=0)  # "digits-dit", "digits-dit-p2": DiTPipeline
     python -m accel.zoo.train digits-dico                   # or: python -m accel.models.train dico --data digits
 
-The three entries are this module's functions with their kind bound (`reference.TRAINED`); this module holds
+The entries are this module's functions with their kind bound (`reference.TRAINED`); this module holds
 what they share, and everything it can take from `digits_image` it imports from there:
 
 - **latent space**: `digits_image`'s 32x32 digits through its weight-free `PixelShuffleVAE`, so every
@@ -15,19 +15,25 @@ what they share, and everything it can take from `digits_image` it imports from 
   train mode) teaching the null class for guidance. LEGO supervises **every brick**: the loss is the
   mean over the bricks' outputs (the paper's joint loss, notes section 2.3), which is what makes the stack
   without its top brick a denoiser (`accel.patch(pipe, method="lego-skip")`). LEGO's paper trains with
-  EDM preconditioning; here it uses the epsilon objective so that all three sample with the same
+  EDM preconditioning; here it uses the epsilon objective so that all of them sample with the same
   scheduler (the notes, section 3.3: the bricks do not depend on the parameterisation);
 - **budget**: the same optimizer steps, batch, learning-rate schedule (AdamW, linear warm-up, cosine to
-  5%) and EMA for all three, on 2 threads, with a wall-clock cap (`TrainConfig.minutes`). The schedule
+  5%) and EMA for all of them, on 2 threads, with a wall-clock cap (`TrainConfig.minutes`). The schedule
   follows the larger of step and time progress, so a run stopped by the cap still ends its decay;
   `reproduce` says when the cap, not the step budget, stopped a run (the budgets then differ);
 - **sampling and judging**: `digits_image`'s DDIM scheduler, 20 steps, guidance 4, and its `evaluate`
   (the digit judge's class accuracy).
 
-Sizes (`reachable_parameters`): DiT 828,964 (its config is `digits_image`'s: 4 layers of width 96, 3 heads,
-patch 1; 1,209,124 in all, but 990 rows of each block's 1,001-row label table are never read: the model
-has 10 classes, and `DiTPipeline` asks for the null class as id 1000), DiCo 838,900, LEGO 804,040 (plus
-23,232 frozen position-table values). Checkpoints are fp16 safetensors without the unread label rows:
+Two DiTs, the same but for the patch size. "digits-dit" is `digits_image`'s config (4 layers of width 96,
+3 heads, patch 1: 256 tokens, as many as DiT-S/2 has on a 256 px image's 32x32 latent); "digits-dit-p2" takes
+patch 2 (64 tokens), the patch the DiCo paper's DiTs use, which puts its forward cost beside DiCo's (32.1 M
+multiply-accumulates against DiCo's 29.6 M; the paper's pairs: DiCo 0.70-0.74 of DiT-S/B/XL-2) where the
+patch-1 DiT costs 5.5x DiCo's (`forward_macs`).
+
+Sizes (`reachable_parameters`): DiT 828,964 (1,209,124 in all, but 990 rows of each block's 1,001-row label
+table are never read: the model has 10 classes, and `DiTPipeline` asks for the null class as id 1000), DiT
+patch 2 831,280 (its patch embedding and output layer are 4x wider), DiCo 838,900, LEGO 804,040 (plus 23,232
+frozen position-table values). Checkpoints are fp16 safetensors without the unread label rows:
 about 1.6-1.7 MB each.
 
 Like `backbones`, this module imports from accel (`accel.models`): the backbones are accel's own models.
@@ -48,7 +54,8 @@ import torch.nn.functional as F
 
 from . import digits_image
 
-KINDS = ("dico", "lego", "dit")
+KINDS = ("dico", "lego", "dit", "dit-p2")
+DIT_PATCH = {"dit": 1, "dit-p2": 2}  # the DiT kinds and their patch sizes
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 STEPS, GUIDANCE = digits_image.STEPS, digits_image.GUIDANCE
 NUM_CLASSES = 10
@@ -88,8 +95,8 @@ def build(kind: str) -> torch.nn.Module:
 
     entry_name(kind)
     common = {"sample_size": SAMPLE_SIZE, "in_channels": CHANNELS, "num_classes": NUM_CLASSES}
-    if kind == "dit":
-        return digits_image.digits_image_transformer()
+    if kind in DIT_PATCH:
+        return digits_image.digits_image_transformer(patch_size=DIT_PATCH[kind])
     model = DiCoModel(**common, **DICO_CONFIG) if kind == "dico" else LEGOModel(**common, **LEGO_CONFIG)
     _label_init_as_dit(model)
     return model
@@ -97,7 +104,7 @@ def build(kind: str) -> torch.nn.Module:
 
 def _label_init_as_dit(model: torch.nn.Module) -> None:
     """The label embeddings initialised as diffusers' DiT initialises its own (`nn.Embedding`'s N(0, 1)),
-    not N(0, 0.02) as the DiCo and LEGO papers (and DiT's paper) do: one convention for all three, so that
+    not N(0, 0.02) as the DiCo and LEGO papers (and DiT's paper) do: one convention for all of them, so that
     the equal budget compares architectures. With N(0, 0.02) and this short budget the label signal stays
     50x weaker than DiT's: measured, DiCo's output moved 0.006 between two labels at t=900 after 600 steps
     (the trained DiT: 0.036, DiCo with N(0, 1): 0.034), and DiCo trained to 13% accuracy (chance: 10%). The
@@ -116,7 +123,7 @@ def _unread_label_rows(name: str, param: torch.Tensor) -> int:
 def reachable_parameters(model: torch.nn.Module) -> int:
     """Trainable parameters a forward over the 10 digits (and the null class) can read: every trainable
     parameter except the rows of DiT's 1,001-row label tables that stand for classes 10..999. This is the
-    count the three entries are matched on."""
+    count the entries are matched on."""
     return sum(p.numel() - _unread_label_rows(n, p) * p.shape[-1] for n, p in model.named_parameters() if p.requires_grad)
 
 
@@ -126,7 +133,7 @@ def forward_macs(kind: str) -> int:
     attention on SDPA's math kernel, whose matmuls the counter sees (it has no formula for the CPU flash
     kernel, and would leave attention out): the per-sample cost that an equal training-compute budget is
     matched on (a training step costs about three forwards for every backbone). Measured: DiT 164.2 M (113.9 M
-    without attention), DiCo 29.6 M, LEGO 136.7 M. Deterministic; the global RNG is left as it was."""
+    without attention), DiT patch 2 32.1 M, DiCo 29.6 M, LEGO 136.7 M. Deterministic; the global RNG is left as it was."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -142,7 +149,7 @@ def pipeline(kind: str, transformer: torch.nn.Module) -> Any:
     """The entry's pipeline around `transformer` (eval mode), with `digits_image`'s VAE and scheduler."""
     from accel.models import DiCoPipeline, LEGOPipeline
 
-    if kind == "dit":
+    if kind in DIT_PATCH:
         return digits_image.pipeline(transformer)
     cls = DiCoPipeline if kind == "dico" else LEGOPipeline
     pipe = cls(transformer=transformer.eval(), scheduler=digits_image.scheduler(), vae=digits_image.PixelShuffleVAE())
@@ -212,7 +219,7 @@ def evaluate(pipe: Any, n: int = 100, seed: int = 0, **options: Any) -> dict[str
 # ---- training ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainConfig:
-    """The one budget all three entries train with."""
+    """The one budget the entries train with."""
 
     seed: int = 0
     steps: int = 1200  # optimizer steps: the budget (LEGO, the slowest per step, fits in ~10 min on 2 threads)

@@ -55,8 +55,9 @@ class PixelShuffleVAE(ModelMixin, ConfigMixin):
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
 
-def digits_image_transformer() -> diffusers.DiTTransformer2DModel:
-    """DiT over a 16x16x4 latent, patch 1: 256 tokens, 4 layers of width 96; label 1000 is CFG's null."""
+def digits_image_transformer(patch_size: int = 1) -> diffusers.DiTTransformer2DModel:
+    """DiT over a 16x16x4 latent, 4 layers of width 96; label 1000 is CFG's null. Patch 1 (this entry's):
+    256 tokens; patch 2 (`digits-dit-p2`): 64 tokens."""
     return diffusers.DiTTransformer2DModel(
         num_attention_heads=3,
         attention_head_dim=32,
@@ -64,7 +65,7 @@ def digits_image_transformer() -> diffusers.DiTTransformer2DModel:
         out_channels=4,
         num_layers=4,
         sample_size=16,
-        patch_size=1,
+        patch_size=patch_size,
         num_embeds_ada_norm=1000,
     )
 

@@ -39,8 +39,9 @@ class _Trained(Mapping[str, TrainedEntry]):
 
     MODULES = {"digits-image": "digits_image", "digits-video": "digits_video", "digits-vqa": "digits_vqa",
                "digits-copy": "digits_copy", "digits-copy-gemma": "digits_copy_gemma",
-               # the backbone comparison: one recipe, three entries ("digits-<kind>")
-               "digits-dico": "digits_backbones", "digits-lego": "digits_backbones", "digits-dit": "digits_backbones"}
+               # the backbone comparison: one recipe, an entry per kind ("digits-<kind>")
+               "digits-dico": "digits_backbones", "digits-lego": "digits_backbones", "digits-dit": "digits_backbones",
+               "digits-dit-p2": "digits_backbones"}
 
     def __getitem__(self, name: str) -> TrainedEntry:
         module = importlib.import_module(f"{__package__}.{self.MODULES[name]}")

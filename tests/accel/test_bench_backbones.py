@@ -13,18 +13,20 @@ from accel.zoo import digits_backbones
 
 
 def test_rows_and_columns(tmp_path, capsys):
-    if not all(digits_backbones.checkpoint(kind).is_file() for kind in ("dit", "dico", "lego")):
-        pytest.skip("checkpoint not trained yet (python -m accel.zoo.train digits-dico|digits-lego|digits-dit)")
+    if not all(digits_backbones.checkpoint(kind).is_file() for kind in digits_backbones.KINDS):
+        pytest.skip("checkpoint not trained yet (python -m accel.zoo.train digits-dico|digits-lego|digits-dit|...)")
     assert main(["bench-backbones", "--batch", "2", "--repeat", "1", "--accuracy-n", "10",
                  "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     rows = {r["label"]: r for r in result["rows"]}
-    assert list(rows) == ["digits-dit", "digits-dico", "digits-lego", "digits-lego+lego-skip"]
+    assert list(rows) == ["digits-dit", "digits-dit-p2", "digits-dico", "digits-lego", "digits-lego+lego-skip"]
     assert rows["digits-lego+lego-skip"]["method"] == "lego-skip"
     assert rows["digits-lego+lego-skip"]["parameters"] == rows["digits-lego"]["parameters"]
     assert all(r["median_s"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows.values())
     out = capsys.readouterr().out
-    assert "| digits-dico |" in out and "speed vs DiT" in out
+    assert "| digits-dico |" in out and "| speed vs DiT | speed vs DiT-p2 |" in out
+    dit, dit_p2 = rows["digits-dit"]["median_s"], rows["digits-dit-p2"]["median_s"]
+    assert f"| {dit / dit_p2:.2f}x | 1.00x |" in out  # the patch-2 DiT's row, against each DiT
 
 
 def test_a_bad_fraction_is_refused_before_any_run(capsys):
@@ -77,8 +79,9 @@ def test_forward_macs_counts_the_entries_forward_and_keeps_the_rng():
     macs = {kind: digits_backbones.forward_macs(kind) for kind in digits_backbones.KINDS}
     assert torch.equal(torch.random.get_rng_state(), state)
     # FlopCounterMode on the entries' configs, attention included (without it the DiT's would be 113.9 M):
-    # DiT 4 layers of width 96 over 256 tokens, DiCo's U-net at width 24
+    # DiT 4 layers of width 96 over 256 tokens (patch 2: 64 tokens), DiCo's U-net at width 24
     assert round(macs["dit"] / 1e5) == 1642 and round(macs["dico"] / 1e5) == 296 and round(macs["lego"] / 1e5) == 1367
+    assert round(macs["dit-p2"] / 1e5) == 321
     assert macs == {kind: digits_backbones.forward_macs(kind) for kind in digits_backbones.KINDS}
 
 

@@ -119,6 +119,7 @@ def test_names_and_resolutions():
         "digits-dico",  # the backbone comparison (digits_backbones.py)
         "digits-lego",
         "digits-dit",
+        "digits-dit-p2",
     ]
     assert [n for n in zoo.names() if zoo.is_text(n)] == ["llada2", "diffusion-gemma", "digits-copy", "digits-copy-gemma"]
     for name in RANDOM_WEIGHT:
