@@ -13,6 +13,11 @@ is equal optimizer steps, or with `--train-budget compute` equal training comput
 `--train-steps` steps and every other one as many as cost the same forward multiply-accumulates
 (`digits_backbones.forward_macs`; training compute as the DiT paper counts it, Gflops x batch x steps x 3,
 the batch and the factor being the same for every backbone).
+
+`--sizes S,B` times the papers' equal-size pairs instead (`size_study`): DiCo-S/B/L/XL against diffusers'
+`DiTTransformer2DModel` at DiT-S/B/L/XL-2 on a 256 px image's 4x32x32 latent, with random weights (speed does
+not depend on what was learned), one forward per call: the sampling speed of the published architectures,
+where the digits entries are these architectures scaled down to a 16x16 latent.
 """
 
 from __future__ import annotations
@@ -88,6 +93,96 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
             "rows": [{**asdict(row), "median_s": row.median} for row in rows]}
 
 
+# DiT paper, Table 1, at patch 2, as diffusers' `DiTTransformer2DModel` configs; each is the size the DiCo paper
+# pairs with its preset of the same letter (DiCo-H has no DiT of its size)
+DIT_SIZES: dict[str, dict[str, int]] = {
+    "S": {"num_attention_heads": 6, "attention_head_dim": 64, "num_layers": 12},
+    "B": {"num_attention_heads": 12, "attention_head_dim": 64, "num_layers": 12},
+    "L": {"num_attention_heads": 16, "attention_head_dim": 64, "num_layers": 24},
+    "XL": {"num_attention_heads": 16, "attention_head_dim": 72, "num_layers": 28},
+}
+
+
+def size_pair(size: str) -> dict[str, torch.nn.Module]:
+    """`{"DiT-<size>/2": ..., "DiCo-<size>": ...}` for 256 px (latent 4x32x32, 1,000 classes, learned sigma),
+    eval mode, every parameter drawn from N(0, 0.02) (the zero-initialised gates of both would otherwise make
+    every block the identity). Raises `ValueError` naming the sizes for another `size`."""
+    from diffusers import DiTTransformer2DModel
+
+    from accel.models import DiCoModel
+
+    if size not in DIT_SIZES:
+        raise ValueError(f"size={size!r}; expected one of {', '.join(DIT_SIZES)}")
+    dit = DiTTransformer2DModel(in_channels=4, out_channels=8, sample_size=32, patch_size=2,
+                                num_embeds_ada_norm=1000, **DIT_SIZES[size])
+    pair = {f"DiT-{size}/2": dit, f"DiCo-{size}": DiCoModel.from_preset(f"DiCo-{size}")}
+    with torch.no_grad():
+        for model in pair.values():
+            for param in model.parameters():
+                param.normal_(0.0, 0.02)
+    return {name: model.eval() for name, model in pair.items()}
+
+
+def _macs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward (FlopCounterMode's FLOPs / 2, attention on SDPA's math kernel)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, timestep=t, class_labels=y)
+    return counter.get_total_flops() // 2
+
+
+def size_study(sizes: Sequence[str], batch: int = 20, repeat: int = 3) -> dict[str, Any]:
+    """Per size of `sizes` (`DIT_SIZES`), DiT-<size>/2 and DiCo-<size> (`size_pair`) side by side: parameters,
+    forward MACs per latent, and the latency of one no-grad fp32 forward over `batch` latents (labels cycling,
+    timestep 500) as the median of `repeat` interleaved calls after a warm-up. One pair in memory at a time."""
+    from accel.info import info
+
+    seed = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, 32, 32, generator=seed)
+    t, y = torch.full((batch,), 500), torch.arange(batch) % 1000
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            pair = size_pair(size)
+        latency: dict[str, list[float]] = {name: [] for name in pair}
+        with torch.no_grad():
+            for _ in range(repeat + 1):  # the first round is the warm-up
+                for name, model in pair.items():
+                    start = time.perf_counter()
+                    model(x, timestep=t, class_labels=y)
+                    latency[name].append(time.perf_counter() - start)
+        for name, model in pair.items():
+            rows.append({"size": size, "backbone": name, "parameters": sum(p.numel() for p in model.parameters()),
+                         "macs": _macs(model, x[:1], t[:1], y[:1]), "latency_s": latency[name][1:],
+                         "median_s": statistics.median(latency[name][1:])})
+        del pair
+    return {"schema": "accel.bench-backbones-sizes/1", "sizes": list(sizes), "batch": batch, "repeat": repeat,
+            "threads": torch.get_num_threads(), "env": info(), "rows": rows}
+
+
+def size_markdown(result: dict[str, Any], command: str | None = None) -> str:
+    """One row per model; each DiCo's speed against the DiT of its size."""
+    head = f"Command: `{command}`\n\n" if command else ""
+    head += (f"one forward over {result['batch']} latents of 4x32x32 (a 256 px image with the SD VAE; labels cycling, "
+             f"timestep 500), no grad, fp32, random weights; median of {result['repeat']} interleaved calls after a "
+             "warm-up; forward GMACs per latent by FlopCounterMode with attention on SDPA's math kernel; "
+             f"device: {result['env']['device']}\n\n")
+    cols = ["size", "backbone", "parameters", "forward GMACs", "latency s (median [min-max])", "images/s",
+            "speed vs DiT"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    dit = {r["size"]: r["median_s"] for r in result["rows"] if r["backbone"].startswith("DiT")}
+    for r in result["rows"]:
+        s = r["latency_s"]
+        lines.append("| " + " | ".join([
+            r["size"], r["backbone"], f"{r['parameters']:,}", f"{r['macs'] / 1e9:.2f}",
+            f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{result['batch'] / r['median_s']:.1f}",
+            f"{dit[r['size']] / r['median_s']:.2f}x"]) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
 BUDGETS = ("steps", "compute")
 
 
@@ -109,8 +204,7 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
     shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
     entries' budget, for every kind or, with `budget="compute"`, for the first and equal forward MACs for
     the others (`budget_steps`); `lr` the peak learning rate, one for all or one per kind, default the
-    recipe's), its
-    EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then
+    recipe's), its EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then
     judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is written. Returns
     per run the kind, seed, rate, steps, forward MACs per sample, training seconds and accuracy."""
     import tempfile
@@ -232,7 +326,10 @@ def _cmd(args: argparse.Namespace) -> int:
                                  "or no --doc-key for the command as the key")
     if args.doc_key and not args.doc:
         raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
-    if args.train_seeds is not None:
+    if args.sizes is not None:
+        result = size_study(args.sizes, args.batch, args.repeat)
+        text = size_markdown(result, command)
+    elif args.train_seeds is not None:
         result = seed_study(args.train_seeds, args.train_kinds, args.train_steps, args.accuracy_n, args.train_lr,
                             args.train_budget)
         text = seed_markdown(result, command)
@@ -276,6 +373,13 @@ def _check_training_options(args: argparse.Namespace) -> None:
     if args.train_seeds is not None and timing:
         raise InvalidOptionError(f"bench-backbones: {', '.join(timing)} times the committed checkpoints; with "
                                  "--train-seeds (the training runs) it has no effect")
+    if args.sizes is not None:
+        other = [f"--{name.replace('_', '-')}" for name, default in (("train_seeds", None), ("accuracy_n", 100),
+                                                                    ("fraction", TIMING_DEFAULTS["fraction"]))
+                 if getattr(args, name) != default]
+        if other:
+            raise InvalidOptionError(f"bench-backbones: {', '.join(other)} has no effect with --sizes (which times "
+                                     "untrained models of the papers' sizes); give one or the other")
     if args.train_budget == "compute" and len(args.train_kinds) < 2:
         raise InvalidOptionError(f"bench-backbones: --train-budget compute matches other backbones to the first's "
                                  f"compute; --train-kinds={','.join(args.train_kinds)} trains only one")
@@ -320,6 +424,15 @@ def learning_rates(text: str) -> float | dict[str, float]:
     return {k: rate(v) for k, v in pairs}
 
 
+def size_list(text: str) -> list[str]:
+    """"S,B" -> ["S", "B"]: distinct sizes of `DIT_SIZES`."""
+    sizes = [part.strip() for part in text.split(",")]
+    if not sizes or any(s not in DIT_SIZES for s in sizes) or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"--sizes={text!r}: expected distinct sizes of {', '.join(DIT_SIZES)} "
+                                         "separated by commas, e.g. S,B")
+    return sizes
+
+
 def kind_list(text: str) -> tuple[str, ...]:
     """"dit,dico" -> ("dit", "dico"): distinct backbones of `digits_backbones.KINDS`."""
     from accel.zoo.digits_backbones import KINDS
@@ -358,6 +471,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-lr", type=learning_rates, default=None, metavar="RATE|dit=RATE,dico=RATE",
                    help="peak learning rate of the --train-seeds runs, for all or per backbone (default: the "
                    "entries' recipe, 1e-3)")
+    p.add_argument("--sizes", type=size_list, default=None, metavar="S,B",
+                   help="instead of the digits rows: time DiCo against the DiT of each size at the papers' "
+                   "configs on a 256 px latent, with random weights (S: about 1 s per forward of 20 on 2 "
+                   "threads, B: about 4x that; L and XL take minutes)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
     p.add_argument("--doc", default=None, help="a markdown file to write the table into, in a section marked by "
                    "--doc-key (replaced in place when the key is there, appended otherwise)")

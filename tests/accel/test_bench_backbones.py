@@ -121,3 +121,34 @@ def test_bad_training_options_are_refused_by_name(option, value, capsys):
 def test_training_options_that_would_be_ignored_are_refused(argv, says, capsys):
     assert main(["bench-backbones", *argv]) != 0
     assert says in capsys.readouterr().err
+
+
+def test_sizes_time_the_papers_equal_size_pairs(tmp_path, capsys):
+    """DiCo-S beside diffusers' DiT at DiT-S/2 (256 px): the published DiCo count, the DiT paper's 6.06 GFLOPs
+    (multiply-accumulates) and DiCo-S's 4.25 (4.24 here), one row each with DiCo's speed against the DiT."""
+    assert main(["bench-backbones", "--sizes", "S", "--batch", "1", "--repeat", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["backbone"]: r for r in result["rows"]}
+    assert list(rows) == ["DiT-S/2", "DiCo-S"]
+    assert rows["DiCo-S"]["parameters"] == 33_137_672
+    assert abs(rows["DiT-S/2"]["macs"] / 6.06e9 - 1) < 0.01 and abs(rows["DiCo-S"]["macs"] / 4.25e9 - 1) < 0.01
+    ratio = rows["DiT-S/2"]["median_s"] / rows["DiCo-S"]["median_s"]
+    assert "| S | DiCo-S | 33,137,672 | 4.24 |" in capsys.readouterr().out
+    assert (tmp_path / "results.md").read_text().rstrip().endswith(f"| {ratio:.2f}x |")
+
+
+@pytest.mark.parametrize("value", ["M", "S,S", "", "s"])
+def test_a_bad_size_is_refused_by_name(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench-backbones", "--sizes", value])
+    assert f"--sizes={value!r}: expected distinct sizes of S, B, L, XL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--sizes", "S", "--train-seeds", "0"], "--train-seeds has no effect with --sizes"),
+    (["--sizes", "S", "--accuracy-n", "5"], "--accuracy-n has no effect with --sizes"),
+    (["--sizes", "S", "--fraction", "0.3"], "--fraction has no effect with --sizes"),
+])
+def test_bad_sizes_options_are_refused_by_name(argv, says, capsys):
+    assert main(["bench-backbones", *argv]) != 0
+    assert says in capsys.readouterr().err
