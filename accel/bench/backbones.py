@@ -308,7 +308,7 @@ def _cmd(args: argparse.Namespace) -> int:
     import json
     import shlex
 
-    from accel.bench.report import update_doc
+    from accel.bench.report import bad_doc_key, update_doc
     from accel.errors import InvalidOptionError
     from accel.method import method_class
 
@@ -324,6 +324,8 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.doc_key is not None and not args.doc_key.strip():
         raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} is empty; expected the section's key, "
                                  "or no --doc-key for the command as the key")
+    if args.doc_key and bad_doc_key(args.doc_key):
+        raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} {bad_doc_key(args.doc_key)}")
     if args.doc_key and not args.doc:
         raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
     if args.sizes is not None:

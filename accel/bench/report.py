@@ -188,9 +188,22 @@ def write_plot(result: BenchResult, path: Path) -> bool:
     return True
 
 
+def bad_doc_key(key: str) -> str | None:
+    """Why `key` cannot name a section of `update_doc` (a line break or "-->" would end its HTML-comment
+    marker early, and a later run could not find the section), or None when it can."""
+    if "\n" in key or "\r" in key or "-->" in key:
+        return "holds a line break or '-->', which would end the section's marker; expected one line without '-->'"
+    return None
+
+
 def update_doc(path: Path, key: str, body: str) -> None:
     """Put `body` into the markdown file `path` between markers named by `key`, replacing an earlier
-    run of the same key: docs/benchmarks.md is assembled from tool output, never typed by hand."""
+    run of the same key: docs/benchmarks.md is assembled from tool output, never typed by hand.
+
+    Raises `ValueError` for a key the markers cannot hold (`bad_doc_key`), before the file is read."""
+    problem = bad_doc_key(key)
+    if problem:
+        raise ValueError(f"doc key {key!r} {problem}")
     start, end = f"<!-- accel-bench:{key} -->", f"<!-- /accel-bench:{key} -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     block = f"{start}\n{body.rstrip()}\n{end}"

@@ -116,6 +116,8 @@ def test_bad_training_options_are_refused_by_name(option, value, capsys):
     (["--doc", "docs"], "--doc='docs': expected a markdown file"),
     (["--doc", "no-such-dir/x.md"], "in an existing directory"),
     (["--doc", "x.md", "--doc-key", " "], "--doc-key=' ' is empty"),
+    (["--doc", "x.md", "--doc-key", "a --> b"], "--doc-key='a --> b' holds a line break or '-->'"),
+    (["--doc", "x.md", "--doc-key", "line1\nline2"], "--doc-key='line1\\nline2' holds a line break"),
     (["--train-seeds", "0", "--train-budget", "compute", "--train-kinds", "dico"], "trains only one"),
 ])
 def test_training_options_that_would_be_ignored_are_refused(argv, says, capsys):
@@ -152,3 +154,13 @@ def test_a_bad_size_is_refused_by_name(value, capsys):
 def test_bad_sizes_options_are_refused_by_name(argv, says, capsys):
     assert main(["bench-backbones", *argv]) != 0
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["a --> b", "one\ntwo", "cr\r"])
+def test_update_doc_refuses_a_key_its_markers_cannot_hold(key, tmp_path):
+    from accel.bench.report import update_doc
+
+    doc = tmp_path / "doc.md"
+    with pytest.raises(ValueError, match="holds a line break or '-->'"):
+        update_doc(doc, key, "body")
+    assert not doc.exists()
