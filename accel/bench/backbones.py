@@ -475,7 +475,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "entries' recipe, 1e-3)")
     p.add_argument("--sizes", type=size_list, default=None, metavar="S,B",
                    help="instead of the digits rows: time DiCo against the DiT of each size at the papers' "
-                   "configs on a 256 px latent, with random weights (S: about 1 s per forward of 20 on 2 "
+                   "configs on a 256 px latent, with random weights (S: about 4 s per forward of 20 on 2 "
                    "threads, B: about 4x that; L and XL take minutes)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
     p.add_argument("--doc", default=None, help="a markdown file to write the table into, in a section marked by "
