@@ -158,7 +158,7 @@ def size_study(sizes: Sequence[str], batch: int = 20, repeat: int = 3) -> dict[s
             rows.append({"size": size, "backbone": name, "parameters": sum(p.numel() for p in model.parameters()),
                          "macs": _macs(model, x[:1], t[:1], y[:1]), "latency_s": latency[name][1:],
                          "median_s": statistics.median(latency[name][1:])})
-        del pair
+        del pair, model  # the loop variable would keep the last model alive while the next pair is built
     return {"schema": "accel.bench-backbones-sizes/1", "sizes": list(sizes), "batch": batch, "repeat": repeat,
             "threads": torch.get_num_threads(), "env": info(), "rows": rows}
 
