@@ -48,9 +48,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else local / "sixbit_calibration.json"
     else:
         raise AccelError(f"--model {args.model}: neither a zoo name ({', '.join(zoo.names())}) nor a local directory")
-    if not _writable_dir(out.parent):
-        raise AccelError(f"--out {out}: its directory cannot be written (checked before the run)")
+    from .bench.report import can_write_dir
+
+    if out.is_dir() or not can_write_dir(out.parent):
+        raise AccelError(f"--out {out}: expected a JSON file whose directory can be written (checked before the run)")
     result = calibrate.calibrate(pipe, seeds=args.seeds, steps=args.steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
     calibrate.write({**result, "model": args.model}, out)
     print(json.dumps(result, indent=2))
     print(f"wrote {out}; use it with accel.patch(pipe, method='sixbit', calibration='{out}')")
@@ -148,19 +151,6 @@ def _option(text: str) -> tuple[str, str, object]:
     return method, key, value
 
 
-def _writable_dir(path: Path) -> bool:
-    """Whether `path` is (or could be made) a directory this process can write a file into: tried, not
-    guessed from permissions (root passes every permission check, yet /proc refuses files)."""
-    import tempfile
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            return True
-    except OSError:
-        return False
-
-
 def _bench_language(spec: Any, args: argparse.Namespace, command: str) -> int:
     """`accel bench` on a VLM (accel/bench/vlm.py), or a block-diffusion language pipeline or chunk-wise video
     pipeline (bench/dllm.py)."""
@@ -178,6 +168,7 @@ def _bench_language(spec: Any, args: argparse.Namespace, command: str) -> int:
         text = dllm.markdown(result, command)
     print(text)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "results.md").write_text(text)
     written = [out / "results.json", out / "results.md"]
@@ -211,9 +202,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unknown = [b for b in given.get("backends") or () if b not in variants.BACKENDS]
     if unknown:
         raise AccelError(f"--backends {','.join(unknown)}: unknown; expected some of {', '.join(variants.BACKENDS)}")
-    for flag, path in (("--out", Path(args.out)), ("--doc", Path(args.doc).parent if args.doc else None)):
-        if path is not None and not _writable_dir(path):
-            raise AccelError(f"{flag} {path}: not a directory that can be written (checked before the run)")
+    from .bench.report import check_outputs
+
+    check_outputs("bench", args.out, args.doc, args.doc_key,
+                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"))
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
         spec = quick(spec)
@@ -248,10 +240,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .tune import Floor, TuneSpec, run
 
     floor = Floor.parse(args.floor)
-    if not _writable_dir(Path(args.out)):
-        raise AccelError(f"--out {args.out}: not a directory that can be written (checked before the run)")
-    if args.doc and not _writable_dir(Path(args.doc).parent):
-        raise AccelError(f"--doc {args.doc}: its directory cannot be written (checked before the run)")
+    from .bench.report import check_outputs
+
+    check_outputs("tune", args.out, args.doc, args.doc_key, ("tuned.json", "results.json", "results.md", "pareto.png"))
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     spec = TuneSpec(model=args.model, floor=floor, out=args.out, prompts=args.prompts, methods=args.methods or (),
                     steps=args.steps, samples=args.samples, held_out=args.held_out, seed=args.seed,

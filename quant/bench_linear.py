@@ -110,8 +110,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
 def _cmd(args: argparse.Namespace) -> int:
     import shlex
 
-    from accel.bench.report import update_doc
+    from accel.bench.report import check_outputs, update_doc
 
+    check_outputs("bench-linear", doc=args.doc, doc_key=args.doc_key)
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     result = run(args.model, args.size, args.repeat)
     text = markdown(result, command)

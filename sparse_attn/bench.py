@@ -273,6 +273,9 @@ def _names(allowed: tuple[str, ...]):  # noqa: ANN202
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from accel.bench.report import check_outputs
+
+    check_outputs("bench-attn", args.out, args.doc, args.doc_key, ("bench-attn.json", "bench-attn.md"))
     result = run(args)
     text = markdown(result)
     print(text)

@@ -310,6 +310,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from accel.bench.report import check_outputs
+
+    check_outputs("compile-check", doc=args.doc)  # before the builds, not after them
     specs = specializations()
     if not args.all:
         specs = covering(specs)

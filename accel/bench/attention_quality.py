@@ -131,8 +131,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from .report import update_doc
+    from .report import check_outputs, update_doc
 
+    check_outputs("bench-attn-quality", args.out, args.doc, args.doc_key,
+                  ("attention_quality.json", "attention_quality.md"))
     result = run(args)
     text = markdown(result)
     print(text)

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .measure import MachineProbe, Probe, RunSample
 
 ROWS = ("digits-dit", "digits-dit-p2", "digits-dico", "digits-lego", "digits-lego+lego-skip")
 
@@ -42,6 +44,7 @@ class BackboneRow:
     method: str | None = None  # an accel method patched on for this row
     parameters: int = 0
     latency_s: list[float] = field(default_factory=list)
+    other_cpu: list[float | None] = field(default_factory=list)  # per timed run (`measure.RunSample`)
     accuracy: float | None = None
     fd: float | None = None
 
@@ -50,24 +53,40 @@ class BackboneRow:
         return statistics.median(self.latency_s)
 
 
-def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float = 0.4) -> dict[str, Any]:
-    """Measure every row of `ROWS`; `fraction` is lego-skip's share of skipped steps."""
+def _timed(fn: Callable[[], Any], probe: Probe) -> RunSample:
+    """One call of `fn`: its wall time and the share of the CPUs other processes used meanwhile."""
+    start = probe.read()
+    fn()
+    return RunSample.between(start, probe.read(), probe.cpus)
+
+
+def _verdict(samples: dict[str, list[RunSample]]) -> dict[str, Any]:
+    """`noise.judge` on the timed runs (row -> its runs), the first row as the baseline: unreliable when it
+    spread too much or other processes used the CPUs during too many runs (no exact no-op row here)."""
+    from . import noise
+
+    return asdict(noise.judge(samples, baseline=next(iter(samples)), exact=""))
+
+
+def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float = 0.4,
+        probe: Probe | None = None) -> dict[str, Any]:
+    """Measure every row of `ROWS`; `fraction` is lego-skip's share of skipped steps, `probe` reads the clock
+    and the machine's load (default `MachineProbe`)."""
     import accel
     from accel import zoo
     from accel.info import info
     from accel.zoo import digits_backbones, digits_image
 
+    probe = probe or MachineProbe()
     rows = [BackboneRow(label, *label.split("+")) if "+" in label else BackboneRow(label, label) for label in ROWS]
     pipes = {row.entry: zoo.load(row.entry) for row in rows}
     labels = [i % 10 for i in range(batch)]
 
-    def sample(row: BackboneRow) -> float:
+    def sample(row: BackboneRow) -> RunSample:
         pipe = pipes[row.entry]
         handle = accel.patch(pipe, method=row.method, fraction=fraction) if row.method else None
         try:
-            start = time.perf_counter()
-            digits_image.sample(pipe, labels, seed=0)
-            return time.perf_counter() - start
+            return _timed(lambda: digits_image.sample(pipe, labels, seed=0), probe)
         finally:
             if handle is not None:
                 handle.unpatch()
@@ -75,10 +94,13 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
     for row in rows:
         row.parameters = digits_backbones.reachable_parameters(pipes[row.entry].transformer)
         sample(row)  # warm-up
+    samples: dict[str, list[RunSample]] = {row.label: [] for row in rows}
     for _ in range(repeat):  # interleaved
         for row in rows:
-            row.latency_s.append(sample(row))
+            samples[row.label].append(sample(row))
     for row in rows:
+        row.latency_s = [s.seconds for s in samples[row.label]]
+        row.other_cpu = [s.other_cpu for s in samples[row.label]]
         pipe = pipes[row.entry]
         handle = accel.patch(pipe, method=row.method, fraction=fraction) if row.method else None
         try:
@@ -89,8 +111,24 @@ def run(batch: int = 20, repeat: int = 3, accuracy_n: int = 100, fraction: float
                 handle.unpatch()
     return {"schema": "accel.bench-backbones/1", "batch": batch, "repeat": repeat, "accuracy_n": accuracy_n,
             "fraction": fraction, "steps": digits_image.STEPS, "guidance": digits_image.GUIDANCE,
-            "threads": torch.get_num_threads(), "env": info(),
+            "threads": torch.get_num_threads(), "env": info(), "verdict": _verdict(samples),
             "rows": [{**asdict(row), "median_s": row.median} for row in rows]}
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _verdict_line(result: dict[str, Any]) -> str:
+    """The timing verdict under a table (`_verdict`)."""
+    verdict = result.get("verdict")
+    if verdict is None:
+        return ""
+    share = verdict.get("other_cpu")
+    load = "" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs on average"
+    if verdict["reliable"]:
+        return f"\nTimings: reliable ({verdict['disturbed_runs']} of {verdict['runs']} timed runs disturbed{load}).\n"
+    return f"\n**UNRELIABLE TIMINGS**: {'; '.join(verdict['reasons'])}{load}.\n"
 
 
 # DiT paper, Table 1, at patch 2, as diffusers' `DiTTransformer2DModel` configs; each is the size the DiCo paper
@@ -123,50 +161,45 @@ def size_pair(size: str) -> dict[str, torch.nn.Module]:
     return {name: model.eval() for name, model in pair.items()}
 
 
-def _macs(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward (FlopCounterMode's FLOPs / 2, attention on SDPA's math kernel)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        model(x, timestep=t, class_labels=y)
-    return counter.get_total_flops() // 2
-
-
-def size_study(sizes: Sequence[str], batch: int = 20, repeat: int = 3) -> dict[str, Any]:
+def size_study(sizes: Sequence[str], batch: int = 20, repeat: int = 3, probe: Probe | None = None) -> dict[str, Any]:
     """Per size of `sizes` (`DIT_SIZES`), DiT-<size>/2 and DiCo-<size> (`size_pair`) side by side: parameters,
-    forward MACs per latent, and the latency of one no-grad fp32 forward over `batch` latents (labels cycling,
-    timestep 500) as the median of `repeat` interleaved calls after a warm-up. One pair in memory at a time."""
+    forward MACs per latent (`digits_backbones.model_macs`), and the latency of one no-grad fp32 forward over
+    `batch` latents (labels cycling, timestep 500) as the median of `repeat` interleaved calls after a warm-up,
+    read by `probe` (default `MachineProbe`). One pair in memory at a time."""
     from accel.info import info
+    from accel.zoo.digits_backbones import model_macs
 
+    probe = probe or MachineProbe()
     seed = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 4, 32, 32, generator=seed)
     t, y = torch.full((batch,), 500), torch.arange(batch) % 1000
     rows: list[dict[str, Any]] = []
+    samples: dict[str, list[RunSample]] = {}
     for size in sizes:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             pair = size_pair(size)
-        latency: dict[str, list[float]] = {name: [] for name in pair}
+        runs: dict[str, list[RunSample]] = {name: [] for name in pair}
         with torch.no_grad():
             for _ in range(repeat + 1):  # the first round is the warm-up
                 for name, model in pair.items():
-                    start = time.perf_counter()
-                    model(x, timestep=t, class_labels=y)
-                    latency[name].append(time.perf_counter() - start)
+                    runs[name].append(_timed(partial(model, x, timestep=t, class_labels=y), probe))
         for name, model in pair.items():
+            timed = runs[name][1:]
+            samples[name] = timed
             rows.append({"size": size, "backbone": name, "parameters": sum(p.numel() for p in model.parameters()),
-                         "macs": _macs(model, x[:1], t[:1], y[:1]), "latency_s": latency[name][1:],
-                         "median_s": statistics.median(latency[name][1:])})
+                         "macs": model_macs(model, x[:1], t[:1], y[:1]), "latency_s": [s.seconds for s in timed],
+                         "other_cpu": [s.other_cpu for s in timed],
+                         "median_s": statistics.median(s.seconds for s in timed)})
         del pair, model  # the loop variable would keep the last model alive while the next pair is built
     return {"schema": "accel.bench-backbones-sizes/1", "sizes": list(sizes), "batch": batch, "repeat": repeat,
-            "threads": torch.get_num_threads(), "env": info(), "rows": rows}
+            "threads": torch.get_num_threads(), "env": info(), "verdict": _verdict(samples), "rows": rows}
 
 
 def size_markdown(result: dict[str, Any], command: str | None = None) -> str:
     """One row per model; each DiCo's speed against the DiT of its size."""
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"one forward over {result['batch']} latents of 4x32x32 (a 256 px image with the SD VAE; labels cycling, "
+    head += (f"one forward over {_plural(result['batch'], 'latent')} of 4x32x32 (a 256 px image with the SD VAE; labels cycling, "
              f"timestep 500), no grad, fp32, random weights; median of {result['repeat']} interleaved calls after a "
              "warm-up; forward GMACs per latent by FlopCounterMode with attention on SDPA's math kernel; "
              f"device: {result['env']['device']}\n\n")
@@ -180,7 +213,7 @@ def size_markdown(result: dict[str, Any], command: str | None = None) -> str:
             r["size"], r["backbone"], f"{r['parameters']:,}", f"{r['macs'] / 1e9:.2f}",
             f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{result['batch'] / r['median_s']:.1f}",
             f"{dit[r['size']] / r['median_s']:.2f}x"]) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + _verdict_line(result)
 
 
 BUDGETS = ("steps", "compute")
@@ -284,7 +317,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     rows = {r["label"]: r for r in result["rows"]}
     dits, lego = [rows["digits-dit"], rows["digits-dit-p2"]], rows["digits-lego"]
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"one batch of {result['batch']} images (labels cycling 0..9), DDIM {result['steps']} steps, guidance "
+    head += (f"one batch of {_plural(result['batch'], 'image')} (labels cycling 0..9), DDIM {result['steps']} steps, guidance "
              f"{result['guidance']}, median of {result['repeat']} interleaved repeats; task accuracy: the digits "
              f"judge over {result['accuracy_n']} samples (seed 0); FD: the Fréchet distance of those samples' judge "
              "features to the 1,438 real training digits' (FID with the digit judge; lower is closer to the data); "
@@ -301,33 +334,19 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             f"{result['batch'] / r['median_s']:.1f}", *(f"{d['median_s'] / r['median_s']:.2f}x" for d in dits),
             f"{100 * (r['median_s'] / lego['median_s'] - 1):+.0f}%" if r["entry"] == "digits-lego" else "-",
             f"{100 * r['accuracy']:.1f}", f"{r['fd']:.1f}" if r.get("fd") is not None else "-"]) + " |")
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n" + _verdict_line(result)
 
 
 def _cmd(args: argparse.Namespace) -> int:
     import json
     import shlex
+    import sys
 
-    from accel.bench.report import bad_doc_key, update_doc
-    from accel.errors import InvalidOptionError
-    from accel.method import method_class
+    from accel.bench.report import check_outputs, update_doc
 
-    method_class("lego-skip").Config.from_options(fraction=args.fraction)  # a bad value: refused before any run
+    _check_options(args)
+    check_outputs("bench-backbones", args.out, args.doc, args.doc_key, ("results.json", "results.md"))
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
-    _check_training_options(args)
-    if args.out and not _can_be_dir(Path(args.out)):
-        raise InvalidOptionError(f"bench-backbones: --out={args.out!r} is or lies under a file; expected a directory "
-                                 "(made if missing)")
-    if args.doc and (Path(args.doc).is_dir() or not Path(args.doc).parent.is_dir()):
-        raise InvalidOptionError(f"bench-backbones: --doc={args.doc!r}: expected a markdown file (made if missing) "
-                                 "in an existing directory")
-    if args.doc_key is not None and not args.doc_key.strip():
-        raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} is empty; expected the section's key, "
-                                 "or no --doc-key for the command as the key")
-    if args.doc_key and bad_doc_key(args.doc_key):
-        raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} {bad_doc_key(args.doc_key)}")
-    if args.doc_key and not args.doc:
-        raise InvalidOptionError(f"bench-backbones: --doc-key={args.doc_key!r} acts only with --doc")
     if args.sizes is not None:
         result = size_study(args.sizes, args.batch, args.repeat)
         text = size_markdown(result, command)
@@ -338,57 +357,67 @@ def _cmd(args: argparse.Namespace) -> int:
     else:
         result = run(args.batch, args.repeat, args.accuracy_n, args.fraction)
         text = markdown(result, command)
+    result["command"] = command
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
         (out / "results.md").write_text(text)
-    if args.doc:
-        key = args.doc_key or command
-        update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
+    if not args.doc:
+        return 0
+    if not (result.get("verdict", {}).get("reliable", True) or args.publish_unreliable):  # caught, not published
+        print(f"accel bench-backbones: unreliable timings; {args.doc} left unchanged (run it alone, or pass "
+              "--publish-unreliable)", file=sys.stderr)
+        return 3
+    key = args.doc_key or command
+    update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
     return 0
 
 
-def _can_be_dir(path: Path) -> bool:
-    """Whether `path` is a directory or could be made one: no part of it is an existing file."""
-    return not any(p.exists() and not p.is_dir() for p in (path, *path.parents))
+# Each study's options with their defaults, and where they act: "rows" the committed digits checkpoints timed
+# and judged (the default study), "seeds" the training runs (--train-seeds), "sizes" the papers' sizes (--sizes)
+DEFAULTS: dict[str, Any] = {"batch": 20, "repeat": 3, "accuracy_n": 100, "fraction": 0.4, "train_steps": None,
+                            "train_lr": None, "train_budget": "steps", "train_kinds": ("dit", "dico")}
+ACTS = {"batch": ("rows", "sizes"), "repeat": ("rows", "sizes"), "accuracy_n": ("rows", "seeds"),
+        "fraction": ("rows",), "train_steps": ("seeds",), "train_lr": ("seeds",), "train_budget": ("seeds",),
+        "train_kinds": ("seeds",)}
+STUDIES = {"rows": "the digits rows (the default study: the committed checkpoints timed and judged)",
+           "seeds": "--train-seeds (the training runs)", "sizes": "--sizes (the papers' sizes, untrained)"}
 
 
-TIMING_DEFAULTS = {"batch": 20, "repeat": 3, "fraction": 0.4}  # the timed table's options (not the training runs')
-
-
-def _check_training_options(args: argparse.Namespace) -> None:
-    """--train-* options act only with --train-seeds, the timing options only without it, and a per-backbone
-    rate only for a backbone trained."""
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any run, an option that would have no effect in the study asked for (`ACTS`), both
+    studies at once, a bad lego-skip fraction, fewer than 2 judged samples for the rows (the Fréchet distance
+    needs a covariance), a compute budget with one backbone, and a rate for a backbone not trained."""
     from accel.errors import InvalidOptionError
+    from accel.method import method_class
 
-    given = [f"--{name.replace('_', '-')}" for name in ("train_steps", "train_lr") if getattr(args, name) is not None]
-    if args.train_budget != "steps":
-        given.append("--train-budget")
-    if args.train_kinds != ("dit", "dico"):
-        given.append("--train-kinds")
-    if args.train_seeds is None and given:
-        raise InvalidOptionError(f"bench-backbones: {', '.join(given)} acts only with --train-seeds (the training "
-                                 "runs); without it the committed checkpoints are timed")
-    timing = [f"--{name}" for name, default in TIMING_DEFAULTS.items() if getattr(args, name) != default]
-    if args.train_seeds is not None and timing:
-        raise InvalidOptionError(f"bench-backbones: {', '.join(timing)} times the committed checkpoints; with "
-                                 "--train-seeds (the training runs) it has no effect")
-    if args.sizes is not None:
-        other = [f"--{name.replace('_', '-')}" for name, default in (("train_seeds", None), ("accuracy_n", 100),
-                                                                    ("fraction", TIMING_DEFAULTS["fraction"]))
-                 if getattr(args, name) != default]
-        if other:
-            raise InvalidOptionError(f"bench-backbones: {', '.join(other)} has no effect with --sizes (which times "
-                                     "untrained models of the papers' sizes); give one or the other")
+    def refuse(message: str) -> None:
+        raise InvalidOptionError(f"bench-backbones: {message}")
+
+    if args.sizes is not None and args.train_seeds is not None:
+        refuse("--sizes and --train-seeds are two different studies; give one of them")
+    study = "sizes" if args.sizes is not None else "seeds" if args.train_seeds is not None else "rows"
+    ignored = [name for name, studies in ACTS.items() if study not in studies and getattr(args, name) != DEFAULTS[name]]
+    if ignored:
+        flags = {name: f"--{name.replace('_', '-')}" for name in ignored}
+        where = "; ".join(f"{flag} acts only with {' or '.join(STUDIES[s].split(' (')[0] for s in ACTS[name])}"
+                          for name, flag in flags.items())
+        refuse(f"{', '.join(flags.values())} {'has' if len(flags) == 1 else 'have'} no effect with {STUDIES[study]}: "
+               f"{where}")
+    if study == "rows":
+        method_class("lego-skip").Config.from_options(fraction=args.fraction)
+        if args.accuracy_n < 2:
+            refuse(f"--accuracy-n={args.accuracy_n}: the digits rows need at least 2 judged samples (the Fréchet "
+                   "distance takes their covariance); 1 is allowed only with --train-seeds")
     if args.train_budget == "compute" and len(args.train_kinds) < 2:
-        raise InvalidOptionError(f"bench-backbones: --train-budget compute matches other backbones to the first's "
-                                 f"compute; --train-kinds={','.join(args.train_kinds)} trains only one")
+        refuse(f"--train-budget compute matches other backbones to the first's compute; "
+               f"--train-kinds={','.join(args.train_kinds)} trains only one")
     if isinstance(args.train_lr, dict) and set(args.train_lr) - set(args.train_kinds):
         extra = ", ".join(sorted(set(args.train_lr) - set(args.train_kinds)))
-        raise InvalidOptionError(f"bench-backbones: --train-lr gives a rate for {extra}, which --train-kinds "
-                                 f"({','.join(args.train_kinds)}) does not train")
+        refuse(f"--train-lr gives a rate for {extra}, which --train-kinds ({','.join(args.train_kinds)}) does not "
+               "train")
 
 
 def seed_list(text: str) -> list[int]:
@@ -398,7 +427,7 @@ def seed_list(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--train-seeds={text!r}: expected distinct non-negative integers "
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected distinct non-negative integers "
                                          "separated by commas, e.g. 0,1,2")
     return seeds
 
@@ -413,7 +442,7 @@ def learning_rates(text: str) -> float | dict[str, float]:
         except ValueError:
             value = float("nan")
         if not 0 < value < 1:
-            raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected a learning rate in (0, 1), e.g. 1e-3, "
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a learning rate in (0, 1), e.g. 1e-3, "
                                              "or one per backbone, e.g. dit=2e-3,dico=4e-3")
         return value
 
@@ -421,7 +450,7 @@ def learning_rates(text: str) -> float | dict[str, float]:
         return rate(text)
     pairs = [[side.strip() for side in part.split("=", 1)] for part in text.split(",")]
     if any(len(p) != 2 or p[0] not in KINDS for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
-        raise argparse.ArgumentTypeError(f"--train-lr={text!r}: expected kind=rate pairs of {', '.join(KINDS)}, "
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected kind=rate pairs of {', '.join(KINDS)}, "
                                          "e.g. dit=2e-3,dico=4e-3")
     return {k: rate(v) for k, v in pairs}
 
@@ -430,7 +459,7 @@ def size_list(text: str) -> list[str]:
     """"S,B" -> ["S", "B"]: distinct sizes of `DIT_SIZES`."""
     sizes = [part.strip() for part in text.split(",")]
     if not sizes or any(s not in DIT_SIZES for s in sizes) or len(set(sizes)) != len(sizes):
-        raise argparse.ArgumentTypeError(f"--sizes={text!r}: expected distinct sizes of {', '.join(DIT_SIZES)} "
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected distinct sizes of {', '.join(DIT_SIZES)} "
                                          "separated by commas, e.g. S,B")
     return sizes
 
@@ -441,7 +470,7 @@ def kind_list(text: str) -> tuple[str, ...]:
 
     kinds = tuple(part.strip() for part in text.split(","))
     if not kinds or any(k not in KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise argparse.ArgumentTypeError(f"--train-kinds={text!r}: expected distinct names of {', '.join(KINDS)} "
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected distinct names of {', '.join(KINDS)} "
                                          "separated by commas, e.g. dit,dico")
     return kinds
 
@@ -449,36 +478,46 @@ def kind_list(text: str) -> tuple[str, ...]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from accel.cli import counting
 
-    p = sub.add_parser("bench-backbones", help="the trained DiT, DiCo and LEGO (and lego-skip) of equal parameter "
-                       "count side by side on the digits task: sampling speed and task accuracy")
-    p.add_argument("--batch", type=counting(1), default=TIMING_DEFAULTS["batch"],
-                   help=f"images per timed call (default {TIMING_DEFAULTS['batch']})")
-    p.add_argument("--repeat", type=counting(1), default=TIMING_DEFAULTS["repeat"],
-                   help=f"interleaved timed repeats (default {TIMING_DEFAULTS['repeat']})")
-    p.add_argument("--accuracy-n", type=counting(1), default=100,
-                   help="judged samples per row, or per training run with --train-seeds (default 100)")
-    p.add_argument("--fraction", type=float, default=TIMING_DEFAULTS["fraction"],
-                   help=f"lego-skip's share of skipped steps (default {TIMING_DEFAULTS['fraction']})")
+    p = sub.add_parser(
+        "bench-backbones", help="DiT, DiCo and LEGO side by side: the trained digits entries (speed, task accuracy), "
+        "their training runs across seeds (--train-seeds), or the papers' sizes (--sizes)",
+        description="One of three studies. Default: the committed digits checkpoints of equal parameter count "
+        "(digits-dit, digits-dit-p2, digits-dico, digits-lego, and LEGO with lego-skip), timed side by side and "
+        "judged by the digits judge. --train-seeds: each backbone trained once per seed, task accuracy across "
+        "the runs. --sizes: DiCo against diffusers' DiT at the papers' sizes, timed with random weights. Each "
+        "option below says which study it acts in; one that would have no effect is refused.")
+    p.add_argument("--batch", type=counting(1), default=DEFAULTS["batch"],
+                   help=f"digits rows and --sizes: images (latents) per timed call (default {DEFAULTS['batch']})")
+    p.add_argument("--repeat", type=counting(1), default=DEFAULTS["repeat"],
+                   help=f"digits rows and --sizes: interleaved timed repeats (default {DEFAULTS['repeat']})")
+    p.add_argument("--accuracy-n", type=counting(1), default=DEFAULTS["accuracy_n"],
+                   help="digits rows (at least 2) and --train-seeds: judged samples per row or per training run "
+                   f"(default {DEFAULTS['accuracy_n']})")
+    p.add_argument("--fraction", type=float, default=DEFAULTS["fraction"],
+                   help=f"digits rows: lego-skip's share of skipped steps (default {DEFAULTS['fraction']})")
     p.add_argument("--train-seeds", type=seed_list, default=None, metavar="0,1,2",
                    help="instead of the timed rows: train each of --train-kinds once per seed (at 1,200 steps the "
                    "DiT takes 5-7 minutes, DiCo 1.5-3, on 2 threads alone) and compare their accuracy across the runs")
     p.add_argument("--train-steps", type=counting(1), default=None,
                    help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
-    p.add_argument("--train-kinds", type=kind_list, default=("dit", "dico"), metavar="dit,dico",
+    p.add_argument("--train-kinds", type=kind_list, default=DEFAULTS["train_kinds"], metavar="dit,dico",
                    help="the backbones trained with --train-seeds (default dit,dico; the first is the reference)")
-    p.add_argument("--train-budget", choices=BUDGETS, default="steps",
+    p.add_argument("--train-budget", choices=BUDGETS, default=DEFAULTS["train_budget"],
                    help="with --train-seeds: 'steps', every backbone --train-steps optimizer steps (default), or "
                    "'compute', the first backbone --train-steps steps and every other one as many as cost the same "
                    "forward multiply-accumulates")
     p.add_argument("--train-lr", type=learning_rates, default=None, metavar="RATE|dit=RATE,dico=RATE",
                    help="peak learning rate of the --train-seeds runs, for all or per backbone (default: the "
                    "entries' recipe, 1e-3)")
-    p.add_argument("--sizes", type=size_list, default=None, metavar="S,B",
+    p.add_argument("--sizes", type=size_list, default=None, metavar="S,B,L,XL",
                    help="instead of the digits rows: time DiCo against the DiT of each size at the papers' "
                    "configs on a 256 px latent, with random weights (S: about 4 s per forward of 20 on 2 "
                    "threads, B: about 4x that; L and XL take minutes)")
     p.add_argument("--out", default=None, help="a directory for results.json and results.md")
     p.add_argument("--doc", default=None, help="a markdown file to write the table into, in a section marked by "
-                   "--doc-key (replaced in place when the key is there, appended otherwise)")
+                   "--doc-key (replaced in place when the key is there, appended otherwise); left unchanged, with "
+                   "exit status 3, when other processes disturbed the timed runs")
     p.add_argument("--doc-key", default=None, help="the section's key and heading in --doc (default: the command)")
+    p.add_argument("--publish-unreliable", action="store_true",
+                   help="write --doc even when the timings were disturbed (the table says so)")
     p.set_defaults(func=_cmd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,60 @@ def bad_doc_key(key: str) -> str | None:
     return None
 
 
+def can_write_dir(path: Path) -> bool:
+    """Whether `path` is, or could be made, a directory a file can be written into, found without making
+    anything: no part of it is a file, and a file can be made in its nearest existing ancestor (tried, not
+    read from the permission bits: root passes every permission check, yet /proc refuses files)."""
+    import tempfile
+
+    path = path.absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return True
+    except OSError:
+        return False
+
+
+def check_outputs(command: str, out: str | None = None, doc: str | None = None, doc_key: str | None = None,
+                  out_files: Sequence[str] = ()) -> None:
+    """Refuse, before a benchmark runs, what it could write only by failing after the run: an empty `--out`
+    or `--doc`, an `--out` that is (or lies under) a file or cannot be written, a `--doc` that is a
+    directory, cannot be written, or is `--out`, one of the files `out_files` it writes there or a folder
+    above it, and a `--doc-key` that is empty, cannot mark a section (`bad_doc_key`) or is given without
+    `--doc`. Nothing is made. Raises `InvalidOptionError` naming the option, its value and what is
+    expected, prefixed with `command` (e.g. "bench-backbones")."""
+    from accel.errors import InvalidOptionError
+
+    def refuse(message: str) -> None:
+        raise InvalidOptionError(f"{command}: {message}")
+
+    for flag, value in (("--out", out), ("--doc", doc)):
+        if value is not None and not value.strip():
+            refuse(f"{flag}={value!r} is empty; expected a path")
+    if out is not None and not can_write_dir(Path(out)):
+        refuse(f"--out={out!r} is, or lies under, a file, or cannot be written; expected a directory (made if "
+               "missing)")
+    if doc is not None:
+        path = Path(doc).absolute()
+        if out is not None:
+            folder = Path(out).absolute()
+            if path == folder or path in folder.parents or path in {folder / name for name in out_files}:
+                refuse(f"--doc={doc!r} is where --out={out!r} writes its results; expected another markdown file")
+        if path.is_dir() or not can_write_dir(path.parent):
+            refuse(f"--doc={doc!r}: expected a markdown file (made if missing, with its folder) where a file "
+                   "can be written")
+    if doc_key is not None:
+        if not doc_key.strip():
+            refuse(f"--doc-key={doc_key!r} is empty; expected the section's key, or no --doc-key for the default")
+        if bad_doc_key(doc_key):
+            refuse(f"--doc-key={doc_key!r} {bad_doc_key(doc_key)}")
+        if doc is None:
+            refuse(f"--doc-key={doc_key!r} acts only with --doc")
+
+
 def update_doc(path: Path, key: str, body: str) -> None:
     """Put `body` into the markdown file `path` between markers named by `key`, replacing an earlier
     run of the same key: docs/benchmarks.md is assembled from tool output, never typed by hand.
@@ -206,6 +261,7 @@ def update_doc(path: Path, key: str, body: str) -> None:
         raise ValueError(f"doc key {key!r} {problem}")
     start, end = f"<!-- accel-bench:{key} -->", f"<!-- /accel-bench:{key} -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text and end in text:
         before, rest = text.split(start, 1)

@@ -127,22 +127,27 @@ def reachable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() - _unread_label_rows(n, p) * p.shape[-1] for n, p in model.named_parameters() if p.requires_grad)
 
 
-def forward_macs(kind: str) -> int:
-    """Multiply-accumulates of one forward of the entry's model over one latent ([1, 4, 16, 16], a class
-    label, one timestep), counted by `torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2) with
-    attention on SDPA's math kernel, whose matmuls the counter sees (it has no formula for the CPU flash
-    kernel, and would leave attention out): the per-sample cost that an equal training-compute budget is
-    matched on (a training step costs about three forwards for every backbone). Measured: DiT 164.2 M (113.9 M
-    without attention), DiT patch 2 32.1 M, DiCo 29.6 M, LEGO 136.7 M. Deterministic; the global RNG is left as it was."""
+def model_macs(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> int:
+    """Multiply-accumulates of one no-grad forward of a DiT-style `model` on `x`, counted by
+    `torch.utils.flop_counter.FlopCounterMode` (its FLOPs / 2) with attention on SDPA's math kernel, whose
+    matmuls the counter sees (it has no formula for the CPU flash kernel, and would leave attention out)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(x, timestep=timestep, class_labels=class_labels)
+    return counter.get_total_flops() // 2
+
+
+def forward_macs(kind: str) -> int:
+    """Multiply-accumulates of one forward of the entry's model over one latent ([1, 4, 16, 16], a class
+    label, one timestep; `model_macs`): the per-sample cost that an equal training-compute budget is
+    matched on (a training step costs about three forwards for every backbone). Measured: DiT 164.2 M (113.9 M
+    without attention), DiT patch 2 32.1 M, DiCo 29.6 M, LEGO 136.7 M. Deterministic; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
         model = build(kind).eval()
         x = torch.zeros(1, CHANNELS, SAMPLE_SIZE, SAMPLE_SIZE)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model(x, timestep=torch.tensor([500]), class_labels=torch.tensor([0]))
-    return counter.get_total_flops() // 2
+        return model_macs(model, x, torch.tensor([500]), torch.tensor([0]))
 
 
 def pipeline(kind: str, transformer: torch.nn.Module) -> Any:

@@ -62,8 +62,8 @@ def test_every_command_but_compile_check_works_without_triton():
         (["demo", "--port", "0"], "argument --port: 0 is below 1"),
         (["bench", "--methods", "pisa,nope", "--size", "tiny"], "unknown method 'nope'. Did you mean 'none'?"),
         (["bench", "--model", "no-such-model", "--size", "tiny"], "Cannot load 'no-such-model' from local files"),
-        (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc /proc/no/such/dir: not a directory that can be written"),
-        (["bench", "--out", "/proc/x"], "--out /proc/x: not a directory that can be written"),
+        (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc='/proc/no/such/dir/x.md': expected a markdown file"),
+        (["bench", "--out", "/proc/x"], "--out='/proc/x' is, or lies under, a file, or cannot be written"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason_before_anything_runs(argv, message, capsys):
