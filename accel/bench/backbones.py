@@ -18,6 +18,12 @@ the batch and the factor being the same for every backbone).
 `DiTTransformer2DModel` at DiT-S/B/L/XL-2 on a 256 px image's 4x32x32 latent, with random weights (speed does
 not depend on what was learned), one forward per call: the sampling speed of the published architectures,
 where the digits entries are these architectures scaled down to a 16x16 latent.
+
+Both timed studies read, per timed call, the share of the CPUs other processes used (`measure.RunSample`) and
+end with `noise.judge`'s verdict on the first row's spread and the disturbed calls; an unreliable table is
+printed and written to `--out` marked so, but `--doc` is left unchanged (exit status 3) unless
+`--publish-unreliable`. An option that would have no effect in the study asked for is refused before any run
+(`ACTS`), and so are outputs that could not be written (`report.check_outputs`).
 """
 
 from __future__ import annotations
@@ -278,10 +284,10 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     acc = {k: [100 * r["accuracy"] for r in result["runs"] if r["kind"] == k] for k in kinds}
     head = f"Command: `{command}`\n\n" if command else ""
     if result.get("budget") == "compute":
-        budget = (f"at equal training compute (digits-{kinds[0]} {result['steps']} steps, every other backbone as "
+        budget = (f"at equal training compute (digits-{kinds[0]} {_plural(result['steps'], 'step')}, every other backbone as "
                   "many as cost the same forward multiply-accumulates)")
     else:
-        budget = f"({result['steps']} steps)"
+        budget = f"({_plural(result['steps'], 'step')})"
     head += (f"each backbone trained once per seed with the shared recipe {budget} on {result['threads']} "
              "threads at the row's peak learning rate, fp16 EMA weights, judged over "
              f"{result['accuracy_n']} samples (seed 0); device: {result['env']['device']}\n\n")
