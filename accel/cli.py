@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=False,
         help="half resolution (random-weight models), <= 8 steps, one repeat, no settling rounds, <= 10 accuracy "
-             "samples: about two minutes",
+             "samples: about ten minutes on 2 cores",
     )
     p.add_argument(
         "--no-profile",

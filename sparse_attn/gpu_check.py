@@ -32,6 +32,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -358,17 +359,15 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print("accel gpu-check: on CPU the kernels run only under TRITON_INTERPRET=1")
         return 2
-    for path in (args.json, args.doc):  # fail now, not after the run, if the results cannot be written
-        if path and not os.access(os.path.dirname(os.path.abspath(path)), os.W_OK):
-            print(f"accel gpu-check: cannot write {path}")
-            return 2
+    from accel.bench.report import check_outputs
+
+    check_outputs("gpu-check", doc=args.doc, files={"--json": args.json})  # now, not after the run
     result = run(args.device, args.tiny, args.budget_s, args.repeats)
     result["command"] = "accel " + " ".join(args.argv)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2, default=str)
     if args.doc:
-        from pathlib import Path
-
         from accel.bench.report import update_doc
 
         update_doc(Path(args.doc), "gpu-check", markdown(result))

@@ -19,6 +19,7 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
@@ -312,7 +313,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd(args: argparse.Namespace) -> int:
     from accel.bench.report import check_outputs
 
-    check_outputs("compile-check", doc=args.doc)  # before the builds, not after them
+    check_outputs("compile-check", doc=args.doc, files={"--out": args.out})  # before the builds, not after them
     specs = specializations()
     if not args.all:
         specs = covering(specs)
@@ -320,6 +321,7 @@ def _cmd(args: argparse.Namespace) -> int:
     table = report(results)
     print(table)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as f:
             f.write(table + "\n")
     found = problems(results)
@@ -328,7 +330,6 @@ def _cmd(args: argparse.Namespace) -> int:
     print("\n".join(found))
     if args.doc:
         import platform
-        from pathlib import Path
 
         from accel.bench.report import update_doc
 

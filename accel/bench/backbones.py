@@ -126,15 +126,15 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _verdict_line(result: dict[str, Any]) -> str:
-    """The timing verdict under a table (`_verdict`)."""
+    """The timing verdict above a table (`_verdict`)."""
     verdict = result.get("verdict")
     if verdict is None:
         return ""
     share = verdict.get("other_cpu")
     load = "" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs on average"
     if verdict["reliable"]:
-        return f"\nTimings: reliable ({verdict['disturbed_runs']} of {verdict['runs']} timed runs disturbed{load}).\n"
-    return f"\n**UNRELIABLE TIMINGS**: {'; '.join(verdict['reasons'])}{load}.\n"
+        return f"Timings: reliable ({verdict['disturbed_runs']} of {verdict['runs']} timed runs disturbed{load}).\n\n"
+    return f"**UNRELIABLE TIMINGS**: {'; '.join(verdict['reasons'])}{load}.\n\n"
 
 
 # DiT paper, Table 1, at patch 2, as diffusers' `DiTTransformer2DModel` configs; each is the size the DiCo paper
@@ -219,7 +219,7 @@ def size_markdown(result: dict[str, Any], command: str | None = None) -> str:
             r["size"], r["backbone"], f"{r['parameters']:,}", f"{r['macs'] / 1e9:.2f}",
             f"{r['median_s']:.3f} [{min(s):.3f}-{max(s):.3f}]", f"{result['batch'] / r['median_s']:.1f}",
             f"{dit[r['size']] / r['median_s']:.2f}x"]) + " |")
-    return head + "\n".join(lines) + "\n" + _verdict_line(result)
+    return head + _verdict_line(result) + "\n".join(lines) + "\n"
 
 
 BUDGETS = ("steps", "compute")
@@ -270,7 +270,7 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
                 runs.append({"kind": kind, "seed": seed, "lr": rate, "steps": run.steps, "macs": macs[kind],
                              "capped": run.capped, "train_s": run.seconds, "accuracy": accuracy})
                 if log:
-                    log(f"{bb.entry_name(kind)} seed {seed} lr {rate:g}: {run.steps} steps in {run.seconds:.0f}s"
+                    log(f"{bb.entry_name(kind)} seed {seed} lr {rate:g}: {_plural(run.steps, 'step')} in {run.seconds:.0f}s"
                         f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
     return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
             "steps": cfg.steps, "budget": budget, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs,
@@ -290,11 +290,12 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
         budget = f"({_plural(result['steps'], 'step')})"
     head += (f"each backbone trained once per seed with the shared recipe {budget} on {result['threads']} "
              "threads at the row's peak learning rate, fp16 EMA weights, judged over "
-             f"{result['accuracy_n']} samples (seed 0); device: {result['env']['device']}\n\n")
+             f"{_plural(result['accuracy_n'], 'sample')} (seed 0); device: {result['env']['device']}\n\n")
     if "judge_held_out" in result:
         real = result["judge_held_out"]
         head += (f"The judge itself on the {real['n']} real held-out digits: {100 * real['accuracy']:.1f}% "
-                 "(samples scoring above it are read more surely than real digits: the accuracy is saturated).\n\n")
+                 "(samples scoring above it are read more surely than real digits: there the accuracy is "
+                 "saturated).\n\n")
     cols = ["backbone", "peak lr", "steps", "forward MMACs", *(f"seed {s} %" for s in seeds), "mean %", "sd",
             "train s (mean)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -323,7 +324,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
     rows = {r["label"]: r for r in result["rows"]}
     dits, lego = [rows["digits-dit"], rows["digits-dit-p2"]], rows["digits-lego"]
     head = f"Command: `{command}`\n\n" if command else ""
-    head += (f"one batch of {_plural(result['batch'], 'image')} (labels cycling 0..9), DDIM {result['steps']} steps, guidance "
+    head += (f"one batch of {_plural(result['batch'], 'image')} (labels 0, 1, 2, ... cycling through 0..9), DDIM {result['steps']} steps, guidance "
              f"{result['guidance']}, median of {result['repeat']} interleaved repeats; task accuracy: the digits "
              f"judge over {result['accuracy_n']} samples (seed 0); FD: the Fréchet distance of those samples' judge "
              "features to the 1,438 real training digits' (FID with the digit judge; lower is closer to the data); "
@@ -340,7 +341,7 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
             f"{result['batch'] / r['median_s']:.1f}", *(f"{d['median_s'] / r['median_s']:.2f}x" for d in dits),
             f"{100 * (r['median_s'] / lego['median_s'] - 1):+.0f}%" if r["entry"] == "digits-lego" else "-",
             f"{100 * r['accuracy']:.1f}", f"{r['fd']:.1f}" if r.get("fd") is not None else "-"]) + " |")
-    return head + "\n".join(lines) + "\n" + _verdict_line(result)
+    return head + _verdict_line(result) + "\n".join(lines) + "\n"
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -387,9 +388,13 @@ DEFAULTS: dict[str, Any] = {"batch": 20, "repeat": 3, "accuracy_n": 100, "fracti
                             "train_lr": None, "train_budget": "steps", "train_kinds": ("dit", "dico")}
 ACTS = {"batch": ("rows", "sizes"), "repeat": ("rows", "sizes"), "accuracy_n": ("rows", "seeds"),
         "fraction": ("rows",), "train_steps": ("seeds",), "train_lr": ("seeds",), "train_budget": ("seeds",),
-        "train_kinds": ("seeds",)}
+        "train_kinds": ("seeds",), "publish_unreliable": ("rows", "sizes")}
 STUDIES = {"rows": "the digits rows (the default study: the committed checkpoints timed and judged)",
            "seeds": "--train-seeds (the training runs)", "sizes": "--sizes (the papers' sizes, untrained)"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -405,15 +410,21 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.sizes is not None and args.train_seeds is not None:
         refuse("--sizes and --train-seeds are two different studies; give one of them")
     study = "sizes" if args.sizes is not None else "seeds" if args.train_seeds is not None else "rows"
-    ignored = [name for name, studies in ACTS.items() if study not in studies and getattr(args, name) != DEFAULTS[name]]
+    given = {token.split("=", 1)[0] for token in getattr(args, "argv", []) if token.startswith("--")}  # abbreviations are off
+    ignored = [name for name, studies in ACTS.items() if study not in studies and _flag(name) in given]
     if ignored:
-        flags = {name: f"--{name.replace('_', '-')}" for name in ignored}
+        flags = {name: _flag(name) for name in ignored}
         where = "; ".join(f"{flag} acts only with {' or '.join(STUDIES[s].split(' (')[0] for s in ACTS[name])}"
                           for name, flag in flags.items())
         refuse(f"{', '.join(flags.values())} {'has' if len(flags) == 1 else 'have'} no effect with {STUDIES[study]}: "
                f"{where}")
+    if args.publish_unreliable and not args.doc:
+        refuse("--publish-unreliable acts only with --doc (it writes a disturbed run's table there)")
     if study == "rows":
-        method_class("lego-skip").Config.from_options(fraction=args.fraction)
+        try:
+            method_class("lego-skip").Config.from_options(fraction=args.fraction)
+        except ValueError as err:
+            refuse(f"--fraction={args.fraction}: {str(err).removeprefix('lego-skip: ')}")
         if args.accuracy_n < 2:
             refuse(f"--accuracy-n={args.accuracy_n}: the digits rows need at least 2 judged samples (the Fréchet "
                    "distance takes their covariance); 1 is allowed only with --train-seeds")
@@ -427,13 +438,13 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def seed_list(text: str) -> list[int]:
-    """"0,1,2" -> [0, 1, 2]: distinct non-negative integers."""
+    """"0,1,2" -> [0, 1, 2]: distinct integers that seed torch's generator, [0, 2**63)."""
     try:
         seeds = [int(part) for part in text.split(",")]
     except ValueError:
         seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected distinct non-negative integers "
+    if not seeds or min(seeds) < 0 or max(seeds) >= 2**63 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected distinct integers in [0, 2**63) "
                                          "separated by commas, e.g. 0,1,2")
     return seeds
 
@@ -491,7 +502,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(digits-dit, digits-dit-p2, digits-dico, digits-lego, and LEGO with lego-skip), timed side by side and "
         "judged by the digits judge. --train-seeds: each backbone trained once per seed, task accuracy across "
         "the runs. --sizes: DiCo against diffusers' DiT at the papers' sizes, timed with random weights. Each "
-        "option below says which study it acts in; one that would have no effect is refused.")
+        "option below says which study it acts in; one that would have no effect is refused. The table is "
+        "printed, and written only where --out and --doc say.", allow_abbrev=False)
     p.add_argument("--batch", type=counting(1), default=DEFAULTS["batch"],
                    help=f"digits rows and --sizes: images (latents) per timed call (default {DEFAULTS['batch']})")
     p.add_argument("--repeat", type=counting(1), default=DEFAULTS["repeat"],
@@ -507,7 +519,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-steps", type=counting(1), default=None,
                    help="optimizer steps per training run with --train-seeds (default: the entries' budget, 1200)")
     p.add_argument("--train-kinds", type=kind_list, default=DEFAULTS["train_kinds"], metavar="dit,dico",
-                   help="the backbones trained with --train-seeds (default dit,dico; the first is the reference)")
+                   help="the backbones trained with --train-seeds, of dit, dit-p2, dico, lego (default dit,dico; "
+                   "the first is the reference)")
     p.add_argument("--train-budget", choices=BUDGETS, default=DEFAULTS["train_budget"],
                    help="with --train-seeds: 'steps', every backbone --train-steps optimizer steps (default), or "
                    "'compute', the first backbone --train-steps steps and every other one as many as cost the same "
@@ -519,11 +532,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="instead of the digits rows: time DiCo against the DiT of each size at the papers' "
                    "configs on a 256 px latent, with random weights (S: about 4 s per forward of 20 on 2 "
                    "threads, B: about 4x that; L and XL take minutes)")
-    p.add_argument("--out", default=None, help="a directory for results.json and results.md")
+    p.add_argument("--out", default=None, help="a directory for results.json and results.md (default: none, the "
+                   "table is only printed)")
     p.add_argument("--doc", default=None, help="a markdown file to write the table into, in a section marked by "
                    "--doc-key (replaced in place when the key is there, appended otherwise); left unchanged, with "
-                   "exit status 3, when other processes disturbed the timed runs")
+                   "exit status 3, when the timings are unreliable (other processes disturbed the timed runs, or the "
+                   "first row's runs spread over 10%%)")
     p.add_argument("--doc-key", default=None, help="the section's key and heading in --doc (default: the command)")
     p.add_argument("--publish-unreliable", action="store_true",
-                   help="write --doc even when the timings were disturbed (the table says so)")
+                   help="digits rows and --sizes, with --doc: write --doc even when the timings are unreliable "
+                   "(the table says so)")
     p.set_defaults(func=_cmd)

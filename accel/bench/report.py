@@ -190,10 +190,11 @@ def write_plot(result: BenchResult, path: Path) -> bool:
 
 
 def bad_doc_key(key: str) -> str | None:
-    """Why `key` cannot name a section of `update_doc` (a line break or "-->" would end its HTML-comment
+    """Why `key` cannot name a section of `update_doc` (a line break, "-->" or "--!>" would end its HTML-comment
     marker early, and a later run could not find the section), or None when it can."""
-    if "\n" in key or "\r" in key or "-->" in key:
-        return "holds a line break or '-->', which would end the section's marker; expected one line without '-->'"
+    if "\n" in key or "\r" in key or "-->" in key or "--!>" in key:
+        return ("holds a line break, '-->' or '--!>', which would end the section's marker; expected one line "
+                "without them")
     return None
 
 
@@ -215,33 +216,50 @@ def can_write_dir(path: Path) -> bool:
 
 
 def check_outputs(command: str, out: str | None = None, doc: str | None = None, doc_key: str | None = None,
-                  out_files: Sequence[str] = ()) -> None:
-    """Refuse, before a benchmark runs, what it could write only by failing after the run: an empty `--out`
-    or `--doc`, an `--out` that is (or lies under) a file or cannot be written, a `--doc` that is a
-    directory, cannot be written, or is `--out`, one of the files `out_files` it writes there or a folder
-    above it, and a `--doc-key` that is empty, cannot mark a section (`bad_doc_key`) or is given without
-    `--doc`. Nothing is made. Raises `InvalidOptionError` naming the option, its value and what is
-    expected, prefixed with `command` (e.g. "bench-backbones")."""
+                  out_files: Sequence[str] = (), files: dict[str, str | None] | None = None) -> None:
+    """Refuse, before a benchmark runs, what it could write only by failing after the run: an empty path, an
+    `--out` directory that is (or lies under) a file, is a link to nothing or cannot be written; a `--doc`
+    (or another file of `files`, option -> path) that exists but is not a regular file (a directory, a device,
+    a pipe), is not UTF-8 text (--doc is read back), cannot be written, or lands on `--out`, one of the files
+    `out_files` it writes there, a folder above it, or another output (paths resolved: `..` and links
+    followed); and a `--doc-key` that is empty, cannot mark a section (`bad_doc_key`) or is given without
+    `--doc`. Nothing is made. Raises `InvalidOptionError` naming the option, its value and what is expected,
+    prefixed with `command` (e.g. "bench-backbones")."""
     from accel.errors import InvalidOptionError
 
     def refuse(message: str) -> None:
         raise InvalidOptionError(f"{command}: {message}")
 
-    for flag, value in (("--out", out), ("--doc", doc)):
+    targets = {"--doc": doc, **(files or {})}
+    for flag, value in (("--out", out), *targets.items()):
         if value is not None and not value.strip():
             refuse(f"{flag}={value!r} is empty; expected a path")
-    if out is not None and not can_write_dir(Path(out)):
+        if value is not None and Path(value).is_symlink() and not Path(value).exists():
+            refuse(f"{flag}={value!r} is a link to nothing; expected a path that can be written")
+    if out is not None and not can_write_dir(Path(out).resolve()):
         refuse(f"--out={out!r} is, or lies under, a file, or cannot be written; expected a directory (made if "
                "missing)")
-    if doc is not None:
-        path = Path(doc).absolute()
-        if out is not None:
-            folder = Path(out).absolute()
-            if path == folder or path in folder.parents or path in {folder / name for name in out_files}:
-                refuse(f"--doc={doc!r} is where --out={out!r} writes its results; expected another markdown file")
-        if path.is_dir() or not can_write_dir(path.parent):
-            refuse(f"--doc={doc!r}: expected a markdown file (made if missing, with its folder) where a file "
+    taken: dict[Path, str] = {}  # resolved output path -> the option that writes it
+    if out is not None:
+        folder = Path(out).resolve()
+        taken = {folder: "--out", **{folder / name: "--out" for name in out_files}}
+    for flag, value in targets.items():
+        if value is None:
+            continue
+        path = Path(value).resolve()
+        clash = taken.get(path) or next((taken[t] for t in taken if path in t.parents), None)
+        if clash:
+            other = f"{clash}={out if clash == '--out' else targets[clash]!r}"
+            refuse(f"{flag}={value!r} is where {other} writes; expected another file")
+        if (path.exists() and not path.is_file()) or not can_write_dir(path.parent):
+            refuse(f"{flag}={value!r}: expected a regular file (made if missing, with its folder) where a file "
                    "can be written")
+        if flag == "--doc" and path.exists():
+            try:
+                path.read_text()
+            except (UnicodeDecodeError, OSError) as err:
+                refuse(f"--doc={value!r} cannot be read back as UTF-8 text ({err}); expected a markdown file")
+        taken[path] = flag
     if doc_key is not None:
         if not doc_key.strip():
             refuse(f"--doc-key={doc_key!r} is empty; expected the section's key, or no --doc-key for the default")

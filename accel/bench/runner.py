@@ -443,7 +443,7 @@ def _expand_methods(spec: BenchSpec, pipe: Any) -> list[tuple[str, dict[str, Any
 
 def quick(spec: BenchSpec) -> BenchSpec:
     """`--quick`: the same rows at half the zoo resolution (a quarter of the tokens), at most 8 steps,
-    one repeat, no settling rounds and at most 10 task-accuracy samples: about two minutes on a 2-core CPU
+    one repeat, no settling rounds and at most 10 task-accuracy samples: about ten minutes on a 2-core CPU
     for the default model."""
     changes: dict[str, Any] = {"steps": min(spec.steps, 8), "repeat": 1, "accuracy_n": min(spec.accuracy_n, 10),
                                "settle_s": 0.0}

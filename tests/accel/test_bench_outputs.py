@@ -24,13 +24,16 @@ FILES = ("results.json", "results.md")
     (" ", None, None, "--out=' ' is empty"),
     ("pyproject.toml", None, None, "--out='pyproject.toml' is, or lies under, a file"),
     ("pyproject.toml/sub", None, None, "--out='pyproject.toml/sub' is, or lies under, a file"),
-    (None, "docs", None, "--doc='docs': expected a markdown file"),
-    (None, "pyproject.toml/x.md", None, "--doc='pyproject.toml/x.md': expected a markdown file"),
+    (None, "docs", None, "--doc='docs': expected a regular file"),
+    (None, "pyproject.toml/x.md", None, "--doc='pyproject.toml/x.md': expected a regular file"),
+    (None, "/dev/full", None, "--doc='/dev/full': expected a regular file"),  # would be read without end
+    ("{tmp}/r", "{tmp}/r/../r/results.md", None, "is where --out="),  # `..` resolved
     ("{tmp}/r", "{tmp}/r", None, "is where --out="),
     ("{tmp}/r", "{tmp}/r/results.md", None, "is where --out="),
     ("{tmp}/r/sub", "{tmp}/r", None, "is where --out="),
     (None, "x.md", " ", "--doc-key=' ' is empty"),
-    (None, "x.md", "a --> b", "--doc-key='a --> b' holds a line break or '-->'"),
+    (None, "x.md", "a --> b", "--doc-key='a --> b' holds a line break, '-->' or '--!>'"),
+    (None, "x.md", "a --!> b", "--doc-key='a --!> b' holds a line break, '-->' or '--!>'"),
     (None, "x.md", "one\ntwo", "--doc-key='one\\ntwo' holds a line break"),
     (None, None, "k", "--doc-key='k' acts only with --doc"),
 ])
@@ -41,6 +44,29 @@ def test_outputs_that_could_not_be_written_are_refused_and_nothing_is_made(out, 
         check_outputs("bench-x", out, doc, key, FILES)
     assert says in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_links_non_text_docs_and_clashing_files_are_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "target")
+    (tmp_path / "bin.md").write_bytes(b"\x80\x81")
+    cases = [
+        ({"out": str(tmp_path / "real"), "doc": str(tmp_path / "alias" / "results.json")}, "is where --out="),
+        ({"out": str(tmp_path / "dangling")}, "--out='" + str(tmp_path / "dangling") + "' is a link to nothing"),
+        ({"doc": str(tmp_path / "dangling")}, "is a link to nothing"),
+        ({"doc": str(tmp_path / "bin.md")}, "cannot be read back as UTF-8 text"),
+        ({"doc": str(tmp_path / "t.md"), "files": {"--out": str(tmp_path / "t.md")}}, "--out='" + str(tmp_path / "t.md")
+         + "' is where --doc="),
+        ({"files": {"--json": ""}}, "--json='' is empty"),
+        ({"files": {"--json": str(tmp_path / "real")}}, "--json='" + str(tmp_path / "real") + "': expected a regular file"),
+    ]
+    for kwargs, says in cases:
+        with pytest.raises(InvalidOptionError) as err:
+            check_outputs("bench-x", out_files=FILES, **kwargs)
+        assert says in str(err.value), kwargs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "bin.md", "dangling", "real"]
+    assert list((tmp_path / "real").iterdir()) == []
 
 
 def test_outputs_in_folders_still_to_be_made_are_accepted(tmp_path):
@@ -56,6 +82,23 @@ COMMANDS = {  # command -> where its run lives (replaced: a refusal must come be
 }
 
 
+@pytest.mark.parametrize("argv", [["compile-check", "--out", "{tmp}"], ["compile-check", "--out", "{tmp}/f.md", "--doc",
+                                                                        "{tmp}/f.md"],
+                                  ["gpu-check", "--device", "cpu", "--tiny", "--json", "{tmp}"],
+                                  ["gpu-check", "--device", "cpu", "--tiny", "--doc", "/proc/x.md"]])
+def test_the_gpu_scripts_check_their_files_before_running(argv, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("triton")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr("sparse_attn.triton_compile.check", boom)
+    monkeypatch.setattr("sparse_attn.gpu_check.run", boom)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert f"accel: error: {argv[0]}: " in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_bench_command_refuses_a_bad_doc_key_before_its_run(command, tmp_path, monkeypatch, capsys):
     def boom(*args, **kwargs):
@@ -64,7 +107,7 @@ def test_every_bench_command_refuses_a_bad_doc_key_before_its_run(command, tmp_p
     monkeypatch.setattr(COMMANDS[command], boom)
     extra = ["--model", "digits", "--floor", "psnr=30"] if command == "tune" else []
     assert main([command, *extra, "--doc", str(tmp_path / "b.md"), "--doc-key", "a-->b"]) == 2
-    assert f"accel: error: {command}: --doc-key='a-->b' holds a line break" in capsys.readouterr().err
+    assert f"accel: error: {command}: --doc-key='a-->b' holds a line break, '-->'" in capsys.readouterr().err
     assert not (tmp_path / "b.md").exists()
 
 

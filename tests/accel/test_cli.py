@@ -62,7 +62,7 @@ def test_every_command_but_compile_check_works_without_triton():
         (["demo", "--port", "0"], "argument --port: 0 is below 1"),
         (["bench", "--methods", "pisa,nope", "--size", "tiny"], "unknown method 'nope'. Did you mean 'none'?"),
         (["bench", "--model", "no-such-model", "--size", "tiny"], "Cannot load 'no-such-model' from local files"),
-        (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc='/proc/no/such/dir/x.md': expected a markdown file"),
+        (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc='/proc/no/such/dir/x.md': expected a regular file"),
         (["bench", "--out", "/proc/x"], "--out='/proc/x' is, or lies under, a file, or cannot be written"),
     ],
 )
