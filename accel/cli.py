@@ -205,7 +205,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.report import check_outputs
 
     check_outputs("bench", args.out, args.doc, args.doc_key,
-                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"))
+                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"),
+                  default_key="accel " + " ".join(shlex.quote(a) for a in args.argv))
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
         spec = quick(spec)
@@ -242,7 +243,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     floor = Floor.parse(args.floor)
     from .bench.report import check_outputs
 
-    check_outputs("tune", args.out, args.doc, args.doc_key, ("tuned.json", "results.json", "results.md", "pareto.png"))
+    check_outputs("tune", args.out, args.doc, args.doc_key,  # *.tmp: each file is written there, then renamed
+                  ("tuned.json", "results.json", "results.md", "pareto.png", "tuned.tmp", "results.tmp"),
+                  default_key="accel " + " ".join(shlex.quote(a) for a in args.argv))
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     spec = TuneSpec(model=args.model, floor=floor, out=args.out, prompts=args.prompts, methods=args.methods or (),
                     steps=args.steps, samples=args.samples, held_out=args.held_out, seed=args.seed,

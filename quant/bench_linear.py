@@ -112,8 +112,8 @@ def _cmd(args: argparse.Namespace) -> int:
 
     from accel.bench.report import check_outputs, update_doc
 
-    check_outputs("bench-linear", doc=args.doc, doc_key=args.doc_key)
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    check_outputs("bench-linear", doc=args.doc, doc_key=args.doc_key, default_key=command)
     result = run(args.model, args.size, args.repeat)
     text = markdown(result, command)
     print(text)

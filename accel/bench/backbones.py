@@ -352,8 +352,9 @@ def _cmd(args: argparse.Namespace) -> int:
     from accel.bench.report import check_outputs, update_doc
 
     _check_options(args)
-    check_outputs("bench-backbones", args.out, args.doc, args.doc_key, ("results.json", "results.md"))
     command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    check_outputs("bench-backbones", args.out, args.doc, args.doc_key, ("results.json", "results.md"),
+                  default_key=command)
     if args.sizes is not None:
         result = size_study(args.sizes, args.batch, args.repeat)
         text = size_markdown(result, command)

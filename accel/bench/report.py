@@ -6,7 +6,7 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import noise
 from .accuracy import has_task
@@ -216,38 +216,53 @@ def can_write_dir(path: Path) -> bool:
 
 
 def check_outputs(command: str, out: str | None = None, doc: str | None = None, doc_key: str | None = None,
-                  out_files: Sequence[str] = (), files: dict[str, str | None] | None = None) -> None:
-    """Refuse, before a benchmark runs, what it could write only by failing after the run: an empty path, an
-    `--out` directory that is (or lies under) a file, is a link to nothing or cannot be written; a `--doc`
-    (or another file of `files`, option -> path) that exists but is not a regular file (a directory, a device,
-    a pipe), is not UTF-8 text (--doc is read back), cannot be written, or lands on `--out`, one of the files
-    `out_files` it writes there, a folder above it, or another output (paths resolved: `..` and links
-    followed); and a `--doc-key` that is empty, cannot mark a section (`bad_doc_key`) or is given without
-    `--doc`. Nothing is made. Raises `InvalidOptionError` naming the option, its value and what is expected,
-    prefixed with `command` (e.g. "bench-backbones")."""
+                  out_files: Sequence[str] = (), files: dict[str, str | None] | None = None,
+                  default_key: str | None = None) -> None:
+    """Refuse, before a benchmark runs, what it could write only by failing after the run: an empty path, a
+    path through a link to nothing, a link loop or a name too long; an `--out` directory that is (or lies
+    under) a file or cannot be written; a `--doc` (or another file of `files`, option -> path) that exists
+    but is not a regular file (a directory, a device, a pipe), is not UTF-8 text (--doc is read back), cannot
+    be written, or lands on `--out`, one of the files `out_files` it writes there, a folder above it, or
+    another output, or under one (paths resolved: `..` and links followed; hard links compared by file); and
+    a `--doc-key` (or, without one, `default_key`, e.g. the command line) that is empty or cannot mark a
+    section (`bad_doc_key`), or a `--doc-key` without `--doc`. Nothing is made. Raises `InvalidOptionError`
+    naming the option, its value and what is expected, prefixed with `command` (e.g. "bench-backbones")."""
+    import os
+
     from accel.errors import InvalidOptionError
 
-    def refuse(message: str) -> None:
+    def refuse(message: str) -> NoReturn:
         raise InvalidOptionError(f"{command}: {message}")
 
-    targets = {"--doc": doc, **(files or {})}
-    for flag, value in (("--out", out), *targets.items()):
-        if value is not None and not value.strip():
+    def resolved(flag: str, value: str) -> Path:
+        if not value.strip():
             refuse(f"{flag}={value!r} is empty; expected a path")
-        if value is not None and Path(value).is_symlink() and not Path(value).exists():
-            refuse(f"{flag}={value!r} is a link to nothing; expected a path that can be written")
-    if out is not None and not can_write_dir(Path(out).resolve()):
-        refuse(f"--out={out!r} is, or lies under, a file, or cannot be written; expected a directory (made if "
-               "missing)")
+        path = Path(value)
+        try:
+            if any(len(part.encode()) > 255 for part in path.parts):
+                raise OSError("a name over 255 bytes")
+            if any(p.is_symlink() and not p.exists() for p in (path, *path.parents)):
+                raise OSError("a link to nothing on the way")
+            return path.resolve()
+        except (OSError, RuntimeError) as err:  # RuntimeError: a link loop
+            refuse(f"{flag}={value!r} cannot be used as a path ({err}); expected a path that can be written")
+
+    targets = {"--doc": doc, **(files or {})}
     taken: dict[Path, str] = {}  # resolved output path -> the option that writes it
+    folder = None
     if out is not None:
-        folder = Path(out).resolve()
+        folder = resolved("--out", out)
+        if not can_write_dir(folder):
+            refuse(f"--out={out!r} is, or lies under, a file, or cannot be written; expected a directory (made if "
+                   "missing)")
         taken = {folder: "--out", **{folder / name: "--out" for name in out_files}}
     for flag, value in targets.items():
         if value is None:
             continue
-        path = Path(value).resolve()
-        clash = taken.get(path) or next((taken[t] for t in taken if path in t.parents), None)
+        path = resolved(flag, value)
+        clash = (taken.get(path) or next((taken[t] for t in taken if path in t.parents), None)
+                 or next((taken[t] for t in taken if t != folder and t in path.parents), None)
+                 or next((taken[t] for t in taken if path.exists() and t.exists() and os.path.samefile(path, t)), None))
         if clash:
             other = f"{clash}={out if clash == '--out' else targets[clash]!r}"
             refuse(f"{flag}={value!r} is where {other} writes; expected another file")
@@ -267,6 +282,9 @@ def check_outputs(command: str, out: str | None = None, doc: str | None = None, 
             refuse(f"--doc-key={doc_key!r} {bad_doc_key(doc_key)}")
         if doc is None:
             refuse(f"--doc-key={doc_key!r} acts only with --doc")
+    elif doc is not None and default_key is not None and bad_doc_key(default_key):
+        refuse(f"--doc={doc!r}: the section's default key, {default_key!r}, {bad_doc_key(default_key)}; give "
+               "--doc-key")
 
 
 def update_doc(path: Path, key: str, body: str) -> None:

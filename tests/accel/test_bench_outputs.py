@@ -51,22 +51,32 @@ def test_links_non_text_docs_and_clashing_files_are_refused(tmp_path):
     (tmp_path / "alias").symlink_to(tmp_path / "real")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "target")
     (tmp_path / "bin.md").write_bytes(b"\x80\x81")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "real" / "results.md").write_text("table")
+    (tmp_path / "hard.md").hardlink_to(tmp_path / "real" / "results.md")
     cases = [
         ({"out": str(tmp_path / "real"), "doc": str(tmp_path / "alias" / "results.json")}, "is where --out="),
-        ({"out": str(tmp_path / "dangling")}, "--out='" + str(tmp_path / "dangling") + "' is a link to nothing"),
-        ({"doc": str(tmp_path / "dangling")}, "is a link to nothing"),
+        ({"out": str(tmp_path / "dangling")}, "--out='" + str(tmp_path / "dangling") + "' cannot be used as a path (a link to nothing"),
+        ({"doc": str(tmp_path / "dangling")}, "a link to nothing on the way"),
         ({"doc": str(tmp_path / "bin.md")}, "cannot be read back as UTF-8 text"),
         ({"doc": str(tmp_path / "t.md"), "files": {"--out": str(tmp_path / "t.md")}}, "--out='" + str(tmp_path / "t.md")
          + "' is where --doc="),
         ({"files": {"--json": ""}}, "--json='' is empty"),
+        ({"doc": str(tmp_path / "loop" / "x.md")}, "cannot be used as a path"),  # a link loop
+        ({"out": str(tmp_path / "dangling" / "sub")}, "cannot be used as a path (a link to nothing on the way)"),
+        ({"doc": str(tmp_path / "new" / ("a" * 300))}, "cannot be used as a path (a name over 255 bytes)"),
+        ({"doc": str(tmp_path / "o"), "files": {"--out": str(tmp_path / "o" / "x.md")}}, "is where --doc="),
+        ({"out": str(tmp_path / "real"), "doc": str(tmp_path / "hard.md")}, "is where --out="),  # a hard link
+        ({"doc": str(tmp_path / "d.md"), "default_key": "accel bench --doc a-->b.md"},
+         "the section's default key, 'accel bench --doc a-->b.md', holds a line break"),
         ({"files": {"--json": str(tmp_path / "real")}}, "--json='" + str(tmp_path / "real") + "': expected a regular file"),
     ]
     for kwargs, says in cases:
         with pytest.raises(InvalidOptionError) as err:
             check_outputs("bench-x", out_files=FILES, **kwargs)
         assert says in str(err.value), kwargs
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "bin.md", "dangling", "real"]
-    assert list((tmp_path / "real").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias", "bin.md", "dangling", "hard.md", "loop", "real"]
+    assert [p.name for p in (tmp_path / "real").iterdir()] == ["results.md"]
 
 
 def test_outputs_in_folders_still_to_be_made_are_accepted(tmp_path):
