@@ -204,13 +204,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise AccelError(f"--backends {','.join(unknown)}: unknown; expected some of {', '.join(variants.BACKENDS)}")
     from .bench.report import check_outputs
 
+    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     check_outputs("bench", args.out, args.doc, args.doc_key,
-                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"),
-                  default_key="accel " + " ".join(shlex.quote(a) for a in args.argv))
+                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"), default_key=command)
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
         spec = quick(spec)
-    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     from . import zoo
 
     if zoo.is_vlm(spec.model) or zoo.is_text(spec.model) or spec.model in zoo.CHUNK_NAMES:
@@ -243,10 +242,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     floor = Floor.parse(args.floor)
     from .bench.report import check_outputs
 
+    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
     check_outputs("tune", args.out, args.doc, args.doc_key,  # *.tmp: each file is written there, then renamed
                   ("tuned.json", "results.json", "results.md", "pareto.png", "tuned.tmp", "results.tmp"),
-                  default_key="accel " + " ".join(shlex.quote(a) for a in args.argv))
-    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+                  default_key=command)
     spec = TuneSpec(model=args.model, floor=floor, out=args.out, prompts=args.prompts, methods=args.methods or (),
                     steps=args.steps, samples=args.samples, held_out=args.held_out, seed=args.seed,
                     budget_minutes=args.budget_minutes, size=args.size, device=args.device,

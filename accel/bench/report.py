@@ -256,13 +256,19 @@ def check_outputs(command: str, out: str | None = None, doc: str | None = None, 
             refuse(f"--out={out!r} is, or lies under, a file, or cannot be written; expected a directory (made if "
                    "missing)")
         taken = {folder: "--out", **{folder / name: "--out" for name in out_files}}
+    def owner(path: Path) -> str | None:
+        """The option already writing `path`, a folder under it, a file above it, or the same file."""
+        for t, flag in taken.items():
+            if (path == t or path in t.parents or (t != folder and t in path.parents)
+                    or (path.exists() and t.exists() and os.path.samefile(path, t))):
+                return flag
+        return None
+
     for flag, value in targets.items():
         if value is None:
             continue
         path = resolved(flag, value)
-        clash = (taken.get(path) or next((taken[t] for t in taken if path in t.parents), None)
-                 or next((taken[t] for t in taken if t != folder and t in path.parents), None)
-                 or next((taken[t] for t in taken if path.exists() and t.exists() and os.path.samefile(path, t)), None))
+        clash = owner(path)
         if clash:
             other = f"{clash}={out if clash == '--out' else targets[clash]!r}"
             refuse(f"{flag}={value!r} is where {other} writes; expected another file")
