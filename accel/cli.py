@@ -186,6 +186,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     """Options not given on the command line keep `BenchSpec`'s defaults (one place for them)."""
     from .bench import BenchSpec, markdown, quick, run, write_all
 
+    if args.publish_unreliable and not args.doc:
+        raise AccelError("--publish-unreliable acts only with --doc (it writes a disturbed run's table there)")
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(BenchSpec)}}
     options: dict[str, dict[str, object]] = {}
     for method, key, value in getattr(args, "option", []):

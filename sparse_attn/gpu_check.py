@@ -354,10 +354,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def _cmd(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("accel gpu-check: no CUDA device here (use --tiny --device cpu under TRITON_INTERPRET=1)")
+        print("accel gpu-check: no CUDA device here (use --tiny --device cpu under TRITON_INTERPRET=1)", file=sys.stderr)
         return 2
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        print("accel gpu-check: on CPU the kernels run only under TRITON_INTERPRET=1")
+        print("accel gpu-check: on CPU the kernels run only under TRITON_INTERPRET=1", file=sys.stderr)
         return 2
     from accel.bench.report import check_outputs
 

@@ -147,19 +147,37 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions(low_open: bool) -> Any:
+    """An argparse type: comma-separated numbers in [0, 1] (`low_open`: in (0, 1]), named in the error."""
+    allowed = "(0, 1]" if low_open else "[0, 1]"
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers in {allowed}") from None
+        if not values or any(not (0 < v <= 1 if low_open else 0 <= v <= 1) for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be in {allowed}")
+        return values
+
+    return parse
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from accel.cli import counting
+
     p = sub.add_parser("bench-attn-quality", help="sparse attention error on inputs captured from a trained model")
     p.add_argument("--model", default="digits-video", help="trained zoo entry (default digits-video)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--at", type=lambda s: [float(x) for x in s.split(",")], default=[0.3, 0.6, 0.9],
-                   help="fractions of the run at which calls are captured (default 0.3,0.6,0.9)")
-    p.add_argument("--density", type=lambda s: [float(x) for x in s.split(",")], default=[0.125],
-                   help="densities, comma-separated (default 0.125)")
+    p.add_argument("--steps", type=counting(1), default=20, help="denoising steps of the captured run (default 20)")
+    p.add_argument("--at", type=_fractions(False), default=[0.3, 0.6, 0.9],
+                   help="fractions of the run at which calls are captured, in [0, 1] (default 0.3,0.6,0.9)")
+    p.add_argument("--density", type=_fractions(True), default=[0.125],
+                   help="densities, comma-separated, in (0, 1] (default 0.125)")
     p.add_argument("--tile-size", type=int, default=64, choices=(16, 32, 64, 128))
     p.add_argument("--routing", choices=("pooled", "covariance"), default="pooled",
                    help="how the exact blocks are chosen (PISA's option; keep-or-drop uses the same blocks)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=counting(0), default=0, help="CPU threads (default 0: torch's own count)")
     p.add_argument("--out", default="bench-results")
     p.add_argument("--doc", default=None, help="also write the table into this markdown file")
     p.add_argument("--doc-key", default=None)

@@ -64,9 +64,16 @@ def test_every_command_but_compile_check_works_without_triton():
         (["bench", "--model", "no-such-model", "--size", "tiny"], "Cannot load 'no-such-model' from local files"),
         (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc='/proc/no/such/dir/x.md': expected a regular file"),
         (["bench", "--out", "/proc/x"], "--out='/proc/x' is, or lies under, a file, or cannot be written"),
+        (["bench", "--publish-unreliable"], "--publish-unreliable acts only with --doc"),
+        (["bench-attn-quality", "--steps", "0"], "argument --steps: 0 is below 1"),
+        (["bench-attn-quality", "--threads", "-1"], "argument --threads: -1 is below 0"),
+        (["bench-attn-quality", "--density", "0"], "argument --density: '0': every value must be in (0, 1]"),
+        (["bench-attn-quality", "--at", "0.5,x"], "argument --at: '0.5,x': expected comma-separated numbers in [0, 1]"),
+        (["gpu-check", "--tiny", "--device", "cpu"], "on CPU the kernels run only under TRITON_INTERPRET=1"),
     ],
 )
-def test_bad_arguments_exit_2_with_the_reason_before_anything_runs(argv, message, capsys):
+def test_bad_arguments_exit_2_with_the_reason_before_anything_runs(argv, message, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # gpu-check on CPU: refused without the interpreter
     try:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own errors
