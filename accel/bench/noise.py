@@ -42,6 +42,16 @@ def spread(seconds: Sequence[float]) -> float | None:
     return (q3 - q1) / median if median > 0 else None
 
 
+def beyond(value: float, limit: float) -> str:
+    """`value` as a percentage with the fewest decimals (0 to 3) at which it reads apart from `limit`
+    (0.1024 beside 0.10: "10.2", never "10" in a message that says it is more than 10%)."""
+    for digits in range(4):
+        text = f"{100 * value:.{digits}f}"
+        if text != f"{100 * limit:.{digits}f}":
+            return text
+    return text
+
+
 def disturbed(sample: RunSample) -> bool:
     """Whether other processes used more than DISTURBED_SHARE of the machine's CPUs during the run."""
     return sample.other_cpu is not None and sample.other_cpu > DISTURBED_SHARE
@@ -91,16 +101,17 @@ def judge(samples: dict[str, list[RunSample]], baseline: str = "baseline", exact
     if base:
         v.baseline_spread = spread(base)
         if v.baseline_spread is not None and v.baseline_spread > MAX_BASELINE_SPREAD:
-            v.reasons.append(f"the baseline's runs spread {100 * v.baseline_spread:.0f}% (more than "
-                             f"{100 * MAX_BASELINE_SPREAD:.0f}%), too much to anchor a ratio")
+            v.reasons.append(f"the baseline's runs spread {beyond(v.baseline_spread, MAX_BASELINE_SPREAD)}% "
+                             f"(more than {100 * MAX_BASELINE_SPREAD:.0f}%), too much to anchor a ratio")
     other = [s.seconds for s in samples.get(exact, [])]
     if base and other:
         b, o = statistics.median(base), statistics.median(other)
         v.none_vs_baseline = (o - b) / b
         v.tolerance = max(AGREE, spread(base) or 0.0, spread(other) or 0.0)
         if abs(v.none_vs_baseline) > v.tolerance:
-            v.reasons.append(f"`{exact}` (the exact model under a no-op patch) ran {b / o:.2f}x the baseline, "
-                             f"outside its noise of {100 * v.tolerance:.0f}%")
+            v.reasons.append(f"`{exact}` (the exact model under a no-op patch) ran {b / o:.2f}x the baseline "
+                             f"(medians {beyond(abs(v.none_vs_baseline), v.tolerance)}% apart), outside its noise "
+                             f"of {100 * v.tolerance:.1f}%")
     if runs and v.disturbed_runs > MAX_DISTURBED_FRACTION * len(runs):
         v.reasons.append(f"other processes used more than {100 * DISTURBED_SHARE:.0f}% of the CPUs during "
                          f"{v.disturbed_runs} of {len(runs)} timed runs")

@@ -51,10 +51,19 @@ def test_the_issue_s_disturbed_run_is_unreliable():
 
 def test_none_outside_the_noise_of_the_baseline_is_unreliable_and_inside_it_is_not():
     tight = N.judge({"baseline": samples([1.0, 1.0, 1.0]), "none": samples([1.05, 1.05, 1.05])})
-    assert not tight.reliable and "outside its noise of 3%" in tight.explain()
+    assert not tight.reliable and "(medians 5% apart), outside its noise of 3.0%" in tight.explain()
     # a 5% difference within the rows' measured spread (5.2%) is noise
     loose = N.judge({"baseline": samples([0.96, 0.98, 1.02, 1.04]), "none": samples([1.0, 1.03, 1.07, 1.10])})
     assert loose.reliable and loose.none_vs_baseline == pytest.approx(0.05) and loose.tolerance > 0.05
+
+
+def test_a_spread_just_over_the_limit_reads_over_it():
+    """3 runs of 0.629, 0.678 and 0.767 s spread 10.2%: said as 10.2%, not as "10% (more than 10%)"."""
+    v = N.judge({"baseline": samples([0.629, 0.678, 0.767])}, exact="")
+    assert not v.reliable and "spread 10.2% (more than 10%)" in v.explain()
+    close = N.judge({"baseline": samples([1.0, 1.0, 1.0]), "none": samples([1.0301, 1.0301, 1.0301])})
+    assert "(medians 3.01% apart), outside its noise of 3.0%" in close.explain()
+    assert [N.beyond(x, 0.1) for x in (0.2, 0.1004, 0.10004)] == ["20", "10.04", "10.004"]
 
 
 def test_many_disturbed_runs_make_a_table_unreliable_even_when_the_medians_agree():
