@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -151,7 +150,7 @@ def _option(text: str) -> tuple[str, str, object]:
     return method, key, value
 
 
-def _bench_language(spec: Any, args: argparse.Namespace, command: str) -> int:
+def _bench_language(spec: Any, args: argparse.Namespace, command: str, default_key: str) -> int:
     """`accel bench` on a VLM (accel/bench/vlm.py), or a block-diffusion language pipeline or chunk-wise video
     pipeline (bench/dllm.py)."""
     import json
@@ -175,7 +174,7 @@ def _bench_language(spec: Any, args: argparse.Namespace, command: str) -> int:
     if zoo.is_vlm(spec.model) and vlm.write_plot(result, out / "accuracy.png"):
         written.append(out / "accuracy.png")
     if args.doc:
-        key = args.doc_key or command
+        key = args.doc_key or default_key
         update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
         written.append(Path(args.doc))
     print("wrote " + ", ".join(map(str, written)))
@@ -204,11 +203,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unknown = [b for b in given.get("backends") or () if b not in variants.BACKENDS]
     if unknown:
         raise AccelError(f"--backends {','.join(unknown)}: unknown; expected some of {', '.join(variants.BACKENDS)}")
-    from .bench.report import check_outputs
+    from .bench.report import check_outputs, command_line, default_doc_key
 
-    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    command, default_key = command_line(args.argv), default_doc_key(args.argv)
     check_outputs("bench", args.out, args.doc, args.doc_key,
-                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"), default_key=command)
+                  ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"), default_key=default_key)
     spec = BenchSpec(**given, method_options=options)
     if args.quick:
         spec = quick(spec)
@@ -218,7 +217,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if "steps" in given and not zoo.is_vlm(spec.model):
             raise AccelError(f"--steps {spec.steps}: {spec.model} runs its own steps per block or chunk (its zoo "
                              "size's); this option sets the denoising steps of image and video pipelines")
-        return _bench_language(spec, args, command)
+        return _bench_language(spec, args, command, default_key)
     result = run(spec)
     print(markdown(result, command))
     paths = write_all(result, Path(args.out), command)
@@ -226,7 +225,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.doc and publish:
         from .bench.report import update_doc
 
-        key = args.doc_key or command
+        key = args.doc_key or default_key
         update_doc(Path(args.doc), key, f"### {key}\n\n{markdown(result, command)}")
         paths["doc"] = Path(args.doc)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -242,12 +241,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .tune import Floor, TuneSpec, run
 
     floor = Floor.parse(args.floor)
-    from .bench.report import check_outputs
+    from .bench.report import check_outputs, command_line, default_doc_key
 
-    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    command, default_key = command_line(args.argv), default_doc_key(args.argv)
     check_outputs("tune", args.out, args.doc, args.doc_key,  # *.tmp: each file is written there, then renamed
                   ("tuned.json", "results.json", "results.md", "pareto.png", "tuned.tmp", "results.tmp"),
-                  default_key=command)
+                  default_key=default_key)
     spec = TuneSpec(model=args.model, floor=floor, out=args.out, prompts=args.prompts, methods=args.methods or (),
                     steps=args.steps, samples=args.samples, held_out=args.held_out, seed=args.seed,
                     budget_minutes=args.budget_minutes, size=args.size, device=args.device,
@@ -258,7 +257,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if args.doc:
         from .bench.report import update_doc
 
-        key = args.doc_key or command
+        key = args.doc_key or default_key
         update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
         paths["doc"] = Path(args.doc)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -378,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)"
     )
-    p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
+    p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line without the options that say where results go)")
     p.set_defaults(func=_cmd_bench)
 
     from accel.sparse_attn.bench import add_bench_attn_parser
@@ -430,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--out", default="tune-results", help="folder for tuned.json, results.md/.json, pareto.png")
     p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
-    p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line)")
+    p.add_argument("--doc-key", default=None, help="section name in --doc (default: the command line without the options that say where results go)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_cmd_tune)
 

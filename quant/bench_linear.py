@@ -108,17 +108,15 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    import shlex
+    from accel.bench.report import check_outputs, command_line, default_doc_key, update_doc
 
-    from accel.bench.report import check_outputs, update_doc
-
-    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
-    check_outputs("bench-linear", doc=args.doc, doc_key=args.doc_key, default_key=command)
+    command, default_key = command_line(args.argv), default_doc_key(args.argv)
+    check_outputs("bench-linear", doc=args.doc, doc_key=args.doc_key, default_key=default_key)
     result = run(args.model, args.size, args.repeat)
     text = markdown(result, command)
     print(text)
     if args.doc:
-        key = args.doc_key or command
+        key = args.doc_key or default_key
         update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
     return 0
 
@@ -131,5 +129,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=("tiny", "bench"), default="bench")
     p.add_argument("--repeat", type=counting(1), default=10)
     p.add_argument("--doc", default=None)
-    p.add_argument("--doc-key", default=None)
+    p.add_argument("--doc-key", default=None,
+                   help="section name in --doc (default: the command line without --doc and --doc-key)")
     p.set_defaults(func=_cmd)

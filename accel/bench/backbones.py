@@ -346,15 +346,14 @@ def markdown(result: dict[str, Any], command: str | None = None) -> str:
 
 def _cmd(args: argparse.Namespace) -> int:
     import json
-    import shlex
     import sys
 
-    from accel.bench.report import check_outputs, update_doc
+    from accel.bench.report import check_outputs, command_line, default_doc_key, update_doc
 
     _check_options(args)
-    command = "accel " + " ".join(shlex.quote(a) for a in args.argv)
+    command, default_key = command_line(args.argv), default_doc_key(args.argv)
     check_outputs("bench-backbones", args.out, args.doc, args.doc_key, ("results.json", "results.md"),
-                  default_key=command)
+                  default_key=default_key)
     if args.sizes is not None:
         result = size_study(args.sizes, args.batch, args.repeat)
         text = size_markdown(result, command)
@@ -378,7 +377,7 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"accel bench-backbones: unreliable timings; {args.doc} left unchanged (run it alone, or pass "
               "--publish-unreliable)", file=sys.stderr)
         return 3
-    key = args.doc_key or command
+    key = args.doc_key or default_key
     update_doc(Path(args.doc), key, f"### {key}\n\n{text}")
     return 0
 
@@ -539,7 +538,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "--doc-key (replaced in place when the key is there, appended otherwise); left unchanged, with "
                    "exit status 3, when the timings are unreliable (other processes disturbed the timed runs, or the "
                    "first row's runs spread over 10%%)")
-    p.add_argument("--doc-key", default=None, help="the section's key and heading in --doc (default: the command)")
+    p.add_argument("--doc-key", default=None, help="the section's key and heading in --doc (default: the command "
+                   "line without the options that say where results go)")
     p.add_argument("--publish-unreliable", action="store_true",
                    help="digits rows and --sizes, with --doc: write --doc even when the timings are unreliable "
                    "(the table says so)")

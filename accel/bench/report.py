@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -187,6 +188,30 @@ def write_plot(result: BenchResult, path: Path) -> bool:
     fig.savefig(path)
     plt.close(fig)
     return True
+
+
+OUTPUT_OPTIONS = ("--out", "--doc", "--doc-key", "--publish-unreliable")  # where results go, not what is run
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command that made a table, as a shell would take it: "accel " and the quoted arguments."""
+    return "accel " + " ".join(shlex.quote(a) for a in argv)
+
+
+def default_doc_key(argv: Sequence[str]) -> str:
+    """The `--doc` section of a run given no `--doc-key`: its command line without `OUTPUT_OPTIONS` (and
+    their values), so a rerun of the same study into another `--out` replaces its section, not adds one."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in OUTPUT_OPTIONS:
+            skip = "=" not in arg and name != "--publish-unreliable"
+        else:
+            kept.append(arg)
+    return command_line(kept)
 
 
 def bad_doc_key(key: str) -> str | None:

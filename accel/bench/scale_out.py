@@ -253,16 +253,14 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    import shlex
-
-    from .report import check_outputs, update_doc
+    from .report import check_outputs, command_line, update_doc
 
     gpus = torch.cuda.device_count()
     if gpus and args.ranks > gpus:
         raise SystemExit(f"accel bench-parallel: --ranks {args.ranks} on a machine with {gpus} GPU(s); NCCL needs "
                          f"one GPU per rank: choose --ranks <= {gpus}")
     check_outputs("bench-parallel", args.out, args.doc, args.doc_key, ("bench-parallel.json", "bench-parallel.md"))
-    command = "accel " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line(args.argv)
     result = run(args.model, args.size, args.methods, args.ranks, args.modes, args.steps, args.repeat,
                  args.threads or torch.get_num_threads(), args.timeout)
     out = Path(args.out)

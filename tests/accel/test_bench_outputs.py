@@ -11,7 +11,7 @@ import torch
 
 from accel.bench import backbones
 from accel.bench.measure import Reading
-from accel.bench.report import check_outputs
+from accel.bench.report import check_outputs, command_line, default_doc_key
 from accel.cli import main
 from accel.errors import InvalidOptionError
 
@@ -159,3 +159,15 @@ def test_a_disturbed_run_leaves_the_doc_unchanged_unless_told(tmp_path, monkeypa
     assert result["command"] == "accel " + " ".join(argv[:-1]) + " " + str(doc)
     assert main([*argv, "--publish-unreliable"]) == 0
     assert "**UNRELIABLE TIMINGS**: other processes used more than 10% of the CPUs during 4 of 4" in doc.read_text()
+    # the same study into another --out replaces its section: the default key leaves out where results go
+    assert main([*argv[:-4], f"--out={tmp_path / 'r2'}", "--publish-unreliable", "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.count("<!-- accel-bench:") == 1
+    assert "### accel bench-backbones --sizes S --batch 1 --repeat 2\n" in text
+
+
+def test_the_default_doc_key_is_the_command_without_where_results_go():
+    argv = ["bench", "--model", "digits image", "--out", "a", "--doc=d.md", "--publish-unreliable", "--doc-key",
+            "k", "--repeat", "3"]
+    assert default_doc_key(argv) == "accel bench --model 'digits image' --repeat 3"
+    assert command_line(argv[:3]) == "accel bench --model 'digits image'"
