@@ -171,3 +171,5 @@ def test_the_default_doc_key_is_the_command_without_where_results_go():
             "k", "--repeat", "3"]
     assert default_doc_key(argv) == "accel bench --model 'digits image' --repeat 3"
     assert command_line(argv[:3]) == "accel bench --model 'digits image'"
+    abbreviated = ["tune", "--model", "digits", "--ou", "a", "--pub", "--doc-k=k", "--doc", "d.md", "--seed", "1"]
+    assert default_doc_key(abbreviated) == "accel tune --model digits --seed 1"
