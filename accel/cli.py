@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,12 +52,31 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if out.is_dir() or not can_write_dir(out.parent):
         raise AccelError(f"--out {out}: expected a JSON file whose directory can be written (checked before the run)")
+    extra = _sixbit_options(pipe, args.model)  # before the run: the call the calibration is for
     result = calibrate.calibrate(pipe, seeds=args.seeds, steps=args.steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     calibrate.write({**result, "model": args.model}, out)
     print(json.dumps(result, indent=2))
-    print(f"wrote {out}; use it with accel.patch(pipe, method='sixbit', calibration='{out}')")
+    print(f"wrote {out}; use it with accel.patch(pipe, method='sixbit', calibration='{out}'{extra})")
     return 0
+
+
+def _sixbit_options(pipe: Any, model: str) -> str:
+    """The options `accel.patch(pipe, method="sixbit", ...)` needs on `pipe` besides the calibration: "" or
+    ", unsupported='skip'" (some layers' input sizes do not block into 16s; they stay in full precision).
+    Raises AccelError when sixbit cannot patch the pipeline at all."""
+    import accel
+
+    from .errors import UnsupportedModelError
+
+    for extra, options in (("", {}), (", unsupported='skip'", {"unsupported": "skip"})):
+        try:
+            accel.patch(pipe, method="sixbit", **options).unpatch()
+            return extra
+        except UnsupportedModelError as err:
+            why = str(err).removeprefix("accel: ")
+    raise AccelError(f"--model {model}: sixbit cannot patch this pipeline, so a calibration would serve nothing: "
+                     f"{why}")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -203,9 +223,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     unknown = [b for b in given.get("backends") or () if b not in variants.BACKENDS]
     if unknown:
         raise AccelError(f"--backends {','.join(unknown)}: unknown; expected some of {', '.join(variants.BACKENDS)}")
-    from .bench.report import check_outputs, command_line, default_doc_key
+    from .bench.report import check_outputs, command_line
 
-    command, default_key = command_line(args.argv), default_doc_key(args.argv)
+    command, default_key = command_line(args.argv), args.default_doc_key
     check_outputs("bench", args.out, args.doc, args.doc_key,
                   ("results.json", "results.csv", "results.md", "pareto.png", "accuracy.png"), default_key=default_key)
     spec = BenchSpec(**given, method_options=options)
@@ -241,9 +261,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .tune import Floor, TuneSpec, run
 
     floor = Floor.parse(args.floor)
-    from .bench.report import check_outputs, command_line, default_doc_key
+    from .bench.report import check_outputs, command_line
 
-    command, default_key = command_line(args.argv), default_doc_key(args.argv)
+    command, default_key = command_line(args.argv), args.default_doc_key
     check_outputs("tune", args.out, args.doc, args.doc_key,  # *.tmp: each file is written there, then renamed
                   ("tuned.json", "results.json", "results.md", "pareto.png", "tuned.tmp", "results.tmp"),
                   default_key=default_key)
@@ -349,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=False,
         help="half resolution (random-weight models), <= 8 steps, one repeat, no settling rounds, <= 10 accuracy "
-             "samples: about ten minutes on 2 cores",
+             "samples: about ten minutes on 2 cores; a smoke test: one run per row cannot be judged, so its timings "
+             "are marked unreliable",
     )
     p.add_argument(
         "--no-profile",
@@ -443,10 +464,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OUTPUT_OPTIONS = ("--out", "--doc", "--doc-key", "--publish-unreliable", "--json")  # where results go
+
+
+def default_doc_key(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The `--doc` section of a run given no `--doc-key`: "accel", the subcommand and the options given in
+    `argv` (which `parser`, the subcommand's, accepted), each by its long name and in the parser's order,
+    without `OUTPUT_OPTIONS`. Spellings of one study (an abbreviation, `--x=v` or `--x v`, another order,
+    another `--out`) share a section; two studies differ in some option, so never do."""
+    actions = {name: a for a in parser._actions for name in a.option_strings}
+    order = {id(a): i for i, a in enumerate(parser._actions)}
+    given: list[tuple[int, int, list[str]]] = []
+    positionals: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not token.startswith("--"):
+            positionals.append(token)
+            continue
+        name, eq, inline = token.partition("=")
+        action = actions.get(name)
+        if action is None:  # an abbreviation argparse accepted: the one option it begins
+            begun = {id(a): a for s, a in actions.items() if s.startswith(name)}
+            action = next(iter(begun.values())) if len(begun) == 1 else None
+        if action is None:
+            continue
+        values = [inline] if eq else []
+        if not eq and action.nargs != 0:
+            while i < len(argv) and (not argv[i].startswith("-") or argv[i][1:2].isdigit() or argv[i] == "-"):
+                values.append(argv[i])
+                i += 1
+                if action.nargs in (None, "?"):
+                    break
+        if max(action.option_strings, key=len) not in OUTPUT_OPTIONS:
+            given.append((order[id(action)], len(given), [max(action.option_strings, key=len), *values]))
+    words = ["accel", *positionals, *(w for _, _, ws in sorted(given) for w in ws)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = argv  # recorded with benchmark results, so tables show the command that made them
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    args.default_doc_key = default_doc_key(subparsers.choices[args.command], argv[argv.index(args.command):])
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # a request that cannot be honoured (AccelError is a

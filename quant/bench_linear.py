@@ -108,9 +108,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from accel.bench.report import check_outputs, command_line, default_doc_key, update_doc
+    from accel.bench.report import check_outputs, command_line, update_doc
 
-    command, default_key = command_line(args.argv), default_doc_key(args.argv)
+    command, default_key = command_line(args.argv), args.default_doc_key
     check_outputs("bench-linear", doc=args.doc, doc_key=args.doc_key, default_key=default_key)
     result = run(args.model, args.size, args.repeat)
     text = markdown(result, command)

@@ -275,7 +275,8 @@ def _names(allowed: tuple[str, ...]):  # noqa: ANN202
 def _cmd(args: argparse.Namespace) -> int:
     from accel.bench.report import check_outputs
 
-    check_outputs("bench-attn", args.out, args.doc, args.doc_key, ("bench-attn.json", "bench-attn.md"))
+    check_outputs("bench-attn", args.out, args.doc, args.doc_key, ("bench-attn.json", "bench-attn.md"),
+                  default_key=args.default_doc_key)
     result = run(args)
     text = markdown(result)
     print(text)
@@ -287,7 +288,7 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.doc:  # the generated table into the docs (accel's report helper; only the CLI needs it)
         from accel.bench.report import update_doc
 
-        update_doc(Path(args.doc), args.doc_key or "bench-attn", "### Block-sparse attention and PISA (accel bench-attn)\n\n" + text)
+        update_doc(Path(args.doc), args.doc_key or args.default_doc_key, "### Block-sparse attention and PISA (accel bench-attn)\n\n" + text)
     return 0
 
 

@@ -85,6 +85,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pipe = accel.zoo.load(args.model)
     start = time.perf_counter()
     calls = capture(pipe, args.steps, tuple(args.at), args.tile_size, args.seed)
+    if not calls:
+        from accel.errors import AccelError
+
+        raise AccelError(f"--model {args.model}: no attention call PISA can take was captured (a convolutional "
+                         "backbone such as DiCo has none)")
     errors: dict[float, dict[str, list[float]]] = {}
     for density in args.density:
         per_row: dict[str, list[float]] = {name: [] for name in ROWS}
@@ -131,10 +136,18 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from accel import zoo
+    from accel.errors import AccelError
+
     from .report import check_outputs, update_doc
 
+    trained = [n for n in zoo.TRAINED if not (zoo.is_vlm(n) or zoo.is_text(n) or n in zoo.CHUNK_NAMES)]
+    if args.model not in trained:  # random weights' attention has no structure to measure against
+        raise AccelError(f"--model {args.model}: expected a trained image or video entry of the zoo "
+                         f"({', '.join(trained)})")
+
     check_outputs("bench-attn-quality", args.out, args.doc, args.doc_key,
-                  ("attention_quality.json", "attention_quality.md"))
+                  ("attention_quality.json", "attention_quality.md"), default_key=args.default_doc_key)
     result = run(args)
     text = markdown(result)
     print(text)
@@ -143,7 +156,7 @@ def _cmd(args: argparse.Namespace) -> int:
     (out / "attention_quality.json").write_text(json.dumps(result, indent=2))
     (out / "attention_quality.md").write_text(text)
     if args.doc:
-        update_doc(Path(args.doc), args.doc_key or f"attn-quality:{args.model}", text)
+        update_doc(Path(args.doc), args.doc_key or args.default_doc_key, text)
     return 0
 
 

@@ -43,9 +43,9 @@ def spread(seconds: Sequence[float]) -> float | None:
 
 
 def beyond(value: float, limit: float) -> str:
-    """`value` as a percentage with the fewest decimals (0 to 3) at which it reads apart from `limit`
+    """`value` as a percentage with the fewest decimals (0 to 9) at which it reads apart from `limit`
     (0.1024 beside 0.10: "10.2", never "10" in a message that says it is more than 10%)."""
-    for digits in range(4):
+    for digits in range(10):
         text = f"{100 * value:.{digits}f}"
         if text != f"{100 * limit:.{digits}f}":
             return text
@@ -98,6 +98,8 @@ def judge(samples: dict[str, list[RunSample]], baseline: str = "baseline", exact
     loads = [s.load for s in runs if s.load is not None]
     v.load = (min(loads), max(loads)) if loads else None
     base = [s.seconds for s in samples.get(baseline, [])]
+    if len(base) == 1:
+        v.reasons.append("the baseline ran once: one run's noise cannot be measured (time at least 2 repeats)")
     if base:
         v.baseline_spread = spread(base)
         if v.baseline_spread is not None and v.baseline_spread > MAX_BASELINE_SPREAD:
@@ -109,7 +111,8 @@ def judge(samples: dict[str, list[RunSample]], baseline: str = "baseline", exact
         v.none_vs_baseline = (o - b) / b
         v.tolerance = max(AGREE, spread(base) or 0.0, spread(other) or 0.0)
         if abs(v.none_vs_baseline) > v.tolerance:
-            v.reasons.append(f"`{exact}` (the exact model under a no-op patch) ran {b / o:.2f}x the baseline "
+            pace = f"ran {b / o:.2f}x as fast as" if o < b else f"took {o / b:.2f}x as long as"
+            v.reasons.append(f"`{exact}` (the exact model under a no-op patch) {pace} the baseline "
                              f"(medians {beyond(abs(v.none_vs_baseline), v.tolerance)}% apart), outside its noise "
                              f"of {100 * v.tolerance:.1f}%")
     if runs and v.disturbed_runs > MAX_DISTURBED_FRACTION * len(runs):

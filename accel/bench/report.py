@@ -190,36 +190,9 @@ def write_plot(result: BenchResult, path: Path) -> bool:
     return True
 
 
-OUTPUT_OPTIONS = ("--out", "--doc", "--doc-key", "--publish-unreliable")  # where results go, not what is run
-
-
 def command_line(argv: Sequence[str]) -> str:
     """The command that made a table, as a shell would take it: "accel " and the quoted arguments."""
     return "accel " + " ".join(shlex.quote(a) for a in argv)
-
-
-def default_doc_key(argv: Sequence[str]) -> str:
-    """The `--doc` section of a run given no `--doc-key`: its command line without `OUTPUT_OPTIONS` (and
-    their values), so a rerun of the same study into another `--out` replaces its section, not adds one.
-    `argv` is one argparse accepted, so an abbreviation (`--pub`) names one option: the one it begins."""
-
-    def output_option(name: str) -> str | None:
-        if name in OUTPUT_OPTIONS:
-            return name
-        begun = [o for o in OUTPUT_OPTIONS if name.startswith("--") and len(name) > 2 and o.startswith(name)]
-        return begun[0] if len(begun) == 1 else None
-
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        option = output_option(arg.split("=", 1)[0])
-        if skip:
-            skip = False
-        elif option:
-            skip = "=" not in arg and option != "--publish-unreliable"
-        else:
-            kept.append(arg)
-    return command_line(kept)
 
 
 def bad_doc_key(key: str) -> str | None:

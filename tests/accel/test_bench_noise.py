@@ -45,7 +45,7 @@ def test_the_issue_s_disturbed_run_is_unreliable():
     v = N.judge({"baseline": samples([14.7, 25.0, 29.2], BUSY), "none": samples([14.0, 14.3, 14.5], BUSY)})
     assert not v.reliable
     assert any("spread 29%" in r for r in v.reasons)
-    assert any("1.75x the baseline" in r for r in v.reasons)
+    assert any("ran 1.75x as fast as the baseline" in r for r in v.reasons)
     assert any("6 of 6 timed runs" in r for r in v.reasons)
 
 
@@ -63,7 +63,15 @@ def test_a_spread_just_over_the_limit_reads_over_it():
     assert not v.reliable and "spread 10.2% (more than 10%)" in v.explain()
     close = N.judge({"baseline": samples([1.0, 1.0, 1.0]), "none": samples([1.0301, 1.0301, 1.0301])})
     assert "(medians 3.01% apart), outside its noise of 3.0%" in close.explain()
-    assert [N.beyond(x, 0.1) for x in (0.2, 0.1004, 0.10004)] == ["20", "10.04", "10.004"]
+    assert [N.beyond(x, 0.1) for x in (0.2, 0.1004, 0.10004, 0.1000001)] == ["20", "10.04", "10.004", "10.00001"]
+    slow = N.judge({"baseline": samples([1.0, 1.0, 1.0]), "none": samples([1.2, 1.2, 1.2])})
+    assert "took 1.20x as long as the baseline" in slow.explain()
+
+
+def test_one_run_cannot_be_judged_reliable():
+    """One timed run of the baseline has no measurable spread: the table cannot be called reliable."""
+    v = N.judge({"baseline": samples([1.0]), "none": samples([1.0])})
+    assert not v.reliable and "the baseline ran once" in v.explain()
 
 
 def test_many_disturbed_runs_make_a_table_unreliable_even_when_the_medians_agree():

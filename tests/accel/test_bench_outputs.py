@@ -11,8 +11,8 @@ import torch
 
 from accel.bench import backbones
 from accel.bench.measure import Reading
-from accel.bench.report import check_outputs, command_line, default_doc_key
-from accel.cli import main
+from accel.bench.report import check_outputs
+from accel.cli import default_doc_key, main
 from accel.errors import InvalidOptionError
 
 FILES = ("results.json", "results.md")
@@ -163,13 +163,38 @@ def test_a_disturbed_run_leaves_the_doc_unchanged_unless_told(tmp_path, monkeypa
     assert main([*argv[:-4], f"--out={tmp_path / 'r2'}", "--publish-unreliable", "--doc", str(doc)]) == 0
     text = doc.read_text()
     assert text.count("<!-- accel-bench:") == 1
-    assert "### accel bench-backbones --sizes S --batch 1 --repeat 2\n" in text
+    assert "### accel bench-backbones --batch 1 --repeat 2 --sizes S\n" in text  # in the parser's order
 
 
-def test_the_default_doc_key_is_the_command_without_where_results_go():
-    argv = ["bench", "--model", "digits image", "--out", "a", "--doc=d.md", "--publish-unreliable", "--doc-key",
-            "k", "--repeat", "3"]
-    assert default_doc_key(argv) == "accel bench --model 'digits image' --repeat 3"
-    assert command_line(argv[:3]) == "accel bench --model 'digits image'"
-    abbreviated = ["tune", "--model", "digits", "--ou", "a", "--pub", "--doc-k=k", "--doc", "d.md", "--seed", "1"]
-    assert default_doc_key(abbreviated) == "accel tune --model digits --seed 1"
+def subparser(command: str):
+    import argparse
+
+    from accel.cli import build_parser
+
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
+@pytest.mark.parametrize("command, same, other", [
+    ("bench", [["--model", "digits image", "--out", "a", "--repeat", "3"],
+               ["--rep=3", "--publish-unreliable", "--doc=d.md", "--mod", "digits image", "--out=b"]],
+     ["--model", "digits image", "--repeat", "4"]),
+    ("tune", [["--model", "m", "--floor", "psnr=30", "--ou", "a"], ["--floor=psnr=30", "--model=m", "--doc-k", "k"]],
+     ["--model", "m", "--floor", "psnr=31"]),
+    ("bench-backbones", [["--sizes", "S", "--batch", "1"], ["--batch=1", "--out", "x", "--sizes=S"]],
+     ["--sizes", "S", "--batch", "2"]),
+    ("bench-attn-quality", [["--model", "digits-image", "--density", "0.125"], ["--density=0.125", "--model",
+                                                                               "digits-image", "--out", "o"]],
+     ["--model", "digits-image", "--density", "0.5"]),
+    ("bench-parallel", [["--model", "wan", "--methods", "none", "--modes", "ulysses"],
+                        ["--modes=ulysses", "--methods=none", "--model=wan", "--doc", "d.md"]],
+     ["--model", "wan", "--methods", "tdc", "--modes", "ring"]),
+])
+def test_the_default_doc_key_names_the_study_however_it_is_spelt(command, same, other):
+    """Spellings of one study (abbreviations, --x=v, order, another --out) share one --doc section; another
+    study (any option changed) gets its own."""
+    parser = subparser(command)
+    for argv in (*same, other):
+        parser.parse_args(argv)  # each is a command line argparse accepts
+    keys = {default_doc_key(parser, [command, *argv]) for argv in same}
+    assert len(keys) == 1 and default_doc_key(parser, [command, *other]) not in keys
+    assert not any(o in next(iter(keys)) for o in ("--out", "--doc", "--publish-unreliable"))

@@ -222,6 +222,25 @@ def test_a_run_abandoned_by_an_exception_does_not_lock_out_other_threads(tiny):
     assert torch.equal(out["image"], patched_run(a, 6))
 
 
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_a_run_interrupted_mid_way_leaves_nothing_for_the_next(tiny, method):
+    """docs/guarantees.md: every method, after a run stopped by an exception from a step callback, gives the
+    next call exactly what a fresh patched run gives."""
+    a = tiny("pixart-alpha")
+    right = patched_run(a, 6, **method)
+    handle = accel.patch(a, **method)
+
+    def stop(step, t, latents):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        a(**inputs(a, steps=6, **RES), callback=stop, callback_steps=1)
+    assert torch.equal(run(a, 6), right)
+    assert handle.stats()["steps"]["runs"] == 2
+    handle.unpatch()
+
+
 def _add_lora(pipe) -> None:
     """A LoRA made here (peft), with non-zero weights so that it changes the output."""
     from peft import LoraConfig

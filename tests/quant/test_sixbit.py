@@ -277,3 +277,20 @@ def test_hadamard_rotation_is_exact_in_full_precision_and_runs():
     torch.testing.assert_close(rotated, x @ w.T, atol=1e-5, rtol=1e-5)
     with accel.patch(pipe, method="sixbit", hadamard=32):
         assert torch.isfinite(generate(pipe, steps=2)).all()
+
+
+def test_calibrate_names_the_call_that_works_on_the_model(tmp_path, capsys):
+    """digits-lego has layers whose input size does not block into 16s: the printed call carries
+    unsupported='skip', and that call patches the model with the file."""
+    from accel.cli import main
+
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", "digits-lego", "--steps", "4", "--seeds", "0", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"accel.patch(pipe, method='sixbit', calibration='{out}', unsupported='skip')" in said
+    pipe = accel.zoo.load("digits-lego")
+    with pytest.raises(accel.UnsupportedModelError, match="unsupported='skip'"):
+        accel.patch(pipe, method="sixbit", calibration=str(out))
+    with accel.patch(pipe, method="sixbit", calibration=str(out), unsupported="skip") as handle:
+        generate(pipe, steps=2)
+        assert handle.stats()["sixbit"]["unsupported_layers"] > 0

@@ -233,3 +233,16 @@ def test_adaspa_never_caches_a_nan_or_inf_lse(tiny, monkeypatch, caplog):
     assert stats["searches"] == 2 * 2 + 1  # the poisoned site searched once more, a step later
     assert sum("NaN/inf" in r.getMessage() for r in caplog.records) == 1
     assert all(s.lse is None or bool(torch.isfinite(s.lse).all()) for s in states)
+
+
+@pytest.mark.parametrize("model, says", [
+    ("dit", "--model dit: expected a trained image or video entry of the zoo"),
+    ("digits-vqa", "--model digits-vqa: expected a trained image or video entry"),
+    ("digits-dico", "method 'pisa' does not support DiCoModel"),
+])
+def test_attention_quality_bench_refuses_models_without_trained_attention(model, says, tmp_path, capsys):
+    from accel.cli import main
+
+    assert main(["bench-attn-quality", "--model", model, "--steps", "2", "--out", str(tmp_path / "o")]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
