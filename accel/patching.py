@@ -201,7 +201,9 @@ def patch(target: Any, method: MethodSpec | Sequence[MethodSpec] = "none", **opt
     """Apply `method` (a name, a config, or a list of them to compose) to `target`.
 
     `target` is a diffusers pipeline, a diffusers denoiser, or a transformers model. Options are the
-    method's config fields. Returns a `Patch` with `.unpatch()`, `.config` and `.stats()`.
+    method's config fields; given with a config, they replace its fields (`patch(pipe, config, fraction=0.2)`
+    runs `config` at fraction 0.2, as `dataclasses.replace` would), and are refused with a composition.
+    Returns a `Patch` with `.unpatch()`, `.config` and `.stats()`.
     """
     resolved, methods = _checked(target, method, options)
     tracker = StepTracker()

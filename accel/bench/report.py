@@ -23,17 +23,23 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def _stat_summary(stats: dict[str, Any]) -> str:
-    """The method's own counters, flattened to `key=value` (step tracking omitted); in a composition the
-    memory every method holds is summed into one `held_peak_MB`."""
+    """The method's own counters, flattened to `key=value` (step tracking omitted); in a composition a key
+    two methods share is named `method.key` (lego-skip.skip_rate, tdc.skip_rate), and the memory every
+    method holds is summed into one `held_peak_MB`."""
     parts, held = [], []
-    for name, values in stats.items():
-        if name in ("methods", "steps") or not isinstance(values, dict):
-            continue
+    methods = {name: values for name, values in stats.items()
+               if name not in ("methods", "steps") and isinstance(values, dict)}
+    seen: dict[str, int] = {}
+    for values in methods.values():
+        for k in values:
+            seen[k] = seen.get(k, 0) + 1
+    for name, values in methods.items():
         for k, v in values.items():
+            label = f"{name}.{k}" if seen[k] > 1 else k
             if k == "held_peak_MB":
                 held.append(v)
             elif not isinstance(v, (dict, list)):  # 3 significant digits: mask_vs_byte_mask=0.125 as it is
-                parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={_fmt(v)}")
+                parts.append(f"{label}={v:.3g}" if isinstance(v, float) else f"{label}={_fmt(v)}")
     if held:
         parts.append(f"held_peak_MB={sum(held):.3g}")
     return ", ".join(parts)

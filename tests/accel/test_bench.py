@@ -239,3 +239,14 @@ def test_the_default_job_is_every_method_and_composition_on_the_trained_digits_v
     assert Path(rows["sixbit"]["calibration"]).resolve() == committed
     assert rows["sixbit+tdc"] == {"sixbit.calibration": rows["sixbit"]["calibration"]}
     assert rows["pisa"] is None  # defaults
+
+
+def test_a_composition_s_stats_cell_names_the_method_of_a_shared_key():
+    from accel.bench.report import _stat_summary
+
+    stats = {"methods": ["lego-skip", "tdc"], "steps": {"runs": 1},
+             "lego-skip": {"skip_rate": 0.4, "steps_skipped": 8, "held_peak_MB": 0.5},
+             "tdc": {"skip_rate": 0.25, "held_peak_MB": 1.0}}
+    assert _stat_summary(stats) == ("lego-skip.skip_rate=0.4, steps_skipped=8, tdc.skip_rate=0.25, "
+                                    "held_peak_MB=1.5")
+    assert _stat_summary({"tdc": {"skip_rate": 0.25}}) == "skip_rate=0.25"
