@@ -1,4 +1,5 @@
-"""Pieces the native backbones share: timestep embeddings, class-label handling and timestep broadcasting.
+"""Pieces the native backbones share: timestep embeddings, class-label handling, timestep broadcasting, and
+the checks of config values and call arguments (`check_int`, `check_number`, ...).
 
 Nothing here is specific to one paper; each function names where its formula comes from.
 """
@@ -6,10 +7,88 @@ Nothing here is specific to one paper; each function names where its formula com
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+
+class InvalidTypeError(TypeError, ValueError):
+    """A value of the wrong type (a string, a float or a bool where an integer belongs, ...). A `TypeError`,
+    and a `ValueError` too, so that `except ValueError` catches every refused input."""
+
+
+def _named(owner: str, name: str, value: Any) -> str:
+    return f"{owner + ': ' if owner else ''}{name}={value!r}"
+
+
+def is_integer(value: Any) -> bool:
+    """Whether `value` is a python or numpy integer (bools are not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _integers(minimum: int) -> str:
+    return {0: "non-negative integer", 1: "positive integer"}.get(minimum, f"integer >= {minimum}")
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int: a python or numpy integer (not a bool) >= `minimum`.
+
+    Raises `InvalidTypeError` for another type, `ValueError` for a smaller value; the message names
+    `owner`, `name`, the value and what is allowed ("LEGOModel: num_heads=0: expected a positive integer")."""
+    if not is_integer(value) or value < minimum:
+        error = ValueError if is_integer(value) else InvalidTypeError
+        raise error(f"{_named(owner, name, value)}: expected a {_integers(minimum)}")
+    return int(value)
+
+
+def check_number(owner: str, name: str, value: Any, minimum: float = -math.inf, maximum: float = math.inf, *,
+                 open_min: bool = False, open_max: bool = False) -> float:
+    """`value` as a float: a finite real number (python, numpy; not a bool) in the interval from `minimum` to
+    `maximum`, each end excluded when `open_min` / `open_max`.
+
+    Raises `InvalidTypeError` for another type, `ValueError` for NaN, an infinity or a value outside."""
+    low = "" if minimum == -math.inf else f"{'>' if open_min else '>='} {minimum:g}"
+    high = "" if maximum == math.inf else f"{'<' if open_max else '<='} {maximum:g}"
+    if low and high:
+        allowed = f"in {'(' if open_min else '['}{minimum:g}, {maximum:g}{')' if open_max else ']'}"
+    else:
+        allowed = low or high
+    message = f"{_named(owner, name, value)}: expected a finite number{' ' + allowed if allowed else ''}"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        raise InvalidTypeError(message)
+    v = float(value)
+    if (not math.isfinite(v) or v < minimum or v > maximum or (open_min and v == minimum)
+            or (open_max and v == maximum)):
+        raise ValueError(message)
+    return v
+
+
+def check_bool(owner: str, name: str, value: Any) -> bool:
+    """`value` if it is a bool (python or numpy); raises `InvalidTypeError` otherwise (no truthiness)."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidTypeError(f"{_named(owner, name, value)}: expected True or False")
+    return bool(value)
+
+
+def check_ints(owner: str, name: str, value: Any, minimum: int = 1, length: int | None = None,
+               meaning: str = "") -> tuple[int, ...]:
+    """`value` as a tuple of ints: a list or tuple (not a string) of integers >= `minimum`, of `length`
+    entries when given (else at least one). `meaning` says what the entries are, for the message.
+
+    Raises `InvalidTypeError` for another container or a non-integer entry, `ValueError` for a wrong
+    length or a smaller entry."""
+    count = f"{length} " if length is not None else ""
+    plural = "s" if length != 1 else ""
+    message = (f"{_named(owner, name, value)}: expected a list or tuple of {count}{_integers(minimum)}{plural}"
+               f"{' (' + meaning + ')' if meaning else ''}")
+    if not isinstance(value, list | tuple) or not all(is_integer(v) for v in value):
+        raise InvalidTypeError(message)
+    if (len(value) != length if length is not None else not value) or any(v < minimum for v in value):
+        raise ValueError(message)
+    return tuple(int(v) for v in value)
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_000.0) -> torch.Tensor:
@@ -69,26 +148,69 @@ def batch_timesteps(timestep: Any, batch: int, device: torch.device) -> torch.Te
     return t
 
 
-def class_ids(class_labels: Any, batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
+def label_tensor(class_labels: Any, owner: str = "") -> torch.Tensor:
+    """Class ids as an integer tensor of at most one dimension, not moved: a python or numpy integer, a flat
+    list or tuple of them, a numpy integer array or an integer tensor (0-d or 1-d). Checks types and shapes
+    only (no value is read from a device tensor).
+
+    Raises `InvalidTypeError` for anything that is not integer ids (floats, bools, strings, ...) and
+    `ValueError` for nested lists or more than one dimension (ids are never flattened)."""
+    allowed = "expected integer class ids: an int, a flat list of ints or a 1-D integer tensor"
+    if isinstance(class_labels, np.ndarray):
+        if class_labels.dtype.kind not in "iu":
+            raise InvalidTypeError(f"{_named(owner, 'class_labels', class_labels)}: {allowed}")
+        class_labels = torch.from_numpy(class_labels.astype(np.int64))
+    if isinstance(class_labels, torch.Tensor):
+        y = class_labels
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            raise InvalidTypeError(f"{owner + ': ' if owner else ''}class_labels has dtype {y.dtype}; {allowed}")
+    else:
+        items = list(class_labels) if isinstance(class_labels, list | tuple) else [class_labels]
+        if not all(is_integer(v) for v in items):
+            nested = any(isinstance(v, list | tuple | np.ndarray | torch.Tensor) for v in items)
+            error = ValueError if nested else InvalidTypeError
+            raise error(f"{_named(owner, 'class_labels', class_labels)}: {allowed}"
+                        f"{' (nested lists are not flattened)' if nested else ''}")
+        y = torch.tensor([int(v) for v in items], dtype=torch.long)
+    if y.dim() > 1:
+        raise ValueError(f"{owner + ': ' if owner else ''}class_labels has shape {tuple(y.shape)}; "
+                         f"{allowed} (one id per sample; ids are not flattened)")
+    return y
+
+
+def class_ids(class_labels: Any, batch: int, num_classes: int, device: torch.device, owner: str = "") -> torch.Tensor:
     """Class labels as int64 [batch]; every id >= `num_classes` becomes `num_classes`, the null class of
     classifier-free guidance (diffusers' `DiTPipeline` hard-codes 1000 as its null id, so a model with
-    fewer classes maps it here). `None` means all-null (unconditional).
+    fewer classes maps it here). `None` means all-null (unconditional). One id is broadcast to the batch.
 
-    Raises `ValueError` for a negative id, a float tensor or a wrong length.
+    Raises `InvalidTypeError` for ids that are not integers (floats, bools, strings; see `label_tensor`),
+    `ValueError` for more than one dimension, a wrong length or a negative id.
     """
     if class_labels is None:
         return torch.full((batch,), num_classes, dtype=torch.long, device=device)
-    y = class_labels if isinstance(class_labels, torch.Tensor) else torch.tensor(class_labels)
-    if y.is_floating_point() or y.is_complex():
-        raise ValueError(f"class_labels must be integer class ids; got dtype {y.dtype}")
-    y = y.to(device=device, dtype=torch.long).reshape(-1)
+    y = label_tensor(class_labels, owner).to(device=device, dtype=torch.long).reshape(-1)
     if y.numel() == 1 and batch > 1:
         y = y.expand(batch)
     if y.numel() != batch:
-        raise ValueError(f"class_labels has {y.numel()} ids for a batch of {batch}")
+        raise ValueError(f"{owner + ': ' if owner else ''}class_labels has {y.numel()} ids for a batch of {batch}")
     if bool((y < 0).any()):
-        raise ValueError(f"class_labels must be >= 0; got {y.tolist()}")
+        raise ValueError(f"{owner + ': ' if owner else ''}class_labels must be >= 0; got {y.tolist()}")
     return y.clamp(max=num_classes)
+
+
+def check_hidden_states(owner: str, hidden_states: Any, channels: int) -> torch.Tensor:
+    """`hidden_states` if it is a floating-point [B, channels, H, W] tensor with B, H, W >= 1 (shape and
+    dtype only). Raises `InvalidTypeError` for a non-tensor or a non-float dtype, `ValueError` for another
+    shape, an empty batch included."""
+    expected = f"expected a floating-point tensor of shape [B, {channels}, H, W], B, H and W >= 1"
+    if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point():
+        what = f"dtype {hidden_states.dtype}" if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
+        raise InvalidTypeError(f"{owner}: hidden_states is a {what}; {expected}")
+    shape = tuple(hidden_states.shape)
+    if len(shape) != 4 or shape[1] != channels or 0 in shape:
+        empty = " (an empty batch)" if len(shape) == 4 and shape[0] == 0 else ""
+        raise ValueError(f"{owner}: hidden_states has shape {shape}{empty}; {expected}")
+    return hidden_states
 
 
 def drop_labels(y: torch.Tensor, num_classes: int, prob: float, training: bool) -> torch.Tensor:

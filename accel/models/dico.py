@@ -37,7 +37,18 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
-from .common import TimestepMLP, batch_timesteps, class_ids, drop_labels, sinusoidal_embedding
+from .common import (
+    TimestepMLP,
+    batch_timesteps,
+    check_bool,
+    check_hidden_states,
+    check_int,
+    check_ints,
+    check_number,
+    class_ids,
+    drop_labels,
+    sinusoidal_embedding,
+)
 
 __all__ = ["DICO_PRESETS", "DiCoBlock", "DiCoModel"]
 
@@ -49,6 +60,50 @@ DICO_PRESETS: dict[str, dict[str, Any]] = {
     "DiCo-XL": {"hidden_size": 416, "depths": (9, 9, 10, 9, 9), "mlp_ratio": 2.0},
     "DiCo-H": {"hidden_size": 416, "depths": (14, 12, 10, 12, 14), "mlp_ratio": 4.0},
 }
+
+
+def check_config(sample_size: Any, in_channels: Any, out_channels: Any, hidden_size: Any, depths: Any,
+                 mlp_ratio: Any, num_classes: Any, class_dropout_prob: Any, learn_sigma: Any) -> dict[str, Any]:
+    """`DiCoModel`'s config, checked and normalised (python ints and floats, `depths` a list, `out_channels`
+    resolved from `learn_sigma`).
+
+    Allowed: `sample_size` a positive multiple of 4 (two 2x downsamplings); `in_channels` a positive
+    integer; `out_channels` None or `2 * in_channels` with `learn_sigma` (else `in_channels`); `hidden_size` a
+    positive even integer (the first downsampler halves it); `depths` 5 non-negative integers; `mlp_ratio` a
+    finite number > 0 that leaves the FFN at least one channel; `num_classes` a non-negative integer (0:
+    unconditional, only the null class); `class_dropout_prob` in [0, 1); `learn_sigma` a bool.
+
+    Raises `InvalidTypeError` (a `TypeError` and a `ValueError`) for a wrong type, e.g. a float or string
+    where an integer belongs, and `ValueError` for a value out of range; each message names the field, the
+    value and what is allowed."""
+    owner = "DiCoModel"
+    sample_size = check_int(owner, "sample_size", sample_size)
+    if sample_size % 4:
+        raise ValueError(f"{owner}: sample_size={sample_size}: expected a positive multiple of 4 (two 2x "
+                         "downsamplings)")
+    in_channels = check_int(owner, "in_channels", in_channels)
+    hidden_size = check_int(owner, "hidden_size", hidden_size)
+    if hidden_size % 2:
+        raise ValueError(f"{owner}: hidden_size={hidden_size}: expected a positive even width (the first "
+                         "downsampler halves it)")
+    depths = check_ints(owner, "depths", depths, minimum=0, length=5,
+                        meaning="block counts of encoder 1, encoder 2, middle, decoder 2, decoder 1")
+    mlp_ratio = check_number(owner, "mlp_ratio", mlp_ratio, 0.0, open_min=True)
+    if int(hidden_size * mlp_ratio) < 1:
+        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio} gives hidden_size={hidden_size} an FFN of "
+                         f"{int(hidden_size * mlp_ratio)} channels; expected a ratio that leaves at least 1")
+    num_classes = check_int(owner, "num_classes", num_classes, minimum=0)
+    class_dropout_prob = check_number(owner, "class_dropout_prob", class_dropout_prob, 0.0, 1.0, open_max=True)
+    learn_sigma = check_bool(owner, "learn_sigma", learn_sigma)
+    expected = in_channels * 2 if learn_sigma else in_channels
+    if out_channels is None:
+        out_channels = expected
+    elif check_int(owner, "out_channels", out_channels) != expected:
+        raise ValueError(f"{owner}: out_channels={out_channels} with learn_sigma={learn_sigma} and "
+                         f"in_channels={in_channels}; expected {expected} (or None)")
+    return {"sample_size": sample_size, "in_channels": in_channels, "out_channels": int(out_channels),
+            "hidden_size": hidden_size, "depths": list(depths), "mlp_ratio": mlp_ratio, "num_classes": num_classes,
+            "class_dropout_prob": class_dropout_prob, "learn_sigma": learn_sigma}
 
 
 def layer_norm_2d(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -133,12 +188,13 @@ class DiCoModel(ModelMixin, ConfigMixin):
         hidden_size: C, the width of the first level (levels are C, 2C, 4C; the top decoder is 2C).
         depths: blocks per level: (encoder 1, encoder 2, middle, decoder 2, decoder 1).
         mlp_ratio: FFN expansion (2; 4 for DiCo-H).
-        num_classes: class count; the null class is id `num_classes`, and any larger id maps to it.
-        class_dropout_prob: label dropout in training mode (CFG training), 0.1 in the paper's recipe.
+        num_classes: class count; the null class is id `num_classes`, and any larger id maps to it (0: an
+            unconditional model, the null class only).
+        class_dropout_prob: label dropout in training mode (CFG training), 0.1 in the paper's recipe; in [0, 1).
         learn_sigma: output DiT's learned-range variance channels after epsilon.
 
-    Raises `ValueError` for an `out_channels` that contradicts `learn_sigma`, or a `hidden_size` that is
-    odd (the first downsampler halves it).
+    Every field is checked before any parameter is created (`check_config`): raises `InvalidTypeError` (a
+    `TypeError` and a `ValueError`) for a value of the wrong type, `ValueError` for one out of range.
     """
 
     _supports_gradient_checkpointing = True
@@ -158,21 +214,13 @@ class DiCoModel(ModelMixin, ConfigMixin):
         class_dropout_prob: float = 0.1,
         learn_sigma: bool = True,
     ) -> None:
+        cfg = check_config(sample_size, in_channels, out_channels, hidden_size, depths, mlp_ratio, num_classes,
+                           class_dropout_prob, learn_sigma)  # before any parameter exists
         super().__init__()
-        depths = tuple(int(d) for d in depths)
-        if len(depths) != 5 or min(depths) < 0:
-            raise ValueError(f"DiCoModel: depths={depths!r}; expected 5 non-negative block counts "
-                             "(encoder 1, encoder 2, middle, decoder 2, decoder 1)")
-        if hidden_size % 2 or hidden_size <= 0:
-            raise ValueError(f"DiCoModel: hidden_size={hidden_size}; expected a positive even width")
-        expected = in_channels * 2 if learn_sigma else in_channels
-        if out_channels is None:
-            out_channels = expected
-            self.register_to_config(out_channels=out_channels)  # DiTPipeline reads an int
-        elif out_channels != expected:
-            raise ValueError(f"DiCoModel: out_channels={out_channels} with learn_sigma={learn_sigma} and "
-                             f"in_channels={in_channels}; expected {expected}")
-        self.register_to_config(depths=list(depths))  # as JSON gives it back: save/load keeps the config equal
+        # normalised, and as JSON gives them back: save/load keeps the config equal; DiTPipeline reads an int
+        self.register_to_config(**cfg)
+        in_channels, out_channels, hidden_size = cfg["in_channels"], cfg["out_channels"], cfg["hidden_size"]
+        depths, mlp_ratio, num_classes = cfg["depths"], cfg["mlp_ratio"], cfg["num_classes"]
         C = hidden_size
         dims = (C, 2 * C, 4 * C)
         self.num_classes = num_classes
@@ -240,6 +288,13 @@ class DiCoModel(ModelMixin, ConfigMixin):
                                 self.decoder_level_1) for b in level]
 
     # ---- forward -----------------------------------------------------------------------------
+    def check_size(self, height: int, width: int) -> None:
+        """Raises `ValueError` unless a [*, *, height, width] input can run: both divisible by 4 (two 2x
+        downsamplings). Pipelines call it before their first step."""
+        if height % 4 or width % 4:
+            raise ValueError(f"DiCoModel: height and width must be divisible by 4 (two 2x downsamplings); "
+                             f"got {height}x{width}")
+
     def _run(self, level: nn.ModuleList, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         for block in level:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -268,18 +323,16 @@ class DiCoModel(ModelMixin, ConfigMixin):
             kwargs: other pipeline arguments (ignored, as diffusers' DiT ignores `cross_attention_kwargs`).
 
         Returns the [B, out_channels, H, W] prediction in the input's dtype. Raises `ValueError` for a wrong
-        channel count, H or W not divisible by 4, or malformed timesteps / labels.
+        shape or channel count, an empty batch, H or W not divisible by 4, or malformed timesteps / labels
+        (more than one dimension, a wrong count, a negative id), and `InvalidTypeError` (a `TypeError` and a
+        `ValueError`) for non-tensor or non-float `hidden_states` and labels that are not integers (bools,
+        floats, strings). Only shapes and dtypes are checked, besides the existing test for negative ids.
         """
-        x = hidden_states
-        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"DiCoModel: hidden_states has shape {tuple(x.shape)}; expected "
-                             f"[B, {self.config.in_channels}, H, W]")
-        if x.shape[-2] % 4 or x.shape[-1] % 4:
-            raise ValueError(f"DiCoModel: height and width must be divisible by 4 (two 2x downsamplings); "
-                             f"got {x.shape[-2]}x{x.shape[-1]}")
+        x = check_hidden_states("DiCoModel", hidden_states, self.config.in_channels)
+        self.check_size(x.shape[-2], x.shape[-1])
         B = x.shape[0]
         t = batch_timesteps(timestep, B, x.device)
-        y = drop_labels(class_ids(class_labels, B, self.num_classes, x.device), self.num_classes,
+        y = drop_labels(class_ids(class_labels, B, self.num_classes, x.device, "DiCoModel"), self.num_classes,
                         self.config.class_dropout_prob, self.training)
         freq = sinusoidal_embedding(t)
         ye = self.y_embedder

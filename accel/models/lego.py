@@ -44,7 +44,20 @@ from diffusers.models.embeddings import get_2d_sincos_pos_embed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
-from .common import TimestepMLP, batch_timesteps, class_ids, drop_labels, edm_positional_embedding
+from .common import (
+    InvalidTypeError,
+    TimestepMLP,
+    batch_timesteps,
+    check_hidden_states,
+    check_int,
+    check_ints,
+    check_number,
+    class_ids,
+    drop_labels,
+    edm_positional_embedding,
+    is_integer,
+    label_tensor,
+)
 
 __all__ = ["LEGO_PRESETS", "LEGOBlock", "LEGOBrick", "LEGOModel"]
 
@@ -69,6 +82,58 @@ LEGO_PRESETS: dict[str, dict[str, Any]] = {
     "LEGO-XL-U-32": {**_XL, **_LATENT_32, "brick_sizes": (32, 16, 4, 16, 32), "patch_sizes": (2, 8, 2, 8, 2),
                      "depths": (14, 10, 4, 10, 14), "num_classes": 1000},
 }
+
+
+def check_config(sample_size: Any, in_channels: Any, out_channels: Any, hidden_size: Any, num_heads: Any,
+                 brick_sizes: Any, patch_sizes: Any, depths: Any, mlp_ratio: Any, num_classes: Any,
+                 class_dropout_prob: Any) -> dict[str, Any]:
+    """`LEGOModel`'s config, checked and normalised (python ints and floats, lists for the per-brick values,
+    `out_channels` resolved to `in_channels`).
+
+    Allowed: `brick_sizes`, `patch_sizes` and `depths` lists or tuples (not strings) of integers with one
+    entry per brick (at least one): region sides and patches positive, each region divisible by its patch,
+    depths non-negative; `sample_size` a positive multiple of every region side; `in_channels` a positive
+    integer and `out_channels` None or `in_channels`; `hidden_size` a positive multiple of 4 (the 2-D sin-cos
+    position table) and of `num_heads` (a positive integer); `mlp_ratio` a finite number > 0 that leaves the
+    MLP at least one channel; `num_classes` a non-negative integer (0: unconditional);
+    `class_dropout_prob` in [0, 1).
+
+    Raises `InvalidTypeError` (a `TypeError` and a `ValueError`) for a wrong type and `ValueError` for a
+    value out of range; each message names the field, the value and what is allowed."""
+    owner = "LEGOModel"
+    sizes = check_ints(owner, "brick_sizes", brick_sizes, meaning="region side per brick, bottom first")
+    patches = check_ints(owner, "patch_sizes", patch_sizes, meaning="token patch side per brick")
+    depths = check_ints(owner, "depths", depths, minimum=0, meaning="DiT blocks per brick")
+    if not len(sizes) == len(patches) == len(depths):
+        raise ValueError(f"{owner}: brick_sizes={sizes}, patch_sizes={patches} and depths={depths} must have one "
+                         "entry per brick (at least one)")
+    for r, p in zip(sizes, patches, strict=True):
+        if r % p:
+            raise ValueError(f"{owner}: brick size {r} is not divisible by its patch size {p}")
+    sample_size = check_int(owner, "sample_size", sample_size)
+    if any(sample_size % r for r in sizes):
+        raise ValueError(f"{owner}: sample_size={sample_size}: expected a multiple of every brick size {sizes}")
+    in_channels = check_int(owner, "in_channels", in_channels)
+    if out_channels is not None and check_int(owner, "out_channels", out_channels) != in_channels:
+        raise ValueError(f"{owner}: out_channels={out_channels}; expected in_channels={in_channels} or None "
+                         "(each brick predicts the image; there are no variance channels)")
+    hidden_size = check_int(owner, "hidden_size", hidden_size)
+    num_heads = check_int(owner, "num_heads", num_heads)
+    if hidden_size % 4:
+        raise ValueError(f"{owner}: hidden_size={hidden_size}: expected a positive multiple of 4 (the 2-D sin-cos "
+                         "position table)")
+    if hidden_size % num_heads:
+        raise ValueError(f"{owner}: hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+    mlp_ratio = check_number(owner, "mlp_ratio", mlp_ratio, 0.0, open_min=True)
+    if int(hidden_size * mlp_ratio) < 1:
+        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio} gives hidden_size={hidden_size} an MLP of "
+                         f"{int(hidden_size * mlp_ratio)} channels; expected a ratio that leaves at least 1")
+    num_classes = check_int(owner, "num_classes", num_classes, minimum=0)
+    class_dropout_prob = check_number(owner, "class_dropout_prob", class_dropout_prob, 0.0, 1.0, open_max=True)
+    return {"sample_size": sample_size, "in_channels": in_channels, "out_channels": in_channels,
+            "hidden_size": hidden_size, "num_heads": num_heads, "brick_sizes": list(sizes),
+            "patch_sizes": list(patches), "depths": list(depths), "mlp_ratio": mlp_ratio,
+            "num_classes": num_classes, "class_dropout_prob": class_dropout_prob}
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -212,8 +277,10 @@ class LEGOModel(ModelMixin, ConfigMixin):
             class (and any id >= num_classes, e.g. `DiTPipeline`'s 1000) is the all-zero one-hot vector.
         class_dropout_prob: label dropout in training mode (0.1 in the paper's recipe).
 
-    Raises `ValueError` for lists of different lengths, a region not divisible by its patch, a width not
-    divisible by the heads, or `out_channels != in_channels`.
+    Every field is checked before any parameter is created (`check_config` says what is allowed): raises
+    `InvalidTypeError` (a `TypeError` and a `ValueError`) for a value of the wrong type (a string or float
+    where integers belong), `ValueError` for one out of range, lists of different lengths, a region not
+    divisible by its patch, a width not divisible by the heads, or `out_channels != in_channels`.
     """
 
     _supports_gradient_checkpointing = True
@@ -235,23 +302,13 @@ class LEGOModel(ModelMixin, ConfigMixin):
         num_classes: int = 1000,
         class_dropout_prob: float = 0.1,
     ) -> None:
+        cfg = check_config(sample_size, in_channels, out_channels, hidden_size, num_heads, brick_sizes, patch_sizes,
+                           depths, mlp_ratio, num_classes, class_dropout_prob)  # before any parameter exists
         super().__init__()
-        sizes, patches, depths = (tuple(int(v) for v in s) for s in (brick_sizes, patch_sizes, depths))
-        if not (len(sizes) == len(patches) == len(depths)) or not sizes:
-            raise ValueError(f"LEGOModel: brick_sizes={sizes}, patch_sizes={patches} and depths={depths} must "
-                             "have one entry per brick (at least one)")
-        for r, p in zip(sizes, patches, strict=True):
-            if p <= 0 or r % p:
-                raise ValueError(f"LEGOModel: brick size {r} is not divisible by its patch size {p}")
-        if hidden_size % num_heads:
-            raise ValueError(f"LEGOModel: hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
-        if out_channels is None:
-            self.register_to_config(out_channels=in_channels)
-        elif out_channels != in_channels:
-            raise ValueError(f"LEGOModel: out_channels={out_channels}; expected in_channels={in_channels} "
-                             "(each brick predicts the image; there are no variance channels)")
-        # as JSON gives them back, so that save/load keeps the config equal
-        self.register_to_config(brick_sizes=list(sizes), patch_sizes=list(patches), depths=list(depths))
+        self.register_to_config(**cfg)  # normalised, and as JSON gives it back: save/load keeps the config equal
+        sizes, patches, depths = cfg["brick_sizes"], cfg["patch_sizes"], cfg["depths"]
+        in_channels, hidden_size, num_heads = cfg["in_channels"], cfg["hidden_size"], cfg["num_heads"]
+        mlp_ratio, num_classes = cfg["mlp_ratio"], cfg["num_classes"]
         C, D = in_channels, hidden_size
         self.num_classes = num_classes
         self.model = nn.ModuleList([
@@ -309,22 +366,36 @@ class LEGOModel(ModelMixin, ConfigMixin):
         t = batch_timesteps(timestep, batch, device)
         c = self.t_embedder(edm_positional_embedding(t))
         if self.y_embedder is not None:
-            y = drop_labels(class_ids(class_labels, batch, self.num_classes, device), self.num_classes,
+            y = drop_labels(class_ids(class_labels, batch, self.num_classes, device, "LEGOModel"), self.num_classes,
                             self.config.class_dropout_prob, self.training)
             onehot = F.one_hot(y, self.num_classes + 1)[:, : self.num_classes]  # the null id: all zeros
             c = c + self.y_embedder(onehot.to(c.dtype))
+        elif class_labels is not None:
+            label_tensor(class_labels, "LEGOModel")  # ignored, but only if they are class ids
         return c
 
+    def check_size(self, height: int, width: int) -> None:
+        """Raises `ValueError` unless a [*, *, height, width] input can run: both multiples of every brick
+        size (region side). Pipelines call it before their first step."""
+        if any(height % r or width % r for r in self.config.brick_sizes):
+            raise ValueError(f"LEGOModel: height and width must be multiples of every brick size "
+                             f"{tuple(self.config.brick_sizes)}; got {height}x{width}")
+
     def check_skip(self, skip_bricks: Sequence[int]) -> tuple[int, ...]:
-        """Validate brick indices to skip (negative ones count from the top). Returns them as
-        non-negative indices. Raises `ValueError` for brick 0 (nothing could stand in for its output), an
-        index out of range, or skipping every brick."""
+        """Validate brick indices to skip (negative ones count from the top): a list or tuple of python or
+        numpy integers. Returns them as sorted non-negative indices. Raises `InvalidTypeError` (a `TypeError`
+        and a `ValueError`) for anything but a list or tuple (a bare int included) and `ValueError` for
+        brick 0 (nothing could stand in for its output) or an index out of range."""
         n = self.num_bricks
+        allowed = f"a brick index in [1, {n - 1}] (or [-{n - 1}, -1] from the top) of this {n}-brick stack"
+        if not isinstance(skip_bricks, list | tuple):
+            raise InvalidTypeError(f"LEGOModel: skip_bricks={skip_bricks!r}; expected a list or tuple of brick "
+                                   f"indices (e.g. [{n - 1}] or (-1,)), or None; each {allowed}")
         out = []
         for k in skip_bricks:
-            if isinstance(k, bool) or not isinstance(k, int) or not -n <= k < n:
-                raise ValueError(f"LEGOModel: skip_bricks entry {k!r}; expected a brick index in [1, {n - 1}] "
-                                 f"(or [-{n - 1}, -1] from the top) of this {n}-brick stack")
+            if not is_integer(k) or not -n <= k < n:
+                raise ValueError(f"LEGOModel: skip_bricks entry {k!r}; expected {allowed}")
+            k = int(k)
             k = k % n
             if k == 0:
                 raise ValueError("LEGOModel: brick 0 cannot be skipped: it is the only brick that sees the noisy "
@@ -348,27 +419,25 @@ class LEGOModel(ModelMixin, ConfigMixin):
             timestep: the noise level the model was trained with (EDM: c_noise = ln(sigma) / 4): a number,
                 a 0-d tensor or [B].
             class_labels: [B] int ids; ids >= num_classes are the null class; `None` is unconditional.
-                Ignored by an unconditional model (num_classes 0).
+                Ignored by an unconditional model (num_classes 0), once checked to be integer ids.
             return_dict: `Transformer2DModelOutput(sample=...)` if True, else `(sample,)`.
-            skip_bricks: brick indices not to run (the paper's test-time skipping, section 3.3). A skipped
-                brick's successor receives the last brick that ran's prediction in its place, and the
-                output is the last brick that ran's prediction: skipping the top brick returns brick K-2's
-                prediction, exactly what it computes in the full stack.
+            skip_bricks: a list or tuple of brick indices not to run (the paper's test-time skipping, section
+                3.3), or None. A skipped brick's successor receives the last brick that ran's prediction in
+                its place, and the output is the last brick that ran's prediction: skipping the top brick
+                returns brick K-2's prediction, exactly what it computes in the full stack.
             kwargs: other pipeline arguments (ignored).
 
         Returns the [B, in_channels, H, W] prediction in the input's dtype. Raises `ValueError` for a wrong
-        shape or channel count, a side not divisible by a brick size, or a bad `skip_bricks`.
+        shape or channel count, an empty batch, a side not divisible by a brick size, malformed labels or
+        timesteps, or a bad `skip_bricks` index; `InvalidTypeError` (a `TypeError` and a `ValueError`) for
+        non-float `hidden_states`, labels that are not integers, or a `skip_bricks` that is not a list or
+        tuple (see `check_skip`). Only shapes and dtypes are checked, besides the existing test for
+        negative ids.
         """
-        x = hidden_states
-        C = self.config.in_channels
-        if x.dim() != 4 or x.shape[1] != C:
-            raise ValueError(f"LEGOModel: hidden_states has shape {tuple(x.shape)}; expected [B, {C}, H, W]")
+        x = check_hidden_states("LEGOModel", hidden_states, self.config.in_channels)
         H, W = x.shape[-2:]
-        for r in self.config.brick_sizes:
-            if H % r or W % r:
-                raise ValueError(f"LEGOModel: height and width must be multiples of every brick size "
-                                 f"{tuple(self.config.brick_sizes)}; got {H}x{W}")
-        skipped = self.check_skip(skip_bricks) if skip_bricks else ()
+        self.check_size(H, W)
+        skipped = self.check_skip(skip_bricks) if skip_bricks is not None else ()
         B = x.shape[0]
         c = self.embed(timestep, class_labels, B, x.device)
         coords = canvas_coordinates(B, H, W, x.device, x.dtype)

@@ -34,6 +34,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from .common import InvalidTypeError, check_int, check_number, is_integer, label_tensor
 from .dico import DiCoModel
 from .lego import LEGOModel
 
@@ -62,19 +63,49 @@ class ClassConditionalPipeline(DiffusionPipeline):
         vae = getattr(self, "vae", None)
         return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
 
-    def _labels(self, class_labels: int | list[int] | torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+    def _labels(self, class_labels: Any) -> torch.Tensor | None:
+        """`class_labels` as int64 [N] on the execution device, or None. Raises `InvalidTypeError` (a
+        `TypeError` and a `ValueError`) for ids that are not integers, `ValueError` for nested lists or more
+        than one dimension, no ids, or an id outside [0, num_classes)."""
         if class_labels is None:
             return None
-        labels = torch.as_tensor(class_labels).reshape(-1)
+        labels = label_tensor(class_labels).reshape(-1)
         if not labels.numel():
             raise ValueError("class_labels is empty; give at least one class id, or None for unconditional images")
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"class_labels must be integer class ids; got {class_labels!r}")
         num_classes = int(self.transformer.config.num_classes)
-        if not labels.numel() or bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+        name = type(self.transformer).__name__
+        if num_classes < 1:
+            raise ValueError(f"class_labels={labels.tolist()}: this {name} is unconditional (num_classes=0); "
+                             "pass class_labels=None and batch_size")
+        if bool((labels < 0).any()) or bool((labels >= num_classes).any()):  # once per call, not per step
             raise ValueError(f"class_labels={labels.tolist()}; expected ids in [0, {num_classes - 1}] "
-                             f"({type(self.transformer).__name__} has {num_classes} classes)")
+                             f"({name} has {num_classes} classes)")
         return labels.to(self._execution_device, torch.long)
+
+    def _check_generator(self, generator: Any, batch: int) -> None:
+        """Raises `InvalidTypeError` unless `generator` is None, a `torch.Generator` or a list of them, and
+        `ValueError` for a list whose length is not the batch size (diffusers' rule: one per image)."""
+        items = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in items):
+            raise InvalidTypeError(f"generator={generator!r}: expected a torch.Generator, a list of one per image, "
+                                   "or None")
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"generator is a list of {len(generator)} generators for a batch of {batch} images; "
+                             "expected one per image (or a single torch.Generator)")
+
+    def _check_scheduler(self, channels: int) -> bool:
+        """Whether the scheduler takes learned variance (`variance_type` "learned" / "learned_range"). Raises
+        `ValueError` when it does and the model has no variance channels (`out_channels != 2 * in_channels`)."""
+        variance = self.scheduler.config.get("variance_type", None)
+        learned = variance in ("learned", "learned_range")
+        out_channels = self.transformer.config.get("out_channels", None) or channels
+        if learned and out_channels != 2 * channels:
+            raise ValueError(
+                f"the scheduler's variance_type={variance!r} needs learned variance channels, but "
+                f"{type(self.transformer).__name__} has out_channels={out_channels} (in_channels={channels}; "
+                f"expected {2 * channels}); use a scheduler with a fixed variance, e.g. "
+                f"{type(self.scheduler).__name__}.from_config(pipe.scheduler.config, variance_type='fixed_small')")
+        return learned
 
     def _extra_step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
         params = inspect.signature(self.scheduler.step).parameters
@@ -97,49 +128,79 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """Generate images of `class_labels`.
 
         Args:
-            class_labels: class ids (one image each), or `None` for `batch_size` unconditional images
-                (the null class; no guidance).
-            guidance_scale: classifier-free guidance scale; guidance runs when it is > 1 and labels are given.
-            generator: torch generator(s) for the initial noise (and stochastic scheduler steps).
-            num_inference_steps: scheduler steps.
-            height, width: output size in pixels; default `sample_size * vae_scale_factor`. Must be multiples
-                of the VAE's factor, and the latent size must suit the model (DiCo: divisible by 4; LEGO: by
-                every brick size; the model raises otherwise).
+            class_labels: class ids in [0, num_classes), one image each: an int, a flat list or tuple of
+                (python or numpy) ints, or a 1-D integer tensor or array; or `None` for `batch_size`
+                unconditional images (the null class; no guidance).
+            guidance_scale: classifier-free guidance scale, a finite number >= 0. Guidance runs when it is > 1
+                and labels are given; as in diffusers' `DiTPipeline`, a scale in [0, 1] means no guidance (the
+                conditional prediction alone). Negative scales (which would push away from the class) are
+                refused.
+            generator: a torch generator for the initial noise (and stochastic scheduler steps), or a list of
+                exactly one per image.
+            num_inference_steps: scheduler steps, a positive (python or numpy) integer.
+            height, width: output size in pixels, positive (python or numpy) integers; default
+                `sample_size * vae_scale_factor`. Must be multiples of the VAE's factor, and the latent size
+                must suit the model (DiCo: divisible by 4; LEGO: by every brick size), checked up front with
+                the model's `check_size` where it has one.
+            batch_size: images without labels, a positive integer; with labels, 1 or the labels' count.
             latents: initial noise [B, in_channels, h, w] at unit variance (scaled by `init_noise_sigma` here).
             output_type: "pil", "np" ([B, H, W, C] in [0, 1]), "pt" ([B, C, H, W] in [0, 1]) or "latent" (the
                 final latents, not decoded).
             return_dict: `ImagePipelineOutput(images=...)` if True, else `(images,)`.
 
-        Raises `ValueError` for an unknown output type, labels outside the model's classes, a `batch_size`
-        other than the labels' count, a size that is not positive or not a multiple of the VAE factor, or
-        `latents` of the wrong shape.
+        Everything is checked before the first random number and denoising step. Raises `InvalidTypeError` (a
+        `TypeError` and a `ValueError`) for an argument of the wrong type (a float or bool step count, batch
+        size or size; labels that are not integers; a generator that is not one), and `ValueError` for an
+        unknown output type, a step count, batch size or size below 1, a NaN, infinite or negative
+        `guidance_scale`, nested labels or labels outside [0, num_classes), a `batch_size` other than the
+        labels' count, a generator list whose length is not the batch, a size that is not a multiple of the
+        VAE factor or whose latent the model cannot run, `latents` of the wrong shape, or a scheduler that
+        wants learned variance (`variance_type` "learned" / "learned_range") from a model without variance
+        channels.
         """
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps={num_inference_steps!r}; expected a positive integer")
+        # every argument is checked before the first random number or denoising step
+        num_inference_steps = check_int("", "num_inference_steps", num_inference_steps)
+        guidance_scale = check_number("", "guidance_scale", guidance_scale, 0.0)
+        batch_size = check_int("", "batch_size", batch_size)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}; expected one of {', '.join(map(repr, OUTPUT_TYPES))}")
         config = self.transformer.config
         device, dtype = self._execution_device, self.transformer.dtype
-        labels = self._labels(class_labels, batch_size)
-        batch = len(labels) if labels is not None else int(batch_size)
-        if batch < 1:
-            raise ValueError(f"batch_size={batch_size}; expected at least 1")
+        labels = self._labels(class_labels)
+        batch = len(labels) if labels is not None else batch_size
         if labels is not None and batch_size not in (1, batch):
             raise ValueError(f"batch_size={batch_size} with {batch} class_labels: one image per label; pass "
                              "batch_size only for unconditional images (class_labels=None)")
-        for name, value in (("height", height), ("width", width)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name}={value}; expected a positive size in pixels (None: the model's own)")
+        self._check_generator(generator, batch)
+        channels = int(config.in_channels)
+        learned = self._check_scheduler(channels)
         scale = self.vae_scale_factor
-        height = int(height if height is not None else config.sample_size * scale)
-        width = int(width if width is not None else config.sample_size * scale)
+        sizes = {}
+        for name, value in (("height", height), ("width", width)):
+            if value is None:
+                sizes[name] = int(config.sample_size) * scale
+            elif not is_integer(value) or value < 1:
+                error = ValueError if is_integer(value) else InvalidTypeError
+                raise error(f"{name}={value!r}: expected a positive integer size in pixels (None: the model's own)")
+            else:
+                sizes[name] = int(value)
+        height, width = sizes["height"], sizes["width"]
         if height % scale or width % scale:
             raise ValueError(f"height={height} and width={width} must be multiples of the VAE factor {scale}")
-        shape = (batch, int(config.in_channels), height // scale, width // scale)
+        shape = (batch, channels, height // scale, width // scale)
+        check_size = getattr(self.transformer, "check_size", None)  # DiCoModel / LEGOModel: the strides' rule
+        if check_size is not None:
+            try:
+                check_size(shape[2], shape[3])
+            except ValueError as err:
+                raise ValueError(f"height={height} and width={width} give a {shape[2]}x{shape[3]} latent that "
+                                 f"{type(self.transformer).__name__} cannot run: {err}") from None
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise InvalidTypeError(f"latents is a {type(latents).__name__}; expected a tensor of shape {shape}")
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents has shape {tuple(latents.shape)}; expected {shape}")
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents has shape {tuple(latents.shape)}; expected {shape}")
         else:
             latents = latents.to(device=device, dtype=dtype)
         latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)  # FlowMatch has none
@@ -147,8 +208,6 @@ class ClassConditionalPipeline(DiffusionPipeline):
         guide = labels is not None and guidance_scale > 1
         null = torch.full((batch,), int(config.num_classes), device=device, dtype=torch.long)
         labels_in = torch.cat([labels, null]) if guide and labels is not None else labels
-        channels = int(config.in_channels)
-        learned = self.scheduler.config.get("variance_type", None) in ("learned", "learned_range")
         extra = self._extra_step_kwargs(generator)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -90,8 +90,13 @@ def load(name: str, size: str = "tiny", seed: int = 0, dtype: torch.dtype = torc
     at `model.processor` (see `vlm.load`); "llada2" a diffusers `LLaDA2Pipeline` of a block-causal
     transformers model (`dllm.load`), "diffusion-gemma" its `DiffusionGemmaPipeline`; "anyflow-far" an
     `AnyFlowFARPipeline` (`far.load`). Trained entries (`TRAINED`, e.g. "digits-image") load their
-    committed checkpoint; size and seed are ignored.
+    committed checkpoint; seed is ignored, and so is size once checked.
+
+    Raises `ValueError` naming the valid sizes for a `size` not in `SIZES` ("tiny", "bench"), for every
+    entry (trained ones included), before anything is built or loaded.
     """
+    if size not in SIZES:
+        raise ValueError(f"Unknown zoo size {size!r} for {name!r}. Valid sizes: {', '.join(SIZES)}.")
     if name in TRAINED:
         from . import reference
 

@@ -85,12 +85,13 @@ def test_labels_timesteps_and_return_types():
 
 
 def test_class_dropout_only_in_training_mode():
-    model = randomized(tiny(class_dropout_prob=1.0))
+    model = randomized(tiny(class_dropout_prob=0.99))  # [0, 1): p = 1 would never train the labels
     x = torch.randn(1, 4, 8, 8)
     null = model(x, 3, [10]).sample
     assert not torch.equal(model(x, 3, [2]).sample, null)  # eval: labels kept
     model.train()
-    assert torch.equal(model(x, 3, [2]).sample, null)  # training with p=1: always the null class
+    torch.manual_seed(0)  # the draw 0.496 < 0.99: dropped
+    assert torch.equal(model(x, 3, [2]).sample, null)  # training: the null class
 
 
 def test_save_and_load_are_bit_identical(tmp_path):
@@ -142,3 +143,96 @@ def test_half_precision_keeps_its_dtype():
     model = randomized(tiny()).to(torch.bfloat16)
     out = model(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), 3, [1]).sample
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+# ---- config and input checks: refused before any parameter exists, with the field, value and rule named ----
+
+BAD_CONFIGS = [
+    ({"mlp_ratio": -1}, ValueError, "mlp_ratio=-1: expected a finite number > 0"),
+    ({"mlp_ratio": 0.0}, ValueError, "mlp_ratio=0.0: expected a finite number > 0"),
+    ({"mlp_ratio": float("inf")}, ValueError, "mlp_ratio=inf"),
+    ({"mlp_ratio": 0.01}, ValueError, "an FFN of 0 channels"),
+    ({"mlp_ratio": "2"}, TypeError, "mlp_ratio='2'"),
+    ({"class_dropout_prob": 1.5}, ValueError, "class_dropout_prob=1.5: expected a finite number in [0, 1)"),
+    ({"class_dropout_prob": 1.0}, ValueError, "class_dropout_prob=1.0"),
+    ({"class_dropout_prob": -0.1}, ValueError, "class_dropout_prob=-0.1"),
+    ({"class_dropout_prob": float("nan")}, ValueError, "class_dropout_prob=nan"),
+    ({"hidden_size": 0}, ValueError, "hidden_size=0: expected a positive integer"),
+    ({"hidden_size": -16}, ValueError, "hidden_size=-16"),
+    ({"hidden_size": 15}, ValueError, "hidden_size=15: expected a positive even width"),
+    ({"hidden_size": 16.0}, TypeError, "hidden_size=16.0: expected a positive integer"),
+    ({"sample_size": 0}, ValueError, "sample_size=0"),
+    ({"sample_size": 6}, ValueError, "sample_size=6: expected a positive multiple of 4"),
+    ({"in_channels": 0}, ValueError, "in_channels=0: expected a positive integer"),
+    ({"in_channels": True}, TypeError, "in_channels=True"),
+    ({"out_channels": 0}, ValueError, "out_channels=0"),
+    ({"out_channels": 8.5}, TypeError, "out_channels=8.5"),
+    ({"num_classes": -1}, ValueError, "num_classes=-1: expected a non-negative integer"),
+    ({"num_classes": 10.5}, TypeError, "num_classes=10.5"),
+    ({"depths": (1, 1, -1, 1, 1)}, ValueError, "depths=(1, 1, -1, 1, 1): expected a list or tuple of 5 non-negative"),
+    ({"depths": "11211"}, TypeError, "depths='11211'"),
+    ({"depths": (1, 1, 2.5, 1, 1)}, TypeError, "depths=(1, 1, 2.5, 1, 1)"),
+    ({"depths": (1, 1, 2, 1, 1, 1)}, ValueError, "5 non-negative integers"),
+    ({"learn_sigma": "yes"}, TypeError, "learn_sigma='yes': expected True or False"),
+    ({"learn_sigma": 1}, TypeError, "learn_sigma=1"),
+]
+
+
+@pytest.mark.parametrize("kw,error,message", BAD_CONFIGS, ids=[str(c[0]) for c in BAD_CONFIGS])
+def test_every_config_field_is_checked_before_any_parameter_exists(monkeypatch, kw, error, message):
+    def no_parameters(self, name, param):  # noqa: ANN001
+        raise AssertionError(f"parameter {name} created before the config was checked")
+
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", no_parameters)
+    with pytest.raises(AssertionError, match="created before"):
+        tiny()  # the spy works: a valid config gets as far as its first parameter
+    with pytest.raises(error) as err:
+        tiny(**kw)
+    assert message in str(err.value) and "DiCoModel" in str(err.value)
+    assert isinstance(err.value, ValueError)  # a wrong type is a TypeError and a ValueError
+
+
+def test_valid_config_spellings_are_accepted_and_normalised(tmp_path):
+    np = pytest.importorskip("numpy")
+    model = tiny(sample_size=np.int64(8), in_channels=np.int32(4), hidden_size=np.int64(16),
+                 depths=[np.int64(1), 1, 2, 1, 0], mlp_ratio=2, num_classes=np.int64(0), class_dropout_prob=0,
+                 learn_sigma=np.bool_(False), out_channels=np.int64(4))
+    cfg = model.config
+    assert (cfg.sample_size, cfg.in_channels, cfg.hidden_size, cfg.num_classes) == (8, 4, 16, 0)
+    assert all(type(v) is int for v in (cfg.sample_size, cfg.in_channels, cfg.hidden_size, cfg.out_channels,
+                                        *cfg.depths))
+    assert cfg.depths == [1, 1, 2, 1, 0] and cfg.mlp_ratio == 2.0 and cfg.learn_sigma is False
+    model.save_pretrained(tmp_path)  # numpy values would not serialise
+    loaded = DiCoModel.from_pretrained(tmp_path)
+    assert loaded.config.depths == [1, 1, 2, 1, 0] and loaded.config.out_channels == 4
+    out = model(torch.randn(1, 4, 8, 8), 3, None).sample  # num_classes 0: unconditional
+    assert out.shape == (1, 4, 8, 8)
+    assert tiny(class_dropout_prob=0.999, mlp_ratio=0.0625).config.class_dropout_prob == 0.999
+
+
+def test_forward_refuses_bool_nested_or_non_integer_labels_and_an_empty_batch():
+    model = tiny()
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(TypeError, match="class_labels has dtype torch.bool"):
+        model(x, 3, torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="class_labels=\\[True, False\\]"):
+        model(x, 3, [True, False])
+    with pytest.raises(ValueError, match="class_labels=\\['3', '4'\\]: expected integer class ids"):
+        model(x, 3, ["3", "4"])
+    with pytest.raises(ValueError, match="class_labels has dtype torch.float32"):
+        model(x, 3, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="nested lists are not flattened"):
+        model(x, 3, [[1, 2]])
+    with pytest.raises(ValueError, match="class_labels has shape \\(1, 2\\)"):
+        model(x, 3, torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="an empty batch"):
+        model(x[:0], 3, torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="hidden_states is a dtype torch.int64"):
+        model(torch.zeros(1, 4, 8, 8, dtype=torch.long), 3, [1])
+    with pytest.raises(TypeError, match="hidden_states is a list"):
+        model([[0.0]], 3, [1])
+    # the spellings that stay valid: numpy ids and arrays, 0-d tensors, one id for the batch
+    np = pytest.importorskip("numpy")
+    ref = model(x, 3, [1, 1]).sample
+    for labels in ([np.int64(1), 1], np.array([1, 1]), torch.tensor(1), 1, (1, 1)):
+        assert torch.equal(model(x, 3, labels).sample, ref)

@@ -4,6 +4,7 @@ and the block caches (delta-dit, tdc) on the new models through their adapters."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -15,7 +16,7 @@ from diffusers import (
 )
 
 import accel
-from accel.models import DiCoPipeline, LEGOPipeline
+from accel.models import DiCoModel, DiCoPipeline, LEGOModel, LEGOPipeline
 
 
 @pytest.fixture
@@ -151,3 +152,114 @@ def test_block_caches_run_on_the_new_models(name, method, exact):
     handle.unpatch()
     assert stats["blocks_skipped"] > 0 and torch.isfinite(out).all() and not torch.equal(out, base)
     assert torch.equal(accel.zoo.generate(pipe, steps=6), base)
+
+
+# ---- call arguments: checked before the first denoising step, valid spellings kept ----
+
+BAD_CALLS = [
+    ({"guidance_scale": float("inf")}, ValueError, "guidance_scale=inf: expected a finite number >= 0"),
+    ({"guidance_scale": float("-inf")}, ValueError, "guidance_scale=-inf"),
+    ({"guidance_scale": float("nan")}, ValueError, "guidance_scale=nan: expected a finite number >= 0"),
+    ({"guidance_scale": -1.0}, ValueError, "guidance_scale=-1.0: expected a finite number >= 0"),
+    ({"guidance_scale": "4"}, TypeError, "guidance_scale='4'"),
+    ({"guidance_scale": True}, TypeError, "guidance_scale=True"),
+    ({"class_labels": None, "batch_size": 2.7}, TypeError, "batch_size=2.7: expected a positive integer"),
+    ({"class_labels": None, "batch_size": 0}, ValueError, "batch_size=0: expected a positive integer"),
+    ({"class_labels": None, "batch_size": True}, TypeError, "batch_size=True"),
+    ({"height": 32.9}, TypeError, "height=32.9: expected a positive integer size in pixels"),
+    ({"width": 16.0}, TypeError, "width=16.0: expected a positive integer size in pixels"),
+    ({"height": "32"}, TypeError, "height='32'"),
+    ({"height": -16}, ValueError, "height=-16"),
+    ({"height": 20}, ValueError, "height=20 and width=16 give a 10x8 latent that DiCoModel cannot run"),
+    ({"class_labels": [[1, 2]]}, ValueError, "class_labels=[[1, 2]]: expected integer class ids"),
+    ({"class_labels": torch.tensor([[1], [2]])}, ValueError, "class_labels has shape (2, 1)"),
+    ({"class_labels": ["3"]}, TypeError, "class_labels=['3']: expected integer class ids"),
+    ({"class_labels": "3"}, TypeError, "class_labels='3'"),
+    ({"class_labels": [1.0, 2.0]}, TypeError, "class_labels=[1.0, 2.0]"),
+    ({"class_labels": [True, False]}, TypeError, "class_labels=[True, False]"),
+    ({"class_labels": torch.tensor([True])}, TypeError, "class_labels has dtype torch.bool"),
+    ({"class_labels": np.array(["1"])}, TypeError, "expected integer class ids"),
+    ({"class_labels": [-1]}, ValueError, "class_labels=[-1]; expected ids in [0, 9]"),
+    ({"class_labels": [1, 10]}, ValueError, "class_labels=[1, 10]; expected ids in [0, 9]"),
+    ({"num_inference_steps": True}, TypeError, "num_inference_steps=True: expected a positive integer"),
+    ({"num_inference_steps": 2.0}, TypeError, "num_inference_steps=2.0"),
+    ({"num_inference_steps": np.int64(0)}, ValueError, f"num_inference_steps={np.int64(0)!r}: expected a positive"),
+    ({"generator": "gen"}, TypeError, "generator='gen': expected a torch.Generator"),
+]
+
+
+def _no_step(pipe) -> list:
+    """A record of every denoiser call (a forward pre-hook): a refused call must leave it empty."""
+    calls: list = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("kw,error,message", BAD_CALLS, ids=[str(c[0]) for c in BAD_CALLS])
+def test_bad_call_arguments_are_refused_before_any_denoising_step(dico, kw, error, message):
+    calls = _no_step(dico)
+    with pytest.raises(error) as err:
+        dico(**{"class_labels": [1, 2], "num_inference_steps": 1, "output_type": "latent", **kw})
+    assert message in str(err.value) and isinstance(err.value, ValueError)
+    assert calls == []
+
+
+def test_a_generator_list_must_hold_one_generator_per_image(dico):
+    calls = _no_step(dico)
+    for count in (1, 3):
+        with pytest.raises(ValueError, match=f"a list of {count} generators for a batch of 2 images"):
+            dico([1, 2], generator=[_gen(i) for i in range(count)], num_inference_steps=1, output_type="latent")
+    with pytest.raises(ValueError, match="a list of 3 generators for a batch of 2"):
+        dico(None, batch_size=2, generator=[_gen(), _gen(), _gen()], num_inference_steps=1)
+    with pytest.raises(TypeError, match="expected a torch.Generator, a list of one per image"):
+        dico([1, 2], generator=[_gen(), 0], num_inference_steps=1)
+    assert calls == []
+    out = dico([1, 2], generator=[_gen(0), _gen(1)], num_inference_steps=1, output_type="latent").images
+    assert out.shape == (2, 4, 8, 8)
+
+
+def test_an_unconditional_model_refuses_labels(lego):
+    uncond = LEGOPipeline(transformer=LEGOModel(**{**lego.transformer.config, "num_classes": 0}),
+                          scheduler=lego.scheduler)
+    uncond.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="this LEGOModel is unconditional \\(num_classes=0\\); pass class_labels=None"):
+        uncond([1], num_inference_steps=1)
+    assert uncond(None, batch_size=2, num_inference_steps=1, output_type="latent").images.shape == (2, 4, 8, 8)
+
+
+def test_a_learned_variance_scheduler_is_refused_for_a_model_without_variance_channels(dico, lego):
+    lego.scheduler = DDPMScheduler(variance_type="learned_range")
+    calls = _no_step(lego)
+    with pytest.raises(ValueError) as err:
+        lego([1], num_inference_steps=2, output_type="latent")
+    assert "variance_type='learned_range'" in str(err.value) and "out_channels=4" in str(err.value)
+    assert calls == []
+    plain = DiCoPipeline(transformer=DiCoModel(**{**dico.transformer.config, "learn_sigma": False,
+                                                  "out_channels": None}), scheduler=DDPMScheduler(variance_type="learned"))
+    plain.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="variance_type='learned' needs learned variance channels"):
+        plain([1], num_inference_steps=2)
+    # the model that has them runs (learned variance reaches the scheduler)
+    dico.scheduler = DDPMScheduler(variance_type="learned_range")
+    assert dico([1], num_inference_steps=2, output_type="latent").images.shape == (1, 4, 8, 8)
+
+
+def test_valid_call_spellings_are_accepted(dico):
+    def run(**kw):
+        return dico(**{"num_inference_steps": 2, "generator": _gen(), "output_type": "latent", **kw}).images
+
+    ref = run(class_labels=[1, 2], guidance_scale=3.0)
+    for labels in ((1, 2), [np.int64(1), 2], np.array([1, 2]), torch.tensor([1, 2])):
+        assert torch.equal(run(class_labels=labels, guidance_scale=3.0), ref)
+    assert torch.equal(run(class_labels=[1, 2], guidance_scale=np.float32(3.0)), ref)
+    assert torch.equal(run(class_labels=[1, 2], guidance_scale=3.0, num_inference_steps=np.int64(2)), ref)
+    assert torch.equal(run(class_labels=[1, 2], guidance_scale=3.0, height=np.int64(16), width=np.int32(16)), ref)
+    assert torch.equal(run(class_labels=[1, 2], guidance_scale=3.0, batch_size=np.int64(2)), ref)
+    one = run(class_labels=[7])
+    assert torch.equal(run(class_labels=7), one) and torch.equal(run(class_labels=torch.tensor(7)), one)
+    # guidance_scale in [0, 1] is no guidance (DiTPipeline's rule): the conditional prediction alone
+    plain = run(class_labels=[1, 2], guidance_scale=1.0)
+    assert not torch.equal(plain, ref)
+    for scale in (0, 0.0, 0.5, np.float64(1.0)):
+        assert torch.equal(run(class_labels=[1, 2], guidance_scale=scale), plain)
+    assert run(class_labels=None, batch_size=np.int64(3)).shape == (3, 4, 8, 8)
