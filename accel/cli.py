@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -118,6 +119,20 @@ def counting(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value} is below {low}; expected an integer >= {low}")
+        return value
+
+    return parse
+
+
+def positive(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number of `unit` (minutes, seconds) > 0, named in the error."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of {unit} > 0")
         return value
 
     return parse
@@ -288,16 +303,6 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0 if result.best is not None else 1
 
 
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not positive; expected minutes > 0")
-    return value
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.app import main as launch
     from .demo.session import Preset
@@ -321,7 +326,10 @@ def _unavailable(sub: argparse._SubParsersAction, name: str, why: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="accel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"accel {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("methods", help="list the acceleration methods and their options")
     p.add_argument("--json", action="store_true")
@@ -439,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_methods_csv, default=None,
                    help="methods to search (default: every one that applies); a token with options, e.g. "
                         "'tdc(order=1)', is searched as it is")
-    p.add_argument("--budget-minutes", type=_minutes, default=20.0, help="time for the search (default 20)")
+    p.add_argument("--budget-minutes", type=positive("minutes"), default=20.0, help="time for the search (default 20)")
     p.add_argument("--steps", type=counting(2), default=None,
                    help="the exact run's steps (default: the trained entry's, else 20)")
     p.add_argument("--samples", type=counting(1), default=None,

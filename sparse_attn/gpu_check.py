@@ -310,22 +310,26 @@ def run(device_name: str, tiny: bool, budget_s: float, repeats: int) -> dict[str
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from accel.cli import counting, positive
+
     p = sub.add_parser("gpu-check", help="compile, check and time the Triton kernels on a GPU (PASS/FAIL + JSON)")
     p.add_argument("--json", default="gpu-check.json", help="where to write the results (default gpu-check.json)")
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", type=_device, default="cuda", help="cuda, cuda:N or cpu (with --tiny; default cuda)")
     p.add_argument("--tiny", action="store_true", help="small sizes: the same code on CPU under TRITON_INTERPRET=1")
-    p.add_argument("--budget-s", type=float, default=450.0,
-                   help="skip the steps that would start after this (the verdict is then INCOMPLETE)")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per row (median)")
+    p.add_argument("--budget-s", type=positive("seconds"), default=450.0,
+                   help="skip the steps that would start after this many seconds (> 0; the verdict is then "
+                        "INCOMPLETE; default 450)")
+    p.add_argument("--repeats", type=counting(1), default=5, help="timed calls per row (median; default 5)")
     p.add_argument("--doc", default=None, help="also write the results into this markdown file (docs/benchmarks.md)")
     p.set_defaults(func=_cmd)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
-    return value
+def _device(text: str) -> str:
+    """An argparse type: cpu, cuda or cuda:N (whether this machine has it is checked when the command runs)."""
+    index = text.removeprefix("cuda:")
+    if text not in ("cpu", "cuda") and not (text.startswith("cuda:") and index.isdecimal()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N (N a GPU index)")
+    return text
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -355,6 +359,11 @@ def markdown(result: dict[str, Any]) -> str:
 def _cmd(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("accel gpu-check: no CUDA device here (use --tiny --device cpu under TRITON_INTERPRET=1)", file=sys.stderr)
+        return 2
+    count = torch.cuda.device_count()
+    if args.device.startswith("cuda:") and int(args.device.removeprefix("cuda:")) >= count:
+        print(f"accel gpu-check: --device {args.device}: this machine has {count} CUDA device(s); "
+              f"expected cuda or cuda:N with N < {count}", file=sys.stderr)
         return 2
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print("accel gpu-check: on CPU the kernels run only under TRITON_INTERPRET=1", file=sys.stderr)

@@ -252,14 +252,44 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def check_ranks(model: str, size: str, world: int, modes: list[str]) -> None:
+    """Refuse, before any rank starts, `world` ranks that the model cannot be split over: every mode shards the
+    image or video tokens evenly over the ranks, and Ulysses also the attention heads. Reads the pipeline's
+    config (it is built here, in a second: the zoo's models are small)."""
+    from accel.errors import AccelError
+    from accel.zoo import load
+
+    pipe = load(model, size=size)
+    dims = _inputs(pipe, model, size, 1, world)
+    if model == "flux":  # latents packed 2x2
+        side = 2 * pipe.vae_scale_factor
+        tokens, what = (dims["height"] // side) * (dims["width"] // side), "image"
+    else:  # Wan: latent frames, then patches
+        t, h, w = pipe.transformer.config.patch_size
+        frames = (dims["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+        side = pipe.vae_scale_factor_spatial
+        tokens, what = (frames // t) * (dims["height"] // side // h) * (dims["width"] // side // w), "video"
+    if tokens % world:
+        raise AccelError(f"--ranks {world}: {model} ({size}) runs {tokens} {what} tokens, which do not split evenly "
+                         f"over {world} ranks; choose --ranks dividing {tokens}")
+    heads = pipe.transformer.config.num_attention_heads
+    if "ulysses" in modes and heads % world:
+        raise AccelError(f"--ranks {world}: {model} ({size}) has {heads} attention heads, which --modes ulysses "
+                         f"splits over the ranks; choose --ranks dividing {heads}, or --modes ring")
+
+
 def _cmd(args: argparse.Namespace) -> int:
+    from accel.errors import AccelError
+
     from .report import check_outputs, command_line, update_doc
 
     gpus = torch.cuda.device_count()
     if gpus and args.ranks > gpus:
-        raise SystemExit(f"accel bench-parallel: --ranks {args.ranks} on a machine with {gpus} GPU(s); NCCL needs "
+        raise AccelError(f"bench-parallel: --ranks {args.ranks} on a machine with {gpus} GPU(s); NCCL needs "
                          f"one GPU per rank: choose --ranks <= {gpus}")
-    check_outputs("bench-parallel", args.out, args.doc, args.doc_key, ("bench-parallel.json", "bench-parallel.md"))
+    check_ranks(args.model, args.size, args.ranks, args.modes)
+    check_outputs("bench-parallel", args.out, args.doc, args.doc_key, ("bench-parallel.json", "bench-parallel.md"),
+                  default_key=args.default_doc_key)
     command = command_line(args.argv)
     result = run(args.model, args.size, args.methods, args.ranks, args.modes, args.steps, args.repeat,
                  args.threads or torch.get_num_threads(), args.timeout)
@@ -270,13 +300,13 @@ def _cmd(args: argparse.Namespace) -> int:
     (out / "bench-parallel.md").write_text(text + "\n")
     print(text)
     if args.doc:
-        update_doc(Path(args.doc), args.doc_key or f"bench-parallel-{args.model}-{args.size}-{args.ranks}", text)
+        update_doc(Path(args.doc), args.doc_key or args.default_doc_key, text)
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `bench-parallel` on the `accel` command's subparsers."""
-    from accel.cli import counting
+    from accel.cli import counting, positive
 
     p = sub.add_parser("bench-parallel", help="one process vs N ranks under diffusers' context parallelism "
                        "(Ulysses, ring), every method: time and difference")
@@ -290,7 +320,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=counting(1), default=3)
     p.add_argument("--threads", type=counting(1), default=None,
                    help="CPU threads in all (default: torch's count); each rank gets threads / ranks")
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds before every rank is killed")
+    p.add_argument("--timeout", type=positive("seconds"), default=1800.0,
+                   help="seconds before every rank is killed (> 0)")
     p.add_argument("--out", default="bench-results")
     p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
     p.add_argument("--doc-key", default=None, help="section name in --doc")

@@ -3,7 +3,7 @@ equal parameter count, trained on the same digits with the same budget, so they 
 
     pipe = accel.zoo.load("digits-dico")                    # DiCoPipeline; "digits-lego": LEGOPipeline,
     accel.zoo.evaluate("digits-dico", pipe, n=100, seed=0)  # "digits-dit", "digits-dit-p2": DiTPipeline
-    python -m accel.zoo.train digits-dico                   # or: python -m accel.models.train dico --data digits
+    python -m accel.zoo.train digits-dico --overwrite       # or: python -m accel.models.train dico --overwrite
 
 The entries are this module's functions with their kind bound (`reference.TRAINED`); this module holds
 what they share, and everything it can take from `digits_image` it imports from there:
@@ -329,21 +329,26 @@ def train(kind: str, cfg: TrainConfig = TrainConfig(), log: Callable[[str], None
 
 
 def reproduce(kind: str, seed: int = 0, minutes: float = TrainConfig.minutes, steps: int = TrainConfig.steps,
-              threads: int = TrainConfig.threads) -> None:
+              threads: int = TrainConfig.threads, out: Path | None = None) -> None:
     """`python -m accel.zoo.train digits-<kind>`: train with the shared budget, save the checkpoint, then
-    evaluate (n=100, timed; LEGO also with lego-skip) and write `docs/digits-<kind>-samples.png`.
+    evaluate (n=100, timed; LEGO also with lego-skip) and write `docs/digits-<kind>-samples.png`. With
+    `out`, the checkpoint goes to out/digits-<kind>/transformer.safetensors and the figure to out/docs/,
+    the zoo's committed files left as they are.
 
     Run it alone: two threads beside another multi-threaded job slow each step many times over (OpenMP
     threads wait for each other), and the wall-clock cap then cuts the budget."""
     from .train import save_grid
 
     name = entry_name(kind)
+    weights = checkpoint(kind) if out is None else out / name / "transformer.safetensors"
+    figure = Path("docs" if out is None else out / "docs") / f"{name}-samples.png"
     run = train(kind, TrainConfig(seed=seed, minutes=minutes, steps=steps, threads=threads))
-    save(run.ema, checkpoint(kind))
-    size = checkpoint(kind).stat().st_size
+    save(run.ema, weights)
+    size = weights.stat().st_size
     print(f"{name}: {reachable_parameters(run.model):,} parameters, {run.steps} steps in {run.seconds:.0f}s"
           f"{' (time cap)' if run.capped else ''}; checkpoint {size / 1e6:.2f} MB", flush=True)
-    pipe = load(kind)
+    with torch.random.fork_rng(devices=[]):
+        pipe = pipeline(kind, load_weights(build(kind), weights))
     begin = time.perf_counter()
     print("evaluate", evaluate(pipe, n=100, seed=0), f"sampling {time.perf_counter() - begin:.1f}s", flush=True)
     if kind == "lego":
@@ -354,4 +359,5 @@ def reproduce(kind: str, seed: int = 0, minutes: float = TrainConfig.minutes, st
             print("evaluate lego-skip", evaluate(pipe, n=100, seed=0),
                   f"sampling {time.perf_counter() - begin:.1f}s", flush=True)
     labels = [c for _ in range(4) for c in range(10)]  # 4 rows of 0..9
-    save_grid(digits_image.sample(pipe, labels, seed=1), f"docs/{name}-samples.png", rows=4)
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(digits_image.sample(pipe, labels, seed=1), str(figure), rows=4)

@@ -6,7 +6,7 @@ module (model, sampling, task-accuracy evaluation, training) and registers here:
 
     accel.zoo.load("digits-image")                      # offline, from the committed checkpoint
     accel.zoo.evaluate("digits-image", pipe, n=100)     # {"accuracy": ..., "n": 100, ...}
-    python -m accel.zoo.train digits-image              # reproduce the checkpoint from a seed
+    python -m accel.zoo.train digits-image --overwrite  # reproduce the checkpoint from a seed
 """
 
 from __future__ import annotations

@@ -65,11 +65,29 @@ def test_every_command_but_compile_check_works_without_triton():
         (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc='/proc/no/such/dir/x.md': expected a regular file"),
         (["bench", "--out", "/proc/x"], "--out='/proc/x' is, or lies under, a file, or cannot be written"),
         (["bench", "--publish-unreliable"], "--publish-unreliable acts only with --doc"),
+        (["tune", "--model", "digits-image", "--floor", "psnr=30", "--budget-minutes", "inf"],
+         "argument --budget-minutes: 'inf': expected a finite number of minutes > 0"),
         (["bench-attn-quality", "--steps", "0"], "argument --steps: 0 is below 1"),
         (["bench-attn-quality", "--threads", "-1"], "argument --threads: -1 is below 0"),
         (["bench-attn-quality", "--density", "0"], "argument --density: '0': every value must be in (0, 1]"),
         (["bench-attn-quality", "--at", "0.5,x"], "argument --at: '0.5,x': expected comma-separated numbers in [0, 1]"),
         (["gpu-check", "--tiny", "--device", "cpu"], "on CPU the kernels run only under TRITON_INTERPRET=1"),
+        (["gpu-check", "--device", "foo"], "argument --device: 'foo': expected cpu, cuda or cuda:N (N a GPU index)"),
+        (["gpu-check", "--device", "cuda:x"], "argument --device: 'cuda:x': expected cpu, cuda or cuda:N"),
+        (["gpu-check", "--budget-s", "nan"], "argument --budget-s: 'nan': expected a finite number of seconds > 0"),
+        (["gpu-check", "--budget-s", "-1"], "argument --budget-s: '-1': expected a finite number of seconds > 0"),
+        (["gpu-check", "--budget-s", "0"], "argument --budget-s: '0': expected a finite number of seconds > 0"),
+        (["gpu-check", "--budget-s", "inf"], "argument --budget-s: 'inf': expected a finite number of seconds > 0"),
+        (["gpu-check", "--repeats", "0"], "argument --repeats: 0 is below 1"),
+        (["gpu-check", "--repeats", "x"], "argument --repeats: 'x' is not an integer"),
+        (["bench-parallel", "--timeout", "-1"], "argument --timeout: '-1': expected a finite number of seconds > 0"),
+        (["bench-parallel", "--timeout", "0"], "argument --timeout: '0': expected a finite number of seconds > 0"),
+        (["bench-parallel", "--timeout", "nan"], "argument --timeout: 'nan': expected a finite number of seconds > 0"),
+        (["bench-parallel", "--timeout", "soon"], "argument --timeout: 'soon' is not a number of seconds"),
+        (["bench-parallel", "--ranks", "1"], "argument --ranks: 1 is below 2"),
+        (["bench-parallel", "--steps", "0"], "argument --steps: 0 is below 1"),
+        (["bench-parallel", "--repeat", "0"], "argument --repeat: 0 is below 1"),
+        (["bench-parallel", "--threads", "0"], "argument --threads: 0 is below 1"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason_before_anything_runs(argv, message, capsys, monkeypatch):
@@ -80,3 +98,11 @@ def test_bad_arguments_exit_2_with_the_reason_before_anything_runs(argv, message
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_version(capsys):
+    import accel
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"accel {accel.__version__}"

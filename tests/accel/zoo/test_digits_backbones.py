@@ -133,6 +133,9 @@ def test_the_models_training_command_forwards_to_the_zoo():
     assert zoo_argv(["dico", "--data", "digits"]) == ["digits-dico", "--seed", "0"]
     assert zoo_argv(["lego", "--minutes", "5", "--steps", "300"]) == [
         "digits-lego", "--seed", "0", "--minutes", "5.0", "--steps", "300"]
+    assert zoo_argv(["dit", "--overwrite"]) == ["digits-dit", "--seed", "0", "--overwrite"]
+    assert zoo_argv(["dit-p2", "--out", "/tmp/x", "--threads", "1"]) == [
+        "digits-dit-p2", "--seed", "0", "--threads", "1", "--out", "/tmp/x"]
     with pytest.raises(SystemExit):
         zoo_argv(["dico", "--data", "imagenet"])
     for kind in recipe.KINDS:
