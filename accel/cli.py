@@ -146,6 +146,17 @@ def _ints_csv(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
 
 
+def _seeds_csv(text: str) -> tuple[int, ...]:
+    """Comma-separated seeds: at least one, each in [0, 2**63) (torch's range), none twice."""
+    try:
+        seeds = tuple(int(x) for x in _csv(text))
+    except ValueError:
+        seeds = ()
+    if not seeds or len(set(seeds)) < len(seeds) or any(not 0 <= s < 2**63 for s in seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated distinct integer seeds in [0, 2**63)")
+    return seeds
+
+
 def _ratios_csv(text: str) -> tuple[float, ...]:
     """Comma-separated fractions in (0, 1] (keep ratios)."""
     try:
@@ -365,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=counting(1))
     p.add_argument("--width", type=counting(1))
     p.add_argument("--frames", type=counting(1))
-    p.add_argument("--seeds", type=_ints_csv, help="comma-separated seeds (default 0)")
+    p.add_argument("--seeds", type=_seeds_csv, help="comma-separated seeds (default 0)")
     p.add_argument("--repeat", type=counting(1), help="timed repeats per row and seed (default 3)")
     p.add_argument("--warmup", type=counting(0), help="untimed runs per row first (default 1)")
     p.add_argument("--device", type=_device, help="cpu or cuda (default cpu)")
@@ -427,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="zoo name or local pipeline directory")
     p.add_argument("--size", choices=("tiny", "bench"), default="tiny", help="zoo model size (default tiny)")
     p.add_argument("--method", choices=("sixbit",), default="sixbit")
-    p.add_argument("--seeds", type=_ints_csv, default=(0, 1), help="comma-separated (default 0,1)")
+    p.add_argument("--seeds", type=_seeds_csv, default=(0, 1), help="comma-separated seeds (default 0,1)")
     p.add_argument("--steps", type=counting(2), default=20, help="denoising steps per run (default 20)")
     p.add_argument("--out", default=None, help="the JSON to write (default: sixbit_calibration.json in the "
                    "local model directory, or calibration/<zoo name>.json)")
@@ -475,11 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
 OUTPUT_OPTIONS = ("--out", "--doc", "--doc-key", "--publish-unreliable", "--json")  # where results go
 
 
-def default_doc_key(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+def _word(value: Any) -> str:
+    """A parsed option value as one command-line word: sequences comma-joined, numbers as Python prints them."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_word, value))
+    return str(value)
+
+
+def default_doc_key(parser: argparse.ArgumentParser, argv: Sequence[str],
+                    args: argparse.Namespace | None = None) -> str:
     """The `--doc` section of a run given no `--doc-key`: "accel", the subcommand and the options given in
     `argv` (which `parser`, the subcommand's, accepted), each by its long name and in the parser's order,
-    without `OUTPUT_OPTIONS`. Spellings of one study (an abbreviation, `--x=v` or `--x v`, another order,
-    another `--out`) share a section; two studies differ in some option, so never do."""
+    without `OUTPUT_OPTIONS`; with `args` (the parsed namespace), each single-valued option by its parsed
+    value, and left out when that is its default. Spellings of one study (an abbreviation, `--x=v` or
+    `--x v`, another order, `01` for `1`, a default given explicitly, another `--out`) share a section;
+    two studies differ in some option, so never do."""
     actions = {name: a for a in parser._actions for name in a.option_strings}
     order = {id(a): i for i, a in enumerate(parser._actions)}
     given: list[tuple[int, int, list[str]]] = []
@@ -505,8 +526,16 @@ def default_doc_key(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str
                 i += 1
                 if action.nargs in (None, "?"):
                     break
-        if max(action.option_strings, key=len) not in OUTPUT_OPTIONS:
-            given.append((order[id(action)], len(given), [max(action.option_strings, key=len), *values]))
+        long = max(action.option_strings, key=len)
+        if long in OUTPUT_OPTIONS:
+            continue
+        if args is not None and action.nargs != 0 and not isinstance(action, argparse._AppendAction):
+            parsed = getattr(args, action.dest, None)
+            given = [g for g in given if g[0] != order[id(action)]]  # given twice: argparse keeps the last
+            if parsed != action.default:
+                given.append((order[id(action)], len(given), [long, _word(parsed)]))
+            continue
+        given.append((order[id(action)], len(given), [long, *values]))
     words = ["accel", *positionals, *(w for _, _, ws in sorted(given) for w in ws)]
     return " ".join(shlex.quote(w) for w in words)
 
@@ -517,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # recorded with benchmark results, so tables show the command that made them
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    args.default_doc_key = default_doc_key(subparsers.choices[args.command], argv[argv.index(args.command):])
+    args.default_doc_key = default_doc_key(subparsers.choices[args.command], argv[argv.index(args.command):], args)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # a request that cannot be honoured (AccelError is a

@@ -135,11 +135,28 @@ class TimestepMLP(nn.Module):
 def batch_timesteps(timestep: Any, batch: int, device: torch.device) -> torch.Tensor:
     """A python number, a 0-d tensor, or a [B] / [1] tensor -> a [batch] tensor on `device`.
 
-    Raises `ValueError` for `None` or a tensor of another length (the error names the shapes).
+    Raises `ValueError` for `None`, more than one dimension, a tensor of another length or a non-finite
+    python or numpy value (a tensor's values are not read), `InvalidTypeError` for what is not a real number
+    (a string, a bool, a complex number).
     """
+    allowed = "a real number, a 0-d tensor or a tensor of shape [batch]"
     if timestep is None:
-        raise ValueError("timestep is required (a number, a 0-d tensor or a tensor of shape [batch])")
-    t = timestep if isinstance(timestep, torch.Tensor) else torch.tensor(timestep)
+        raise ValueError(f"timestep is required ({allowed})")
+    if isinstance(timestep, torch.Tensor):
+        t = timestep
+    elif isinstance(timestep, numbers.Real) and not isinstance(timestep, bool | np.bool_):
+        t = torch.tensor(float(timestep))
+    elif isinstance(timestep, list | tuple | np.ndarray) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_) for v in np.asarray(timestep).ravel()):
+        t = torch.as_tensor(np.asarray(timestep, dtype=np.float64))
+    else:
+        raise InvalidTypeError(f"timestep={timestep!r}: expected {allowed}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise InvalidTypeError(f"timestep has dtype {t.dtype}; expected {allowed}")
+    if t.dim() > 1:
+        raise ValueError(f"timestep has shape {tuple(t.shape)}; expected {allowed}")
+    if not isinstance(timestep, torch.Tensor) and not bool(torch.isfinite(t).all()):  # a tensor's values stay
+        raise ValueError(f"timestep={timestep!r}: expected finite timesteps")  # unread: no device sync per step
     t = t.to(device).reshape(-1)
     if t.numel() == 1:
         return t.expand(batch)

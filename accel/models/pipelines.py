@@ -160,6 +160,10 @@ class ClassConditionalPipeline(DiffusionPipeline):
         """
         # every argument is checked before the first random number or denoising step
         num_inference_steps = check_int("", "num_inference_steps", num_inference_steps)
+        most = getattr(self.scheduler.config, "num_train_timesteps", None)
+        if most is not None and num_inference_steps > most:  # diffusers says so only after the noise is drawn
+            raise ValueError(f"num_inference_steps={num_inference_steps}: expected at most the scheduler's "
+                             f"num_train_timesteps ({most})")
         guidance_scale = check_number("", "guidance_scale", guidance_scale, 0.0)
         batch_size = check_int("", "batch_size", batch_size)
         if output_type not in OUTPUT_TYPES:

@@ -180,21 +180,22 @@ def subparser(command: str):
      ["--model", "digits image", "--repeat", "4"]),
     ("tune", [["--model", "m", "--floor", "psnr=30", "--ou", "a"], ["--floor=psnr=30", "--model=m", "--doc-k", "k"]],
      ["--model", "m", "--floor", "psnr=31"]),
-    ("bench-backbones", [["--sizes", "S", "--batch", "1"], ["--batch=1", "--out", "x", "--sizes=S"]],
+    ("bench-backbones", [["--sizes", "S", "--batch", "1"], ["--batch=1", "--out", "x", "--sizes=S"],
+                         ["--sizes", "S", "--batch", "01", "--repeat", "3"], ["--sizes", "S", "--batch", "+1"]],
      ["--sizes", "S", "--batch", "2"]),
-    ("bench-attn-quality", [["--model", "digits-image", "--density", "0.125"], ["--density=0.125", "--model",
-                                                                               "digits-image", "--out", "o"]],
-     ["--model", "digits-image", "--density", "0.5"]),
+    ("bench-attn-quality", [["--model", "digits-image", "--at", "0.5"], ["--at=0.50", "--model", "digits-image",
+                                                                         "--density", "0.125", "--out", "o"]],
+     ["--model", "digits-image", "--at", "0.5", "--density", "0.5"]),
     ("bench-parallel", [["--model", "wan", "--methods", "none", "--modes", "ulysses"],
-                        ["--modes=ulysses", "--methods=none", "--model=wan", "--doc", "d.md"]],
+                        ["--modes=ulysses", "--methods=none", "--model=wan", "--ranks", "2", "--doc", "d.md"]],
      ["--model", "wan", "--methods", "tdc", "--modes", "ring"]),
 ])
 def test_the_default_doc_key_names_the_study_however_it_is_spelt(command, same, other):
-    """Spellings of one study (abbreviations, --x=v, order, another --out) share one --doc section; another
-    study (any option changed) gets its own."""
+    """Spellings of one study (abbreviations, --x=v, order, 01 for 1, a default given, another --out) share
+    one --doc section; another study (any option changed) gets its own."""
     parser = subparser(command)
     for argv in (*same, other):
         parser.parse_args(argv)  # each is a command line argparse accepts
-    keys = {default_doc_key(parser, [command, *argv]) for argv in same}
-    assert len(keys) == 1 and default_doc_key(parser, [command, *other]) not in keys
+    keys = {default_doc_key(parser, [command, *argv], parser.parse_args(argv)) for argv in same}
+    assert len(keys) == 1 and default_doc_key(parser, [command, *other], parser.parse_args(other)) not in keys
     assert not any(o in next(iter(keys)) for o in ("--out", "--doc", "--publish-unreliable"))

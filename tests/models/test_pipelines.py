@@ -263,3 +263,23 @@ def test_valid_call_spellings_are_accepted(dico):
     for scale in (0, 0.0, 0.5, np.float64(1.0)):
         assert torch.equal(run(class_labels=[1, 2], guidance_scale=scale), plain)
     assert run(class_labels=None, batch_size=np.int64(3)).shape == (3, 4, 8, 8)
+
+
+def test_timesteps_and_step_counts_are_checked_before_any_work():
+    """A non-finite, non-numeric or nested timestep is refused by the forward; a step count above the
+    scheduler's training timesteps is refused before the caller's generator is used."""
+    from accel import zoo
+    from accel.models.common import InvalidTypeError
+
+    pipe = zoo.load("digits-lego")
+    model = pipe.transformer
+    x = torch.zeros(1, model.config.in_channels, model.config.sample_size, model.config.sample_size)
+    for bad, error in ((float("nan"), ValueError), (float("inf"), ValueError), ("10", InvalidTypeError),
+                       (True, InvalidTypeError), (1 + 2j, InvalidTypeError), ([[1], [2]], ValueError)):
+        with pytest.raises(error, match="timestep"):
+            model(x, timestep=bad, class_labels=[1])
+    assert model(x, timestep=10, class_labels=[1]).sample.shape[0] == 1
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=r"num_inference_steps=5000: expected at most the scheduler's num_train"):
+        pipe(class_labels=[1, 2], num_inference_steps=5000, output_type="pt", generator=g)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
