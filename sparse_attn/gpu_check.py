@@ -368,6 +368,9 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         print("accel gpu-check: on CPU the kernels run only under TRITON_INTERPRET=1", file=sys.stderr)
         return 2
+    if args.device == "cpu" and not args.tiny:  # the interpreter would take hours over the GPU sizes
+        print("accel gpu-check: --device cpu runs the small sizes only: add --tiny", file=sys.stderr)
+        return 2
     from accel.bench.report import check_outputs
 
     check_outputs("gpu-check", doc=args.doc, files={"--json": args.json})  # now, not after the run

@@ -172,3 +172,10 @@ def test_bench_parallel_refuses_ranks_the_model_cannot_split_before_any_rank_sta
                                                  ("wan", 4, ["ring"])])
 def test_bench_parallel_takes_ranks_the_model_splits(model, ranks, modes):
     scale_out.check_ranks(model, "tiny", ranks, modes)
+
+
+def test_gpu_check_on_cpu_runs_only_the_small_sizes(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr("accel.sparse_attn.gpu_check.run", boom)
+    assert accel_main(["gpu-check", "--device", "cpu"]) == 2
+    assert "--device cpu runs the small sizes only: add --tiny" in capsys.readouterr().err
