@@ -330,11 +330,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _names(allowed: tuple[str, ...]) -> Any:
-    """An argparse type: comma-separated names among `allowed`, refused with the allowed ones."""
+    """An argparse type: comma-separated distinct names among `allowed`, refused with the allowed ones."""
     def parse(text: str) -> list[str]:
         names = [n for n in text.split(",") if n]
         bad = [n for n in names if n not in allowed]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated names among {', '.join(allowed)}")
+        if bad or not names or len(set(names)) < len(names):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated distinct names among "
+                                             f"{', '.join(allowed)}")
         return names
     return parse

@@ -65,6 +65,7 @@ def test_every_command_but_compile_check_works_without_triton():
         (["bench", "--doc", "/proc/no/such/dir/x.md"], "--doc='/proc/no/such/dir/x.md': expected a regular file"),
         (["bench", "--out", "/proc/x"], "--out='/proc/x' is, or lies under, a file, or cannot be written"),
         (["bench", "--publish-unreliable"], "--publish-unreliable acts only with --doc"),
+        (["bench-parallel", "--methods", "none,none"], "argument --methods: 'none,none': expected comma-separated distinct"),
         (["calibrate", "--model", "digits-lego", "--seeds", ""], "argument --seeds: '': expected comma-separated distinct"),
         (["calibrate", "--model", "digits-lego", "--seeds", "0,0"], "argument --seeds: '0,0': expected"),
         (["bench", "--seeds", "-1"], "argument --seeds: '-1': expected comma-separated distinct integer seeds"),
