@@ -108,3 +108,21 @@ class WanOnly(accel.Method):
         pass
 
 
+
+
+def assert_refused_before_parameters(monkeypatch: Any, build: Any, kw: dict, error: type, message: str,
+                                     owner: str) -> None:
+    """`build(**kw)` raises `error` naming `owner` and `message` before any parameter exists; the spy that
+    sees parameters being created is first shown to work on `build()` (a valid config)."""
+    import pytest
+
+    def no_parameters(self: Any, name: str, param: Any) -> None:
+        raise AssertionError(f"parameter {name} created before the config was checked")
+
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", no_parameters)
+    with pytest.raises(AssertionError, match="created before"):
+        build()  # the spy works: a valid config gets as far as its first parameter
+    with pytest.raises(error) as err:
+        build(**kw)
+    assert message in str(err.value) and owner in str(err.value)
+    assert isinstance(err.value, ValueError)  # a wrong type is a TypeError and a ValueError

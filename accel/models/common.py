@@ -91,6 +91,19 @@ def check_ints(owner: str, name: str, value: Any, minimum: int = 1, length: int 
     return tuple(int(v) for v in value)
 
 
+def check_shared_fields(owner: str, hidden_size: int, mlp_ratio: Any, num_classes: Any, class_dropout_prob: Any,
+                        ffn: str = "FFN") -> tuple[float, int, float]:
+    """The config fields DiCo and LEGO share, checked as `check_number` / `check_int` do: `mlp_ratio` a finite
+    number > 0 leaving the `ffn` at least one channel, `num_classes` >= 0, `class_dropout_prob` in [0, 1)."""
+    mlp_ratio = check_number(owner, "mlp_ratio", mlp_ratio, 0.0, open_min=True)
+    if int(hidden_size * mlp_ratio) < 1:
+        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio} gives hidden_size={hidden_size} an {ffn} of "
+                         f"{int(hidden_size * mlp_ratio)} channels; expected a ratio that leaves at least 1")
+    num_classes = check_int(owner, "num_classes", num_classes, minimum=0)
+    class_dropout_prob = check_number(owner, "class_dropout_prob", class_dropout_prob, 0.0, 1.0, open_max=True)
+    return mlp_ratio, num_classes, class_dropout_prob
+
+
 def sinusoidal_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 10_000.0) -> torch.Tensor:
     """GLIDE/DiT timestep embedding: `[cos(t * f_i), sin(t * f_i)]` with `f_i = max_period**(-i / (dim/2))`.
 

@@ -44,7 +44,7 @@ from .common import (
     check_hidden_states,
     check_int,
     check_ints,
-    check_number,
+    check_shared_fields,
     class_ids,
     drop_labels,
     sinusoidal_embedding,
@@ -88,12 +88,8 @@ def check_config(sample_size: Any, in_channels: Any, out_channels: Any, hidden_s
                          "downsampler halves it)")
     depths = check_ints(owner, "depths", depths, minimum=0, length=5,
                         meaning="block counts of encoder 1, encoder 2, middle, decoder 2, decoder 1")
-    mlp_ratio = check_number(owner, "mlp_ratio", mlp_ratio, 0.0, open_min=True)
-    if int(hidden_size * mlp_ratio) < 1:
-        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio} gives hidden_size={hidden_size} an FFN of "
-                         f"{int(hidden_size * mlp_ratio)} channels; expected a ratio that leaves at least 1")
-    num_classes = check_int(owner, "num_classes", num_classes, minimum=0)
-    class_dropout_prob = check_number(owner, "class_dropout_prob", class_dropout_prob, 0.0, 1.0, open_max=True)
+    mlp_ratio, num_classes, class_dropout_prob = check_shared_fields(
+        owner, hidden_size, mlp_ratio, num_classes, class_dropout_prob)
     learn_sigma = check_bool(owner, "learn_sigma", learn_sigma)
     expected = in_channels * 2 if learn_sigma else in_channels
     if out_channels is None:

@@ -51,7 +51,7 @@ from .common import (
     check_hidden_states,
     check_int,
     check_ints,
-    check_number,
+    check_shared_fields,
     class_ids,
     drop_labels,
     edm_positional_embedding,
@@ -124,12 +124,8 @@ def check_config(sample_size: Any, in_channels: Any, out_channels: Any, hidden_s
                          "position table)")
     if hidden_size % num_heads:
         raise ValueError(f"{owner}: hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
-    mlp_ratio = check_number(owner, "mlp_ratio", mlp_ratio, 0.0, open_min=True)
-    if int(hidden_size * mlp_ratio) < 1:
-        raise ValueError(f"{owner}: mlp_ratio={mlp_ratio} gives hidden_size={hidden_size} an MLP of "
-                         f"{int(hidden_size * mlp_ratio)} channels; expected a ratio that leaves at least 1")
-    num_classes = check_int(owner, "num_classes", num_classes, minimum=0)
-    class_dropout_prob = check_number(owner, "class_dropout_prob", class_dropout_prob, 0.0, 1.0, open_max=True)
+    mlp_ratio, num_classes, class_dropout_prob = check_shared_fields(
+        owner, hidden_size, mlp_ratio, num_classes, class_dropout_prob, ffn="MLP")
     return {"sample_size": sample_size, "in_channels": in_channels, "out_channels": in_channels,
             "hidden_size": hidden_size, "num_heads": num_heads, "brick_sizes": list(sizes),
             "patch_sizes": list(patches), "depths": list(depths), "mlp_ratio": mlp_ratio,

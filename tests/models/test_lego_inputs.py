@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support import assert_refused_before_parameters
 
 import accel
 from accel.models import LEGOModel
@@ -56,16 +57,7 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("kw,error,message", BAD_CONFIGS, ids=[str(c[0]) for c in BAD_CONFIGS])
 def test_every_config_field_is_checked_before_any_parameter_exists(monkeypatch, kw, error, message):
-    def no_parameters(self, name, param):  # noqa: ANN001
-        raise AssertionError(f"parameter {name} created before the config was checked")
-
-    monkeypatch.setattr(torch.nn.Module, "register_parameter", no_parameters)
-    with pytest.raises(AssertionError, match="created before"):
-        tiny()  # the spy works: a valid config gets as far as its first parameter
-    with pytest.raises(error) as err:
-        tiny(**kw)
-    assert message in str(err.value) and "LEGOModel" in str(err.value)
-    assert isinstance(err.value, ValueError)  # a wrong type is a TypeError and a ValueError
+    assert_refused_before_parameters(monkeypatch, tiny, kw, error, message, "LEGOModel")
 
 
 def test_valid_config_spellings_are_accepted_and_normalised(tmp_path):
