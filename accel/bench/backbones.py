@@ -9,10 +9,12 @@ distance of the samples' judge features to the real digits' (`digits_image.fd`: 
 
 `--train-seeds 0,1,2` runs the accuracy comparison across training runs instead (`seed_study`): each backbone
 trained once per seed with the shared budget, each judged, the mean and spread per architecture. The budget
-is equal optimizer steps, or with `--train-budget compute` equal training compute: the first backbone takes
+is equal optimizer steps, with `--train-budget compute` equal training compute: the first backbone takes
 `--train-steps` steps and every other one as many as cost the same forward multiply-accumulates
 (`digits_backbones.forward_macs`; training compute as the DiT paper counts it, Gflops x batch x steps x 3,
-the batch and the factor being the same for every backbone).
+the batch and the factor being the same for every backbone), or with `--train-budget time` equal wall-clock
+training time: on each seed the first backbone takes `--train-steps` steps and every other one trains for as
+many seconds as it took, its cosine schedule run over that time (`digits_backbones.lr_factor`).
 
 `--sizes S,B` times the papers' equal-size pairs instead (`size_study`): DiCo-S/B/L/XL against diffusers'
 `DiTTransformer2DModel` at DiT-S/B/L/XL-2 on a 256 px image's 4x32x32 latent, with random weights (speed does
@@ -222,18 +224,22 @@ def size_markdown(result: dict[str, Any], command: str | None = None) -> str:
     return head + _verdict_line(result) + "\n".join(lines) + "\n"
 
 
-BUDGETS = ("steps", "compute")
+BUDGETS = ("steps", "compute", "time")
+UNBOUNDED_STEPS = 10**9  # the step budget of a run bounded by time alone
 
 
 def budget_steps(steps: int, macs: dict[str, int], budget: str = "steps") -> dict[str, int]:
     """Optimizer steps per backbone of `macs` (kind -> forward MACs per sample, `forward_macs`; the first is
     the reference): `steps` for all with budget "steps"; with "compute", `steps` for the reference and for
-    each other the count whose MACs x steps equal the reference's, rounded to the nearest step. Raises
+    each other the count whose MACs x steps equal the reference's, rounded to the nearest step; with "time",
+    `steps` for the reference and `UNBOUNDED_STEPS` for the others (their time cap ends them). Raises
     `ValueError` for another budget."""
     if budget not in BUDGETS:
         raise ValueError(f"budget={budget!r}; expected one of {', '.join(BUDGETS)}")
-    reference = macs[next(iter(macs))]
-    return {k: steps if budget == "steps" else max(1, round(steps * reference / m)) for k, m in macs.items()}
+    reference = next(iter(macs))
+    if budget == "time":
+        return {k: steps if k == reference else UNBOUNDED_STEPS for k in macs}
+    return {k: steps if budget == "steps" else max(1, round(steps * macs[reference] / m)) for k, m in macs.items()}
 
 
 def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), steps: int | None = None,
@@ -242,10 +248,12 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
     """Task accuracy across training runs: every backbone of `kinds` trained once per seed with the entries'
     shared recipe (`digits_backbones.TrainConfig(seed=seed)`, `steps` optimizer steps, default the
     entries' budget, for every kind or, with `budget="compute"`, for the first and equal forward MACs for
-    the others (`budget_steps`); `lr` the peak learning rate, one for all or one per kind, default the
+    the others, or with `budget="time"` for the first and for the others the seconds the first took on the
+    same seed (`budget_steps`); `lr` the peak learning rate, one for all or one per kind, default the
     recipe's), its EMA weights rounded through the fp16 checkpoint format exactly as the committed entries are, then
-    judged over `accuracy_n` samples (seed 0, the table's samples). Nothing committed is written. Returns
-    per run the kind, seed, rate, steps, forward MACs per sample, training seconds and accuracy."""
+    judged over `accuracy_n` samples (seed 0, the table's samples). Seeds run in turn, every kind within a
+    seed. Nothing committed is written. Returns per run the kind, seed, rate, steps, forward MACs per sample,
+    training seconds, the share of the CPUs other processes used while it trained, and accuracy."""
     import tempfile
 
     from accel.info import info
@@ -256,22 +264,32 @@ def seed_study(seeds: Sequence[int], kinds: Sequence[str] = ("dit", "dico"), ste
     macs = {k: bb.forward_macs(k) for k in kinds}
     per_kind = budget_steps(cfg.steps, macs, budget)
     runs: list[dict[str, Any]] = []
+    probe = MachineProbe()
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in kinds:
-            for seed in seeds:
+        for seed in seeds:
+            reference_s: float | None = None  # the first kind's training seconds on this seed
+            for kind in kinds:
                 rate = lr.get(kind, cfg.lr) if isinstance(lr, dict) else lr or cfg.lr
-                run = bb.train(kind, bb.TrainConfig(**{**asdict(cfg), "seed": seed, "lr": rate,
-                                                       "steps": per_kind[kind]}), log=None)
+                settings = {**asdict(cfg), "seed": seed, "lr": rate, "steps": per_kind[kind]}
+                timed = budget == "time" and reference_s is not None
+                if timed:
+                    settings["minutes"] = reference_s / 60
+                start = probe.read()
+                run = bb.train(kind, bb.TrainConfig(**settings), log=None)
+                load = RunSample.between(start, probe.read(), probe.cpus)
+                reference_s = reference_s or run.seconds
                 path = Path(tmp) / f"{kind}-{seed}.safetensors"
                 bb.save(run.ema, path)
                 with torch.random.fork_rng(devices=[]):
                     pipe = bb.pipeline(kind, bb.load_weights(bb.build(kind), path))
                 accuracy = bb.evaluate(pipe, n=accuracy_n, seed=0)["accuracy"]
+                capped = run.capped and not timed  # a timed run ends at its cap by design
                 runs.append({"kind": kind, "seed": seed, "lr": rate, "steps": run.steps, "macs": macs[kind],
-                             "capped": run.capped, "train_s": run.seconds, "accuracy": accuracy})
+                             "capped": capped, "train_s": run.seconds, "other_cpu": load.other_cpu,
+                             "accuracy": accuracy})
                 if log:
                     log(f"{bb.entry_name(kind)} seed {seed} lr {rate:g}: {_plural(run.steps, 'step')} in {run.seconds:.0f}s"
-                        f"{' (time cap)' if run.capped else ''}, accuracy {100 * accuracy:.1f}%")
+                        f"{' (time cap)' if capped else ''}, accuracy {100 * accuracy:.1f}%")
     return {"schema": "accel.bench-backbones-seeds/1", "seeds": list(seeds), "kinds": list(kinds),
             "steps": cfg.steps, "budget": budget, "accuracy_n": accuracy_n, "threads": cfg.threads, "env": info(), "runs": runs,
             "judge_held_out": judges.held_out_accuracy()}
@@ -286,11 +304,18 @@ def seed_markdown(result: dict[str, Any], command: str | None = None) -> str:
     if result.get("budget") == "compute":
         budget = (f"at equal training compute (digits-{kinds[0]} {_plural(result['steps'], 'step')}, every other backbone as "
                   "many as cost the same forward multiply-accumulates)")
+    elif result.get("budget") == "time":
+        budget = (f"at equal training time (digits-{kinds[0]} {_plural(result['steps'], 'step')}, every other backbone "
+                  "for as many seconds as it took on the same seed, its schedule over that time)")
     else:
         budget = f"({_plural(result['steps'], 'step')})"
     head += (f"each backbone trained once per seed with the shared recipe {budget} on {result['threads']} "
              "threads at the row's peak learning rate, fp16 EMA weights, judged over "
              f"{_plural(result['accuracy_n'], 'sample')} (seed 0); device: {result['env']['device']}\n\n")
+    shares = [r["other_cpu"] for r in result["runs"] if r.get("other_cpu") is not None]
+    if shares:
+        head += (f"Other processes used {100 * statistics.mean(shares):.0f}% of the CPUs on average while a backbone "
+                 f"trained (at most {100 * max(shares):.0f}% during one run).\n\n")
     if "judge_held_out" in result:
         real = result["judge_held_out"]
         head += (f"The judge itself on the {real['n']} real held-out digits: {100 * real['accuracy']:.1f}% "
@@ -428,8 +453,8 @@ def _check_options(args: argparse.Namespace) -> None:
         if args.accuracy_n < 2:
             refuse(f"--accuracy-n={args.accuracy_n}: the digits rows need at least 2 judged samples (the Fréchet "
                    "distance takes their covariance); 1 is allowed only with --train-seeds")
-    if args.train_budget == "compute" and len(args.train_kinds) < 2:
-        refuse(f"--train-budget compute matches other backbones to the first's compute; "
+    if args.train_budget != "steps" and len(args.train_kinds) < 2:
+        refuse(f"--train-budget {args.train_budget} matches other backbones to the first's {args.train_budget}; "
                f"--train-kinds={','.join(args.train_kinds)} trains only one")
     if isinstance(args.train_lr, dict) and set(args.train_lr) - set(args.train_kinds):
         extra = ", ".join(sorted(set(args.train_lr) - set(args.train_kinds)))
@@ -522,9 +547,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the backbones trained with --train-seeds, of dit, dit-p2, dico, lego (default dit,dico; "
                    "the first is the reference)")
     p.add_argument("--train-budget", choices=BUDGETS, default=DEFAULTS["train_budget"],
-                   help="with --train-seeds: 'steps', every backbone --train-steps optimizer steps (default), or "
+                   help="with --train-seeds: 'steps', every backbone --train-steps optimizer steps (default); "
                    "'compute', the first backbone --train-steps steps and every other one as many as cost the same "
-                   "forward multiply-accumulates")
+                   "forward multiply-accumulates; or 'time', the first backbone --train-steps steps and every other "
+                   "one for as many seconds as that took on the same seed (run it alone)")
     p.add_argument("--train-lr", type=learning_rates, default=None, metavar="RATE|dit=RATE,dico=RATE",
                    help="peak learning rate of the --train-seeds runs, for all or per backbone (default: the "
                    "entries' recipe, 1e-3)")

@@ -38,7 +38,8 @@ def test_the_seed_study_trains_each_backbone_once_per_seed(tmp_path, capsys):
                  "--accuracy-n", "4", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     assert [(r["kind"], r["seed"], r["steps"], r["lr"]) for r in result["runs"]] == [
-        ("dit", 0, 2, 1e-3), ("dit", 3, 2, 1e-3), ("dico", 0, 2, 2e-3), ("dico", 3, 2, 2e-3)]
+        ("dit", 0, 2, 1e-3), ("dico", 0, 2, 2e-3), ("dit", 3, 2, 1e-3), ("dico", 3, 2, 2e-3)]  # seeds in turn
+    assert all(0 <= r["other_cpu"] <= 1 for r in result["runs"])
     table = (tmp_path / "results.md").read_text()
     for kind in ("dit", "dico"):
         accs = [100 * r["accuracy"] for r in result["runs"] if r["kind"] == kind]
@@ -61,15 +62,33 @@ def test_an_equal_compute_budget_gives_each_backbone_the_reference_forward_macs(
         (tmp_path / "results.md").read_text()
 
 
+def test_an_equal_time_budget_trains_each_backbone_as_long_as_the_reference_on_its_seed(tmp_path):
+    assert main(["bench-backbones", "--train-seeds", "0,1", "--train-steps", "4", "--train-budget", "time",
+                 "--accuracy-n", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    runs = {(r["kind"], r["seed"]): r for r in result["runs"]}
+    for seed in (0, 1):
+        dit, dico = runs["dit", seed], runs["dico", seed]
+        assert dit["steps"] == 4 and not dit["capped"] and not dico["capped"]
+        # DiCo stops at the first step past the DiT's seconds: it took at least as long, and a DiCo step is
+        # cheaper than a DiT step, so it took more steps (a run that ignored the cap would never end)
+        assert dico["train_s"] >= dit["train_s"] and dico["steps"] > 4
+        assert dico["train_s"] - dit["train_s"] < dit["train_s"]  # ended near the cap, not at a later check
+    table = (tmp_path / "results.md").read_text()
+    assert result["budget"] == "time" and "at equal training time (digits-dit 4 steps" in table
+    assert "Other processes used" in table
+
+
 def test_budget_steps():
-    from accel.bench.backbones import budget_steps
+    from accel.bench.backbones import UNBOUNDED_STEPS, budget_steps
 
     macs = {"dico": 30, "dit": 120, "lego": 100}
     assert budget_steps(1200, macs) == {"dico": 1200, "dit": 1200, "lego": 1200}
     assert budget_steps(1200, macs, "compute") == {"dico": 1200, "dit": 300, "lego": 360}  # the first is the reference
     assert budget_steps(2, {"dit": 120, "dico": 30}, "compute") == {"dit": 2, "dico": 8}
     assert budget_steps(1, {"dico": 30, "dit": 120}, "compute")["dit"] == 1  # never below one step
-    with pytest.raises(ValueError, match="budget='flops'; expected one of steps, compute"):
+    assert budget_steps(300, {"dit": 120, "dico": 30}, "time") == {"dit": 300, "dico": UNBOUNDED_STEPS}
+    with pytest.raises(ValueError, match="budget='flops'; expected one of steps, compute, time"):
         budget_steps(10, macs, "flops")
 
 
