@@ -243,7 +243,8 @@ def _overflow_probe(device: torch.device) -> dict[str, Any]:
 
 
 def _timings(device: torch.device, tiny: bool, repeats: int) -> dict[str, Any]:
-    """Wan-14B 720p: first call and median of `repeats` for dense SDPA and each sparse kernel."""
+    """Wan-14B 720p (with `tiny`, [B, H, S, D] = [1, 2, 300, 64]): first call and median of `repeats` for dense
+    SDPA and each sparse kernel."""
     import accel.sparse_attn as sa
 
     B, H, S, D = (1, 2, 300, 64) if tiny else (2, 40, 75_600, 128)
@@ -297,7 +298,8 @@ def run(device_name: str, tiny: bool, budget_s: float, repeats: int) -> dict[str
                                                                                      mode, i))
     check.step("fallbacks", lambda: _fallbacks(device))
     check.step("int32 overflow probe (subprocess)", lambda: _overflow_probe(device))
-    check.step("timings: Wan-14B 720p, bf16, density 0.15", lambda: _timings(device, tiny, repeats))
+    shape = "tiny [1, 2, 300, 64]" if tiny else "Wan-14B 720p"
+    check.step(f"timings: {shape}, bf16, density 0.15", lambda: _timings(device, tiny, repeats))
     info: dict[str, Any] = {"torch": torch.__version__, "interpreted": triton_common.INTERPRETED}
     import triton
 

@@ -128,15 +128,11 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _verdict_line(result: dict[str, Any]) -> str:
-    """The timing verdict above a table (`_verdict`)."""
-    verdict = result.get("verdict")
-    if verdict is None:
-        return ""
-    share = verdict.get("other_cpu")
-    load = "" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs on average"
-    if verdict["reliable"]:
-        return f"Timings: reliable ({verdict['disturbed_runs']} of {verdict['runs']} timed runs disturbed{load}).\n\n"
-    return f"**UNRELIABLE TIMINGS**: {'; '.join(verdict['reasons'])}{load}.\n\n"
+    """The timing verdict above a table (`_verdict`), with the blank line after it."""
+    from . import noise
+
+    line = noise.verdict_line(result.get("verdict"))
+    return line + "\n\n" if line else ""
 
 
 # DiT paper, Table 1, at patch 2, as diffusers' `DiTTransformer2DModel` configs; each is the size the DiCo paper

@@ -122,6 +122,17 @@ def judge(samples: dict[str, list[RunSample]], baseline: str = "baseline", exact
     return v
 
 
+def verdict_line(verdict: dict[str, Any] | None) -> str:
+    """The timing verdict (`Verdict` as a dict) as the one line printed above a table; "" for None."""
+    if verdict is None:
+        return ""
+    share = verdict.get("other_cpu")
+    load = "" if share is None else f"; other processes used {100 * share:.0f}% of the CPUs on average"
+    if verdict["reliable"]:
+        return f"Timings: reliable ({verdict['disturbed_runs']} of {verdict['runs']} timed runs disturbed{load})."
+    return f"**UNRELIABLE TIMINGS**: {'; '.join(verdict['reasons'])}{load}."
+
+
 # ---- the noise-floor row ----------------------------------------------------------------------------
 
 NOISE_FLOOR = "noise-floor(sdpa-math)"

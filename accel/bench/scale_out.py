@@ -18,15 +18,19 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import torch
+
+from .measure import MachineProbe, Reading, RunSample
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -123,6 +127,7 @@ def _tail(logs: list[Any], chars: int = 4000) -> str:
 
 # ---- accel bench-parallel ----------------------------------------------------------------------------
 MODES = ("ulysses", "ring")
+SINGLE = "1 process"  # the mode label of the single-process rows
 # per model and size: inputs whose per-rank parts are whole tiles (64 tokens at the bench size, 16 at tiny)
 # for `world` ranks: Flux's prompt is 64 tokens per rank (16 at tiny); Wan has 4 latent frames per rank
 # (its video tiles are 4 frames deep) at the bench size
@@ -175,29 +180,44 @@ def worker(rank: int, world: int, args: dict[str, Any]) -> dict[str, Any]:
     if world > 1:
         enable(pipe.transformer, **{args["mode"]: world})
     kwargs = _inputs(pipe, args["model"], args["size"], args["steps"], args["world"])
+    probe = MachineProbe()
     rows = {}
     for method in args["methods"]:
         with accel.patch(pipe, method=method, **options(method, args["size"])) as handle:
-            times = []
+            runs = []
             for i in range(args["repeat"] + 1):  # the first run is a warm-up
                 dist.barrier()
                 if device == "cuda":
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start = probe.read()
                 with torch.inference_mode():
                     out = pipe(**kwargs, return_dict=False)[0]
                 if device == "cuda":
                     torch.cuda.synchronize()
-                elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-                dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
                 if i:
-                    times.append(float(elapsed))
+                    runs.append(_all_ranks(start, probe, device))
             stats = handle.stats()
         if rank == 0:
             torch.save(out.float().cpu(), Path(args["out"]) / f"{args['tag']}-{method}.pt")
-        rows[method] = {"seconds": sorted(times)[len(times) // 2], "times": times,
+        rows[method] = {"seconds": statistics.median(r.seconds for r in runs), "times": [r.seconds for r in runs],
+                        "other_cpu": [r.other_cpu for r in runs], "load": [r.load for r in runs],
                         "kernel": stats[method].get("kernel") if isinstance(stats[method], dict) else None}
     return rows
+
+
+def _all_ranks(start: Reading, probe: MachineProbe, device: str) -> RunSample:
+    """One timed run seen by every rank: the slowest rank's wall time, and the share of the CPUs that
+    processes other than the ranks used meanwhile (the machine's busy CPU time read by this rank, less every
+    rank's own CPU time). Every rank must call it (two all-reduces, on the collective backend's device)."""
+    import torch.distributed as dist
+
+    end = probe.read()
+    wall = torch.tensor([end.wall_s - start.wall_s], dtype=torch.float64, device=device)
+    own = torch.tensor([end.own_cpu_s - start.own_cpu_s], dtype=torch.float64, device=device)
+    dist.all_reduce(wall, op=dist.ReduceOp.MAX)
+    dist.all_reduce(own, op=dist.ReduceOp.SUM)
+    ranks_end = replace(end, wall_s=start.wall_s + float(wall), own_cpu_s=start.own_cpu_s + float(own))
+    return RunSample.between(start, ranks_end, probe.cpus)
 
 
 def run(model: str, size: str, methods: list[str], world: int, modes: list[str], steps: int, repeat: int,
@@ -211,7 +231,7 @@ def run(model: str, size: str, methods: list[str], world: int, modes: list[str],
                   "world": world}  # the inputs fit `world` ranks, for the 1-process run too
         single = launch(f"{__name__}:worker", 1, {**common, "tag": "single", "mode": "none"}, timeout_s,
                         threads=threads)[0]
-        rows = [{"mode": "1 process", "ranks": 1, "method": m, **single[m], "ratio": 1.0, "error": 0.0}
+        rows = [{"mode": SINGLE, "ranks": 1, "method": m, **single[m], "ratio": 1.0, "error": 0.0}
                 for m in methods]
         per_rank = max(1, threads // world)
         for mode in modes:
@@ -226,10 +246,25 @@ def run(model: str, size: str, methods: list[str], world: int, modes: list[str],
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return {"model": model, "size": size, "steps": steps, "repeat": repeat, "world": world, "threads": threads,
             "device": device_name() if device == "cpu" else torch.cuda.get_device_name(0),
-            "gpus": torch.cuda.device_count(), "rows": rows}
+            "gpus": torch.cuda.device_count(), "verdict": verdict(rows), "rows": rows}
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`noise.judge` on every row's timed runs, the first row (one process, the first method) as the baseline:
+    unreliable when it ran once or spread too much, or other processes used the CPUs during too many runs.
+    The single-process and N-rank runs are separate launches, not interleaved: the verdict is what says
+    whether the machine stayed quiet across them."""
+    from . import noise
+
+    samples = {f"{r['mode']}/{r['method']}": [RunSample(t, c, lo) for t, c, lo in
+                                              zip(r["times"], r["other_cpu"], r["load"], strict=True)]
+               for r in rows}
+    return asdict(noise.judge(samples, baseline=next(iter(samples)), exact=""))
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
+    from . import noise
+
     cpu = result["gpus"] == 0
     lines = [
         f"`{command}` on {result['device']}"
@@ -238,6 +273,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
            else f" ({result['world']} GPUs, NCCL)")
         + f"; {result['model']} ({result['size']}), {result['steps']} steps, median of {result['repeat']} runs "
           "after a warm-up, the slowest rank's time.",
+        "",
+        noise.verdict_line(result["verdict"]),
         "",
         "| parallelism | ranks | method | s / run | time vs 1 process | max rel. difference vs 1 process |",
         "|---|---|---|---|---|---|",
@@ -287,6 +324,9 @@ def _cmd(args: argparse.Namespace) -> int:
     if gpus and args.ranks > gpus:
         raise AccelError(f"bench-parallel: --ranks {args.ranks} on a machine with {gpus} GPU(s); NCCL needs "
                          f"one GPU per rank: choose --ranks <= {gpus}")
+    if args.publish_unreliable and not args.doc:
+        raise AccelError("bench-parallel: --publish-unreliable acts only with --doc (it writes a disturbed run's "
+                         "table there)")
     check_ranks(args.model, args.size, args.ranks, args.modes)
     check_outputs("bench-parallel", args.out, args.doc, args.doc_key, ("bench-parallel.json", "bench-parallel.md"),
                   default_key=args.default_doc_key)
@@ -300,6 +340,10 @@ def _cmd(args: argparse.Namespace) -> int:
     (out / "bench-parallel.md").write_text(text + "\n")
     print(text)
     if args.doc:
+        if not (result["verdict"]["reliable"] or args.publish_unreliable):  # caught, not published
+            print(f"accel bench-parallel: unreliable timings; {args.doc} left unchanged (run it alone, with "
+                  "--repeat of at least 2, or pass --publish-unreliable)", file=sys.stderr)
+            return 3
         update_doc(Path(args.doc), args.doc_key or args.default_doc_key, text)
     return 0
 
@@ -325,6 +369,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results")
     p.add_argument("--doc", default=None, help="also write the table into this markdown file (docs/benchmarks.md)")
     p.add_argument("--doc-key", default=None, help="section name in --doc")
+    p.add_argument("--publish-unreliable", action="store_true",
+                   help="with --doc: write --doc even when the timings are unreliable (the table says so)")
     p.set_defaults(func=_cmd)
     return p
 

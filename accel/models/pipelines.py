@@ -34,7 +34,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from .common import InvalidTypeError, check_int, check_number, is_integer, label_tensor
+from .common import InvalidTypeError, check_bool, check_int, check_number, is_integer, label_tensor
 from .dico import DiCoModel
 from .lego import LEGOModel
 
@@ -53,6 +53,17 @@ class ClassConditionalPipeline(DiffusionPipeline):
     _optional_components = ["vae"]
 
     def __init__(self, transformer: torch.nn.Module, scheduler: SchedulerMixin, vae: AutoencoderKL | None = None) -> None:
+        """Raises `InvalidTypeError` (a `TypeError` and a `ValueError`) when `transformer` is not a module with
+        a config, `scheduler` is not a diffusers scheduler (an object with `set_timesteps` and `step`, not a
+        name such as "ddim") or `vae` is neither None nor a module."""
+        if not isinstance(transformer, torch.nn.Module) or not hasattr(transformer, "config"):
+            raise InvalidTypeError(f"transformer is a {type(transformer).__name__}; expected a model with DiT's "
+                                   "call and a config (DiCoModel, LEGOModel)")
+        if not all(callable(getattr(scheduler, name, None)) for name in ("set_timesteps", "step")):
+            raise InvalidTypeError(f"scheduler={scheduler!r}: expected a diffusers scheduler instance, e.g. "
+                                   "DDIMScheduler(beta_schedule='linear', clip_sample=False)")
+        if vae is not None and not isinstance(vae, torch.nn.Module):
+            raise InvalidTypeError(f"vae is a {type(vae).__name__}; expected an AutoencoderKL or None (pixel space)")
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -151,10 +162,10 @@ class ClassConditionalPipeline(DiffusionPipeline):
         Everything is checked before the first random number and denoising step. Raises `InvalidTypeError` (a
         `TypeError` and a `ValueError`) for an argument of the wrong type (a float or bool step count, batch
         size or size; labels that are not integers; a generator that is not one), and `ValueError` for an
-        unknown output type, a step count, batch size or size below 1, a NaN, infinite or negative
+        unknown output type, a `return_dict` that is not a bool, a step count, batch size or size below 1, a NaN, infinite or negative
         `guidance_scale`, nested labels or labels outside [0, num_classes), a `batch_size` other than the
         labels' count, a generator list whose length is not the batch, a size that is not a multiple of the
-        VAE factor or whose latent the model cannot run, `latents` of the wrong shape, or a scheduler that
+        VAE factor or whose latent the model cannot run, `latents` of the wrong shape or dtype or not finite, or a scheduler that
         wants learned variance (`variance_type` "learned" / "learned_range") from a model without variance
         channels.
         """
@@ -165,6 +176,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps={num_inference_steps}: expected at most the scheduler's "
                              f"num_train_timesteps ({most})")
         guidance_scale = check_number("", "guidance_scale", guidance_scale, 0.0)
+        return_dict = check_bool("", "return_dict", return_dict)
         batch_size = check_int("", "batch_size", batch_size)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r}; expected one of {', '.join(map(repr, OUTPUT_TYPES))}")
@@ -201,8 +213,12 @@ class ClassConditionalPipeline(DiffusionPipeline):
                                  f"{type(self.transformer).__name__} cannot run: {err}") from None
         if latents is not None and not isinstance(latents, torch.Tensor):
             raise InvalidTypeError(f"latents is a {type(latents).__name__}; expected a tensor of shape {shape}")
+        if latents is not None and not latents.is_floating_point():
+            raise InvalidTypeError(f"latents has dtype {latents.dtype}; expected floating-point noise")
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents has shape {tuple(latents.shape)}; expected {shape}")
+        if latents is not None and not bool(torch.isfinite(latents).all()):  # once per call
+            raise ValueError("latents holds NaN or infinite values; expected finite noise")
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:

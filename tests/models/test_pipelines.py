@@ -185,6 +185,11 @@ BAD_CALLS = [
     ({"num_inference_steps": 2.0}, TypeError, "num_inference_steps=2.0"),
     ({"num_inference_steps": np.int64(0)}, ValueError, f"num_inference_steps={np.int64(0)!r}: expected a positive"),
     ({"generator": "gen"}, TypeError, "generator='gen': expected a torch.Generator"),
+    ({"latents": torch.zeros(2, 4, 8, 8, dtype=torch.long)}, TypeError, "latents has dtype torch.int64"),
+    ({"latents": torch.full((2, 4, 8, 8), float("nan"))}, ValueError, "latents holds NaN or infinite values"),
+    ({"latents": torch.zeros(2, 4, 8, 8).index_fill_(0, torch.tensor([1]), float("inf"))}, ValueError,
+     "latents holds NaN or infinite values"),
+    ({"return_dict": "no"}, TypeError, "return_dict='no': expected True or False"),
 ]
 
 
@@ -202,6 +207,19 @@ def test_bad_call_arguments_are_refused_before_any_denoising_step(dico, kw, erro
         dico(**{"class_labels": [1, 2], "num_inference_steps": 1, "output_type": "latent", **kw})
     assert message in str(err.value) and isinstance(err.value, ValueError)
     assert calls == []
+
+
+@pytest.mark.parametrize("component,value,message", [
+    ("scheduler", "ddim", "scheduler='ddim': expected a diffusers scheduler instance"),
+    ("scheduler", None, "scheduler=None: expected a diffusers scheduler instance"),
+    ("vae", "sd-vae", "vae is a str; expected an AutoencoderKL or None"),
+    ("transformer", "dico", "transformer is a str; expected a model with DiT's call and a config"),
+])
+def test_a_pipeline_refuses_components_of_the_wrong_kind(dico, component, value, message):
+    parts = {"transformer": dico.transformer, "scheduler": dico.scheduler, component: value}
+    with pytest.raises(TypeError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        DiCoPipeline(**parts)
+    assert isinstance(err.value, ValueError)  # InvalidTypeError: both kinds, as every refusal here
 
 
 def test_a_generator_list_must_hold_one_generator_per_image(dico):
