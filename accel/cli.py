@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-OUTPUT_OPTIONS = ("--out", "--doc", "--doc-key", "--publish-unreliable", "--json")  # where results go
+OUTPUT_OPTIONS = ("--out", "--doc", "--doc-key", "--publish-unreliable", "--json", "--no-progress")  # where results go, how shown
 
 
 def _word(value: Any) -> str:

@@ -175,7 +175,7 @@ def subparser(command: str):
 
 
 @pytest.mark.parametrize("command, same, other", [
-    ("bench", [["--model", "digits image", "--out", "a", "--repeat", "3"],
+    ("bench", [["--model", "digits image", "--out", "a", "--repeat", "3", "--no-progress"],
                ["--rep=3", "--publish-unreliable", "--doc=d.md", "--mod", "digits image", "--out=b"]],
      ["--model", "digits image", "--repeat", "4"]),
     ("tune", [["--model", "m", "--floor", "psnr=30", "--ou", "a"], ["--floor=psnr=30", "--model=m", "--doc-k", "k"]],
@@ -199,3 +199,24 @@ def test_the_default_doc_key_names_the_study_however_it_is_spelt(command, same, 
     keys = {default_doc_key(parser, [command, *argv], parser.parse_args(argv)) for argv in same}
     assert len(keys) == 1 and default_doc_key(parser, [command, *other], parser.parse_args(other)) not in keys
     assert not any(o in next(iter(keys)) for o in ("--out", "--doc", "--publish-unreliable"))
+
+
+def test_every_committed_section_without_a_doc_key_is_where_its_command_writes():
+    """A section of docs/benchmarks.md written under the default key must carry the key its own command
+    computes now, or a rerun of that command appends a second table instead of replacing this one."""
+    import re
+    import shlex
+
+    text = (Path(__file__).parents[2] / "docs" / "benchmarks.md").read_text()
+    checked = 0
+    for key, body in re.findall(r"<!-- accel-bench:(.*?) -->\n(.*?)<!-- /accel-bench:\1 -->", text, re.S):
+        command = re.search(r"`(accel [a-z-]+ [^`]*)`", body)
+        if command is None or "--doc" not in command.group(1).split() or "--doc-key" in command.group(1):
+            continue
+        argv = shlex.split(command.group(1))[1:]
+        if argv[0] in ("compile-check", "gpu-check"):  # one fixed section each, replaced by every run
+            continue
+        args = subparser(argv[0]).parse_args(argv[1:])
+        assert default_doc_key(subparser(argv[0]), argv, args) == key, command.group(1)
+        checked += 1
+    assert checked  # the bench-parallel table is one
